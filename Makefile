@@ -1,0 +1,57 @@
+# edgeagent — see README.md. Every target works on a fresh machine with Go.
+SHELL := /bin/bash
+GO ?= go
+export CGO_ENABLED := 0
+
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+# Build time from the commit, so two builds of one commit are identical.
+BUILD_TIME ?= $(shell git log -1 --format=%cI 2>/dev/null || echo 1970-01-01T00:00:00Z)
+PKG := github.com/edgeagent/edgeagent
+LDFLAGS := -s -w -X $(PKG)/internal/version.Version=$(VERSION) \
+	-X $(PKG)/internal/version.Commit=$(COMMIT) \
+	-X $(PKG)/internal/version.BuildTime=$(BUILD_TIME)
+BINS := edgeagent edgeca
+FUZZTIME ?= 5s
+
+.PHONY: all build test test-deps unit fuzz bench cross lint e2e clean
+
+all: build
+
+build:
+	@mkdir -p bin
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/ ./cmd/...
+
+test-deps:
+	@bash scripts/test-deps.sh
+
+# The whole suite: unit, table and end-to-end tests against real peers, then
+# a short fuzzing pass over every decoder.
+test: test-deps lint
+	$(GO) test -count=1 -timeout 30m ./...
+	FUZZTIME=$(FUZZTIME) bash scripts/fuzz.sh
+
+fuzz:
+	FUZZTIME=$(FUZZTIME) bash scripts/fuzz.sh
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
+	$(GO) vet ./...
+
+bench: test-deps
+	$(GO) run ./internal/bench
+
+cross:
+	@mkdir -p dist
+	@for t in amd64: arm64: arm:7 arm:6; do \
+		arch=$${t%%:*}; arm=$${t##*:}; suffix=$$arch$${arm:+v$$arm}; \
+		for b in $(BINS); do \
+			GOOS=linux GOARCH=$$arch GOARM=$$arm $(GO) build -trimpath -ldflags '$(LDFLAGS)' \
+				-o dist/$$b-linux-$$suffix ./cmd/$$b || exit 1; \
+			printf '%-28s %8d bytes\n' dist/$$b-linux-$$suffix $$(stat -c %s dist/$$b-linux-$$suffix); \
+		done; \
+	done
+
+clean:
+	rm -rf bin dist

@@ -1,0 +1,3 @@
+module github.com/edgeagent/edgeagent
+
+go 1.26.8
