@@ -1,0 +1,216 @@
+package localapi
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// recordingSink keeps what it was given; it stands in for the spool in
+// these unit tests of the HTTP layer.
+type recordingSink struct {
+	mu   sync.Mutex
+	got  []json.RawMessage
+	fail error
+}
+
+func (s *recordingSink) Submit(_ context.Context, msgs []json.RawMessage) ([]string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fail != nil {
+		return nil, s.fail
+	}
+	ids := make([]string, len(msgs))
+	for i, m := range msgs {
+		s.got = append(s.got, m)
+		ids[i] = fmt.Sprint(len(s.got))
+	}
+	return ids, nil
+}
+
+func (s *recordingSink) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.got)
+}
+
+// serve starts the API on a real Unix socket and returns a client for it.
+func serve(t *testing.T, sink Sink, hub *Hub) *http.Client {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "api.sock")
+	srv := New(sink, func() any { return map[string]string{"state": "ok"} }, hub, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, sock) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+	c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", sock)
+	}}}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		resp, err := c.Get("http://agent/v1/status")
+		if err == nil {
+			resp.Body.Close()
+			return c
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("local api did not come up: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond) // polling for the listener, with a deadline
+	}
+}
+
+func post(t *testing.T, c *http.Client, ct string, body []byte) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest("POST", "http://agent/v1/telemetry", bytes.NewReader(body))
+	if ct != "" {
+		req.Header.Set("Content-Type", ct)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var b bytes.Buffer
+	_, _ = b.ReadFrom(resp.Body)
+	return resp.StatusCode, b.String()
+}
+
+func TestTelemetryAccepts(t *testing.T) {
+	sink := &recordingSink{}
+	c := serve(t, sink, NewHub())
+	code, body := post(t, c, "application/json", []byte(`{"temp": 21.5}`))
+	if code != http.StatusAccepted || !strings.Contains(body, `"accepted":1`) {
+		t.Fatalf("%d %s", code, body)
+	}
+	code, body = post(t, c, "application/json; charset=utf-8", []byte(` [ {"a":1}, {"b": [1, 2]} ] `))
+	if code != http.StatusAccepted || !strings.Contains(body, `"accepted":2`) {
+		t.Fatalf("%d %s", code, body)
+	}
+	if sink.count() != 3 || string(sink.got[2]) != `{"b":[1,2]}` {
+		t.Fatalf("sink got %q", sink.got)
+	}
+}
+
+func TestTelemetryRejectsAndWritesNothing(t *testing.T) {
+	many := "[" + strings.Repeat(`{"a":1},`, MaxBatch) + `{"a":1}]`
+	cases := []struct {
+		name, ct, body string
+		code           int
+		reason         string
+	}{
+		{"not json", "application/json", `{"a":`, 400, "not valid JSON"},
+		{"scalar", "application/json", `42`, 400, "object"},
+		{"string", "application/json", `"hi"`, 400, "object"},
+		{"empty", "application/json", ``, 400, "empty body"},
+		{"empty array", "application/json", `[]`, 400, "empty array"},
+		{"array with scalar", "application/json", `[{"a":1}, 2]`, 400, "element 1"},
+		{"trailing garbage", "application/json", `{"a":1} x`, 400, "not valid JSON"},
+		{"too many", "application/json", many, 400, "at most"},
+		{"oversized", "application/json", `{"a":"` + strings.Repeat("x", MaxBodyBytes) + `"}`, 413, "split"},
+		{"wrong content type", "text/plain", `{"a":1}`, 415, "application/json"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			sink := &recordingSink{}
+			c := serve(t, sink, NewHub())
+			code, body := post(t, c, tc.ct, []byte(tc.body))
+			if code != tc.code || !strings.Contains(body, tc.reason) {
+				t.Fatalf("got %d %s, want %d containing %q", code, body, tc.code, tc.reason)
+			}
+			if sink.count() != 0 {
+				t.Fatalf("rejected request reached the sink")
+			}
+		})
+	}
+}
+
+func TestTelemetrySinkFailureIs503(t *testing.T) {
+	c := serve(t, &recordingSink{fail: errors.New("disk full")}, NewHub())
+	if code, body := post(t, c, "", []byte(`{"a":1}`)); code != 503 || !strings.Contains(body, "disk full") {
+		t.Fatalf("%d %s", code, body)
+	}
+}
+
+func TestCommandsStream(t *testing.T) {
+	hub := NewHub()
+	c := serve(t, &recordingSink{}, hub)
+	resp, err := c.Get("http://agent/v1/commands")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	// The subscription exists once the handler flushed its headers.
+	hub.Publish(Command{Topic: "devices/d1/commands", Payload: json.RawMessage(`{"reboot":true}`)})
+	line, err := bufio.NewReader(resp.Body).ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got Command
+	if err := json.Unmarshal([]byte(line), &got); err != nil || got.Topic != "devices/d1/commands" || string(got.Payload) != `{"reboot":true}` {
+		t.Fatalf("got %q (%v)", line, err)
+	}
+}
+
+func TestHubDropsForSlowSubscriber(t *testing.T) {
+	h := NewHub()
+	_, cancel := h.Subscribe()
+	defer cancel()
+	for i := 0; i < 100; i++ {
+		h.Publish(Command{Topic: "t"})
+	}
+	if h.Dropped() != 36 {
+		t.Fatalf("dropped %d, want 36 (100 minus a 64-command buffer)", h.Dropped())
+	}
+}
+
+func TestStaleSocketReplacedLiveOneRefused(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "api.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := removeStaleSocket(sock); err == nil {
+		t.Fatal("took over a live socket")
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	ln.Close()
+	if err := removeStaleSocket(sock); err != nil {
+		t.Fatalf("stale socket: %v", err)
+	}
+}
+
+func FuzzParseMessages(f *testing.F) {
+	f.Add([]byte(`{"a":1}`))
+	f.Add([]byte(`[{"a":1},{"b":{"c":[1,2,3]}}]`))
+	f.Add([]byte(`[1]`))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		msgs, err := ParseMessages(in)
+		if err != nil {
+			return
+		}
+		for _, m := range msgs {
+			var v map[string]any
+			if err := json.Unmarshal(m, &v); err != nil {
+				t.Fatalf("accepted a message that is not an object: %q", m)
+			}
+		}
+	})
+}
