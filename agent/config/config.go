@@ -1,0 +1,470 @@
+// Package config is the agent's configuration: one YAML file in which every
+// key has a default, overridable from the environment (EDGEAGENT_ plus the
+// key path in upper case joined by '_', e.g. EDGEAGENT_MQTT_URL), and
+// validated at start with errors that name the key.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"reflect"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/edgeagent/edgeagent/enroll/token"
+	"github.com/edgeagent/edgeagent/keystore"
+)
+
+// Config is the whole agent configuration.
+type Config struct {
+	DeviceID     string `yaml:"device_id"`     // default: the host name
+	StateDir     string `yaml:"state_dir"`     // key, certificate, CA bundle, spool
+	Keystore     string `yaml:"keystore"`      // file or tpm
+	KeyAlgorithm string `yaml:"key_algorithm"` // ecdsa-p256, rsa-2048, rsa-3072
+
+	TPM       TPM       `yaml:"tpm"`
+	Enroll    Enroll    `yaml:"enroll"`
+	Renew     Renew     `yaml:"renew"`
+	API       API       `yaml:"api"`
+	Metrics   Metrics   `yaml:"metrics"`
+	Collector Collector `yaml:"collector"`
+	MQTT      MQTT      `yaml:"mqtt"`
+	HTTPS     HTTPS     `yaml:"https"`
+	Spool     Spool     `yaml:"spool"`
+	Log       Log       `yaml:"log"`
+}
+
+// TPM selects the TPM device or simulator.
+type TPM struct {
+	Device           string `yaml:"device"`            // default /dev/tpmrm0
+	Address          string `yaml:"address"`           // host:port of a TPM simulator instead of the device
+	PersistentHandle uint32 `yaml:"persistent_handle"` // 0: keep key blobs in state_dir
+}
+
+// Enroll says how to get the first certificate.
+type Enroll struct {
+	TokenFile    string `yaml:"token_file"` // or EDGEAGENT_TOKEN; never logged
+	Server       string `yaml:"server"`     // EST server, for plain credentials
+	Label        string `yaml:"label"`
+	CAPin        string `yaml:"ca_pin"`
+	CABundle     string `yaml:"ca_bundle"`
+	Username     string `yaml:"username"`
+	PasswordFile string `yaml:"password_file"`
+}
+
+// Renew is the renewal policy.
+type Renew struct {
+	Fraction      float64       `yaml:"fraction"`       // of the lifetime after NotBefore; default 0.66
+	Jitter        float64       `yaml:"jitter"`         // of the lifetime; default 0.05
+	Rekey         bool          `yaml:"rekey"`          // new key on every renewal
+	RetryMin      time.Duration `yaml:"retry_min"`      // first backoff after a failure
+	RetryMax      time.Duration `yaml:"retry_max"`      // backoff cap
+	ExpiredPolicy string        `yaml:"expired_policy"` // rebootstrap or wait
+}
+
+// API is the local API for apps on the device.
+type API struct {
+	Socket string `yaml:"socket"`
+}
+
+// Metrics is the localhost health and Prometheus endpoint.
+type Metrics struct {
+	Listen string `yaml:"listen"` // "" disables
+}
+
+// Collector samples system metrics.
+type Collector struct {
+	Interval time.Duration `yaml:"interval"` // 0 disables
+	Disks    []string      `yaml:"disks"`
+}
+
+// MQTT is the MQTT uplink; empty URL disables it.
+type MQTT struct {
+	URL            string        `yaml:"url"`       // mqtts://host:8883
+	CABundle       string        `yaml:"ca_bundle"` // broker CA; default: the enrolled CA bundle
+	TelemetryTopic string        `yaml:"telemetry_topic"`
+	StatusTopic    string        `yaml:"status_topic"`
+	CommandTopic   string        `yaml:"command_topic"`
+	KeepAlive      time.Duration `yaml:"keepalive"`
+}
+
+// HTTPS is the HTTPS uplink; empty URL disables it.
+type HTTPS struct {
+	URL      string `yaml:"url"`
+	CABundle string `yaml:"ca_bundle"`
+	BatchMax int    `yaml:"batch_max"`
+}
+
+// Spool bounds the store-and-forward queue of each uplink.
+type Spool struct {
+	MaxBytes ByteSize `yaml:"max_bytes"`
+	Sync     string   `yaml:"sync"` // always or never
+}
+
+// Log selects the log format.
+type Log struct {
+	Level  string `yaml:"level"`  // debug, info, warn, error
+	Format string `yaml:"format"` // text or json
+}
+
+// Default returns the configuration used for every key the file omits.
+func Default() Config {
+	host, _ := os.Hostname()
+	return Config{
+		DeviceID:     host,
+		StateDir:     "/var/lib/edgeagent",
+		Keystore:     "file",
+		KeyAlgorithm: string(keystore.DefaultAlgorithm),
+		TPM:          TPM{Device: "/dev/tpmrm0"},
+		Renew:        Renew{Fraction: 0.66, Jitter: 0.05, RetryMin: 10 * time.Second, RetryMax: 30 * time.Minute, ExpiredPolicy: "rebootstrap"},
+		API:          API{Socket: "/run/edgeagent/api.sock"},
+		Metrics:      Metrics{Listen: "127.0.0.1:9810"},
+		Collector:    Collector{Interval: 60 * time.Second, Disks: []string{"/"}},
+		MQTT: MQTT{
+			TelemetryTopic: "devices/{device_id}/telemetry",
+			StatusTopic:    "devices/{device_id}/status",
+			CommandTopic:   "devices/{device_id}/commands",
+			KeepAlive:      30 * time.Second,
+		},
+		HTTPS: HTTPS{BatchMax: 500},
+		Spool: Spool{MaxBytes: 64 << 20, Sync: "always"},
+		Log:   Log{Level: "info", Format: "text"},
+	}
+}
+
+// MaxFileBytes bounds the config file.
+const MaxFileBytes = 1 << 20
+
+// Load reads path (if not "") over the defaults, applies environment
+// overrides from env (os.Environ() form) and validates the result.
+func Load(path string, env []string) (Config, error) {
+	cfg := Default()
+	if path != "" {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return Config{}, fmt.Errorf("config: read %s: %w", path, err)
+		}
+		if len(b) > MaxFileBytes {
+			return Config{}, fmt.Errorf("config: %s is %d bytes, at most %d", path, len(b), MaxFileBytes)
+		}
+		if err := Parse(b, &cfg); err != nil {
+			return Config{}, fmt.Errorf("config: %s: %w", path, err)
+		}
+	}
+	if err := applyEnv(&cfg, env); err != nil {
+		return Config{}, fmt.Errorf("config: %w", err)
+	}
+	if err := cfg.Validate(); err != nil {
+		return Config{}, fmt.Errorf("config: %w", err)
+	}
+	return cfg, nil
+}
+
+// Parse decodes YAML over cfg. Unknown keys are refused (a typo must not be
+// silently ignored) and every error names the key it is about.
+func Parse(b []byte, cfg *Config) error {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		return fmt.Errorf("parse YAML: %w", err)
+	}
+	if doc.Kind == 0 || len(doc.Content) == 0 {
+		return nil // empty file: all defaults
+	}
+	return decodeNode(doc.Content[0], reflect.ValueOf(cfg).Elem(), "")
+}
+
+func decodeNode(n *yaml.Node, v reflect.Value, key string) error {
+	if v.Kind() == reflect.Struct {
+		if n.Kind != yaml.MappingNode {
+			return &FieldError{Key: orTop(key), Msg: fmt.Sprintf("line %d: want a mapping of keys", n.Line)}
+		}
+		t := v.Type()
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			name := n.Content[i].Value
+			sub := name
+			if key != "" {
+				sub = key + "." + name
+			}
+			idx := -1
+			for j := 0; j < t.NumField(); j++ {
+				if strings.Split(t.Field(j).Tag.Get("yaml"), ",")[0] == name {
+					idx = j
+					break
+				}
+			}
+			if idx < 0 {
+				return &FieldError{Key: sub, Msg: fmt.Sprintf("line %d: unknown key (see packaging/edgeagent.yaml for all keys)", n.Content[i].Line)}
+			}
+			if err := decodeNode(n.Content[i+1], v.Field(idx), sub); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if err := n.Decode(v.Addr().Interface()); err != nil {
+		msg := err.Error()
+		if te := (*yaml.TypeError)(nil); errors.As(err, &te) && len(te.Errors) > 0 {
+			msg = strings.Join(te.Errors, "; ")
+		}
+		msg = strings.TrimPrefix(msg, fmt.Sprintf("line %d: ", n.Line))
+		return &FieldError{Key: key, Msg: fmt.Sprintf("line %d: %s", n.Line, msg)}
+	}
+	return nil
+}
+
+func orTop(key string) string {
+	if key == "" {
+		return "(top level)"
+	}
+	return key
+}
+
+// FieldError is a validation failure of one key.
+type FieldError struct {
+	Key string // YAML path, e.g. mqtt.url
+	Msg string
+}
+
+func (e *FieldError) Error() string { return e.Key + ": " + e.Msg }
+
+// Validate checks every key and returns all problems at once.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, &FieldError{Key: key, Msg: fmt.Sprintf(format, args...)})
+	}
+	if token.ValidateID(c.DeviceID) != nil {
+		bad("device_id", "%q: use 1 to 64 letters, digits, '.', '_' or '-' (set device_id or EDGEAGENT_DEVICE_ID)", c.DeviceID)
+	}
+	if c.StateDir == "" {
+		bad("state_dir", "must not be empty")
+	}
+	switch c.Keystore {
+	case "file", "tpm":
+	default:
+		bad("keystore", "%q: use file or tpm", c.Keystore)
+	}
+	if _, err := keystore.ParseAlgorithm(c.KeyAlgorithm); err != nil {
+		bad("key_algorithm", "%v", err)
+	}
+	if c.Enroll.Server != "" {
+		if err := token.ValidateURL(c.Enroll.Server); err != nil {
+			bad("enroll.server", "%v", err)
+		}
+	}
+	if c.Enroll.CAPin != "" {
+		if _, err := token.ParsePin(c.Enroll.CAPin); err != nil {
+			bad("enroll.ca_pin", "%v", err)
+		}
+	}
+	if c.Renew.Fraction <= 0.1 || c.Renew.Fraction >= 0.95 {
+		bad("renew.fraction", "%v: must be between 0.1 and 0.95 of the certificate lifetime", c.Renew.Fraction)
+	}
+	if c.Renew.Jitter < 0 || c.Renew.Jitter > 0.2 {
+		bad("renew.jitter", "%v: must be between 0 and 0.2", c.Renew.Jitter)
+	}
+	if c.Renew.RetryMin <= 0 || c.Renew.RetryMax < c.Renew.RetryMin {
+		bad("renew.retry_min", "must be positive and at most renew.retry_max (%v, %v)", c.Renew.RetryMin, c.Renew.RetryMax)
+	}
+	switch c.Renew.ExpiredPolicy {
+	case "rebootstrap", "wait":
+	default:
+		bad("renew.expired_policy", "%q: use rebootstrap or wait", c.Renew.ExpiredPolicy)
+	}
+	if c.API.Socket == "" {
+		bad("api.socket", "must not be empty")
+	}
+	if c.Collector.Interval < 0 || (c.Collector.Interval > 0 && c.Collector.Interval < time.Second) {
+		bad("collector.interval", "%v: 0 disables, otherwise at least 1s", c.Collector.Interval)
+	}
+	if c.MQTT.URL != "" {
+		u, err := url.Parse(c.MQTT.URL)
+		if err != nil || u.Scheme != "mqtts" || u.Hostname() == "" {
+			bad("mqtt.url", "%q: want mqtts://host:port (plain mqtt is refused: the uplink is mutual TLS)", c.MQTT.URL)
+		}
+		for key, topic := range map[string]string{"mqtt.telemetry_topic": c.MQTT.TelemetryTopic, "mqtt.status_topic": c.MQTT.StatusTopic, "mqtt.command_topic": c.MQTT.CommandTopic} {
+			if topic == "" || strings.ContainsAny(topic, "+#") {
+				bad(key, "%q: must be a topic name without wildcards", topic)
+			}
+		}
+		if c.MQTT.KeepAlive < time.Second {
+			bad("mqtt.keepalive", "%v: at least 1s", c.MQTT.KeepAlive)
+		}
+	}
+	if c.HTTPS.URL != "" {
+		u, err := url.Parse(c.HTTPS.URL)
+		if err != nil || u.Scheme != "https" || u.Host == "" {
+			bad("https.url", "%q: want https://host[:port]/path", c.HTTPS.URL)
+		}
+		if c.HTTPS.BatchMax < 1 || c.HTTPS.BatchMax > 10000 {
+			bad("https.batch_max", "%d: between 1 and 10000", c.HTTPS.BatchMax)
+		}
+	}
+	if c.Spool.MaxBytes < 1<<20 {
+		bad("spool.max_bytes", "%d: at least 1MiB", c.Spool.MaxBytes)
+	}
+	switch c.Spool.Sync {
+	case "always", "never":
+	default:
+		bad("spool.sync", "%q: use always or never", c.Spool.Sync)
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log.level", "%q: use debug, info, warn or error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		bad("log.format", "%q: use text or json", c.Log.Format)
+	}
+	return errors.Join(errs...)
+}
+
+// EnvPrefix starts every environment override.
+const EnvPrefix = "EDGEAGENT_"
+
+// applyEnv sets fields from EDGEAGENT_* variables. EDGEAGENT_TOKEN is not a
+// key (the token is read where it is used) and is skipped here.
+func applyEnv(cfg *Config, env []string) error {
+	vars := map[string]string{}
+	for _, kv := range env {
+		k, v, ok := strings.Cut(kv, "=")
+		if ok && strings.HasPrefix(k, EnvPrefix) {
+			vars[k] = v
+		}
+	}
+	var errs []error
+	walk(reflect.ValueOf(cfg).Elem(), "", func(key string, f reflect.Value) {
+		name := EnvPrefix + strings.ToUpper(strings.ReplaceAll(key, ".", "_"))
+		v, ok := vars[name]
+		if !ok {
+			return
+		}
+		if err := setFromString(f, v); err != nil {
+			errs = append(errs, &FieldError{Key: key, Msg: fmt.Sprintf("from %s: %v", name, err)})
+		}
+	})
+	return errors.Join(errs...)
+}
+
+// walk calls fn for every leaf field with its dotted YAML key.
+func walk(v reflect.Value, prefix string, fn func(key string, f reflect.Value)) {
+	t := v.Type()
+	for i := 0; i < t.NumField(); i++ {
+		tag := strings.Split(t.Field(i).Tag.Get("yaml"), ",")[0]
+		if tag == "" || tag == "-" {
+			continue
+		}
+		key := tag
+		if prefix != "" {
+			key = prefix + "." + tag
+		}
+		f := v.Field(i)
+		if f.Kind() == reflect.Struct && f.Type() != reflect.TypeOf(time.Duration(0)) {
+			walk(f, key, fn)
+			continue
+		}
+		fn(key, f)
+	}
+}
+
+// Keys lists every configuration key, for documentation and tests.
+func Keys() []string {
+	var out []string
+	cfg := Default()
+	walk(reflect.ValueOf(&cfg).Elem(), "", func(key string, _ reflect.Value) { out = append(out, key) })
+	return out
+}
+
+func setFromString(f reflect.Value, s string) error {
+	if f.Type() == reflect.TypeOf(time.Duration(0)) {
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			return err
+		}
+		f.SetInt(int64(d))
+		return nil
+	}
+	if f.Type() == reflect.TypeOf(ByteSize(0)) {
+		var b ByteSize
+		if err := b.UnmarshalText([]byte(s)); err != nil {
+			return err
+		}
+		f.SetInt(int64(b))
+		return nil
+	}
+	switch f.Kind() {
+	case reflect.String:
+		f.SetString(s)
+	case reflect.Bool:
+		b, err := strconv.ParseBool(s)
+		if err != nil {
+			return err
+		}
+		f.SetBool(b)
+	case reflect.Int, reflect.Int64:
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return err
+		}
+		f.SetInt(n)
+	case reflect.Uint32:
+		n, err := strconv.ParseUint(s, 0, 32)
+		if err != nil {
+			return err
+		}
+		f.SetUint(n)
+	case reflect.Float64:
+		n, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			return err
+		}
+		f.SetFloat(n)
+	case reflect.Slice:
+		var parts []string
+		for _, p := range strings.Split(s, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				parts = append(parts, p)
+			}
+		}
+		f.Set(reflect.ValueOf(parts))
+	default:
+		return fmt.Errorf("unsupported type %s", f.Type())
+	}
+	return nil
+}
+
+// ByteSize is a size in bytes that also reads "64MiB", "512KiB", "1GiB".
+type ByteSize int64
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (b *ByteSize) UnmarshalText(text []byte) error {
+	s := strings.TrimSpace(string(text))
+	mult := int64(1)
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"B", 1}} {
+		if strings.HasSuffix(s, u.suffix) {
+			s, mult = strings.TrimSpace(strings.TrimSuffix(s, u.suffix)), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 || n > (1<<50)/mult {
+		return fmt.Errorf("size %q: want a number of bytes, optionally with KiB, MiB or GiB", string(text))
+	}
+	*b = ByteSize(n * mult)
+	return nil
+}
+
+// ExpandTopic replaces {device_id} in an MQTT topic template.
+func ExpandTopic(tmpl, deviceID string) string {
+	return strings.ReplaceAll(tmpl, "{device_id}", deviceID)
+}
