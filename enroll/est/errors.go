@@ -39,7 +39,7 @@ func ParseErrorBody(body string) (Code, string) {
 		return "", body
 	}
 	for _, r := range body[:i] {
-		if !(r >= 'a' && r <= 'z' || r == '_') {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '_') {
 			return "", body
 		}
 	}

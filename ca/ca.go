@@ -1,0 +1,352 @@
+// Package ca is edgeca: the issuing engine (a root and an issuing
+// intermediate), the EST server (RFC 7030) that enrolls devices with
+// enrollment tokens and renews them over mutual TLS, and the operations on
+// tokens, devices and the audit log that the edgeca command exposes. State
+// lives in a ca/store Store.
+package ca
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/edgeagent/edgeagent/ca/store"
+	"github.com/edgeagent/edgeagent/enroll/est"
+	"github.com/edgeagent/edgeagent/enroll/token"
+)
+
+// Options configures Open.
+type Options struct {
+	// CertTTL is the lifetime of device certificates: DefaultCertTTL when
+	// zero, at least MinCertTTL.
+	CertTTL time.Duration
+	// Hostnames are the DNS names and IP addresses of the TLS server
+	// certificate; DefaultHostnames() when empty.
+	Hostnames []string
+	// Store replaces the SQLite store in dir (tests). Close closes it.
+	Store store.Store
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
+	// Logger gets request and lifecycle logs; slog.Default() when nil.
+	Logger *slog.Logger
+}
+
+// DefaultHostnames is localhost, 127.0.0.1, ::1 and the machine's host name.
+func DefaultHostnames() []string {
+	hosts := []string{"localhost", "127.0.0.1", "::1"}
+	if h, err := os.Hostname(); err == nil && h != "" && h != "localhost" {
+		hosts = append(hosts, h)
+	}
+	return hosts
+}
+
+// CA is an open CA directory.
+type CA struct {
+	dir     string
+	auth    *authority
+	st      store.Store
+	ttl     time.Duration
+	hosts   []string
+	now     func() time.Time
+	log     *slog.Logger
+	cacerts []byte // the cacerts response body, computed once
+
+	// clientRoots anchors client certificate verification at the
+	// intermediate: a certificate another intermediate under the same root
+	// issued is not one of ours.
+	clientRoots *x509.CertPool
+
+	tlsMu   sync.Mutex
+	tlsCert *tls.Certificate
+}
+
+// Open opens the CA in dir, made by Init: it loads the certificates and the
+// intermediate key (refusing a key file others can read) and opens the store.
+// The root key is not needed.
+func Open(ctx context.Context, dir string, opts Options) (*CA, error) {
+	if opts.CertTTL == 0 {
+		opts.CertTTL = DefaultCertTTL
+	}
+	if opts.CertTTL < MinCertTTL {
+		return nil, fmt.Errorf("certificate lifetime %s is too short: the minimum is %s", opts.CertTTL, MinCertTTL)
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if len(opts.Hostnames) == 0 {
+		opts.Hostnames = DefaultHostnames()
+	}
+	if _, err := os.Stat(filepath.Join(dir, RootCertFile)); errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("open CA %s: not initialized (run `edgeca init --dir %s`)", dir, dir)
+	}
+	root, err := loadCert(filepath.Join(dir, RootCertFile))
+	if err != nil {
+		return nil, fmt.Errorf("open CA %s: %w", dir, err)
+	}
+	inter, err := loadCert(filepath.Join(dir, IntermediateCertFile))
+	if err != nil {
+		return nil, fmt.Errorf("open CA %s: %w", dir, err)
+	}
+	key, err := loadKey(filepath.Join(dir, IntermediateKeyFile))
+	if err != nil {
+		return nil, fmt.Errorf("open CA %s: %w", dir, err)
+	}
+	if !keyMatches(inter, key) {
+		return nil, fmt.Errorf("open CA %s: %s is not the key of %s", dir, IntermediateKeyFile, IntermediateCertFile)
+	}
+	if err := inter.CheckSignatureFrom(root); err != nil {
+		return nil, fmt.Errorf("open CA %s: %s is not signed by %s: %w", dir, IntermediateCertFile, RootCertFile, err)
+	}
+	der, err := est.EncodeCertsOnly([]*x509.Certificate{inter, root})
+	if err != nil {
+		return nil, fmt.Errorf("open CA %s: %w", dir, err)
+	}
+	st := opts.Store
+	if st == nil {
+		s, err := store.Open(ctx, filepath.Join(dir, DBFile))
+		if err != nil {
+			return nil, fmt.Errorf("open CA %s: %w", dir, err)
+		}
+		st = s
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(inter)
+	return &CA{
+		dir:         dir,
+		auth:        &authority{root: root, intermediate: inter, signer: key},
+		st:          st,
+		ttl:         opts.CertTTL,
+		hosts:       opts.Hostnames,
+		now:         opts.Now,
+		log:         opts.Logger,
+		cacerts:     est.EncodeBase64(der),
+		clientRoots: pool,
+	}, nil
+}
+
+// Close closes the store.
+func (c *CA) Close() error { return c.st.Close() }
+
+// Root returns the root certificate, the trust anchor devices pin.
+func (c *CA) Root() *x509.Certificate { return c.auth.root }
+
+// Intermediate returns the issuing certificate.
+func (c *CA) Intermediate() *x509.Certificate { return c.auth.intermediate }
+
+// Pin returns the token pin of the root.
+func (c *CA) Pin() token.Pin { return token.PinOf(c.auth.root) }
+
+// CertTTL returns the lifetime of issued device certificates.
+func (c *CA) CertTTL() time.Duration { return c.ttl }
+
+// Store returns the store (for tests and tools that read it directly).
+func (c *CA) Store() store.Store { return c.st }
+
+// serverCertTTL is the lifetime of the EST server's own certificate; it is
+// reissued in memory well before it ends.
+const serverCertTTL = 90 * 24 * time.Hour
+
+// serverCert returns the current TLS server certificate, issuing a new one
+// when there is none or the current one has less than a third of its life.
+func (c *CA) serverCert() (*tls.Certificate, error) {
+	c.tlsMu.Lock()
+	defer c.tlsMu.Unlock()
+	now := c.now()
+	if c.tlsCert != nil && c.tlsCert.Leaf.NotAfter.Sub(now) > serverCertTTL/3 {
+		return c.tlsCert, nil
+	}
+	cert, err := c.auth.issueServer(c.hosts, serverCertTTL, now)
+	if err != nil {
+		return nil, err
+	}
+	c.tlsCert = cert
+	return cert, nil
+}
+
+// TokenOptions configures CreateToken.
+type TokenOptions struct {
+	// URL of the EST server put in the token; when empty the URL given to
+	// init, else the address `edgeca serve` last wrote to the CA directory.
+	URL     string
+	Device  string        // bind the token to this device id
+	Pattern string        // or to device ids matching this path.Match pattern
+	Uses    int           // 1 when zero
+	TTL     time.Duration // 24h when zero
+}
+
+// ErrNoURL is returned by CreateToken when no server URL is known.
+var ErrNoURL = errors.New("no EST server URL known")
+
+// CreateToken makes a token and stores its hash. The returned Token holds
+// the only copy of the secret.
+func (c *CA) CreateToken(ctx context.Context, o TokenOptions) (token.Token, store.Token, error) {
+	if o.Uses == 0 {
+		o.Uses = 1
+	}
+	if o.TTL == 0 {
+		o.TTL = 24 * time.Hour
+	}
+	if o.Uses < 0 {
+		return token.Token{}, store.Token{}, fmt.Errorf("create token: --uses %d: must be at least 1", o.Uses)
+	}
+	if o.TTL < 0 {
+		return token.Token{}, store.Token{}, fmt.Errorf("create token: --ttl %s: must be positive", o.TTL)
+	}
+	if o.Device != "" && o.Pattern != "" {
+		return token.Token{}, store.Token{}, errors.New("create token: give --device or --pattern, not both")
+	}
+	if o.Device != "" {
+		if err := ValidateDeviceID(o.Device); err != nil {
+			return token.Token{}, store.Token{}, fmt.Errorf("create token: --device: %w", err)
+		}
+	}
+	if o.Pattern != "" {
+		if err := validatePattern(o.Pattern); err != nil {
+			return token.Token{}, store.Token{}, fmt.Errorf("create token: --pattern: %w", err)
+		}
+	}
+	u, err := c.tokenURL(ctx, o.URL)
+	if err != nil {
+		return token.Token{}, store.Token{}, fmt.Errorf("create token: %w", err)
+	}
+	var idb [8]byte
+	var secret [32]byte
+	if _, err := rand.Read(idb[:]); err != nil {
+		return token.Token{}, store.Token{}, fmt.Errorf("create token: %w", err)
+	}
+	if _, err := rand.Read(secret[:]); err != nil {
+		return token.Token{}, store.Token{}, fmt.Errorf("create token: %w", err)
+	}
+	tok := token.Token{
+		URL:    u,
+		Pin:    c.Pin(),
+		ID:     "t" + hex.EncodeToString(idb[:]),
+		Secret: base64.RawURLEncoding.EncodeToString(secret[:]),
+	}
+	if err := tok.Validate(); err != nil {
+		return token.Token{}, store.Token{}, fmt.Errorf("create token: %w", err)
+	}
+	now := c.now()
+	rec := store.Token{
+		ID:         tok.ID,
+		SecretHash: sha256.Sum256([]byte(tok.Secret)),
+		Device:     o.Device,
+		Pattern:    o.Pattern,
+		MaxUses:    o.Uses,
+		CreatedAt:  now,
+		ExpiresAt:  now.Add(o.TTL),
+	}
+	if err := c.st.CreateToken(ctx, rec); err != nil {
+		return token.Token{}, store.Token{}, fmt.Errorf("create token: %w", err)
+	}
+	return tok, rec, nil
+}
+
+// validatePattern accepts device id characters plus the path.Match
+// metacharacters * ? [ ] ^.
+func validatePattern(p string) error {
+	if len(p) > 64 {
+		return fmt.Errorf("pattern %q is longer than 64 characters", p)
+	}
+	for _, r := range p {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune(".-_*?[]^", r)) {
+			return fmt.Errorf("pattern %q: %q is neither a device id character nor one of * ? [ ]", p, r)
+		}
+	}
+	if _, err := path.Match(p, ""); err != nil {
+		return fmt.Errorf("pattern %q: %w", p, err)
+	}
+	return nil
+}
+
+func (c *CA) tokenURL(ctx context.Context, explicit string) (string, error) {
+	u := explicit
+	if u == "" {
+		s, err := c.st.Setting(ctx, settingURL)
+		if err != nil {
+			return "", err
+		}
+		u = s
+	}
+	if u == "" {
+		b, err := os.ReadFile(filepath.Join(c.dir, ServeAddrFile))
+		if err != nil {
+			return "", fmt.Errorf("%w: pass --url https://HOST:PORT, or set one with `edgeca init --url`, or start `edgeca serve` first", ErrNoURL)
+		}
+		addr := strings.TrimSpace(string(b))
+		host, port, err := net.SplitHostPort(addr)
+		if err != nil {
+			return "", fmt.Errorf("%s holds %q: %w", ServeAddrFile, addr, err)
+		}
+		if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+			// Listening on all interfaces: the host name is the best guess.
+			if h, err := os.Hostname(); err == nil {
+				host = h
+			}
+		}
+		u = (&url.URL{Scheme: "https", Host: net.JoinHostPort(host, port)}).String()
+	}
+	if err := token.ValidateURL(u); err != nil {
+		return "", err
+	}
+	return strings.TrimRight(u, "/"), nil
+}
+
+// Tokens lists all tokens.
+func (c *CA) Tokens(ctx context.Context) ([]store.Token, error) { return c.st.Tokens(ctx) }
+
+// RevokeToken revokes a token; it wraps store.ErrNotFound for an unknown id.
+func (c *CA) RevokeToken(ctx context.Context, id string) error {
+	return c.st.RevokeToken(ctx, id, c.now())
+}
+
+// Devices lists all devices.
+func (c *CA) Devices(ctx context.Context) ([]store.Device, error) { return c.st.Devices(ctx) }
+
+// Device returns one device; it wraps store.ErrNotFound for an unknown id.
+func (c *CA) Device(ctx context.Context, id string) (store.Device, error) {
+	return c.st.Device(ctx, id)
+}
+
+// RevokeDevice revokes a device: it can no longer renew, nor enroll again
+// with a token.
+func (c *CA) RevokeDevice(ctx context.Context, id string) error {
+	return c.st.RevokeDevice(ctx, id, c.now())
+}
+
+// Audit returns the newest limit audit records (all when limit <= 0).
+func (c *CA) Audit(ctx context.Context, limit int) ([]store.AuditRecord, error) {
+	return c.st.Audit(ctx, limit)
+}
+
+// TokenState describes a stored token for listings.
+func TokenState(t store.Token, now time.Time) string {
+	switch {
+	case !t.RevokedAt.IsZero():
+		return "revoked"
+	case !now.Before(t.ExpiresAt):
+		return "expired"
+	case t.Uses >= t.MaxUses:
+		return "used"
+	default:
+		return "valid"
+	}
+}

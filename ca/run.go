@@ -1,0 +1,81 @@
+package ca
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/edgeagent/edgeagent/internal/atomicfile"
+)
+
+// ServeConfig is what `edgeca serve` runs.
+type ServeConfig struct {
+	Dir       string
+	Listen    string        // host:port; port 0 picks a free one
+	Hostnames []string      // TLS server certificate names; DefaultHostnames() plus the listen host when empty
+	CertTTL   time.Duration // device certificate lifetime
+	AddrFile  string        // if set, the bound address is written here after listening
+	Logger    *slog.Logger
+}
+
+// Run opens the CA, listens, records the bound address (in AddrFile and in
+// the CA directory, for `edgeca token create`) and serves EST until ctx is
+// done.
+func Run(ctx context.Context, cfg ServeConfig) error {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	hosts := cfg.Hostnames
+	if len(hosts) == 0 {
+		hosts = DefaultHostnames()
+		if h, _, err := net.SplitHostPort(cfg.Listen); err == nil && h != "" {
+			if ip := net.ParseIP(h); ip == nil || !ip.IsUnspecified() {
+				hosts = appendMissing(hosts, h)
+			}
+		}
+	}
+	c, err := Open(ctx, cfg.Dir, Options{CertTTL: cfg.CertTTL, Hostnames: hosts, Logger: log})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("serve: listen on %s: %w", cfg.Listen, err)
+	}
+	defer ln.Close()
+	addr := ln.Addr().String()
+	if err := atomicfile.Write(filepath.Join(cfg.Dir, ServeAddrFile), []byte(addr+"\n"), 0o644); err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	if cfg.AddrFile != "" {
+		if err := atomicfile.Write(cfg.AddrFile, []byte(addr+"\n"), 0o644); err != nil {
+			return fmt.Errorf("serve: --addr-file: %w", err)
+		}
+	}
+	log.Info("edgeca serving EST", "addr", addr, "hostnames", hosts, "cert_ttl", c.CertTTL().String(),
+		"root_pin", c.Pin().String(), "dir", cfg.Dir)
+	err = c.Serve(ctx, ln)
+	if rmErr := os.Remove(filepath.Join(cfg.Dir, ServeAddrFile)); rmErr != nil && !errors.Is(rmErr, os.ErrNotExist) {
+		log.Warn("remove address file", "err", rmErr)
+	}
+	log.Info("edgeca stopped")
+	return err
+}
+
+func appendMissing(list []string, s string) []string {
+	for _, x := range list {
+		if x == s {
+			return list
+		}
+	}
+	return append(list, s)
+}

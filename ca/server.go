@@ -1,0 +1,456 @@
+package ca
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"net"
+	"net/http"
+	"path"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/edgeagent/edgeagent/ca/store"
+	"github.com/edgeagent/edgeagent/enroll/est"
+)
+
+// TLSConfig returns the server side TLS configuration: the CA-issued server
+// certificate served with intermediate and root (devices pin the root on
+// first contact), TLS 1.2 minimum, and a client certificate requested but
+// not required. The certificate is verified by the simplereenroll handler
+// rather than in the handshake, so that one from another CA, an expired one
+// or one of a revoked device gets a readable EST error and an audit record
+// instead of a bare TLS alert, and so that an agent whose identity expired
+// can still bootstrap again with a token over the same client.
+func (c *CA) TLSConfig() (*tls.Config, error) {
+	if _, err := c.serverCert(); err != nil {
+		return nil, fmt.Errorf("TLS config: %w", err)
+	}
+	return &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return c.serverCert()
+		},
+		// RequestClientCert still checks the client's proof of possession
+		// of the key (CertificateVerify); ClientCAs tells clients which
+		// certificate to pick.
+		ClientAuth: tls.RequestClientCert,
+		ClientCAs:  c.clientRoots,
+		Time:       c.now,
+		// Devices talk to the CA once per renewal, hours apart: resuming
+		// a session never happens, so do not spend work on tickets.
+		SessionTicketsDisabled: true,
+	}, nil
+}
+
+// Serve serves EST over TLS on ln until ctx is done, then shuts down
+// gracefully (in-flight requests get up to 10 seconds).
+func (c *CA) Serve(ctx context.Context, ln net.Listener) error {
+	cfg, err := c.TLSConfig()
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{
+		Handler:           c.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(c.log.Handler(), slog.LevelDebug),
+		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(tls.NewListener(ln, cfg)) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve EST: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	err = srv.Shutdown(sctx)
+	if serr := <-errc; !errors.Is(serr, http.ErrServerClosed) {
+		err = errors.Join(err, serr)
+	}
+	if err != nil {
+		return fmt.Errorf("serve EST: shutdown: %w", err)
+	}
+	return nil
+}
+
+// Handler returns the EST HTTP handler for /.well-known/est/[label/]op.
+func (c *CA) Handler() http.Handler {
+	return http.HandlerFunc(c.serveHTTP)
+}
+
+func (c *CA) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Cache-Control", "no-store")
+	op, ok := estOp(r.URL.Path)
+	if !ok {
+		writeError(w, refuse(http.StatusNotFound, est.CodeNotFound, "no such EST resource: the paths are "+est.PathPrefix+"{cacerts,simpleenroll,simplereenroll,csrattrs}"))
+		return
+	}
+	switch op {
+	case est.OpCACerts:
+		if !allowMethod(w, r, http.MethodGet) {
+			return
+		}
+		w.Header().Set("Content-Type", est.MediaPKCS7)
+		w.Header().Set("Content-Transfer-Encoding", est.TransferEncoding)
+		w.Header().Set("Content-Length", strconv.Itoa(len(c.cacerts)))
+		_, _ = w.Write(c.cacerts)
+	case est.OpCSRAttrs:
+		if !allowMethod(w, r, http.MethodGet) {
+			return
+		}
+		// No attributes required (RFC 7030 §4.5.2: 204 when none).
+		w.WriteHeader(http.StatusNoContent)
+	case est.OpSimpleEnroll, est.OpSimpleReenroll:
+		if !allowMethod(w, r, http.MethodPost) {
+			return
+		}
+		c.enroll(w, r, op)
+	default:
+		writeError(w, refuse(http.StatusNotFound, est.CodeNotFound, fmt.Sprintf("EST operation %q is not supported", op)))
+	}
+}
+
+// estOp extracts the operation from /.well-known/est/op or
+// /.well-known/est/label/op.
+func estOp(p string) (string, bool) {
+	rest, ok := strings.CutPrefix(p, est.PathPrefix)
+	if !ok {
+		return "", false
+	}
+	parts := strings.Split(rest, "/")
+	switch len(parts) {
+	case 1:
+		return parts[0], parts[0] != ""
+	case 2:
+		if !validLabel(parts[0]) {
+			return "", false
+		}
+		return parts[1], parts[1] != ""
+	}
+	return "", false
+}
+
+func validLabel(s string) bool {
+	if s == "" || len(s) > 64 {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+func allowMethod(w http.ResponseWriter, r *http.Request, m string) bool {
+	if r.Method == m || m == http.MethodGet && r.Method == http.MethodHead {
+		return true
+	}
+	w.Header().Set("Allow", m)
+	writeError(w, refuse(http.StatusMethodNotAllowed, est.CodeMethodNotAllowed, fmt.Sprintf("use %s", m)))
+	return false
+}
+
+func writeError(w http.ResponseWriter, e *Error) {
+	h := w.Header()
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("X-Content-Type-Options", "nosniff")
+	switch e.Status {
+	case http.StatusUnauthorized:
+		if e.Code != est.CodeClientCertRequired {
+			h.Set("WWW-Authenticate", `Basic realm="edgeca EST", charset="UTF-8"`)
+		}
+	}
+	w.WriteHeader(e.Status)
+	_, _ = io.WriteString(w, est.ErrorBody(e.Code, e.Msg))
+}
+
+// The client sees one message for every token failure: whether the token
+// was unknown, wrong, expired, used up or revoked is for the audit log.
+const tokenInvalidMsg = "enrollment token not accepted (unknown, expired, used up or revoked): ask the operator for a new one"
+
+// attempt collects what the audit record of one request says.
+type attempt struct {
+	op, peer, tokenID, deviceID string
+}
+
+// enroll serves simpleenroll and simplereenroll.
+func (c *CA) enroll(w http.ResponseWriter, r *http.Request, op string) {
+	a := attempt{op: op, peer: r.RemoteAddr}
+	cert, err := c.enrollChecked(w, r, op, &a)
+	if err != nil {
+		var e *Error
+		if !errors.As(err, &e) {
+			c.log.Error("enrollment failed", "op", op, "peer", a.peer, "device", a.deviceID, "err", err)
+			e = &Error{Status: http.StatusInternalServerError, Code: est.CodeInternal, Msg: "internal error, see the edgeca log", Reason: err.Error()}
+		}
+		c.recordFailure(r.Context(), a, e)
+		drain(r.Body)
+		writeError(w, e)
+		return
+	}
+	der, err := est.EncodeCertsOnly([]*x509.Certificate{cert, c.auth.intermediate})
+	if err != nil {
+		// The certificate is recorded as issued; the client will retry.
+		c.log.Error("encode response", "op", op, "device", a.deviceID, "err", err)
+		writeError(w, refuse(http.StatusInternalServerError, est.CodeInternal, "internal error, see the edgeca log"))
+		return
+	}
+	body := est.EncodeBase64(der)
+	h := w.Header()
+	h.Set("Content-Type", est.MediaCertsOnly)
+	h.Set("Content-Transfer-Encoding", est.TransferEncoding)
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(body)
+	c.log.Info("certificate issued", "op", op, "peer", a.peer, "device", a.deviceID, "token", a.tokenID, "serial", SerialHex(cert.SerialNumber), "not_after", cert.NotAfter)
+}
+
+func (c *CA) recordFailure(ctx context.Context, a attempt, e *Error) {
+	result := store.ResultDenied
+	if e.Status >= 500 {
+		result = store.ResultError
+	}
+	reason := e.Reason
+	if reason == "" {
+		reason = e.Msg
+	}
+	rec := store.AuditRecord{
+		Time: c.now(), Op: a.op, Peer: a.peer, TokenID: a.tokenID, DeviceID: a.deviceID,
+		Result: result, Code: string(e.Code), Reason: reason,
+	}
+	// The audit must be written even if the client has gone away.
+	if err := c.st.AddAudit(context.WithoutCancel(ctx), rec); err != nil {
+		c.log.Error("write audit record", "err", err, "op", a.op, "device", a.deviceID, "reason", reason)
+	}
+	c.log.Info("enrollment refused", "op", a.op, "peer", a.peer, "token", a.tokenID, "device", a.deviceID, "code", e.Code, "reason", reason)
+}
+
+// drain reads and discards what is left of a refused body, up to a bound,
+// so that the client (which may still be sending) reads our error response
+// instead of a connection reset. Bodies larger than that get the reset.
+func drain(body io.Reader) {
+	_, _ = io.Copy(io.Discard, io.LimitReader(body, 1<<20))
+}
+
+// readCSR checks the content type, reads the bounded body and parses it.
+func readCSR(w http.ResponseWriter, r *http.Request) (*CSR, error) {
+	ct := r.Header.Get("Content-Type")
+	mt, _, err := mime.ParseMediaType(ct)
+	if err != nil || mt != est.MediaPKCS10 {
+		return nil, refuse(http.StatusUnsupportedMediaType, est.CodeWrongContentType,
+			fmt.Sprintf("Content-Type %q: send %s (base64 of the DER CSR)", ct, est.MediaPKCS10))
+	}
+	raw := r.Body
+	if r.ContentLength > est.MaxBodyBytes {
+		return nil, refuse(http.StatusRequestEntityTooLarge, est.CodeBodyTooLarge, fmt.Sprintf("request body of %d bytes is over the %d byte limit", r.ContentLength, est.MaxBodyBytes))
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, raw, est.MaxBodyBytes))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return nil, refuse(http.StatusRequestEntityTooLarge, est.CodeBodyTooLarge, fmt.Sprintf("request body is over the %d byte limit", est.MaxBodyBytes))
+		}
+		return nil, refuse(http.StatusBadRequest, est.CodeBadCSR, "reading the request body: "+err.Error())
+	}
+	return ParseCSR(body)
+}
+
+func (c *CA) enrollChecked(w http.ResponseWriter, r *http.Request, op string, a *attempt) (*x509.Certificate, error) {
+	if op == est.OpSimpleEnroll {
+		return c.simpleEnroll(w, r, a)
+	}
+	return c.simpleReenroll(w, r, a)
+}
+
+func (c *CA) simpleEnroll(w http.ResponseWriter, r *http.Request, a *attempt) (*x509.Certificate, error) {
+	user, pass, ok := r.BasicAuth()
+	if !ok {
+		return nil, refuse(http.StatusUnauthorized, est.CodeAuthRequired, "simpleenroll needs HTTP Basic credentials: the token id as user name and its secret as password")
+	}
+	if len(user) > 64 {
+		user = user[:64]
+	}
+	a.tokenID = user
+	csr, err := readCSR(w, r)
+	if err != nil {
+		return nil, err
+	}
+	a.deviceID = csr.DeviceID
+	now := c.now()
+	secretHash := sha256.Sum256([]byte(pass))
+	check := func(tok *store.Token, dev *store.Device) error {
+		if err := checkToken(tok, secretHash, csr.DeviceID, now); err != nil {
+			return err
+		}
+		if dev != nil {
+			if dev.Status == store.StatusRevoked {
+				return &Error{Status: http.StatusForbidden, Code: est.CodeDeviceRevoked,
+					Msg: fmt.Sprintf("device %s is revoked", csr.DeviceID), Reason: "enroll of a revoked device"}
+			}
+			if tok.Device != csr.DeviceID {
+				// A claim token (pattern or open) must not take over an
+				// identity that is already enrolled.
+				return &Error{Status: http.StatusForbidden, Code: est.CodeDeviceNotAllowed,
+					Msg:    fmt.Sprintf("device %s is already enrolled: enrolling it again needs a token made for it (edgeca token create --device %s)", csr.DeviceID, csr.DeviceID),
+					Reason: "claim token used for an already enrolled device id"}
+			}
+		}
+		return nil
+	}
+	req := store.IssueRequest{
+		TokenID:  user,
+		DeviceID: csr.DeviceID,
+		Time:     now,
+		Audit: store.AuditRecord{Time: now, Op: a.op, Peer: a.peer, TokenID: user, DeviceID: csr.DeviceID,
+			Result: store.ResultOK, Reason: "enrolled with token"},
+	}
+	return c.issue(r.Context(), req, csr, check)
+}
+
+// issue signs the certificate and records it with Store.Issue, which runs
+// check under the write lock and records nothing if it fails; the signed
+// certificate is then dropped unseen. Signing before checking costs one
+// ECDSA signature on a refused request, less than the CSR check every
+// request costs anyway, and saves a read of the state on every accepted one.
+func (c *CA) issue(ctx context.Context, req store.IssueRequest, csr *CSR, check func(*store.Token, *store.Device) error) (*x509.Certificate, error) {
+	cert, err := c.auth.issueLeaf(csr.Request.PublicKey, req.DeviceID, c.ttl, req.Time)
+	if err != nil {
+		return nil, err
+	}
+	req.Issuance = store.Issuance{Serial: SerialHex(cert.SerialNumber), NotAfter: cert.NotAfter}
+	if err := c.st.Issue(ctx, req, check); err != nil {
+		return nil, err
+	}
+	return cert, nil
+}
+
+// checkToken decides whether tok lets deviceID enroll now. tok is nil for an
+// unknown token id.
+func checkToken(tok *store.Token, secretHash [32]byte, deviceID string, now time.Time) error {
+	invalid := func(reason string) error {
+		return &Error{Status: http.StatusUnauthorized, Code: est.CodeTokenInvalid, Msg: tokenInvalidMsg, Reason: reason}
+	}
+	if tok == nil {
+		// Compare anyway so an unknown id costs the same as a wrong secret.
+		var zero [32]byte
+		subtle.ConstantTimeCompare(secretHash[:], zero[:])
+		return invalid("unknown token")
+	}
+	if subtle.ConstantTimeCompare(secretHash[:], tok.SecretHash[:]) != 1 {
+		return invalid("wrong secret")
+	}
+	if !tok.RevokedAt.IsZero() {
+		return invalid("token revoked at " + tok.RevokedAt.Format(time.RFC3339))
+	}
+	if !now.Before(tok.ExpiresAt) {
+		return invalid("token expired at " + tok.ExpiresAt.Format(time.RFC3339))
+	}
+	if tok.Uses >= tok.MaxUses {
+		return invalid(fmt.Sprintf("token used up (%d of %d uses)", tok.Uses, tok.MaxUses))
+	}
+	if tok.Device != "" && deviceID != tok.Device {
+		return &Error{Status: http.StatusForbidden, Code: est.CodeDeviceNotAllowed,
+			Msg:    fmt.Sprintf("this token does not allow device id %q", deviceID),
+			Reason: fmt.Sprintf("token is bound to device %q, CSR names %q", tok.Device, deviceID)}
+	}
+	if tok.Pattern != "" {
+		if ok, _ := path.Match(tok.Pattern, deviceID); !ok {
+			return &Error{Status: http.StatusForbidden, Code: est.CodeDeviceNotAllowed,
+				Msg:    fmt.Sprintf("this token does not allow device id %q", deviceID),
+				Reason: fmt.Sprintf("device id %q does not match the token pattern %q", deviceID, tok.Pattern)}
+		}
+	}
+	return nil
+}
+
+func (c *CA) simpleReenroll(w http.ResponseWriter, r *http.Request, a *attempt) (*x509.Certificate, error) {
+	now := c.now()
+	peer, err := c.verifyClientCert(r, now)
+	if err != nil {
+		return nil, err
+	}
+	certID, err := DeviceIDFromCert(peer)
+	if err != nil {
+		return nil, &Error{Status: http.StatusUnauthorized, Code: est.CodeClientCertRequired,
+			Msg: "the client certificate does not name a device: " + err.Error()}
+	}
+	a.deviceID = certID
+	csr, err := readCSR(w, r)
+	if err != nil {
+		return nil, err
+	}
+	if csr.DeviceID != certID {
+		return nil, &Error{Status: http.StatusForbidden, Code: est.CodeDeviceNotAllowed,
+			Msg: fmt.Sprintf("the CSR names device %q but the client certificate is for %q", csr.DeviceID, certID)}
+	}
+	peerSerial := SerialHex(peer.SerialNumber)
+	check := func(_ *store.Token, dev *store.Device) error {
+		switch {
+		case dev == nil:
+			return &Error{Status: http.StatusForbidden, Code: est.CodeDeviceNotAllowed,
+				Msg: fmt.Sprintf("device %s is not registered with this CA: enroll it with a token", certID)}
+		case dev.Status == store.StatusRevoked:
+			return &Error{Status: http.StatusForbidden, Code: est.CodeDeviceRevoked,
+				Msg: fmt.Sprintf("device %s is revoked", certID), Reason: "reenroll of a revoked device"}
+		case peerSerial != dev.Serial && peerSerial != dev.PrevSerial:
+			// Only the newest certificate (or the one before it, in case
+			// the device never received the newest) may renew, so an old
+			// leaked key stops being useful once the device has renewed.
+			return &Error{Status: http.StatusUnauthorized, Code: est.CodeClientCertRequired,
+				Msg:    "the client certificate has been superseded by a newer one: renew with the current certificate",
+				Reason: fmt.Sprintf("certificate serial %s is neither the current (%s) nor the previous (%s)", peerSerial, dev.Serial, dev.PrevSerial)}
+		}
+		return nil
+	}
+	req := store.IssueRequest{
+		DeviceID: certID,
+		Time:     now,
+		Audit: store.AuditRecord{Time: now, Op: a.op, Peer: a.peer, DeviceID: certID,
+			Result: store.ResultOK, Reason: "renewed with certificate " + peerSerial},
+	}
+	return c.issue(r.Context(), req, csr, check)
+}
+
+// verifyClientCert checks the TLS client certificate: present, currently
+// valid, issued by this CA's intermediate, for client authentication.
+func (c *CA) verifyClientCert(r *http.Request, now time.Time) (*x509.Certificate, error) {
+	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
+		return nil, refuse(http.StatusUnauthorized, est.CodeClientCertRequired,
+			"simplereenroll needs the current device certificate as the TLS client certificate")
+	}
+	leaf := r.TLS.PeerCertificates[0]
+	inter := x509.NewCertPool()
+	for _, ic := range r.TLS.PeerCertificates[1:] {
+		inter.AddCert(ic)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{
+		Roots:         c.clientRoots,
+		Intermediates: inter,
+		CurrentTime:   now,
+		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}); err != nil {
+		msg := "the client certificate was not issued by this CA"
+		var inv x509.CertificateInvalidError
+		if errors.As(err, &inv) && inv.Reason == x509.Expired {
+			msg = "the client certificate has expired or is not yet valid: enroll again with a token"
+		}
+		return nil, &Error{Status: http.StatusUnauthorized, Code: est.CodeClientCertRequired, Msg: msg,
+			Reason: fmt.Sprintf("client certificate %q serial %s: %v", leaf.Subject, SerialHex(leaf.SerialNumber), err)}
+	}
+	return leaf, nil
+}

@@ -1,0 +1,214 @@
+package ca
+
+import (
+	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/tls"
+	"crypto/x509"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/edgeagent/edgeagent/ca/store"
+	"github.com/edgeagent/edgeagent/enroll/est"
+	"github.com/edgeagent/edgeagent/enroll/token"
+)
+
+func TestEnrollIssuesDeviceIdentity(t *testing.T) {
+	s := newTestServer(t, Options{CertTTL: 2 * time.Hour})
+	for _, tc := range []struct {
+		name   string
+		key    func(t testing.TB) crypto.Signer
+		wantKU x509.KeyUsage
+	}{
+		{"ecdsa-p256", func(t testing.TB) crypto.Signer { return newKey(t) }, x509.KeyUsageDigitalSignature},
+		{"rsa-2048", func(t testing.TB) crypto.Signer {
+			k, err := rsa.GenerateKey(rand.Reader, 2048)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return k
+		}, x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			id := "dev-" + tc.name
+			signer := tc.key(t)
+			tok := s.token(t, TokenOptions{Device: id})
+			before := s.clock.Now()
+			resp := s.client(nil).enroll(t, csrFor(t, signer, id), tok)
+			if ct := resp.header.Get("Content-Type"); ct != est.MediaCertsOnly {
+				t.Errorf("Content-Type %q, want %q", ct, est.MediaCertsOnly)
+			}
+			if cte := resp.header.Get("Content-Transfer-Encoding"); cte != "base64" {
+				t.Errorf("Content-Transfer-Encoding %q", cte)
+			}
+			certs := resp.certs(t)
+			if len(certs) != 2 || !certs[1].Equal(s.ca.Intermediate()) {
+				t.Fatalf("response holds %d certificates, want leaf and intermediate", len(certs))
+			}
+			leaf := certs[0]
+			if leaf.Subject.CommonName != id || len(leaf.URIs) != 1 || leaf.URIs[0].String() != DeviceURIPrefix+id {
+				t.Errorf("identity CN=%q URIs=%v", leaf.Subject.CommonName, leaf.URIs)
+			}
+			if len(leaf.ExtKeyUsage) != 1 || leaf.ExtKeyUsage[0] != x509.ExtKeyUsageClientAuth {
+				t.Errorf("EKU %v, want clientAuth only", leaf.ExtKeyUsage)
+			}
+			if leaf.KeyUsage != tc.wantKU {
+				t.Errorf("KeyUsage %v, want %v", leaf.KeyUsage, tc.wantKU)
+			}
+			if leaf.IsCA || len(leaf.DNSNames) != 0 {
+				t.Errorf("leaf IsCA=%v DNS=%v", leaf.IsCA, leaf.DNSNames)
+			}
+			if d := before.Add(-Backdate).Sub(leaf.NotBefore); d < -time.Minute || d > time.Minute {
+				t.Errorf("NotBefore %v, want about %v", leaf.NotBefore, before.Add(-Backdate))
+			}
+			if d := leaf.NotAfter.Sub(before.Add(2 * time.Hour)); d < -time.Minute || d > time.Minute {
+				t.Errorf("NotAfter %v, want about %v", leaf.NotAfter, before.Add(2*time.Hour))
+			}
+			if leaf.SerialNumber.BitLen() < 100 {
+				t.Errorf("serial %x has %d bits: not a 128-bit random serial", leaf.SerialNumber, leaf.SerialNumber.BitLen())
+			}
+			inter := x509.NewCertPool()
+			inter.AddCert(certs[1])
+			if _, err := leaf.Verify(x509.VerifyOptions{Roots: s.roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+				t.Errorf("leaf does not verify against the root: %v", err)
+			}
+			dev, err := s.ca.Device(context.Background(), id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if dev.Status != store.StatusActive || dev.Serial != SerialHex(leaf.SerialNumber) || dev.TokenID != tok.ID || dev.Enrollments != 1 || !dev.NotAfter.Equal(leaf.NotAfter) {
+				t.Errorf("device record %+v", dev)
+			}
+			a := s.lastAudit(t)
+			if a.Op != est.OpSimpleEnroll || a.Result != store.ResultOK || a.DeviceID != id || a.TokenID != tok.ID || a.Serial != dev.Serial || a.Peer == "" {
+				t.Errorf("audit %+v", a)
+			}
+		})
+	}
+}
+
+func TestReenrollRenewsAndRekeys(t *testing.T) {
+	s := newTestServer(t, Options{})
+	ctx := context.Background()
+	id := "sensor-1"
+	cert, key := s.enrolled(t, id)
+	first := cert.Leaf
+
+	// Same key.
+	certs := s.client(cert).reenroll(t, csrFor(t, key, id, DeviceURIPrefix+id)).certs(t)
+	renewed := certs[0]
+	if renewed.SerialNumber.Cmp(first.SerialNumber) == 0 || renewed.Subject.CommonName != id {
+		t.Fatalf("renewed serial %x CN %q", renewed.SerialNumber, renewed.Subject.CommonName)
+	}
+	if !renewed.PublicKey.(interface{ Equal(crypto.PublicKey) bool }).Equal(key.Public()) {
+		t.Fatal("renewal without rekey changed the key")
+	}
+	dev, err := s.ca.Device(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dev.Serial != SerialHex(renewed.SerialNumber) || dev.PrevSerial != SerialHex(first.SerialNumber) || dev.Enrollments != 2 {
+		t.Fatalf("device after renewal %+v", dev)
+	}
+	a := s.lastAudit(t)
+	if a.Op != est.OpSimpleReenroll || a.Result != store.ResultOK || a.DeviceID != id || a.Serial != dev.Serial {
+		t.Fatalf("audit %+v", a)
+	}
+
+	// Rekey: authenticate with the current certificate, CSR with a new key.
+	cur := tlsCert(certs, key)
+	newK := newKey(t)
+	rekeyed := s.client(cur).reenroll(t, csrFor(t, newK, id)).certs(t)[0]
+	if !rekeyed.PublicKey.(interface{ Equal(crypto.PublicKey) bool }).Equal(newK.Public()) {
+		t.Fatal("rekey: certificate does not carry the CSR's new key")
+	}
+
+	// The first certificate is now two generations old: superseded.
+	resp := s.client(cert).reenroll(t, csrFor(t, key, id))
+	if resp.status != http.StatusUnauthorized || errCode(resp.body) != est.CodeClientCertRequired {
+		t.Fatalf("renewal with a superseded certificate: %d %s", resp.status, resp.body)
+	}
+	mustContain(t, "audit reason", s.lastAudit(t).Reason, "neither the current")
+}
+
+func TestCACertsAndServerChain(t *testing.T) {
+	s := newTestServer(t, Options{})
+	c := s.client(nil)
+	for _, p := range []string{est.Path("", est.OpCACerts), est.Path("fleet-a", est.OpCACerts)} {
+		resp := c.do(t, http.MethodGet, p, "", nil, "", "")
+		if resp.status != http.StatusOK || resp.header.Get("Content-Type") != est.MediaPKCS7 || resp.header.Get("Content-Transfer-Encoding") != "base64" {
+			t.Fatalf("GET %s: %d %v", p, resp.status, resp.header)
+		}
+		certs := resp.certs(t)
+		if len(certs) != 2 || !certs[0].Equal(s.ca.Intermediate()) || !certs[1].Equal(s.ca.Root()) {
+			t.Fatalf("GET %s: want intermediate and root, got %d certs", p, len(certs))
+		}
+	}
+
+	// A device that only knows the root's pin must find the root in the
+	// chain the server presents.
+	conn, err := tls.Dial("tcp", s.url[len("https://"):], &tls.Config{RootCAs: s.roots, ServerName: "localhost"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain := conn.ConnectionState().PeerCertificates
+	conn.Close()
+	if len(chain) != 3 || !token.PinOf(chain[2]).Matches(s.ca.Root()) || !chain[1].Equal(s.ca.Intermediate()) {
+		t.Fatalf("server presents %d certificates, want leaf, intermediate, root", len(chain))
+	}
+	if chain[0].PublicKeyAlgorithm != x509.ECDSA {
+		t.Errorf("server key %v, want ECDSA", chain[0].PublicKeyAlgorithm)
+	}
+	// TLS 1.1 is refused.
+	if _, err := tls.Dial("tcp", s.url[len("https://"):], &tls.Config{RootCAs: s.roots, ServerName: "localhost", MaxVersion: tls.VersionTLS11}); err == nil {
+		t.Error("TLS 1.1 handshake succeeded")
+	}
+
+	for _, tc := range []struct {
+		method, path string
+		status       int
+		code         est.Code
+	}{
+		{http.MethodGet, est.Path("", est.OpCSRAttrs), http.StatusNoContent, ""},
+		{http.MethodGet, est.Path("x", est.OpCSRAttrs), http.StatusNoContent, ""},
+		{http.MethodGet, est.Path("", "serverkeygen"), http.StatusNotFound, est.CodeNotFound},
+		{http.MethodGet, "/.well-known/est/a/b/cacerts", http.StatusNotFound, est.CodeNotFound},
+		{http.MethodGet, "/.well-known/est/bad label/cacerts", http.StatusNotFound, est.CodeNotFound},
+		{http.MethodGet, "/", http.StatusNotFound, est.CodeNotFound},
+		{http.MethodPost, est.Path("", est.OpCACerts), http.StatusMethodNotAllowed, est.CodeMethodNotAllowed},
+		{http.MethodGet, est.Path("", est.OpSimpleEnroll), http.StatusMethodNotAllowed, est.CodeMethodNotAllowed},
+	} {
+		resp := c.do(t, tc.method, tc.path, "", nil, "", "")
+		if resp.status != tc.status || errCode(resp.body) != tc.code {
+			t.Errorf("%s %s: %d %q, want %d %q", tc.method, tc.path, resp.status, resp.body, tc.status, tc.code)
+		}
+	}
+}
+
+func TestEnrollUnderLabel(t *testing.T) {
+	s := newTestServer(t, Options{})
+	key := newKey(t)
+	tok := s.token(t, TokenOptions{Pattern: "cam-*"})
+	resp := s.client(nil).do(t, http.MethodPost, est.Path("cameras", est.OpSimpleEnroll), est.MediaPKCS10, csrFor(t, key, "cam-1"), tok.ID, tok.Secret)
+	if got := resp.certs(t)[0].Subject.CommonName; got != "cam-1" {
+		t.Fatalf("CN %q", got)
+	}
+}
+
+func TestCertTTLMinimum(t *testing.T) {
+	dir := t.TempDir()
+	if err := Init(context.Background(), dir, InitOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(context.Background(), dir, Options{CertTTL: 59 * time.Second}); err == nil {
+		t.Fatal("Open accepted a 59s certificate lifetime")
+	}
+	c, err := Open(context.Background(), dir, Options{CertTTL: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+}

@@ -1,0 +1,586 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	_ "modernc.org/sqlite" // registers the pure Go "sqlite" driver
+)
+
+// busyTimeout is how long a connection waits for another process's write
+// transaction (a CLI command next to a busy server) before giving up.
+const busyTimeout = 10 * time.Second
+
+// SQLite is the Store on a SQLite database file in WAL mode. All writes of
+// this process go through one connection (so they never contend with each
+// other for the file lock); reads use a small pool and, thanks to WAL, never
+// wait for a writer. Write transactions start with BEGIN IMMEDIATE, so a
+// transaction that reads then writes cannot fail half way with SQLITE_BUSY
+// when another process writes too: it waits up to busyTimeout at BEGIN.
+//
+// Enrollments (Issue) go through one writer goroutine that commits them in
+// groups: while one group commits, the next requests queue up and then
+// share one transaction, which amortizes BEGIN and COMMIT (most of the cost
+// of a small SQLite transaction) under load. A request is answered only
+// after its group committed.
+type SQLite struct {
+	w, r *sql.DB
+
+	getToken, getDevice, useToken, upsertDevice, addAudit *sql.Stmt // on w
+	readDevice                                            *sql.Stmt // on r
+
+	jobs       chan *issueJob // unbuffered: a sent job is always taken by the writer
+	mu         sync.RWMutex   // held for reading while sending to jobs, for writing by Close
+	closed     bool
+	started    bool // the writer goroutine runs
+	stop       chan struct{}
+	writerDone chan struct{}
+}
+
+// maxGroup bounds how many enrollments share one transaction.
+const maxGroup = 64
+
+type issueJob struct {
+	req   IssueRequest
+	check func(*Token, *Device) error
+	done  chan error
+}
+
+var _ Store = (*SQLite)(nil)
+
+// Open opens (creating if needed) the database at path and applies pending
+// schema migrations.
+func Open(ctx context.Context, path string) (*SQLite, error) {
+	if strings.ContainsAny(path, "?#") {
+		return nil, fmt.Errorf("open store %s: the path must not contain '?' or '#'", path)
+	}
+	// synchronous=NORMAL in WAL mode: a commit is durable against a crash
+	// of the process, and against a power cut all but the last few commits
+	// are; it saves one fsync per enrollment.
+	params := fmt.Sprintf("_busy_timeout=%d&_journal_mode=WAL&_synchronous=NORMAL&_foreign_keys=1", busyTimeout.Milliseconds())
+	w, err := sql.Open("sqlite", path+"?"+params+"&_txlock=immediate")
+	if err != nil {
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	w.SetMaxOpenConns(1)
+	w.SetMaxIdleConns(1)
+	w.SetConnMaxLifetime(0)
+	w.SetConnMaxIdleTime(0)
+	r, err := sql.Open("sqlite", path+"?"+params+"&_query_only=1")
+	if err != nil {
+		w.Close()
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	r.SetMaxOpenConns(4)
+	r.SetMaxIdleConns(4)
+	s := &SQLite{w: w, r: r, jobs: make(chan *issueJob), stop: make(chan struct{}), writerDone: make(chan struct{})}
+	if err := s.migrate(ctx); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	if err := s.prepare(ctx); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	s.started = true
+	go s.writer()
+	return s, nil
+}
+
+// Close stops the writer and closes the database.
+func (s *SQLite) Close() error {
+	s.mu.Lock()
+	wasClosed := s.closed
+	s.closed = true
+	s.mu.Unlock()
+	if wasClosed {
+		return nil
+	}
+	close(s.stop)
+	if s.started {
+		<-s.writerDone
+	}
+	for _, st := range []*sql.Stmt{s.getToken, s.getDevice, s.useToken, s.upsertDevice, s.addAudit, s.readDevice} {
+		if st != nil {
+			st.Close()
+		}
+	}
+	return errors.Join(s.w.Close(), s.r.Close())
+}
+
+// migrations are applied in order; migration i brings the schema to version
+// i+1. Never edit one that has shipped: append a new one.
+//
+// Every enrollment writes one row in each of tokens, devices and audit in
+// one transaction, so the schema keeps that to three b-tree pages: tokens
+// and devices are WITHOUT ROWID (the primary key is the table, no separate
+// index), and audit has no secondary index and no AUTOINCREMENT (seq
+// still grows, as rows are never deleted).
+var migrations = []string{
+	`CREATE TABLE settings (
+		key   TEXT PRIMARY KEY,
+		value TEXT NOT NULL
+	);
+	CREATE TABLE tokens (
+		id           TEXT PRIMARY KEY,
+		secret_hash  BLOB NOT NULL,
+		device       TEXT NOT NULL DEFAULT '',
+		pattern      TEXT NOT NULL DEFAULT '',
+		max_uses     INTEGER NOT NULL CHECK (max_uses > 0),
+		uses         INTEGER NOT NULL DEFAULT 0 CHECK (uses >= 0 AND uses <= max_uses),
+		created_at   INTEGER NOT NULL,
+		expires_at   INTEGER NOT NULL,
+		revoked_at   INTEGER NOT NULL DEFAULT 0,
+		last_used_at INTEGER NOT NULL DEFAULT 0
+	) WITHOUT ROWID;
+	CREATE TABLE devices (
+		id          TEXT PRIMARY KEY,
+		status      TEXT NOT NULL CHECK (status IN ('active', 'revoked')),
+		serial      TEXT NOT NULL,
+		prev_serial TEXT NOT NULL DEFAULT '',
+		not_after   INTEGER NOT NULL,
+		first_seen  INTEGER NOT NULL,
+		last_seen   INTEGER NOT NULL,
+		token_id    TEXT NOT NULL DEFAULT '',
+		enrollments INTEGER NOT NULL DEFAULT 0,
+		revoked_at  INTEGER NOT NULL DEFAULT 0
+	) WITHOUT ROWID;
+	CREATE TABLE audit (
+		seq       INTEGER PRIMARY KEY,
+		time      INTEGER NOT NULL,
+		op        TEXT NOT NULL,
+		peer      TEXT NOT NULL DEFAULT '',
+		token_id  TEXT NOT NULL DEFAULT '',
+		device_id TEXT NOT NULL DEFAULT '',
+		result    TEXT NOT NULL,
+		code      TEXT NOT NULL DEFAULT '',
+		reason    TEXT NOT NULL DEFAULT '',
+		serial    TEXT NOT NULL DEFAULT ''
+	);`,
+}
+
+// SchemaVersion is the schema version this code writes.
+func SchemaVersion() int { return len(migrations) }
+
+func (s *SQLite) migrate(ctx context.Context) error {
+	if _, err := s.w.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
+		version    INTEGER PRIMARY KEY,
+		applied_at INTEGER NOT NULL
+	)`); err != nil {
+		return fmt.Errorf("create schema_migrations: %w", err)
+	}
+	// One IMMEDIATE transaction: two processes opening a new database at
+	// once apply each migration exactly once.
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	defer tx.Rollback()
+	var cur int
+	if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&cur); err != nil {
+		return fmt.Errorf("migrate: read version: %w", err)
+	}
+	if cur > len(migrations) {
+		return fmt.Errorf("database schema version %d is newer than this edgeca understands (%d): upgrade edgeca", cur, len(migrations))
+	}
+	for v := cur + 1; v <= len(migrations); v++ {
+		if _, err := tx.ExecContext(ctx, migrations[v-1]); err != nil {
+			return fmt.Errorf("migrate to version %d: %w", v, err)
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)`, v, time.Now().UnixNano()); err != nil {
+			return fmt.Errorf("migrate to version %d: %w", v, err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("migrate: commit: %w", err)
+	}
+	return nil
+}
+
+const (
+	tokenCols  = `id, secret_hash, device, pattern, max_uses, uses, created_at, expires_at, revoked_at, last_used_at`
+	deviceCols = `id, status, serial, prev_serial, not_after, first_seen, last_seen, token_id, enrollments, revoked_at`
+	auditCols  = `seq, time, op, peer, token_id, device_id, result, code, reason, serial`
+)
+
+func (s *SQLite) prepare(ctx context.Context) error {
+	for _, p := range []struct {
+		dst   **sql.Stmt
+		query string
+	}{
+		{&s.readDevice, `SELECT ` + deviceCols + ` FROM devices WHERE id = ?`},
+		{&s.getToken, `SELECT ` + tokenCols + ` FROM tokens WHERE id = ?`},
+		{&s.getDevice, `SELECT ` + deviceCols + ` FROM devices WHERE id = ?`},
+		{&s.useToken, `UPDATE tokens SET uses = uses + 1, last_used_at = ? WHERE id = ? AND uses < max_uses`},
+		{&s.upsertDevice, `INSERT INTO devices (id, status, serial, not_after, first_seen, last_seen, token_id, enrollments)
+			VALUES (?, 'active', ?, ?, ?, ?, ?, 1)
+			ON CONFLICT (id) DO UPDATE SET
+				prev_serial = devices.serial,
+				serial = excluded.serial,
+				not_after = excluded.not_after,
+				last_seen = excluded.last_seen,
+				token_id = CASE WHEN excluded.token_id = '' THEN devices.token_id ELSE excluded.token_id END,
+				enrollments = devices.enrollments + 1`},
+		{&s.addAudit, `INSERT INTO audit (time, op, peer, token_id, device_id, result, code, reason, serial) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`},
+	} {
+		db := s.w
+		if p.dst == &s.readDevice {
+			db = s.r
+		}
+		st, err := db.PrepareContext(ctx, p.query)
+		if err != nil {
+			return fmt.Errorf("prepare: %w", err)
+		}
+		*p.dst = st
+	}
+	return nil
+}
+
+func unixNano(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func fromUnixNano(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n).UTC()
+}
+
+type scanner interface{ Scan(dest ...any) error }
+
+func scanToken(sc scanner) (Token, error) {
+	var t Token
+	var hash []byte
+	var created, expires, revoked, lastUsed int64
+	if err := sc.Scan(&t.ID, &hash, &t.Device, &t.Pattern, &t.MaxUses, &t.Uses, &created, &expires, &revoked, &lastUsed); err != nil {
+		return Token{}, err
+	}
+	if len(hash) != len(t.SecretHash) {
+		return Token{}, fmt.Errorf("token %s: stored hash has %d bytes, want %d", t.ID, len(hash), len(t.SecretHash))
+	}
+	copy(t.SecretHash[:], hash)
+	t.CreatedAt, t.ExpiresAt, t.RevokedAt, t.LastUsedAt = fromUnixNano(created), fromUnixNano(expires), fromUnixNano(revoked), fromUnixNano(lastUsed)
+	return t, nil
+}
+
+func scanDevice(sc scanner) (Device, error) {
+	var d Device
+	var notAfter, first, last, revoked int64
+	if err := sc.Scan(&d.ID, &d.Status, &d.Serial, &d.PrevSerial, &notAfter, &first, &last, &d.TokenID, &d.Enrollments, &revoked); err != nil {
+		return Device{}, err
+	}
+	d.NotAfter, d.FirstSeen, d.LastSeen, d.RevokedAt = fromUnixNano(notAfter), fromUnixNano(first), fromUnixNano(last), fromUnixNano(revoked)
+	return d, nil
+}
+
+func scanAudit(sc scanner) (AuditRecord, error) {
+	var a AuditRecord
+	var at int64
+	if err := sc.Scan(&a.Seq, &at, &a.Op, &a.Peer, &a.TokenID, &a.DeviceID, &a.Result, &a.Code, &a.Reason, &a.Serial); err != nil {
+		return AuditRecord{}, err
+	}
+	a.Time = fromUnixNano(at)
+	return a, nil
+}
+
+// CreateToken stores a new token; ErrExists if the id is taken.
+func (s *SQLite) CreateToken(ctx context.Context, t Token) error {
+	_, err := s.w.ExecContext(ctx, `INSERT INTO tokens (`+tokenCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		t.ID, t.SecretHash[:], t.Device, t.Pattern, t.MaxUses, t.Uses,
+		unixNano(t.CreatedAt), unixNano(t.ExpiresAt), unixNano(t.RevokedAt), unixNano(t.LastUsedAt))
+	if err != nil {
+		if strings.Contains(err.Error(), "UNIQUE constraint failed") {
+			return fmt.Errorf("create token %s: %w", t.ID, ErrExists)
+		}
+		return fmt.Errorf("create token %s: %w", t.ID, err)
+	}
+	return nil
+}
+
+// Tokens lists every token, oldest first.
+func (s *SQLite) Tokens(ctx context.Context) ([]Token, error) {
+	rows, err := s.r.QueryContext(ctx, `SELECT `+tokenCols+` FROM tokens ORDER BY created_at, id`)
+	if err != nil {
+		return nil, fmt.Errorf("list tokens: %w", err)
+	}
+	defer rows.Close()
+	var out []Token
+	for rows.Next() {
+		t, err := scanToken(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list tokens: %w", err)
+		}
+		out = append(out, t)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list tokens: %w", err)
+	}
+	return out, nil
+}
+
+// RevokeToken marks a token revoked. Revoking twice keeps the first time.
+func (s *SQLite) RevokeToken(ctx context.Context, id string, at time.Time) error {
+	res, err := s.w.ExecContext(ctx, `UPDATE tokens SET revoked_at = CASE WHEN revoked_at = 0 THEN ? ELSE revoked_at END WHERE id = ?`, unixNano(at), id)
+	if err != nil {
+		return fmt.Errorf("revoke token %s: %w", id, err)
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return fmt.Errorf("revoke token %s: %w", id, err)
+	} else if n == 0 {
+		return fmt.Errorf("revoke token %s: %w", id, ErrNotFound)
+	}
+	return nil
+}
+
+// Devices lists every device by id.
+func (s *SQLite) Devices(ctx context.Context) ([]Device, error) {
+	rows, err := s.r.QueryContext(ctx, `SELECT `+deviceCols+` FROM devices ORDER BY id`)
+	if err != nil {
+		return nil, fmt.Errorf("list devices: %w", err)
+	}
+	defer rows.Close()
+	var out []Device
+	for rows.Next() {
+		d, err := scanDevice(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list devices: %w", err)
+		}
+		out = append(out, d)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list devices: %w", err)
+	}
+	return out, nil
+}
+
+// Device returns one device.
+func (s *SQLite) Device(ctx context.Context, id string) (Device, error) {
+	d, err := scanDevice(s.readDevice.QueryRowContext(ctx, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return Device{}, fmt.Errorf("device %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return Device{}, fmt.Errorf("device %s: %w", id, err)
+	}
+	return d, nil
+}
+
+// RevokeDevice marks a device revoked. Revoking twice keeps the first time.
+func (s *SQLite) RevokeDevice(ctx context.Context, id string, at time.Time) error {
+	res, err := s.w.ExecContext(ctx, `UPDATE devices SET status = 'revoked', revoked_at = CASE WHEN revoked_at = 0 THEN ? ELSE revoked_at END WHERE id = ?`, unixNano(at), id)
+	if err != nil {
+		return fmt.Errorf("revoke device %s: %w", id, err)
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return fmt.Errorf("revoke device %s: %w", id, err)
+	} else if n == 0 {
+		return fmt.Errorf("revoke device %s: %w", id, ErrNotFound)
+	}
+	return nil
+}
+
+// AddAudit appends one record.
+func (s *SQLite) AddAudit(ctx context.Context, a AuditRecord) error {
+	if _, err := s.addAudit.ExecContext(ctx, auditArgs(a)...); err != nil {
+		return fmt.Errorf("write audit record: %w", err)
+	}
+	return nil
+}
+
+func auditArgs(a AuditRecord) []any {
+	return []any{unixNano(a.Time), a.Op, a.Peer, a.TokenID, a.DeviceID, a.Result, a.Code, a.Reason, a.Serial}
+}
+
+// Audit returns the newest limit records, newest first; limit <= 0 means all.
+func (s *SQLite) Audit(ctx context.Context, limit int) ([]AuditRecord, error) {
+	if limit <= 0 {
+		limit = -1 // SQLite: no limit
+	}
+	rows, err := s.r.QueryContext(ctx, `SELECT `+auditCols+` FROM audit ORDER BY seq DESC LIMIT ?`, limit)
+	if err != nil {
+		return nil, fmt.Errorf("read audit log: %w", err)
+	}
+	defer rows.Close()
+	var out []AuditRecord
+	for rows.Next() {
+		a, err := scanAudit(rows)
+		if err != nil {
+			return nil, fmt.Errorf("read audit log: %w", err)
+		}
+		out = append(out, a)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read audit log: %w", err)
+	}
+	return out, nil
+}
+
+// Setting returns a setting, "" when unset.
+func (s *SQLite) Setting(ctx context.Context, key string) (string, error) {
+	var v string
+	err := s.r.QueryRowContext(ctx, `SELECT value FROM settings WHERE key = ?`, key).Scan(&v)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("read setting %s: %w", key, err)
+	}
+	return v, nil
+}
+
+// SetSetting stores a setting.
+func (s *SQLite) SetSetting(ctx context.Context, key, value string) error {
+	if _, err := s.w.ExecContext(ctx, `INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`, key, value); err != nil {
+		return fmt.Errorf("write setting %s: %w", key, err)
+	}
+	return nil
+}
+
+// Issue implements Store.
+func (s *SQLite) Issue(ctx context.Context, req IssueRequest, check func(tok *Token, dev *Device) error) error {
+	j := &issueJob{req: req, check: check, done: make(chan error, 1)}
+	s.mu.RLock()
+	if s.closed {
+		s.mu.RUnlock()
+		return fmt.Errorf("issue: %w", ErrClosed)
+	}
+	select {
+	case s.jobs <- j:
+	case <-ctx.Done():
+		s.mu.RUnlock()
+		return fmt.Errorf("issue: %w", ctx.Err())
+	}
+	s.mu.RUnlock()
+	// Once taken, the job runs to completion: wait for its outcome even if
+	// ctx ends, so the caller never reports failure for a committed issue.
+	return <-j.done
+}
+
+// writer takes Issue jobs and runs them in groups until Close.
+func (s *SQLite) writer() {
+	defer close(s.writerDone)
+	group := make([]*issueJob, 0, maxGroup)
+	for {
+		group = group[:0]
+		select {
+		case j := <-s.jobs:
+			group = append(group, j)
+		case <-s.stop:
+			return
+		}
+	more:
+		for len(group) < maxGroup {
+			select {
+			case j := <-s.jobs:
+				group = append(group, j)
+			default:
+				break more
+			}
+		}
+		s.runGroup(group)
+	}
+}
+
+// runGroup runs jobs in one transaction. A job whose check fails wrote
+// nothing (checks come before writes), so it does not disturb the others.
+// If the database itself fails, the whole group is rolled back and every
+// job gets the error.
+func (s *SQLite) runGroup(group []*issueJob) {
+	ctx := context.Background()
+	errs := make([]error, len(group))
+	fail := func(err error) {
+		for _, j := range group {
+			j.done <- err
+		}
+	}
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		fail(fmt.Errorf("issue: begin: %w", err))
+		return
+	}
+	stmts := [...]*sql.Stmt{
+		tx.StmtContext(ctx, s.getToken), tx.StmtContext(ctx, s.getDevice),
+		tx.StmtContext(ctx, s.useToken), tx.StmtContext(ctx, s.upsertDevice), tx.StmtContext(ctx, s.addAudit),
+	}
+	for i, j := range group {
+		var dbErr error
+		errs[i], dbErr = issueOne(ctx, stmts, j)
+		if dbErr != nil {
+			_ = tx.Rollback()
+			fail(dbErr)
+			return
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		fail(fmt.Errorf("issue: commit: %w", err))
+		return
+	}
+	for i, j := range group {
+		j.done <- errs[i]
+	}
+}
+
+// issueOne runs one job inside the group's transaction. checkErr is the
+// job's refusal; dbErr means the transaction is broken.
+func issueOne(ctx context.Context, st [5]*sql.Stmt, j *issueJob) (checkErr, dbErr error) {
+	getToken, getDevice, useToken, upsertDevice, addAudit := st[0], st[1], st[2], st[3], st[4]
+	req := j.req
+	var tok *Token
+	if req.TokenID != "" {
+		t, err := scanToken(getToken.QueryRowContext(ctx, req.TokenID))
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+		case err != nil:
+			return nil, fmt.Errorf("issue: read token %s: %w", req.TokenID, err)
+		default:
+			tok = &t
+		}
+	}
+	var dev *Device
+	d, err := scanDevice(getDevice.QueryRowContext(ctx, req.DeviceID))
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+	case err != nil:
+		return nil, fmt.Errorf("issue: read device %s: %w", req.DeviceID, err)
+	default:
+		dev = &d
+	}
+	if err := j.check(tok, dev); err != nil {
+		return err, nil
+	}
+
+	now := unixNano(req.Time)
+	tokenID := ""
+	if tok != nil {
+		tokenID = tok.ID
+		res, err := useToken.ExecContext(ctx, now, tok.ID)
+		if err != nil {
+			return nil, fmt.Errorf("issue: count token use: %w", err)
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return nil, fmt.Errorf("issue: count token use: %w", err)
+		} else if n != 1 {
+			// check saw a use left in this very transaction.
+			return fmt.Errorf("issue: token %s has no use left", tok.ID), nil
+		}
+	}
+	iss := req.Issuance
+	if _, err := upsertDevice.ExecContext(ctx, req.DeviceID, iss.Serial, unixNano(iss.NotAfter), now, now, tokenID); err != nil {
+		return nil, fmt.Errorf("issue: record device %s: %w", req.DeviceID, err)
+	}
+	a := req.Audit
+	a.Serial = iss.Serial
+	if _, err := addAudit.ExecContext(ctx, auditArgs(a)...); err != nil {
+		return nil, fmt.Errorf("issue: write audit record: %w", err)
+	}
+	return nil, nil
+}

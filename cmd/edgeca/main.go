@@ -1,0 +1,499 @@
+// Command edgeca is the edgeagent CA server: it creates or imports a CA,
+// serves EST (RFC 7030) to devices, and manages enrollment tokens, devices
+// and the audit log. See `edgeca help`.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/edgeagent/edgeagent/ca"
+	"github.com/edgeagent/edgeagent/ca/store"
+	"github.com/edgeagent/edgeagent/internal/version"
+)
+
+const usage = `usage: edgeca COMMAND [flags]
+
+commands:
+  init      --dir DIR [--url https://HOST:PORT] [--name NAME]
+            [--import-root-cert F [--import-root-key F]
+             [--import-intermediate-cert F --import-intermediate-key F]]
+  serve     --dir DIR [--listen 127.0.0.1:8443] [--hostname name,ip,...]
+            [--cert-ttl 24h] [--addr-file F] [--log-format text|json] [--log-level info]
+  token create --dir DIR [--url URL] [--device ID | --pattern 'sensor-*'] [--uses 1] [--ttl 24h]
+  token list   --dir DIR [--json]
+  token revoke --dir DIR ID
+  device list   --dir DIR [--json]
+  device show   --dir DIR [--json] ID
+  device revoke --dir DIR ID
+  audit     --dir DIR [--json] [--limit 100]
+  version
+
+--dir defaults to $EDGECA_DIR, else /var/lib/edgeca.
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// errUsage marks command line mistakes (exit status 2).
+var errUsage = errors.New("usage")
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	err := dispatch(ctx, args, stdout, stderr)
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		fmt.Fprint(stdout, usage)
+		return 0
+	case errors.Is(err, errUsage):
+		fmt.Fprintf(stderr, "edgeca: %v\n\n%s", err, usage)
+		return 2
+	default:
+		fmt.Fprintf(stderr, "edgeca: %v\n", err)
+		return 1
+	}
+}
+
+func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		return fmt.Errorf("%w: no command given", errUsage)
+	}
+	cmd, rest := args[0], args[1:]
+	sub := func() (string, []string, error) {
+		if len(rest) == 0 {
+			return "", nil, fmt.Errorf("%w: %s needs a subcommand", errUsage, cmd)
+		}
+		return rest[0], rest[1:], nil
+	}
+	switch cmd {
+	case "init":
+		return cmdInit(ctx, rest, stderr)
+	case "serve":
+		return cmdServe(ctx, rest, stderr)
+	case "token":
+		s, r, err := sub()
+		if err != nil {
+			return err
+		}
+		switch s {
+		case "create":
+			return cmdTokenCreate(ctx, r, stdout, stderr)
+		case "list":
+			return cmdTokenList(ctx, r, stdout)
+		case "revoke":
+			return cmdTokenRevoke(ctx, r, stderr)
+		}
+		return fmt.Errorf("%w: unknown command token %q", errUsage, s)
+	case "device":
+		s, r, err := sub()
+		if err != nil {
+			return err
+		}
+		switch s {
+		case "list":
+			return cmdDeviceList(ctx, r, stdout)
+		case "show":
+			return cmdDeviceShow(ctx, r, stdout)
+		case "revoke":
+			return cmdDeviceRevoke(ctx, r, stderr)
+		}
+		return fmt.Errorf("%w: unknown command device %q", errUsage, s)
+	case "audit":
+		return cmdAudit(ctx, rest, stdout)
+	case "version", "--version":
+		fmt.Fprintln(stdout, "edgeca", version.String())
+		return nil
+	case "help", "-h", "--help":
+		return flag.ErrHelp
+	}
+	return fmt.Errorf("%w: unknown command %q", errUsage, cmd)
+}
+
+// newFlags makes a flag set with the --dir flag every command has.
+func newFlags(name string) (*flag.FlagSet, *string) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	def := os.Getenv("EDGECA_DIR")
+	if def == "" {
+		def = "/var/lib/edgeca"
+	}
+	dir := fs.String("dir", def, "CA directory")
+	return fs, dir
+}
+
+// parse parses flags anywhere on the command line (before or after the
+// positional arguments) and checks the number of positional arguments.
+func parse(fs *flag.FlagSet, args []string, positional ...string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, err
+			}
+			return nil, fmt.Errorf("%w: %s: %v", errUsage, fs.Name(), err)
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			break
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+	if len(pos) != len(positional) {
+		want := "no arguments"
+		if len(positional) > 0 {
+			want = strings.Join(positional, " ")
+		}
+		return nil, fmt.Errorf("%w: %s takes %s, got %q", errUsage, fs.Name(), want, pos)
+	}
+	return pos, nil
+}
+
+func open(ctx context.Context, dir string) (*ca.CA, error) {
+	return ca.Open(ctx, dir, ca.Options{Logger: slog.New(slog.DiscardHandler)})
+}
+
+func cmdInit(ctx context.Context, args []string, stderr io.Writer) error {
+	fs, dir := newFlags("init")
+	var o ca.InitOptions
+	fs.StringVar(&o.URL, "url", "", "EST server URL put in tokens (https://HOST:PORT)")
+	fs.StringVar(&o.Name, "name", "edgeca", "CA common name prefix")
+	fs.StringVar(&o.ImportRootCert, "import-root-cert", "", "import this root certificate (PEM)")
+	fs.StringVar(&o.ImportRootKey, "import-root-key", "", "import this root key (PEM, mode 0600)")
+	fs.StringVar(&o.ImportIntermediateCert, "import-intermediate-cert", "", "import this issuing certificate (PEM)")
+	fs.StringVar(&o.ImportIntermediateKey, "import-intermediate-key", "", "import this issuing key (PEM, mode 0600)")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := ca.Init(ctx, *dir, o); err != nil {
+		return err
+	}
+	c, err := open(ctx, *dir)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	fmt.Fprintf(stderr, "CA initialized in %s\nroot:         %s\nintermediate: %s\nroot pin:     %s\n",
+		*dir, c.Root().Subject, c.Intermediate().Subject, c.Pin())
+	return nil
+}
+
+func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
+	fs, dir := newFlags("serve")
+	cfg := ca.ServeConfig{}
+	fs.StringVar(&cfg.Listen, "listen", "127.0.0.1:8443", "address to listen on (port 0: any free port)")
+	hostnames := fs.String("hostname", "", "comma-separated DNS names and IPs of the TLS server certificate (default localhost,127.0.0.1,::1,$(hostname) and the listen host)")
+	fs.DurationVar(&cfg.CertTTL, "cert-ttl", ca.DefaultCertTTL, "lifetime of device certificates (at least 1m)")
+	fs.StringVar(&cfg.AddrFile, "addr-file", "", "write the bound address (host:port) to this file once listening")
+	logFormat := fs.String("log-format", "text", "log format: text or json")
+	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	if cfg.CertTTL < ca.MinCertTTL {
+		return fmt.Errorf("%w: --cert-ttl %s is below the minimum of %s", errUsage, cfg.CertTTL, ca.MinCertTTL)
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		return fmt.Errorf("%w: --log-level %q: want debug, info, warn or error", errUsage, *logLevel)
+	}
+	hopts := &slog.HandlerOptions{Level: level}
+	switch *logFormat {
+	case "text":
+		cfg.Logger = slog.New(slog.NewTextHandler(stderr, hopts))
+	case "json":
+		cfg.Logger = slog.New(slog.NewJSONHandler(stderr, hopts))
+	default:
+		return fmt.Errorf("%w: --log-format %q: want text or json", errUsage, *logFormat)
+	}
+	for _, h := range strings.Split(*hostnames, ",") {
+		if h = strings.TrimSpace(h); h != "" {
+			cfg.Hostnames = append(cfg.Hostnames, h)
+		}
+	}
+	cfg.Dir = *dir
+	return ca.Run(ctx, cfg)
+}
+
+func cmdTokenCreate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs, dir := newFlags("token create")
+	var o ca.TokenOptions
+	fs.StringVar(&o.URL, "url", "", "EST server URL (default: the init --url, else the running server's address)")
+	fs.StringVar(&o.Device, "device", "", "bind the token to this device id")
+	fs.StringVar(&o.Pattern, "pattern", "", "allow only device ids matching this pattern, e.g. 'sensor-*'")
+	fs.IntVar(&o.Uses, "uses", 1, "number of enrollments the token allows")
+	fs.DurationVar(&o.TTL, "ttl", 24*time.Hour, "how long the token is valid")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	if o.Uses < 1 {
+		return fmt.Errorf("%w: --uses %d: must be at least 1", errUsage, o.Uses)
+	}
+	if o.TTL <= 0 {
+		return fmt.Errorf("%w: --ttl %s: must be positive", errUsage, o.TTL)
+	}
+	c, err := open(ctx, *dir)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	tok, rec, err := c.CreateToken(ctx, o)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, tok.String())
+	fmt.Fprintf(stderr, "token %s for %s, %d use(s), expires %s\nserver %s, CA pin %s\n",
+		rec.ID, binding(rec), rec.MaxUses, rec.ExpiresAt.Local().Format(time.RFC3339), tok.URL, tok.Pin)
+	return nil
+}
+
+func binding(t store.Token) string {
+	switch {
+	case t.Device != "":
+		return "device " + t.Device
+	case t.Pattern != "":
+		return "devices matching " + t.Pattern
+	default:
+		return "any device"
+	}
+}
+
+// tokenJSON is the --json form of a token; it never holds the secret.
+type tokenJSON struct {
+	ID        string    `json:"id"`
+	State     string    `json:"state"`
+	Device    string    `json:"device,omitempty"`
+	Pattern   string    `json:"pattern,omitempty"`
+	Uses      int       `json:"uses"`
+	MaxUses   int       `json:"max_uses"`
+	CreatedAt time.Time `json:"created_at"`
+	ExpiresAt time.Time `json:"expires_at"`
+	RevokedAt time.Time `json:"revoked_at,omitzero"`
+	LastUsed  time.Time `json:"last_used_at,omitzero"`
+}
+
+func cmdTokenList(ctx context.Context, args []string, stdout io.Writer) error {
+	fs, dir := newFlags("token list")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	c, err := open(ctx, *dir)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	toks, err := c.Tokens(ctx)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	if *asJSON {
+		out := make([]tokenJSON, 0, len(toks))
+		for _, t := range toks {
+			out = append(out, tokenJSON{ID: t.ID, State: ca.TokenState(t, now), Device: t.Device, Pattern: t.Pattern,
+				Uses: t.Uses, MaxUses: t.MaxUses, CreatedAt: t.CreatedAt, ExpiresAt: t.ExpiresAt, RevokedAt: t.RevokedAt, LastUsed: t.LastUsedAt})
+		}
+		return writeJSON(stdout, out)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tSTATE\tFOR\tUSES\tEXPIRES")
+	for _, t := range toks {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%s\n", t.ID, ca.TokenState(t, now), binding(t), t.Uses, t.MaxUses, t.ExpiresAt.Local().Format(time.RFC3339))
+	}
+	return tw.Flush()
+}
+
+func cmdTokenRevoke(ctx context.Context, args []string, stderr io.Writer) error {
+	fs, dir := newFlags("token revoke")
+	pos, err := parse(fs, args, "ID")
+	if err != nil {
+		return err
+	}
+	c, err := open(ctx, *dir)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.RevokeToken(ctx, pos[0]); err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "token %s revoked\n", pos[0])
+	return nil
+}
+
+// deviceJSON is the --json form of a device.
+type deviceJSON struct {
+	ID          string    `json:"id"`
+	Status      string    `json:"status"`
+	Serial      string    `json:"serial"`
+	NotAfter    time.Time `json:"not_after"`
+	FirstSeen   time.Time `json:"first_seen"`
+	LastSeen    time.Time `json:"last_seen"`
+	TokenID     string    `json:"token_id,omitempty"`
+	Enrollments int       `json:"enrollments"`
+	RevokedAt   time.Time `json:"revoked_at,omitzero"`
+}
+
+func toDeviceJSON(d store.Device) deviceJSON {
+	return deviceJSON{ID: d.ID, Status: d.Status, Serial: d.Serial, NotAfter: d.NotAfter, FirstSeen: d.FirstSeen,
+		LastSeen: d.LastSeen, TokenID: d.TokenID, Enrollments: d.Enrollments, RevokedAt: d.RevokedAt}
+}
+
+func cmdDeviceList(ctx context.Context, args []string, stdout io.Writer) error {
+	fs, dir := newFlags("device list")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	c, err := open(ctx, *dir)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	devs, err := c.Devices(ctx)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		out := make([]deviceJSON, 0, len(devs))
+		for _, d := range devs {
+			out = append(out, toDeviceJSON(d))
+		}
+		return writeJSON(stdout, out)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tSTATUS\tSERIAL\tNOT AFTER\tLAST SEEN")
+	for _, d := range devs {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", d.ID, d.Status, d.Serial, d.NotAfter.Local().Format(time.RFC3339), d.LastSeen.Local().Format(time.RFC3339))
+	}
+	return tw.Flush()
+}
+
+func cmdDeviceShow(ctx context.Context, args []string, stdout io.Writer) error {
+	fs, dir := newFlags("device show")
+	asJSON := fs.Bool("json", false, "print JSON")
+	pos, err := parse(fs, args, "ID")
+	if err != nil {
+		return err
+	}
+	c, err := open(ctx, *dir)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	d, err := c.Device(ctx, pos[0])
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		return writeJSON(stdout, toDeviceJSON(d))
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	row := func(k, v string) { fmt.Fprintf(tw, "%s:\t%s\n", k, v) }
+	row("device", d.ID)
+	row("status", d.Status)
+	row("serial", d.Serial)
+	row("not after", d.NotAfter.Local().Format(time.RFC3339))
+	row("first seen", d.FirstSeen.Local().Format(time.RFC3339))
+	row("last seen", d.LastSeen.Local().Format(time.RFC3339))
+	row("token", d.TokenID)
+	row("certificates", fmt.Sprint(d.Enrollments))
+	if !d.RevokedAt.IsZero() {
+		row("revoked at", d.RevokedAt.Local().Format(time.RFC3339))
+	}
+	return tw.Flush()
+}
+
+func cmdDeviceRevoke(ctx context.Context, args []string, stderr io.Writer) error {
+	fs, dir := newFlags("device revoke")
+	pos, err := parse(fs, args, "ID")
+	if err != nil {
+		return err
+	}
+	c, err := open(ctx, *dir)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.RevokeDevice(ctx, pos[0]); err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "device %s revoked: it can no longer renew or enroll\n", pos[0])
+	return nil
+}
+
+// auditJSON is the --json form of an audit record.
+type auditJSON struct {
+	Seq      int64     `json:"seq"`
+	Time     time.Time `json:"time"`
+	Op       string    `json:"op"`
+	Peer     string    `json:"peer,omitempty"`
+	TokenID  string    `json:"token_id,omitempty"`
+	DeviceID string    `json:"device_id,omitempty"`
+	Result   string    `json:"result"`
+	Code     string    `json:"code,omitempty"`
+	Reason   string    `json:"reason,omitempty"`
+	Serial   string    `json:"serial,omitempty"`
+}
+
+func cmdAudit(ctx context.Context, args []string, stdout io.Writer) error {
+	fs, dir := newFlags("audit")
+	asJSON := fs.Bool("json", false, "print JSON")
+	limit := fs.Int("limit", 100, "show the newest N records (0: all)")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	c, err := open(ctx, *dir)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	recs, err := c.Audit(ctx, *limit)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		out := make([]auditJSON, 0, len(recs))
+		for _, a := range recs {
+			out = append(out, auditJSON(a))
+		}
+		return writeJSON(stdout, out)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "TIME\tOP\tPEER\tTOKEN\tDEVICE\tRESULT\tCODE\tREASON")
+	for _, a := range recs {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.Time.Local().Format(time.RFC3339), a.Op, a.Peer,
+			dash(a.TokenID), dash(a.DeviceID), a.Result, dash(a.Code), a.Reason)
+	}
+	return tw.Flush()
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}

@@ -1,0 +1,234 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/edgeagent/edgeagent/ca"
+	"github.com/edgeagent/edgeagent/enroll/est"
+	"github.com/edgeagent/edgeagent/enroll/token"
+)
+
+// edgeca runs the command in-process and returns exit code, stdout, stderr.
+func edgeca(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	code := run(context.Background(), args, &out, &errOut)
+	return code, out.String(), errOut.String()
+}
+
+func mustRun(t *testing.T, args ...string) string {
+	t.Helper()
+	code, out, errOut := edgeca(t, args...)
+	if code != 0 {
+		t.Fatalf("edgeca %s: exit %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), code, out, errOut)
+	}
+	return out
+}
+
+// serve starts `edgeca serve` in-process on a free port and returns its URL.
+func serve(t *testing.T, dir string, extra ...string) string {
+	t.Helper()
+	addrFile := filepath.Join(t.TempDir(), "addr")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan int, 1)
+	var logs bytes.Buffer
+	go func() {
+		done <- run(ctx, append([]string{"serve", "--dir", dir, "--listen", "127.0.0.1:0", "--addr-file", addrFile}, extra...), io.Discard, &logs)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if code := <-done; code != 0 {
+			t.Errorf("serve exited %d:\n%s", code, logs.String())
+		}
+		if _, err := os.Stat(filepath.Join(dir, ca.ServeAddrFile)); !os.IsNotExist(err) {
+			t.Errorf("serve left %s behind", ca.ServeAddrFile)
+		}
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if b, err := os.ReadFile(addrFile); err == nil && len(bytes.TrimSpace(b)) > 0 {
+			return "https://" + strings.TrimSpace(string(b))
+		}
+		select {
+		case code := <-done:
+			t.Fatalf("serve exited early with %d:\n%s", code, logs.String())
+		case <-tick.C:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("serve did not write its address:\n%s", logs.String())
+		}
+	}
+}
+
+func enroll(t *testing.T, tok token.Token, root *x509.Certificate, id string) (int, string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: id}}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(root)
+	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}}
+	defer c.CloseIdleConnections()
+	req, err := http.NewRequest(http.MethodPost, tok.URL+est.Path("", est.OpSimpleEnroll), bytes.NewReader(est.EncodeBase64(der)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", est.MediaPKCS10)
+	req.SetBasicAuth(tok.ID, tok.Secret)
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func TestCLI(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "ca")
+	mustRun(t, "init", "--dir", dir)
+	c, err := ca.Open(context.Background(), dir, ca.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootCert := c.Root()
+	c.Close()
+
+	// Without --url and without a running server there is no URL.
+	if code, _, errOut := edgeca(t, "token", "create", "--dir", dir); code != 1 || !strings.Contains(errOut, "--url") {
+		t.Fatalf("token create without URL: exit %d: %s", code, errOut)
+	}
+
+	url := serve(t, dir, "--cert-ttl", "1h")
+
+	// token create prints only the token; the URL comes from the server.
+	out := mustRun(t, "token", "create", "--dir", dir, "--device", "cli-1")
+	tok, err := token.Parse(out)
+	if err != nil || strings.Count(out, "\n") != 1 {
+		t.Fatalf("token create stdout %q: %v", out, err)
+	}
+	if tok.URL != url || !tok.Pin.Matches(rootCert) {
+		t.Fatalf("token URL %q (want %q), pin %v", tok.URL, url, tok.Pin)
+	}
+	if status, body := enroll(t, tok, rootCert, "cli-1"); status != http.StatusOK {
+		t.Fatalf("enroll: %d %s", status, body)
+	}
+	if status, body := enroll(t, tok, rootCert, "cli-1"); status != http.StatusUnauthorized || !strings.HasPrefix(body, "token_invalid:") {
+		t.Fatalf("second enroll: %d %s", status, body)
+	}
+
+	// token list never shows secrets.
+	list := mustRun(t, "token", "list", "--dir", dir, "--json")
+	var toks []map[string]any
+	if err := json.Unmarshal([]byte(list), &toks); err != nil || len(toks) != 1 {
+		t.Fatalf("token list --json: %v\n%s", err, list)
+	}
+	if toks[0]["id"] != tok.ID || toks[0]["state"] != "used" || strings.Contains(list, tok.Secret) {
+		t.Fatalf("token list: %s", list)
+	}
+	if text := mustRun(t, "token", "list", "--dir", dir); !strings.Contains(text, tok.ID) || strings.Contains(text, tok.Secret) {
+		t.Fatalf("token list: %s", text)
+	}
+
+	// A revoked token is refused.
+	out = mustRun(t, "token", "create", "--dir", dir, "--pattern", "cli-*", "--uses", "3", "--ttl", "1h")
+	tok2, err := token.Parse(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustRun(t, "token", "revoke", tok2.ID, "--dir", dir) // flags after the argument work too
+	if status, body := enroll(t, tok2, rootCert, "cli-2"); status != http.StatusUnauthorized {
+		t.Fatalf("revoked token: %d %s", status, body)
+	}
+
+	// Devices.
+	show := mustRun(t, "device", "show", "--dir", dir, "cli-1")
+	for _, want := range []string{"cli-1", "active", tok.ID} {
+		if !strings.Contains(show, want) {
+			t.Fatalf("device show lacks %q:\n%s", want, show)
+		}
+	}
+	var dev map[string]any
+	if err := json.Unmarshal([]byte(mustRun(t, "device", "show", "--json", "--dir", dir, "cli-1")), &dev); err != nil || dev["status"] != "active" || dev["serial"] == "" {
+		t.Fatalf("device show --json: %v %v", dev, err)
+	}
+	mustRun(t, "device", "revoke", "--dir", dir, "cli-1")
+	if list := mustRun(t, "device", "list", "--dir", dir); !strings.Contains(list, "revoked") {
+		t.Fatalf("device list: %s", list)
+	}
+	if code, _, errOut := edgeca(t, "device", "show", "--dir", dir, "nope"); code != 1 || !strings.Contains(errOut, "not found") {
+		t.Fatalf("device show unknown: %d %s", code, errOut)
+	}
+
+	// The audit log says what happened, the reasons included.
+	var recs []map[string]any
+	if err := json.Unmarshal([]byte(mustRun(t, "audit", "--dir", dir, "--json")), &recs); err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 3 || recs[0]["reason"] == "" || !strings.Contains(recs[0]["reason"].(string), "revoked") ||
+		!strings.Contains(recs[1]["reason"].(string), "used up") || recs[2]["result"] != "ok" {
+		t.Fatalf("audit: %+v", recs)
+	}
+	if a := mustRun(t, "audit", "--dir", dir, "--limit", "1"); strings.Count(a, "\n") != 2 {
+		t.Fatalf("audit --limit 1:\n%s", a)
+	}
+}
+
+func TestCLIErrors(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "ca")
+	mustRun(t, "init", "--dir", dir)
+	for _, tc := range []struct {
+		args []string
+		code int
+		has  string
+	}{
+		{nil, 2, "no command"},
+		{[]string{"bogus"}, 2, "unknown command"},
+		{[]string{"token"}, 2, "subcommand"},
+		{[]string{"token", "create", "--dir", dir, "--uses", "0"}, 2, "--uses"},
+		{[]string{"token", "create", "--dir", dir, "--url", "https://x", "--device", "a", "--pattern", "b*"}, 1, "not both"},
+		{[]string{"token", "revoke", "--dir", dir}, 2, "takes ID"},
+		{[]string{"token", "revoke", "--dir", dir, "tnope"}, 1, "not found"},
+		{[]string{"device", "show", "--dir", dir, "a", "b"}, 2, "takes ID"},
+		{[]string{"serve", "--dir", dir, "--cert-ttl", "30s"}, 2, "minimum"},
+		{[]string{"serve", "--dir", dir, "--bogus"}, 2, "bogus"},
+		{[]string{"init", "--dir", dir}, 1, "already initialized"},
+		{[]string{"audit", "--dir", filepath.Join(dir, "missing")}, 1, "edgeca init"},
+	} {
+		code, _, errOut := edgeca(t, tc.args...)
+		if code != tc.code || !strings.Contains(errOut, tc.has) {
+			t.Errorf("edgeca %v: exit %d, stderr %q; want exit %d mentioning %q", tc.args, code, errOut, tc.code, tc.has)
+		}
+	}
+	if err := os.Chmod(filepath.Join(dir, ca.IntermediateKeyFile), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, errOut := edgeca(t, "token", "list", "--dir", dir); code != 1 || !strings.Contains(errOut, "chmod 600") {
+		t.Fatalf("loose key: exit %d: %s", code, errOut)
+	}
+	if code, out, _ := edgeca(t, "help"); code != 0 || !strings.Contains(out, "token create") {
+		t.Fatalf("help: %d %s", code, out)
+	}
+}
