@@ -14,13 +14,17 @@ LDFLAGS := -s -w -X $(PKG)/internal/version.Version=$(VERSION) \
 BINS := edgeagent edgeca
 FUZZTIME ?= 5s
 
-.PHONY: all build test test-deps unit fuzz bench cross lint e2e clean
+.PHONY: all build demo test test-deps fuzz bench cross lint clean
 
 all: build
 
 build:
 	@mkdir -p bin
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/ ./cmd/...
+
+# The README's first command: a CA, a token and an enrolled, renewed device.
+demo:
+	bash scripts/demo-enroll.sh
 
 test-deps:
 	@bash scripts/test-deps.sh
@@ -54,4 +58,4 @@ cross:
 	done
 
 clean:
-	rm -rf bin dist
+	rm -rf bin dist .demo

@@ -1,0 +1,221 @@
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/edgeagent/edgeagent/enroll"
+	"github.com/edgeagent/edgeagent/enroll/token"
+	"github.com/edgeagent/edgeagent/keystore"
+)
+
+// EnrollOptions say how to obtain the first certificate. Either Token, or
+// Server with CAPin or CABundle and Username/Password.
+type EnrollOptions struct {
+	StateDir string
+	DeviceID string
+	KeyAlg   keystore.Algorithm
+	Keystore keystore.Keystore
+
+	Token    *token.Token
+	Server   string
+	Label    string
+	CAPin    token.Pin
+	CABundle []*x509.Certificate
+	Username string
+	Password string
+
+	// Force replaces an existing identity (the key is kept).
+	Force   bool
+	Timeout time.Duration
+	Now     func() time.Time
+	Logger  *slog.Logger
+}
+
+// ErrIdentityExists is returned by Enroll when the state directory already
+// holds an identity and Force is not set.
+var ErrIdentityExists = errors.New("this device is already enrolled")
+
+// Enroll authenticates the EST server (by pin or bundle), fetches the CA
+// certificates, creates or loads the device key, sends a CSR with the
+// enrollment credentials and stores the result atomically.
+func Enroll(ctx context.Context, o EnrollOptions) (*Identity, error) {
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Token != nil {
+		o.Server, o.CAPin, o.Username, o.Password = o.Token.URL, o.Token.Pin, o.Token.ID, o.Token.Secret
+	}
+	switch {
+	case o.Server == "":
+		return nil, errors.New("enroll: no EST server: give a token or a server URL")
+	case o.CAPin.IsZero() && len(o.CABundle) == 0:
+		return nil, errors.New("enroll: no way to authenticate the EST server: give a CA pin or a CA bundle")
+	case o.Username == "" || o.Password == "":
+		return nil, errors.New("enroll: no enrollment credentials: give a token, or a username and password")
+	}
+	if err := token.ValidateID(o.DeviceID); err != nil {
+		return nil, fmt.Errorf("enroll: device id %q: use 1 to 64 letters, digits, '.', '_' or '-'", o.DeviceID)
+	}
+	if HasIdentity(o.StateDir) && !o.Force {
+		return nil, fmt.Errorf("enroll: %w (state in %s); use --force to enroll again", ErrIdentityExists, o.StateDir)
+	}
+	if err := os.MkdirAll(o.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("enroll: create state dir: %w", err)
+	}
+
+	var roots *x509.CertPool
+	if len(o.CABundle) > 0 {
+		roots = x509.NewCertPool()
+		for _, c := range o.CABundle {
+			roots.AddCert(c)
+		}
+	} else {
+		var err error
+		if roots, err = enroll.FetchPinnedRoots(ctx, o.Server, o.CAPin, o.Timeout); err != nil {
+			return nil, err
+		}
+	}
+	client, err := enroll.New(enroll.Options{Server: o.Server, Label: o.Label, Roots: roots, Timeout: o.Timeout, Time: o.Now})
+	if err != nil {
+		return nil, err
+	}
+	defer client.CloseIdleConnections()
+	bundle, err := client.CACerts(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if !o.CAPin.IsZero() && !containsPinned(bundle, o.CAPin) {
+		return nil, fmt.Errorf("enroll: GET cacerts: the CA certificates the server publishes do not include the pinned %s", o.CAPin)
+	}
+	o.Logger.Info("EST server authenticated", "server", o.Server, "ca_certs", len(bundle))
+
+	key, err := keystore.LoadOrCreate(o.Keystore, o.KeyAlg)
+	if err != nil {
+		return nil, fmt.Errorf("enroll: device key: %w", err)
+	}
+	csr, err := enroll.BuildCSR(key, o.DeviceID)
+	if err != nil {
+		return nil, err
+	}
+	certs, err := client.SimpleEnroll(ctx, csr, o.Username, o.Password)
+	if err != nil {
+		return nil, err
+	}
+	chain, err := enroll.CheckIssued(certs, key.Public(), o.DeviceID, bundle, o.Now())
+	if err != nil {
+		return nil, err
+	}
+	meta := Meta{DeviceID: o.DeviceID, Server: o.Server, Label: o.Label, EnrolledAt: o.Now().UTC()}
+	if err := saveIdentity(o.StateDir, meta, chain, bundle); err != nil {
+		return nil, fmt.Errorf("enroll: store identity: %w", err)
+	}
+	return &Identity{Meta: meta, Key: key, Chain: chain, CABundle: bundle}, nil
+}
+
+func containsPinned(certs []*x509.Certificate, pin token.Pin) bool {
+	for _, c := range certs {
+		if pin.Matches(c) {
+			return true
+		}
+	}
+	return false
+}
+
+// RenewOptions configure one renewal.
+type RenewOptions struct {
+	StateDir string
+	Keystore keystore.Keystore
+	// Rekey makes a new key for the new certificate.
+	Rekey  bool
+	KeyAlg keystore.Algorithm
+	// Current is the identity to renew; nil loads it from StateDir.
+	Current *Identity
+	Timeout time.Duration
+	Now     func() time.Time
+	// OnResponse sees EST responses' Date headers (clock skew).
+	OnResponse func(sent, received time.Time, date string)
+}
+
+// Renew re-enrolls over mutual TLS with the current certificate. The new
+// certificate is stored before a new key becomes current, and nothing of the
+// working identity is touched unless the renewal succeeded.
+func Renew(ctx context.Context, o RenewOptions) (*Identity, error) {
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	cur := o.Current
+	if cur == nil {
+		var err error
+		if cur, err = LoadIdentity(o.StateDir, o.Keystore); err != nil {
+			return nil, fmt.Errorf("renew: %w", err)
+		}
+	}
+	tlsCert := cur.TLSCertificate()
+	client, err := enroll.New(enroll.Options{
+		Server:      cur.Server,
+		Label:       cur.Label,
+		Roots:       cur.CAPool(),
+		Certificate: func() *tls.Certificate { return tlsCert },
+		Timeout:     o.Timeout,
+		Time:        o.Now,
+		OnResponse:  o.OnResponse,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("renew: %w", err)
+	}
+	defer client.CloseIdleConnections()
+
+	key := cur.Key
+	var rot keystore.Rotation
+	if o.Rekey {
+		alg := o.KeyAlg
+		if alg == "" {
+			alg = algorithmOf(cur.Key)
+		}
+		if rot, err = o.Keystore.BeginRotate(alg); err != nil {
+			return nil, fmt.Errorf("renew: new key: %w", err)
+		}
+		key = rot.Signer()
+	}
+	abort := func(err error) (*Identity, error) {
+		if rot != nil {
+			_ = rot.Abort()
+		}
+		return nil, err
+	}
+	csr, err := enroll.BuildCSR(key, cur.DeviceID)
+	if err != nil {
+		return abort(err)
+	}
+	certs, err := client.SimpleReenroll(ctx, csr)
+	if err != nil {
+		return abort(err)
+	}
+	chain, err := enroll.CheckIssued(certs, key.Public(), cur.DeviceID, cur.CABundle, o.Now())
+	if err != nil {
+		return abort(err)
+	}
+	meta := cur.Meta
+	meta.RenewedAt = o.Now().UTC()
+	// A crash after this write and before Commit is finished by
+	// LoadIdentity, which finds the certificate matches the pending key.
+	if err := saveIdentity(o.StateDir, meta, chain, cur.CABundle); err != nil {
+		return abort(fmt.Errorf("renew: store identity: %w", err))
+	}
+	if rot != nil {
+		if err := rot.Commit(); err != nil {
+			return nil, fmt.Errorf("renew: commit new key: %w", err)
+		}
+	}
+	return &Identity{Meta: meta, Key: key, Chain: chain, CABundle: cur.CABundle}, nil
+}

@@ -1,0 +1,213 @@
+// Package agent is the edgeagent daemon: it keeps the device identity
+// (key, certificate chain, CA bundle) in a state directory, enrolls and
+// renews it over EST, and runs the uplinks.
+package agent
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/edgeagent/edgeagent/internal/atomicfile"
+	"github.com/edgeagent/edgeagent/keystore"
+)
+
+// Files in the state directory besides the keystore's.
+const (
+	CertFile     = "cert.pem"      // leaf and intermediates
+	CAFile       = "ca.pem"        // CA bundle from cacerts
+	IdentityFile = "identity.json" // what renewal needs to know
+)
+
+// ErrNoIdentity is returned by LoadIdentity when the device has not
+// enrolled yet.
+var ErrNoIdentity = errors.New("no identity: the device has not enrolled")
+
+// Meta is identity.json.
+type Meta struct {
+	DeviceID   string    `json:"device_id"`
+	Server     string    `json:"server"`
+	Label      string    `json:"label,omitempty"`
+	EnrolledAt time.Time `json:"enrolled_at"`
+	RenewedAt  time.Time `json:"renewed_at,omitempty"`
+}
+
+// Identity is a usable device identity.
+type Identity struct {
+	Meta
+	Key      crypto.Signer
+	Chain    []*x509.Certificate // leaf first, no root
+	CABundle []*x509.Certificate
+}
+
+// Leaf is the device certificate.
+func (id *Identity) Leaf() *x509.Certificate { return id.Chain[0] }
+
+// Serial is the leaf's serial number in hex.
+func (id *Identity) Serial() string { return hex.EncodeToString(id.Leaf().SerialNumber.Bytes()) }
+
+// TLSCertificate is the identity for tls.Config.
+func (id *Identity) TLSCertificate() *tls.Certificate {
+	c := &tls.Certificate{PrivateKey: id.Key, Leaf: id.Leaf()}
+	for _, x := range id.Chain {
+		c.Certificate = append(c.Certificate, x.Raw)
+	}
+	return c
+}
+
+// CAPool is the CA bundle as a pool.
+func (id *Identity) CAPool() *x509.CertPool {
+	p := x509.NewCertPool()
+	for _, c := range id.CABundle {
+		p.AddCert(c)
+	}
+	return p
+}
+
+// Summary is the one-line description the CLI prints.
+func (id *Identity) Summary() string {
+	return fmt.Sprintf("device %s serial %s not-after %s", id.DeviceID, id.Serial(), id.Leaf().NotAfter.UTC().Format(time.RFC3339))
+}
+
+// HasIdentity reports whether dir holds an enrolled identity.
+func HasIdentity(dir string) bool {
+	_, err := os.Stat(filepath.Join(dir, CertFile))
+	return err == nil
+}
+
+// LoadIdentity reads the identity in dir with its key from ks. It finishes
+// a rotation that a crash interrupted after the new certificate was stored,
+// and discards one interrupted before.
+func LoadIdentity(dir string, ks keystore.Keystore) (*Identity, error) {
+	if !HasIdentity(dir) {
+		return nil, ErrNoIdentity
+	}
+	var meta Meta
+	b, err := os.ReadFile(filepath.Join(dir, IdentityFile))
+	if err != nil {
+		return nil, fmt.Errorf("load identity: %w", err)
+	}
+	if err := json.Unmarshal(b, &meta); err != nil {
+		return nil, fmt.Errorf("load identity: %s: %w", IdentityFile, err)
+	}
+	chain, err := readCerts(filepath.Join(dir, CertFile))
+	if err != nil {
+		return nil, fmt.Errorf("load identity: %w", err)
+	}
+	bundle, err := readCerts(filepath.Join(dir, CAFile))
+	if err != nil {
+		return nil, fmt.Errorf("load identity: %w", err)
+	}
+	key, err := matchingKey(ks, chain[0].PublicKey)
+	if err != nil {
+		return nil, fmt.Errorf("load identity: %w", err)
+	}
+	return &Identity{Meta: meta, Key: key, Chain: chain, CABundle: bundle}, nil
+}
+
+// matchingKey returns the keystore key for pub, resolving a rotation left
+// pending by a crash.
+func matchingKey(ks keystore.Keystore, pub crypto.PublicKey) (crypto.Signer, error) {
+	cur, err := ks.Current()
+	if err != nil && !errors.Is(err, keystore.ErrNoKey) {
+		return nil, err
+	}
+	if cur != nil && samePublic(cur.Public(), pub) {
+		if rot, ok, perr := ks.Pending(); perr == nil && ok {
+			_ = rot.Abort() // the renewal that made it never stored a certificate
+		}
+		return cur, nil
+	}
+	rot, ok, err := ks.Pending()
+	if err != nil {
+		return nil, err
+	}
+	if ok && samePublic(rot.Signer().Public(), pub) {
+		if err := rot.Commit(); err != nil {
+			return nil, fmt.Errorf("finish interrupted key rotation: %w", err)
+		}
+		return rot.Signer(), nil
+	}
+	return nil, fmt.Errorf("the certificate in %s is not for the device key; the state directory is inconsistent: re-enroll with --force", CertFile)
+}
+
+func samePublic(a, b crypto.PublicKey) bool {
+	k, ok := a.(interface{ Equal(crypto.PublicKey) bool })
+	return ok && k.Equal(b)
+}
+
+// saveIdentity writes the CA bundle, the metadata and the chain, each
+// atomically. The chain goes last: its rename is the commit point, so until
+// then the previous identity stays whole and a failure can be rolled back.
+func saveIdentity(dir string, meta Meta, chain, bundle []*x509.Certificate) error {
+	if err := atomicfile.Write(filepath.Join(dir, CAFile), encodeCerts(bundle), 0o644); err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(meta, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := atomicfile.Write(filepath.Join(dir, IdentityFile), append(b, '\n'), 0o644); err != nil {
+		return err
+	}
+	return atomicfile.Write(filepath.Join(dir, CertFile), encodeCerts(chain), 0o644)
+}
+
+func encodeCerts(certs []*x509.Certificate) []byte {
+	var buf bytes.Buffer
+	for _, c := range certs {
+		_ = pem.Encode(&buf, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+	}
+	return buf.Bytes()
+}
+
+// maxPEMBytes bounds certificate files we read.
+const maxPEMBytes = 1 << 20
+
+func readCerts(path string) ([]*x509.Certificate, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > maxPEMBytes {
+		return nil, fmt.Errorf("%s is over %d bytes", path, maxPEMBytes)
+	}
+	certs, err := ParseCertsPEM(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return certs, nil
+}
+
+// ParseCertsPEM reads every CERTIFICATE block; other blocks are skipped.
+func ParseCertsPEM(b []byte) ([]*x509.Certificate, error) {
+	var out []*x509.Certificate
+	for {
+		var blk *pem.Block
+		blk, b = pem.Decode(b)
+		if blk == nil {
+			break
+		}
+		if blk.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no certificates in PEM")
+	}
+	return out, nil
+}

@@ -1,0 +1,180 @@
+package enroll
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/edgeagent/edgeagent/enroll/token"
+)
+
+// ErrPinMismatch is wrapped when no certificate the server presents has the
+// pinned fingerprint.
+var ErrPinMismatch = errors.New("CA pin mismatch")
+
+// FetchPinnedRoots authenticates an EST server on first contact by a pin:
+// the SHA-256 fingerprint of a CA certificate in the server's TLS chain. It
+// performs a handshake that trusts nothing, takes the chain the server
+// presented from the verification error, finds the pinned CA certificate
+// in it, and then verifies the server's chain (and host name) against that
+// certificate alone. Nothing is sent before the server is authenticated.
+func FetchPinnedRoots(ctx context.Context, server string, pin token.Pin, timeout time.Duration) (*x509.CertPool, error) {
+	if err := token.ValidateURL(server); err != nil {
+		return nil, fmt.Errorf("enroll: %w", err)
+	}
+	if pin.IsZero() {
+		return nil, errors.New("enroll: no CA pin")
+	}
+	u, _ := url.Parse(server)
+	host, port := u.Hostname(), u.Port()
+	if port == "" {
+		port = "443"
+	}
+	if timeout == 0 {
+		timeout = 30 * time.Second
+	}
+	d := tls.Dialer{
+		NetDialer: &net.Dialer{Timeout: timeout},
+		Config: &tls.Config{
+			MinVersion: tls.VersionTLS12,
+			ServerName: host,
+			RootCAs:    x509.NewCertPool(), // trust nothing: we want the chain, not a connection
+		},
+	}
+	conn, err := d.DialContext(ctx, "tcp", net.JoinHostPort(host, port))
+	if err == nil {
+		// An empty root pool cannot verify anything; a connection here
+		// means something is badly wrong. Never use it.
+		conn.Close()
+		return nil, fmt.Errorf("enroll: bootstrap TLS to %s verified with no trust anchors", server)
+	}
+	var cve *tls.CertificateVerificationError
+	if !errors.As(err, &cve) {
+		return nil, fmt.Errorf("enroll: connect to %s: %w", server, err)
+	}
+	presented := cve.UnverifiedCertificates
+	if len(presented) == 0 {
+		return nil, fmt.Errorf("enroll: %s presented no certificates", server)
+	}
+	var pinned *x509.Certificate
+	for _, c := range presented {
+		if pin.Matches(c) {
+			pinned = c
+			break
+		}
+	}
+	if pinned == nil {
+		fps := make([]string, len(presented))
+		for i, c := range presented {
+			fps[i] = fmt.Sprintf("%s (%s)", token.PinOf(c), c.Subject.CommonName)
+		}
+		return nil, fmt.Errorf("enroll: %w: %s presented %s, none is the pinned %s; check that the token belongs to this CA, or pass the CA bundle with --ca-bundle",
+			ErrPinMismatch, server, strings.Join(fps, ", "), pin)
+	}
+	if !pinned.IsCA || !pinned.BasicConstraintsValid {
+		return nil, fmt.Errorf("enroll: the pinned certificate %q is not a CA certificate", pinned.Subject.CommonName)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(pinned)
+	inter := x509.NewCertPool()
+	for _, c := range presented[1:] {
+		inter.AddCert(c)
+	}
+	if _, err := presented[0].Verify(x509.VerifyOptions{
+		Roots:         roots,
+		Intermediates: inter,
+		DNSName:       host,
+		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}); err != nil {
+		return nil, fmt.Errorf("enroll: %s's certificate does not verify against the pinned CA: %w", server, explainTLS(err))
+	}
+	return roots, nil
+}
+
+// DeviceURIPrefix starts the SAN URI that names a device.
+const DeviceURIPrefix = "urn:edgeagent:device:"
+
+// BuildCSR makes a PKCS#10 request for deviceID signed by key: subject CN
+// and SAN URI name the device.
+func BuildCSR(key crypto.Signer, deviceID string) ([]byte, error) {
+	if err := token.ValidateID(deviceID); err != nil {
+		return nil, fmt.Errorf("enroll: device id: %w", err)
+	}
+	uri, err := url.Parse(DeviceURIPrefix + deviceID)
+	if err != nil {
+		return nil, fmt.Errorf("enroll: device URI: %w", err)
+	}
+	tmpl := &x509.CertificateRequest{
+		Subject: pkix.Name{CommonName: deviceID},
+		URIs:    []*url.URL{uri},
+	}
+	switch key.Public().(type) {
+	case *ecdsa.PublicKey:
+		tmpl.SignatureAlgorithm = x509.ECDSAWithSHA256
+	case *rsa.PublicKey:
+		tmpl.SignatureAlgorithm = x509.SHA256WithRSA
+	default:
+		return nil, fmt.Errorf("enroll: unsupported key type %T", key.Public())
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
+	if err != nil {
+		return nil, fmt.Errorf("enroll: sign CSR: %w", err)
+	}
+	return der, nil
+}
+
+// CheckIssued verifies what the server issued: the first certificate is for
+// key, names deviceID, allows clientAuth and chains to the CA bundle. It
+// returns the chain to present in TLS (leaf and intermediates, no root).
+func CheckIssued(certs []*x509.Certificate, key crypto.PublicKey, deviceID string, caBundle []*x509.Certificate, now time.Time) ([]*x509.Certificate, error) {
+	if len(certs) == 0 {
+		return nil, fmt.Errorf("enroll: %w: no certificate issued", ErrResponse)
+	}
+	var leaf *x509.Certificate
+	for _, c := range certs {
+		if k, ok := c.PublicKey.(interface{ Equal(crypto.PublicKey) bool }); ok && k.Equal(key) {
+			leaf = c
+			break
+		}
+	}
+	if leaf == nil {
+		return nil, fmt.Errorf("enroll: %w: the issued certificate is not for this device's key", ErrResponse)
+	}
+	if leaf.Subject.CommonName != deviceID {
+		return nil, fmt.Errorf("enroll: %w: issued for %q, want %q", ErrResponse, leaf.Subject.CommonName, deviceID)
+	}
+	roots, inter := x509.NewCertPool(), x509.NewCertPool()
+	for _, c := range caBundle {
+		if isSelfSigned(c) {
+			roots.AddCert(c)
+		} else {
+			inter.AddCert(c)
+		}
+	}
+	for _, c := range certs {
+		if c != leaf {
+			inter.AddCert(c)
+		}
+	}
+	chains, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	if err != nil {
+		return nil, fmt.Errorf("enroll: %w: the issued certificate does not verify against the CA bundle: %v", ErrResponse, err)
+	}
+	chain := chains[0]
+	return chain[:len(chain)-1], nil
+}
+
+func isSelfSigned(c *x509.Certificate) bool {
+	return c.CheckSignatureFrom(c) == nil && string(c.RawSubject) == string(c.RawIssuer)
+}
