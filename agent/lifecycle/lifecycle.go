@@ -9,6 +9,8 @@ import (
 	"math"
 	"sync/atomic"
 	"time"
+
+	"github.com/edgeagent/edgeagent/internal/backoff"
 )
 
 // RenewAt returns when to renew a certificate valid from notBefore to
@@ -26,26 +28,10 @@ func RenewAt(notBefore, notAfter time.Time, fraction, jitter, r float64) time.Ti
 	return notBefore.Add(time.Duration(f * float64(life)))
 }
 
-// Backoff is the wait before retry number attempt (0 for the first retry):
-// min doubled per attempt, capped at max, with "equal jitter" (half fixed,
-// half random by r in [0,1)) so retries never bunch up yet never shrink to
-// nothing.
+// Backoff is the wait before renewal retry number attempt; see
+// backoff.Delay.
 func Backoff(attempt int, min, max time.Duration, r float64) time.Duration {
-	if min <= 0 {
-		min = time.Second
-	}
-	if max < min {
-		max = min
-	}
-	attempt = int(math.Max(0, float64(attempt)))
-	d := max
-	if attempt < 62 {
-		if m := min << uint(attempt); m > 0 && m < max {
-			d = m
-		}
-	}
-	half := d / 2
-	return half + time.Duration(r*float64(d-half))
+	return backoff.Delay(attempt, min, max, r)
 }
 
 // Phase is where an identity is in its life.
