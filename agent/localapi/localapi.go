@@ -45,7 +45,12 @@ type Server struct {
 	status func() any
 	hub    *Hub
 	log    *slog.Logger
+	renew  func(context.Context) error
 }
+
+// SetRenew enables POST /v1/renew, which renews the certificate now and
+// answers when it is done.
+func (s *Server) SetRenew(f func(context.Context) error) { s.renew = f }
 
 // New returns a Server. status returns a JSON-marshalable snapshot.
 func New(sink Sink, status func() any, hub *Hub, log *slog.Logger) *Server {
@@ -61,6 +66,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/telemetry", s.telemetry)
 	mux.HandleFunc("GET /v1/status", s.getStatus)
 	mux.HandleFunc("GET /v1/commands", s.commands)
+	mux.HandleFunc("POST /v1/renew", s.renewNow)
 	return mux
 }
 
@@ -215,6 +221,18 @@ func (s *Server) telemetry(w http.ResponseWriter, r *http.Request) {
 func isJSON(ct string) bool {
 	mt, _, _ := bytes.Cut([]byte(ct), []byte(";"))
 	return string(bytes.TrimSpace(mt)) == "application/json"
+}
+
+func (s *Server) renewNow(w http.ResponseWriter, r *http.Request) {
+	if s.renew == nil {
+		fail(w, http.StatusNotImplemented, "renewal is not available")
+		return
+	}
+	if err := s.renew(r.Context()); err != nil {
+		fail(w, http.StatusBadGateway, "renewal failed: %v", err)
+		return
+	}
+	writeJSON(w, http.StatusOK, s.status())
 }
 
 func (s *Server) getStatus(w http.ResponseWriter, r *http.Request) {

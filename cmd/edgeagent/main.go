@@ -26,6 +26,9 @@ import (
 const usage = `usage: edgeagent <command> [flags]
 
 commands:
+  run       run the agent: enroll if needed, renew, ship telemetry (--config FILE)
+  status    show identity, renewal, uplinks and spools of the running agent
+  send      queue one telemetry message (a JSON object) with the running agent
   enroll    enroll this device with a CA (EST simpleenroll) using a token
   renew     renew the certificate now (EST simplereenroll over mutual TLS)
   version   print the version
@@ -66,6 +69,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return cmdEnroll(ctx, args[1:], stdout, stderr, getenv)
 	case "renew":
 		return cmdRenew(ctx, args[1:], stdout, stderr)
+	case "run":
+		return cmdRun(ctx, args[1:], stderr, getenv)
+	case "status":
+		return cmdStatus(ctx, args[1:], stdout, stderr, getenv)
+	case "send":
+		return cmdSend(ctx, args[1:], stdout, stderr, getenv)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "edgeagent", version.String())
 		return nil

@@ -1,0 +1,517 @@
+package agent
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	mrand "math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/edgeagent/edgeagent/agent/collector"
+	"github.com/edgeagent/edgeagent/agent/config"
+	"github.com/edgeagent/edgeagent/agent/lifecycle"
+	"github.com/edgeagent/edgeagent/agent/localapi"
+	"github.com/edgeagent/edgeagent/enroll"
+	"github.com/edgeagent/edgeagent/enroll/token"
+	"github.com/edgeagent/edgeagent/keystore"
+	"github.com/edgeagent/edgeagent/keystore/file"
+	"github.com/edgeagent/edgeagent/uplink"
+	uhttps "github.com/edgeagent/edgeagent/uplink/https"
+	"github.com/edgeagent/edgeagent/uplink/spool"
+)
+
+// Options configure a daemon run.
+type Options struct {
+	Config config.Config
+	// Getenv reads EDGEAGENT_TOKEN; nil means os.Getenv.
+	Getenv func(string) string
+	Logger *slog.Logger
+	// Now is the system clock; nil means time.Now. The daemon corrects it
+	// for skew (lifecycle.Clock).
+	Now func() time.Time
+	// Rand returns floats in [0,1) for jitter; nil means math/rand/v2.
+	Rand func() float64
+	// BuildTime is the earliest plausible time for the clock check.
+	BuildTime time.Time
+	// Ready, if set, is called once every component has started.
+	Ready func()
+}
+
+// Daemon is a running agent.
+type Daemon struct {
+	o     Options
+	cfg   config.Config
+	log   *slog.Logger
+	clock *lifecycle.Clock
+	ks    keystore.Keystore
+
+	mu       sync.Mutex
+	ident    *Identity
+	renewal  renewalState
+	holder   *uplink.Identity
+	renewNow chan chan error
+
+	spools   map[string]*spool.Spool
+	https    *uhttps.Sender
+	mqtt     Uplink
+	hub      *localapi.Hub
+	idPrefix string
+	seq      atomic.Uint64
+}
+
+// Uplink is a backend connection the daemon runs.
+type Uplink interface {
+	Run(ctx context.Context) error
+	// Reconnect re-establishes the connection with the current identity.
+	Reconnect()
+}
+
+type renewalState struct {
+	Next       time.Time
+	LastResult string
+	LastError  string
+	LastAt     time.Time
+	Renewals   map[string]uint64 // by result
+}
+
+// Run starts the agent and blocks until ctx ends or a component fails.
+func Run(ctx context.Context, o Options) error {
+	d, err := newDaemon(ctx, o)
+	if err != nil {
+		return err
+	}
+	defer d.close()
+	return d.run(ctx)
+}
+
+func newDaemon(ctx context.Context, o Options) (*Daemon, error) {
+	if o.Getenv == nil {
+		o.Getenv = os.Getenv
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Rand == nil {
+		o.Rand = mrand.Float64
+	}
+	cfg := o.Config
+	var nonce [6]byte
+	if _, err := rand.Read(nonce[:]); err != nil {
+		return nil, fmt.Errorf("agent: random message id prefix: %w", err)
+	}
+	d := &Daemon{
+		o: o, cfg: cfg, log: o.Logger, clock: lifecycle.NewClock(o.Now),
+		renewNow: make(chan chan error),
+		spools:   map[string]*spool.Spool{},
+		hub:      localapi.NewHub(),
+		idPrefix: cfg.DeviceID + "-" + hex.EncodeToString(nonce[:]) + "-",
+	}
+	d.renewal.Renewals = map[string]uint64{}
+	if cfg.Keystore != "file" {
+		return nil, fmt.Errorf("agent: keystore %q is not available in this build yet; use keystore: file", cfg.Keystore)
+	}
+	ks, err := file.Open(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	d.ks = ks
+	id, err := d.loadOrEnroll(ctx)
+	if err != nil {
+		d.close()
+		return nil, err
+	}
+	d.ident = id
+	d.holder = uplink.NewIdentity(id.TLSCertificate())
+	if err := d.openUplinks(); err != nil {
+		d.close()
+		return nil, err
+	}
+	return d, nil
+}
+
+func (d *Daemon) close() {
+	for name, sp := range d.spools {
+		if err := sp.Close(); err != nil {
+			d.log.Error("close spool", "uplink", name, "err", err)
+		}
+	}
+	if d.ks != nil {
+		_ = d.ks.Close()
+	}
+}
+
+// loadOrEnroll returns the stored identity, enrolling with the configured
+// token first if there is none.
+func (d *Daemon) loadOrEnroll(ctx context.Context) (*Identity, error) {
+	id, err := LoadIdentity(d.cfg.StateDir, d.ks)
+	if err == nil {
+		d.log.Info("identity loaded", "device_id", id.DeviceID, "serial", id.Serial(), "not_after", id.Leaf().NotAfter)
+		return id, nil
+	}
+	if !errors.Is(err, ErrNoIdentity) {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	return d.bootstrap(ctx)
+}
+
+// bootstrap enrolls with the token from enroll.token_file or
+// EDGEAGENT_TOKEN (never logged), or with plain credentials.
+func (d *Daemon) bootstrap(ctx context.Context) (*Identity, error) {
+	opts := EnrollOptions{StateDir: d.cfg.StateDir, DeviceID: d.cfg.DeviceID, Keystore: d.ks, Label: d.cfg.Enroll.Label,
+		Now: d.clock.Now, Logger: d.log, Force: true}
+	alg, err := keystore.ParseAlgorithm(d.cfg.KeyAlgorithm)
+	if err != nil {
+		return nil, err
+	}
+	opts.KeyAlg = alg
+	tokText := d.o.Getenv("EDGEAGENT_TOKEN")
+	if d.cfg.Enroll.TokenFile != "" {
+		b, err := os.ReadFile(d.cfg.Enroll.TokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("agent: enroll.token_file: %w", err)
+		}
+		tokText = string(b)
+	}
+	switch {
+	case tokText != "":
+		tok, err := token.Parse(tokText)
+		if err != nil {
+			return nil, fmt.Errorf("agent: enrollment token: %w", err)
+		}
+		opts.Token = &tok
+	case d.cfg.Enroll.Server != "":
+		opts.Server, opts.Username = d.cfg.Enroll.Server, d.cfg.Enroll.Username
+		if d.cfg.Enroll.CAPin != "" {
+			if opts.CAPin, err = token.ParsePin(d.cfg.Enroll.CAPin); err != nil {
+				return nil, fmt.Errorf("agent: enroll.ca_pin: %w", err)
+			}
+		}
+		if d.cfg.Enroll.PasswordFile != "" {
+			b, err := os.ReadFile(d.cfg.Enroll.PasswordFile)
+			if err != nil {
+				return nil, fmt.Errorf("agent: enroll.password_file: %w", err)
+			}
+			opts.Password = strings.TrimRight(string(b), "\r\n")
+		}
+	default:
+		return nil, errors.New("agent: this device is not enrolled: set enroll.token_file or EDGEAGENT_TOKEN, or run 'edgeagent enroll'")
+	}
+	if d.cfg.Enroll.CABundle != "" {
+		b, err := os.ReadFile(d.cfg.Enroll.CABundle)
+		if err != nil {
+			return nil, fmt.Errorf("agent: enroll.ca_bundle: %w", err)
+		}
+		if opts.CABundle, err = ParseCertsPEM(b); err != nil {
+			return nil, fmt.Errorf("agent: enroll.ca_bundle: %w", err)
+		}
+		if opts.Token != nil {
+			opts.Token.Pin = token.Pin{}
+		}
+	}
+	id, err := Enroll(ctx, opts)
+	if err != nil {
+		return nil, err
+	}
+	d.log.Info("enrolled", "device_id", id.DeviceID, "serial", id.Serial(), "not_after", id.Leaf().NotAfter)
+	return id, nil
+}
+
+func (d *Daemon) backendRoots(bundleFile string) (*x509.CertPool, error) {
+	if bundleFile == "" {
+		return d.ident.CAPool(), nil
+	}
+	b, err := os.ReadFile(bundleFile)
+	if err != nil {
+		return nil, err
+	}
+	certs, err := ParseCertsPEM(b)
+	if err != nil {
+		return nil, err
+	}
+	p := x509.NewCertPool()
+	for _, c := range certs {
+		p.AddCert(c)
+	}
+	return p, nil
+}
+
+func (d *Daemon) openSpool(name string) (*spool.Spool, error) {
+	pol, err := spool.ParseSyncPolicy(d.cfg.Spool.Sync)
+	if err != nil {
+		return nil, err
+	}
+	sp, err := spool.Open(filepath.Join(d.cfg.StateDir, "spool", name), spool.Options{MaxBytes: int64(d.cfg.Spool.MaxBytes), Sync: pol, Logger: d.log.With("spool", name)})
+	if err != nil {
+		return nil, err
+	}
+	d.spools[name] = sp
+	return sp, nil
+}
+
+func (d *Daemon) openUplinks() error {
+	if d.cfg.HTTPS.URL != "" {
+		roots, err := d.backendRoots(d.cfg.HTTPS.CABundle)
+		if err != nil {
+			return fmt.Errorf("agent: https.ca_bundle: %w", err)
+		}
+		sp, err := d.openSpool("https")
+		if err != nil {
+			return err
+		}
+		d.https, err = uhttps.New(uhttps.Options{URL: d.cfg.HTTPS.URL, Spool: sp, BatchMax: d.cfg.HTTPS.BatchMax, Logger: d.log.With("uplink", "https"),
+			TLS: uplink.ClientTLSConfig(uplink.TLSOptions{RootCAs: roots, Identity: d.holder, Time: d.clock.Now})})
+		if err != nil {
+			return err
+		}
+	}
+	if d.cfg.MQTT.URL != "" {
+		roots, err := d.backendRoots(d.cfg.MQTT.CABundle)
+		if err != nil {
+			return fmt.Errorf("agent: mqtt.ca_bundle: %w", err)
+		}
+		sp, err := d.openSpool("mqtt")
+		if err != nil {
+			return err
+		}
+		if d.mqtt, err = newMQTT(d, sp, roots); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Submit wraps each message in an envelope with a unique id and appends it
+// to every uplink's spool; it returns once they are stored.
+func (d *Daemon) Submit(_ context.Context, msgs []json.RawMessage) ([]string, error) {
+	if len(d.spools) == 0 {
+		return nil, errors.New("no uplink configured (set mqtt.url or https.url)")
+	}
+	now := d.clock.Now().UTC().Format(time.RFC3339Nano)
+	ids := make([]string, len(msgs))
+	payloads := make([][]byte, len(msgs))
+	for i, m := range msgs {
+		ids[i] = d.idPrefix + strconv.FormatUint(d.seq.Add(1), 10)
+		b, err := json.Marshal(envelope{ID: ids[i], DeviceID: d.cfg.DeviceID, Time: now, Data: m})
+		if err != nil {
+			return nil, fmt.Errorf("envelope: %w", err)
+		}
+		payloads[i] = b
+	}
+	for name, sp := range d.spools {
+		if _, err := sp.AppendBatch(payloads); err != nil {
+			return nil, fmt.Errorf("spool %s: %w", name, err)
+		}
+	}
+	return ids, nil
+}
+
+// envelope is what every backend receives: one JSON object per message.
+type envelope struct {
+	ID       string          `json:"id"`
+	DeviceID string          `json:"device_id"`
+	Time     string          `json:"time"`
+	Data     json.RawMessage `json:"data"`
+}
+
+func (d *Daemon) run(ctx context.Context) error {
+	g, ctx := errgroup.WithContext(ctx)
+	api := localapi.New(d, func() any { return d.Status() }, d.hub, d.log)
+	api.SetRenew(d.RenewNow)
+	g.Go(func() error { return api.Serve(ctx, d.cfg.API.Socket) })
+	if d.https != nil {
+		g.Go(func() error { return d.https.Run(ctx) })
+	}
+	if d.mqtt != nil {
+		g.Go(func() error { return d.mqtt.Run(ctx) })
+	}
+	if d.cfg.Collector.Interval > 0 {
+		c := collector.New(collector.Options{Disks: d.cfg.Collector.Disks, Now: d.clock.Now})
+		g.Go(func() error {
+			return c.Run(ctx, d.cfg.Collector.Interval, func(s collector.Sample) error {
+				b, err := json.Marshal(map[string]any{"system": s})
+				if err != nil {
+					return err
+				}
+				_, err = d.Submit(ctx, []json.RawMessage{b})
+				if err != nil {
+					d.log.Warn("collector: queue sample", "err", err)
+				}
+				return nil
+			})
+		})
+	}
+	if d.cfg.Metrics.Listen != "" {
+		ln, err := net.Listen("tcp", d.cfg.Metrics.Listen)
+		if err != nil {
+			return fmt.Errorf("agent: metrics.listen: %w", err)
+		}
+		srv := &http.Server{Handler: d.metricsHandler(), ReadHeaderTimeout: 5 * time.Second}
+		g.Go(func() error {
+			<-ctx.Done()
+			shut, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			return srv.Shutdown(shut)
+		})
+		g.Go(func() error {
+			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+	}
+	g.Go(func() error { return d.renewLoop(ctx) })
+	if d.o.Ready != nil {
+		d.o.Ready()
+	}
+	d.log.Info("agent running", "device_id", d.cfg.DeviceID, "mqtt", d.cfg.MQTT.URL, "https", d.cfg.HTTPS.URL, "api", d.cfg.API.Socket)
+	err := g.Wait()
+	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+// current returns the working identity.
+func (d *Daemon) current() *Identity {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.ident
+}
+
+// RenewNow renews immediately (local API POST /v1/renew) and returns the
+// result.
+func (d *Daemon) RenewNow(ctx context.Context) error {
+	res := make(chan error, 1)
+	select {
+	case d.renewNow <- res:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-res:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// renewLoop renews at the scheduled time, retries with backoff until
+// expiry, and renews on demand.
+func (d *Daemon) renewLoop(ctx context.Context) error {
+	attempt := 0
+	var retryAt time.Time
+	for {
+		id := d.current()
+		leaf := id.Leaf()
+		next := lifecycle.RenewAt(leaf.NotBefore, leaf.NotAfter, d.cfg.Renew.Fraction, d.cfg.Renew.Jitter, d.o.Rand())
+		if !retryAt.IsZero() {
+			next = retryAt
+		}
+		d.mu.Lock()
+		d.renewal.Next = next
+		d.mu.Unlock()
+		wait := next.Sub(d.clock.Now())
+		if wait < 0 {
+			wait = 0
+		}
+		t := time.NewTimer(wait)
+		var reply chan error
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case reply = <-d.renewNow:
+			t.Stop()
+		case <-t.C:
+		}
+		err := d.renewOnce(ctx, id)
+		if reply != nil {
+			reply <- err
+		}
+		if err == nil {
+			attempt, retryAt = 0, time.Time{}
+			continue
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		now := d.clock.Now()
+		if lifecycle.PhaseAt(now, next, leaf.NotAfter) == lifecycle.Expired {
+			d.log.Error("certificate expired before it could be renewed", "device_id", id.DeviceID, "not_after", leaf.NotAfter, "policy", d.cfg.Renew.ExpiredPolicy, "err", err)
+			if d.cfg.Renew.ExpiredPolicy == "rebootstrap" {
+				if nid, berr := d.bootstrap(ctx); berr == nil {
+					d.setIdentity(nid)
+					attempt, retryAt = 0, time.Time{}
+					continue
+				} else {
+					d.log.Error("re-bootstrap failed", "err", berr)
+				}
+			}
+		}
+		retryAt = lifecycle.NextRetry(now, leaf.NotAfter, lifecycle.Backoff(attempt, d.cfg.Renew.RetryMin, d.cfg.Renew.RetryMax, d.o.Rand()))
+		attempt++
+		d.log.Warn("renewal failed", "err", err, "retry_at", retryAt, "retryable", enroll.Retryable(err))
+	}
+}
+
+func (d *Daemon) renewOnce(ctx context.Context, id *Identity) error {
+	nid, err := Renew(ctx, RenewOptions{StateDir: d.cfg.StateDir, Keystore: d.ks, Rekey: d.cfg.Renew.Rekey, Current: id, Now: d.clock.Now})
+	d.mu.Lock()
+	d.renewal.LastAt = d.clock.Now()
+	if err != nil {
+		d.renewal.LastResult, d.renewal.LastError = "error", err.Error()
+		d.renewal.Renewals["error"]++
+		d.mu.Unlock()
+		return err
+	}
+	d.renewal.LastResult, d.renewal.LastError = "ok", ""
+	d.renewal.Renewals["ok"]++
+	d.mu.Unlock()
+	d.log.Info("certificate renewed", "serial", nid.Serial(), "not_after", nid.Leaf().NotAfter, "rekey", d.cfg.Renew.Rekey)
+	d.setIdentity(nid)
+	return nil
+}
+
+// setIdentity makes nid the working identity for every new handshake and
+// has the uplinks reconnect with it.
+func (d *Daemon) setIdentity(nid *Identity) {
+	d.mu.Lock()
+	d.ident = nid
+	d.mu.Unlock()
+	d.holder.Store(nid.TLSCertificate())
+	if d.https != nil {
+		d.https.Reconnect()
+	}
+	if d.mqtt != nil {
+		d.mqtt.Reconnect()
+	}
+}
+
+// urlHost returns host:port of a URL with a default port.
+func urlHost(raw, defPort string) (string, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "", err
+	}
+	port := u.Port()
+	if port == "" {
+		port = defPort
+	}
+	return net.JoinHostPort(u.Hostname(), port), nil
+}

@@ -1,0 +1,150 @@
+package agent
+
+import (
+	"fmt"
+	"net/http"
+	"sort"
+	"time"
+
+	"github.com/edgeagent/edgeagent/agent/metrics"
+)
+
+// Status is what `edgeagent status` and GET /v1/status report.
+type Status struct {
+	DeviceID        string                  `json:"device_id"`
+	Keystore        string                  `json:"keystore"`
+	Serial          string                  `json:"serial"`
+	NotBefore       time.Time               `json:"not_before"`
+	NotAfter        time.Time               `json:"not_after"`
+	NextRenew       time.Time               `json:"next_renewal"`
+	LastRenew       RenewStatus             `json:"last_renewal"`
+	ClockSkew       string                  `json:"clock_skew"`
+	Uplinks         map[string]UplinkStatus `json:"uplinks"`
+	CommandsDropped uint64                  `json:"commands_dropped"`
+}
+
+// RenewStatus is the outcome of the last renewal attempt.
+type RenewStatus struct {
+	At     time.Time         `json:"at,omitempty"`
+	Result string            `json:"result,omitempty"`
+	Error  string            `json:"error,omitempty"`
+	Counts map[string]uint64 `json:"counts"`
+}
+
+// UplinkStatus is one backend's connection and spool.
+type UplinkStatus struct {
+	Connected    bool   `json:"connected"`
+	LastError    string `json:"last_error,omitempty"`
+	Acked        uint64 `json:"acked"`
+	SpoolDepth   int    `json:"spool_depth"`
+	SpoolBytes   int64  `json:"spool_bytes"`
+	SpoolDropped uint64 `json:"spool_dropped"`
+}
+
+// UplinkStats is implemented by uplinks that report their connection.
+type UplinkStats interface {
+	Connected() bool
+	LastError() string
+	Acked() uint64
+}
+
+// Status returns a snapshot.
+func (d *Daemon) Status() Status {
+	d.mu.Lock()
+	id, r := d.ident, d.renewal
+	counts := map[string]uint64{}
+	for k, v := range r.Renewals {
+		counts[k] = v
+	}
+	d.mu.Unlock()
+	st := Status{
+		DeviceID:        id.DeviceID,
+		Keystore:        d.ks.Info().Backend,
+		Serial:          id.Serial(),
+		NotBefore:       id.Leaf().NotBefore,
+		NotAfter:        id.Leaf().NotAfter,
+		NextRenew:       r.Next,
+		LastRenew:       RenewStatus{At: r.LastAt, Result: r.LastResult, Error: r.LastError, Counts: counts},
+		ClockSkew:       d.clock.Offset().String(),
+		Uplinks:         map[string]UplinkStatus{},
+		CommandsDropped: d.hub.Dropped(),
+	}
+	for name, sp := range d.spools {
+		ss := sp.Stats()
+		u := UplinkStatus{SpoolDepth: ss.Depth, SpoolBytes: ss.Bytes, SpoolDropped: ss.Dropped}
+		switch name {
+		case "https":
+			hs := d.https.Stats()
+			u.Connected, u.LastError, u.Acked = hs.Connected, hs.LastError, hs.Acked
+		case "mqtt":
+			if s, ok := d.mqtt.(UplinkStats); ok {
+				u.Connected, u.LastError, u.Acked = s.Connected(), s.LastError(), s.Acked()
+			}
+		}
+		st.Uplinks[name] = u
+	}
+	return st
+}
+
+// metricsHandler serves /healthz and /metrics (Prometheus text format).
+func (d *Daemon) metricsHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		st := d.Status()
+		if d.clock.Now().After(st.NotAfter) {
+			http.Error(w, "certificate expired", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		_ = metrics.Write(w, d.metricFamilies())
+	})
+	return mux
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func (d *Daemon) metricFamilies() []metrics.Family {
+	st := d.Status()
+	now := d.clock.Now()
+	renewals := metrics.Family{Name: "edgeagent_renewals_total", Help: "Certificate renewals by result.", Type: metrics.Counter}
+	for _, res := range []string{"ok", "error"} {
+		renewals.Samples = append(renewals.Samples, metrics.Sample{Labels: map[string]string{"result": res}, Value: float64(st.LastRenew.Counts[res])})
+	}
+	fams := []metrics.Family{
+		{Name: "edgeagent_cert_expiry_seconds", Help: "Seconds until the device certificate expires.", Type: metrics.Gauge,
+			Samples: []metrics.Sample{{Value: st.NotAfter.Sub(now).Seconds()}}},
+		{Name: "edgeagent_cert_next_renewal_seconds", Help: "Seconds until the next scheduled renewal.", Type: metrics.Gauge,
+			Samples: []metrics.Sample{{Value: st.NextRenew.Sub(now).Seconds()}}},
+		renewals,
+		{Name: "edgeagent_clock_skew_seconds", Help: "Correction applied to the system clock.", Type: metrics.Gauge,
+			Samples: []metrics.Sample{{Value: d.clock.Offset().Seconds()}}},
+	}
+	names := make([]string, 0, len(st.Uplinks))
+	for n := range st.Uplinks {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	up := metrics.Family{Name: "edgeagent_uplink_connected", Help: "1 when the uplink is connected.", Type: metrics.Gauge}
+	acked := metrics.Family{Name: "edgeagent_messages_total", Help: "Messages by uplink and result.", Type: metrics.Counter}
+	depth := metrics.Family{Name: "edgeagent_spool_messages", Help: "Messages waiting in the spool.", Type: metrics.Gauge}
+	bytes := metrics.Family{Name: "edgeagent_spool_bytes", Help: "Bytes on disk in the spool.", Type: metrics.Gauge}
+	for _, n := range names {
+		u := st.Uplinks[n]
+		l := map[string]string{"uplink": n}
+		up.Samples = append(up.Samples, metrics.Sample{Labels: l, Value: b2f(u.Connected)})
+		acked.Samples = append(acked.Samples,
+			metrics.Sample{Labels: map[string]string{"uplink": n, "result": "acked"}, Value: float64(u.Acked)},
+			metrics.Sample{Labels: map[string]string{"uplink": n, "result": "dropped"}, Value: float64(u.SpoolDropped)})
+		depth.Samples = append(depth.Samples, metrics.Sample{Labels: l, Value: float64(u.SpoolDepth)})
+		bytes.Samples = append(bytes.Samples, metrics.Sample{Labels: l, Value: float64(u.SpoolBytes)})
+	}
+	return append(fams, up, acked, depth, bytes)
+}

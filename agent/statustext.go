@@ -1,0 +1,61 @@
+package agent
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// WriteStatus prints st for a person, with times relative to now.
+func WriteStatus(w io.Writer, st Status, now time.Time) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	rel := func(t time.Time) string {
+		if t.IsZero() {
+			return "-"
+		}
+		d := t.Sub(now).Round(time.Second)
+		if d >= 0 {
+			return fmt.Sprintf("%s (in %s)", t.UTC().Format(time.RFC3339), d)
+		}
+		return fmt.Sprintf("%s (%s ago)", t.UTC().Format(time.RFC3339), -d)
+	}
+	last := "none yet"
+	if st.LastRenew.Result != "" {
+		last = st.LastRenew.Result + " at " + st.LastRenew.At.UTC().Format(time.RFC3339)
+		if st.LastRenew.Error != "" {
+			last += ": " + st.LastRenew.Error
+		}
+	}
+	fmt.Fprintf(tw, "device\t%s\n", st.DeviceID)
+	fmt.Fprintf(tw, "keystore\t%s\n", st.Keystore)
+	fmt.Fprintf(tw, "serial\t%s\n", st.Serial)
+	fmt.Fprintf(tw, "not after\t%s\n", rel(st.NotAfter))
+	fmt.Fprintf(tw, "next renewal\t%s\n", rel(st.NextRenew))
+	fmt.Fprintf(tw, "last renewal\t%s\n", last)
+	fmt.Fprintf(tw, "renewals\tok %d, failed %d\n", st.LastRenew.Counts["ok"], st.LastRenew.Counts["error"])
+	fmt.Fprintf(tw, "clock skew\t%s\n", st.ClockSkew)
+	names := make([]string, 0, len(st.Uplinks))
+	for n := range st.Uplinks {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	if len(names) == 0 {
+		fmt.Fprintf(tw, "uplinks\tnone configured\n")
+	}
+	for _, n := range names {
+		u := st.Uplinks[n]
+		state := "disconnected"
+		if u.Connected {
+			state = "connected"
+		}
+		line := fmt.Sprintf("%s, %d acked, spool %d messages (%d bytes), %d dropped", state, u.Acked, u.SpoolDepth, u.SpoolBytes, u.SpoolDropped)
+		if u.LastError != "" {
+			line += ", last error: " + strings.ReplaceAll(u.LastError, "\n", " ")
+		}
+		fmt.Fprintf(tw, "uplink %s\t%s\n", n, line)
+	}
+	return tw.Flush()
+}

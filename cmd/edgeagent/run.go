@@ -1,0 +1,186 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/edgeagent/edgeagent/agent"
+	"github.com/edgeagent/edgeagent/agent/config"
+	"github.com/edgeagent/edgeagent/internal/version"
+)
+
+const defaultConfig = "/etc/edgeagent/edgeagent.yaml"
+
+// loadConfig reads the config file; the default path may be absent (then
+// defaults and environment apply), an explicit one must exist.
+func loadConfig(path string, explicit bool, getenv func(string) string) (config.Config, error) {
+	if !explicit {
+		if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+			path = ""
+		}
+	}
+	return config.Load(path, environ(getenv))
+}
+
+// environ rebuilds an environment list from getenv for the keys config
+// knows, so tests can inject an environment.
+func environ(getenv func(string) string) []string {
+	var env []string
+	for _, k := range config.Keys() {
+		name := config.EnvPrefix + strings.ToUpper(strings.ReplaceAll(k, ".", "_"))
+		if v := getenv(name); v != "" {
+			env = append(env, name+"="+v)
+		}
+	}
+	return env
+}
+
+func configFlag(fs *flag.FlagSet) *string {
+	return fs.String("config", defaultConfig, "config file (YAML); every key can also come from EDGEAGENT_* variables")
+}
+
+// isSet reports whether the flag was given on the command line.
+func isSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}
+
+func newLogger(cfg config.Config, w io.Writer) *slog.Logger {
+	var lvl slog.Level
+	_ = lvl.UnmarshalText([]byte(cfg.Log.Level))
+	o := &slog.HandlerOptions{Level: lvl}
+	if cfg.Log.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, o))
+	}
+	return slog.New(slog.NewTextHandler(w, o))
+}
+
+func cmdRun(ctx context.Context, args []string, stderr io.Writer, getenv func(string) string) error {
+	fs := newFlagSet("run", stderr)
+	cfgPath := configFlag(fs)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	cfg, err := loadConfig(*cfgPath, isSet(fs, "config"), getenv)
+	if err != nil {
+		return err
+	}
+	log := newLogger(cfg, stderr)
+	log.Info("edgeagent starting", "version", version.String())
+	bt, _ := time.Parse(time.RFC3339, version.BuildTime)
+	return agent.Run(ctx, agent.Options{Config: cfg, Getenv: getenv, Logger: log, BuildTime: bt})
+}
+
+// apiClient talks HTTP to the running agent's Unix socket.
+func apiClient(socket string) *http.Client {
+	return &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", socket)
+	}}}
+}
+
+func socketFor(fs *flag.FlagSet) (*string, *string) {
+	return configFlag(fs), fs.String("socket", "", "the agent's API socket (default: api.socket from the config)")
+}
+
+func resolveSocket(cfgPath string, explicit bool, socket string, getenv func(string) string) (string, error) {
+	if socket != "" {
+		return socket, nil
+	}
+	cfg, err := loadConfig(cfgPath, explicit, getenv)
+	if err != nil {
+		return "", err
+	}
+	return cfg.API.Socket, nil
+}
+
+func apiError(op string, err error, socket string) error {
+	return fmt.Errorf("%s: is the agent running? cannot reach %s: %w", op, socket, err)
+}
+
+func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+	fs := newFlagSet("status", stderr)
+	cfgPath, socket := socketFor(fs)
+	asJSON := fs.Bool("json", false, "print JSON for machines")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	sock, err := resolveSocket(*cfgPath, isSet(fs, "config"), *socket, getenv)
+	if err != nil {
+		return err
+	}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://agent/v1/status", nil)
+	resp, err := apiClient(sock).Do(req)
+	if err != nil {
+		return apiError("status", err, sock)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("status: %s: %s", resp.Status, bytes.TrimSpace(body))
+	}
+	if *asJSON {
+		_, err = stdout.Write(body)
+		return err
+	}
+	var st agent.Status
+	if err := json.Unmarshal(body, &st); err != nil {
+		return fmt.Errorf("status: %w", err)
+	}
+	return agent.WriteStatus(stdout, st, time.Now())
+}
+
+func cmdSend(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+	fs := newFlagSet("send", stderr)
+	cfgPath, socket := socketFor(fs)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return usageError{err.Error()}
+	}
+	if fs.NArg() != 1 {
+		return usageError{"send takes one JSON object (or array of objects) as its argument, or - for standard input"}
+	}
+	msg := []byte(fs.Arg(0))
+	if fs.Arg(0) == "-" {
+		b, err := io.ReadAll(io.LimitReader(os.Stdin, 1<<20+1))
+		if err != nil {
+			return err
+		}
+		msg = b
+	}
+	sock, err := resolveSocket(*cfgPath, isSet(fs, "config"), *socket, getenv)
+	if err != nil {
+		return err
+	}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://agent/v1/telemetry", bytes.NewReader(msg))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := apiClient(sock).Do(req)
+	if err != nil {
+		return apiError("send", err, sock)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if resp.StatusCode != http.StatusAccepted {
+		return fmt.Errorf("send: %s: %s", resp.Status, bytes.TrimSpace(body))
+	}
+	_, err = stdout.Write(body)
+	return err
+}
