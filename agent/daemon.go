@@ -12,7 +12,6 @@ import (
 	mrand "math/rand/v2"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -501,17 +500,4 @@ func (d *Daemon) setIdentity(nid *Identity) {
 	if d.mqtt != nil {
 		d.mqtt.Reconnect()
 	}
-}
-
-// urlHost returns host:port of a URL with a default port.
-func urlHost(raw, defPort string) (string, error) {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "", err
-	}
-	port := u.Port()
-	if port == "" {
-		port = defPort
-	}
-	return net.JoinHostPort(u.Hostname(), port), nil
 }

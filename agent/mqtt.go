@@ -2,12 +2,38 @@ package agent
 
 import (
 	"crypto/x509"
-	"errors"
+	"encoding/json"
+	"time"
 
+	"github.com/edgeagent/edgeagent/agent/config"
+	"github.com/edgeagent/edgeagent/agent/localapi"
+	"github.com/edgeagent/edgeagent/uplink"
+	"github.com/edgeagent/edgeagent/uplink/mqtt"
 	"github.com/edgeagent/edgeagent/uplink/spool"
 )
 
-// newMQTT builds the MQTT uplink.
+// newMQTT builds the MQTT uplink; commands on the device's command topic go
+// to local apps through the API's command stream.
 func newMQTT(d *Daemon, sp *spool.Spool, roots *x509.CertPool) (Uplink, error) {
-	return nil, errors.New("agent: the MQTT uplink is not in this build yet; leave mqtt.url empty")
+	c := d.cfg.MQTT
+	return mqtt.New(mqtt.Options{
+		BrokerURL:      c.URL,
+		TLS:            uplink.ClientTLSConfig(uplink.TLSOptions{RootCAs: roots, Identity: d.holder, Time: d.clock.Now}),
+		ClientID:       d.cfg.DeviceID,
+		TelemetryTopic: config.ExpandTopic(c.TelemetryTopic, d.cfg.DeviceID),
+		StatusTopic:    config.ExpandTopic(c.StatusTopic, d.cfg.DeviceID),
+		CommandTopic:   config.ExpandTopic(c.CommandTopic, d.cfg.DeviceID),
+		KeepAlive:      c.KeepAlive,
+		Spool:          sp,
+		Logger:         d.log.With("uplink", "mqtt"),
+		Rand:           d.o.Rand,
+		OnCommand: func(topic string, payload []byte) {
+			raw := json.RawMessage(payload)
+			if !json.Valid(payload) {
+				// Local apps get JSON lines; wrap a non-JSON command as a string.
+				raw, _ = json.Marshal(string(payload))
+			}
+			d.hub.Publish(localapi.Command{Topic: topic, Payload: raw, Time: time.Now().UTC()})
+		},
+	})
 }
