@@ -43,8 +43,12 @@ lint:
 	if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
 	$(GO) vet ./...
 
+# Every figure next to a baseline measured in the same run: enrollment vs
+# raw ECDSA signing, the spool vs a plain file, the agent's MQTT path vs
+# mosquitto_pub on the same listener (plus the agent's RSS).
 bench: test-deps
 	$(GO) run ./internal/bench
+	$(GO) test -run '^$$' -bench . -benchtime 1x ./uplink/spool ./internal/e2e
 
 cross:
 	@mkdir -p dist

@@ -11,7 +11,7 @@ import (
 )
 
 // pemCerts reads every certificate in a PEM file.
-func pemCerts(t *testing.T, path string) []*x509.Certificate {
+func pemCerts(t testing.TB, path string) []*x509.Certificate {
 	t.Helper()
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -41,7 +41,7 @@ func pemCerts(t *testing.T, path string) []*x509.Certificate {
 
 // writeUntrusted writes the intermediates of a chain file (all but the
 // leaf) for openssl verify's -untrusted.
-func writeUntrusted(t *testing.T, chain []*x509.Certificate) string {
+func writeUntrusted(t testing.TB, chain []*x509.Certificate) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "untrusted.pem")
 	var buf []byte
@@ -56,7 +56,7 @@ func writeUntrusted(t *testing.T, chain []*x509.Certificate) string {
 
 // opensslVerify checks the leaf of chainFile against the CA bundle with
 // openssl, an implementation independent of ours.
-func opensslVerify(t *testing.T, caFile, chainFile string) {
+func opensslVerify(t testing.TB, caFile, chainFile string) {
 	t.Helper()
 	chain := pemCerts(t, chainFile)
 	leaf := filepath.Join(t.TempDir(), "leaf.pem")

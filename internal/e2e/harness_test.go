@@ -41,7 +41,7 @@ func TestMain(m *testing.M) {
 
 // requireTools fails (not skips) when an independent peer is missing:
 // `make test` installs them.
-func requireTools(t *testing.T, names ...string) {
+func requireTools(t testing.TB, names ...string) {
 	t.Helper()
 	for _, n := range names {
 		if _, err := exec.LookPath(n); err != nil {
@@ -52,7 +52,7 @@ func requireTools(t *testing.T, names ...string) {
 
 // run runs a command to completion and returns its stdout; it fails the
 // test with stderr on a non-zero exit.
-func run(t *testing.T, name string, args ...string) string {
+func run(t testing.TB, name string, args ...string) string {
 	t.Helper()
 	out, errOut, err := runErr(t, name, args...)
 	if err != nil {
@@ -62,7 +62,7 @@ func run(t *testing.T, name string, args ...string) string {
 }
 
 // runErr runs a command and returns stdout, stderr and the exit error.
-func runErr(t *testing.T, name string, args ...string) (string, string, error) {
+func runErr(t testing.TB, name string, args ...string) (string, string, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -76,7 +76,7 @@ func runErr(t *testing.T, name string, args ...string) (string, string, error) {
 // startCA runs `edgeca init` and `edgeca serve` on a free loopback port and
 // returns the CA dir and the server's https URL. The server is stopped when
 // the test ends.
-func startCA(t *testing.T, extra ...string) (dir, url string) {
+func startCA(t testing.TB, extra ...string) (dir, url string) {
 	t.Helper()
 	dir = filepath.Join(t.TempDir(), "ca")
 	run(t, built.ca, "init", "--dir", dir)

@@ -69,7 +69,7 @@ type agentProc struct {
 	logs *bytes.Buffer
 }
 
-func startAgent(t *testing.T, cfgFile string, env ...string) *agentProc {
+func startAgent(t testing.TB, cfgFile string, env ...string) *agentProc {
 	t.Helper()
 	cmd := exec.Command(built.agent, "run", "--config", cfgFile)
 	cmd.Env = append(os.Environ(), env...)
@@ -101,7 +101,7 @@ func apiClient(sock string) *http.Client {
 	}}}
 }
 
-func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+func waitUntil(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	tick := time.NewTicker(25 * time.Millisecond)

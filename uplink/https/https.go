@@ -126,9 +126,6 @@ func (s *Sender) Run(ctx context.Context) error {
 			if err := s.o.Spool.Ack(seqs...); err != nil {
 				return fmt.Errorf("https uplink: ack: %w", err)
 			}
-			if err := s.o.Spool.Checkpoint(); err != nil {
-				s.o.Logger.Warn("https uplink: checkpoint spool", "err", err)
-			}
 			pending = pending[len(batch):]
 			attempt = 0
 			continue

@@ -33,7 +33,8 @@ type Options struct {
 	CommandTopic   string // "" disables
 	KeepAlive      time.Duration
 	Spool          *spool.Spool
-	// InFlight bounds messages published but not yet acknowledged.
+	// InFlight bounds messages published but not yet acknowledged;
+	// default 500.
 	InFlight  int
 	OnCommand func(topic string, payload []byte)
 	RetryMin  time.Duration
@@ -73,7 +74,7 @@ func New(o Options) (*Publisher, error) {
 		o.KeepAlive = 30 * time.Second
 	}
 	if o.InFlight <= 0 {
-		o.InFlight = 100
+		o.InFlight = 500
 	}
 	if o.RetryMin <= 0 {
 		o.RetryMin = 500 * time.Millisecond
@@ -311,11 +312,13 @@ func (p *Publisher) ackLoop(ctx context.Context, cancel context.CancelCauseFunc,
 		}
 		p.acked.Add(uint64(len(seqs)))
 		seqs = seqs[:0]
+	}
+	defer func() {
+		flush()
 		if err := p.o.Spool.Checkpoint(); err != nil {
 			p.o.Logger.Warn("mqtt: checkpoint spool", "err", err)
 		}
-	}
-	defer flush()
+	}()
 	for f := range window {
 		select {
 		case <-f.tok.Done():

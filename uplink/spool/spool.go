@@ -28,6 +28,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/edgeagent/edgeagent/internal/atomicfile"
 )
@@ -78,7 +79,11 @@ type Options struct {
 	MaxBytes     int64      // bound on all segments; 0 means DefaultMaxBytes
 	SegmentBytes int64      // roll to a new segment past this; 0 means MaxBytes/8
 	Sync         SyncPolicy // "" means SyncAlways
-	Logger       *slog.Logger
+	// CheckpointEvery bounds how often Ack persists the low-water mark
+	// (two fsyncs); 0 means 1s. Longer means fewer writes and, after a
+	// crash, more duplicates; never loss.
+	CheckpointEvery time.Duration
+	Logger          *slog.Logger
 }
 
 // Record is one queued message.
@@ -127,6 +132,8 @@ type Spool struct {
 
 	syncMu sync.Mutex
 	synced int64
+
+	lastSave time.Time
 }
 
 // Open opens (creating if needed) the spool in dir, recovering from a torn
@@ -155,6 +162,9 @@ func Open(dir string, opts Options) (*Spool, error) {
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.CheckpointEvery <= 0 {
+		opts.CheckpointEvery = time.Second
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("spool: create %s: %w", dir, err)
@@ -620,7 +630,8 @@ func (s *Spool) closeReaderLocked() {
 
 // Ack marks records as delivered. Acks may come in any order; segments
 // whose records are all acked are deleted, and the low-water mark is
-// persisted so a restart does not deliver them again.
+// persisted (at most every CheckpointEvery) so a restart does not deliver
+// them again.
 func (s *Spool) Ack(seqs ...uint64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -639,7 +650,13 @@ func (s *Spool) Ack(seqs ...uint64) error {
 		s.stats.Depth--
 	}
 	s.advanceLWMLocked()
-	return s.dropAckedSegmentsLocked()
+	if err := s.dropAckedSegmentsLocked(); err != nil {
+		return err
+	}
+	if time.Since(s.lastSave) >= s.opts.CheckpointEvery {
+		return s.saveLWMLocked()
+	}
+	return nil
 }
 
 // advanceLWMLocked moves the low-water mark over acked records and over
@@ -699,6 +716,7 @@ func (s *Spool) saveLWMLocked() error {
 		return fmt.Errorf("spool: save ack mark: %w", err)
 	}
 	s.savedLWM = s.lwm
+	s.lastSave = time.Now()
 	return nil
 }
 

@@ -415,25 +415,65 @@ func FuzzOpenSegment(f *testing.F) {
 	})
 }
 
-func BenchmarkAppendAck(b *testing.B) {
+// BenchmarkSpoolVsRawFile measures append+deliver+ack through the spool
+// next to the floor of the same bytes appended to a plain file, each with
+// the same fsync cadence (one write and one fsync per batch of 100), and
+// reports the ratio.
+func BenchmarkSpoolVsRawFile(b *testing.B) {
+	const batch = 100
+	payload := make([]byte, 200)
+	msgs := make([][]byte, batch)
+	for i := range msgs {
+		msgs[i] = payload
+	}
 	for _, pol := range []SyncPolicy{SyncNever, SyncAlways} {
 		b.Run(string(pol), func(b *testing.B) {
+			n := 200 * batch
 			s := open(b, b.TempDir(), Options{Sync: pol})
-			payload := make([]byte, 200)
-			b.SetBytes(int64(len(payload)))
 			ctx := context.Background()
-			for i := 0; i < b.N; i++ {
-				if _, err := s.Append(payload); err != nil {
+			start := time.Now()
+			for i := 0; i < n; i += batch {
+				if _, err := s.AppendBatch(msgs); err != nil {
 					b.Fatal(err)
 				}
-				recs, err := s.Next(ctx, 1)
+				recs, err := s.Next(ctx, batch)
 				if err != nil {
 					b.Fatal(err)
 				}
-				if err := s.Ack(recs[0].Seq); err != nil {
+				seqs := make([]uint64, len(recs))
+				for j, r := range recs {
+					seqs[j] = r.Seq
+				}
+				if err := s.Ack(seqs...); err != nil {
 					b.Fatal(err)
 				}
 			}
+			spoolRate := float64(n) / time.Since(start).Seconds()
+
+			f, err := os.Create(filepath.Join(b.TempDir(), "raw"))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer f.Close()
+			start = time.Now()
+			for i := 0; i < n; i += batch {
+				var buf []byte
+				for _, m := range msgs {
+					buf = append(buf, m...)
+				}
+				if _, err := f.Write(buf); err != nil {
+					b.Fatal(err)
+				}
+				if pol == SyncAlways {
+					if err := f.Sync(); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+			rawRate := float64(n) / time.Since(start).Seconds()
+			b.ReportMetric(spoolRate, "spool_msgs/s")
+			b.ReportMetric(rawRate, "rawfile_msgs/s")
+			b.ReportMetric(spoolRate/rawRate, "ratio")
 		})
 	}
 }

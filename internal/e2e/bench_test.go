@@ -1,0 +1,156 @@
+package e2e
+
+import (
+	"bytes"
+	"crypto/tls"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/edgeagent/edgeagent/internal/mosquitto"
+	"github.com/edgeagent/edgeagent/internal/testpki"
+)
+
+// BenchmarkTelemetryMQTT measures messages per second from the agent's
+// local API through the durable spool (fsync on) to mosquitto at QoS 1 over
+// mutual TLS, counted when a subscriber has them all, next to
+// mosquitto_pub -q 1 -l publishing the same number of same-sized lines
+// over the same listener with the same certificate, counted the same way.
+// It also reports the agent's resident memory after the run. Run with
+// -benchtime=1x: each iteration is a full measurement.
+func BenchmarkTelemetryMQTT(b *testing.B) {
+	for i := 0; i < b.N; i++ {
+		benchTelemetryOnce(b)
+	}
+}
+
+func benchTelemetryOnce(b *testing.B) {
+	const n, batch = 20000, 100
+	t := testing.TB(b)
+	caDir, caURL := startCA(t)
+	tok := strings.TrimSpace(run(t, built.ca, "token", "create", "--dir", caDir, "--url", caURL, "--device", "bench-dev"))
+	pki := testpki.New(t, "backend-ca")
+	brokerCert := pki.Server(t)
+	work := t.TempDir()
+	var cafile bytes.Buffer
+	for _, f := range []string{filepath.Join(caDir, "intermediate.pem"), filepath.Join(caDir, "root.pem"), pki.CAFile(t)} {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cafile.Write(data)
+	}
+	caPath := filepath.Join(work, "ca.pem")
+	if err := os.WriteFile(caPath, cafile.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	broker := mosquitto.Start(t, mosquitto.Options{CAFile: caPath, CertFile: brokerCert.CertFile, KeyFile: brokerCert.KeyFile, Readers: []string{"admin"}})
+
+	var count atomic.Int64
+	admin := pki.Client(t, "admin")
+	sub := paho.NewClient(paho.NewClientOptions().AddBroker("ssl://" + broker.Addr).SetClientID("bench-admin").
+		SetTLSConfig(&tls.Config{RootCAs: pki.Pool(), Certificates: []tls.Certificate{*admin.TLS}, MinVersion: tls.VersionTLS12}).
+		SetOrderMatters(false))
+	if tk := sub.Connect(); !tk.WaitTimeout(10*time.Second) || tk.Error() != nil {
+		t.Fatalf("subscriber: %v", tk.Error())
+	}
+	defer sub.Disconnect(0)
+	sub.Subscribe("devices/bench-dev/#", 1, func(_ paho.Client, m paho.Message) {
+		count.Add(1)
+	}).Wait()
+
+	sock := filepath.Join(work, "api.sock")
+	cfgFile := filepath.Join(work, "edgeagent.yaml")
+	state := filepath.Join(work, "state")
+	cfg := fmt.Sprintf("device_id: bench-dev\nstate_dir: %s\napi:\n  socket: %s\nmetrics:\n  listen: \"\"\ncollector:\n  interval: 0s\nmqtt:\n  url: %s\n  ca_bundle: %s\n  status_topic: status/bench-dev\nspool:\n  sync: always\nlog:\n  level: warn\n",
+		state, sock, broker.URL(), pki.CAFile(t))
+	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	agent := startAgent(t, cfgFile, "EDGEAGENT_TOKEN="+tok)
+	defer agent.kill()
+	api := apiClient(sock)
+	waitUntil(t, 30*time.Second, "the agent's API", func() bool {
+		resp, err := api.Get("http://agent/v1/status")
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err == nil
+	})
+
+	body := func(from int) *bytes.Buffer {
+		var buf bytes.Buffer
+		buf.WriteByte('[')
+		for i := 0; i < batch; i++ {
+			if i > 0 {
+				buf.WriteByte(',')
+			}
+			fmt.Fprintf(&buf, `{"temp_c":21.5,"seq":%d}`, from+i)
+		}
+		buf.WriteByte(']')
+		return &buf
+	}
+	b.ResetTimer()
+	start := time.Now()
+	for sent := 0; sent < n; sent += batch {
+		resp, err := api.Post("http://agent/v1/telemetry", "application/json", body(sent))
+		if err != nil || resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("post: %v", err)
+		}
+		resp.Body.Close()
+	}
+	waitUntil(t, 2*time.Minute, "agent messages at the subscriber", func() bool { return count.Load() >= n })
+	agentDur := time.Since(start)
+	b.StopTimer()
+	rss := rssOf(agent.cmd.Process.Pid)
+
+	// Baseline: mosquitto_pub with the agent's own certificate and key.
+	var lines bytes.Buffer
+	for i := 0; i < n; i++ {
+		fmt.Fprintf(&lines, `{"id":"bench-dev-0123456789ab-%d","device_id":"bench-dev","time":"2026-11-22T10:00:00.000000000Z","data":{"temp_c":21.5,"seq":%d}}`+"\n", i, i)
+	}
+	before := count.Load()
+	cmd := exec.Command("mosquitto_pub", "-h", "127.0.0.1", "-p", strings.Split(broker.Addr, ":")[1], "--cafile", pki.CAFile(t),
+		"--cert", filepath.Join(state, "cert.pem"), "--key", filepath.Join(state, "key.pem"), "-i", "bench-pub",
+		"-q", "1", "-t", "devices/bench-dev/telemetry", "-l")
+	cmd.Stdin = &lines
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	start = time.Now()
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("mosquitto_pub: %v\n%s", err, out.String())
+	}
+	waitUntil(t, 2*time.Minute, "mosquitto_pub messages at the subscriber", func() bool { return count.Load() >= before+n })
+	pubDur := time.Since(start)
+
+	agentRate := float64(n) / agentDur.Seconds()
+	pubRate := float64(n) / pubDur.Seconds()
+	b.ReportMetric(agentRate, "agent_msgs/s")
+	b.ReportMetric(pubRate, "mosquitto_pub_msgs/s")
+	b.ReportMetric(agentRate/pubRate, "ratio")
+	b.ReportMetric(float64(rss)/(1<<20), "agent_rss_MB")
+}
+
+func rssOf(pid int) int64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return -1
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if strings.HasPrefix(line, "VmRSS:") {
+			f := strings.Fields(line)
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			return kb << 10
+		}
+	}
+	return -1
+}
