@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/edgeagent/edgeagent/agent"
 )
 
 // pemCerts reads every certificate in a PEM file.
@@ -17,26 +19,11 @@ func pemCerts(t testing.TB, path string) []*x509.Certificate {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []*x509.Certificate
-	for {
-		var blk *pem.Block
-		blk, b = pem.Decode(b)
-		if blk == nil {
-			break
-		}
-		if blk.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(blk.Bytes)
-		if err != nil {
-			t.Fatalf("%s: %v", path, err)
-		}
-		out = append(out, c)
+	certs, err := agent.ParseCertsPEM(b)
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
 	}
-	if len(out) == 0 {
-		t.Fatalf("%s holds no certificates", path)
-	}
-	return out
+	return certs
 }
 
 // writeUntrusted writes the intermediates of a chain file (all but the
