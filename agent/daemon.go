@@ -26,6 +26,7 @@ import (
 	"github.com/edgeagent/edgeagent/agent/config"
 	"github.com/edgeagent/edgeagent/agent/lifecycle"
 	"github.com/edgeagent/edgeagent/agent/localapi"
+	"github.com/edgeagent/edgeagent/agent/sdnotify"
 	"github.com/edgeagent/edgeagent/enroll"
 	"github.com/edgeagent/edgeagent/enroll/token"
 	"github.com/edgeagent/edgeagent/keystore"
@@ -375,11 +376,41 @@ func (d *Daemon) run(ctx context.Context) error {
 		})
 	}
 	g.Go(func() error { return d.renewLoop(ctx) })
+	notify, err := sdnotify.New(d.o.Getenv)
+	if err != nil {
+		return err
+	}
+	wd, err := sdnotify.WatchdogInterval(d.o.Getenv, os.Getpid())
+	if err != nil {
+		return err
+	}
+	if wd > 0 {
+		g.Go(func() error {
+			t := time.NewTicker(wd)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-t.C:
+					// The renewal loop and uplinks run on their own; the
+					// watchdog proves the process is scheduled and its
+					// state lock is not wedged.
+					st := d.Status()
+					_ = notify.Notify("WATCHDOG=1\nSTATUS=" + statusLine(st))
+				}
+			}
+		})
+	}
+	if err := notify.Notify("READY=1\nSTATUS=" + statusLine(d.Status())); err != nil {
+		d.log.Warn("systemd notify", "err", err)
+	}
 	if d.o.Ready != nil {
 		d.o.Ready()
 	}
 	d.log.Info("agent running", "device_id", d.cfg.DeviceID, "mqtt", d.cfg.MQTT.URL, "https", d.cfg.HTTPS.URL, "api", d.cfg.API.Socket)
-	err := g.Wait()
+	err = g.Wait()
+	_ = notify.Notify("STOPPING=1")
 	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
 		return nil
 	}
@@ -500,4 +531,19 @@ func (d *Daemon) setIdentity(nid *Identity) {
 	if d.mqtt != nil {
 		d.mqtt.Reconnect()
 	}
+}
+
+// statusLine is the one-line state systemd shows in `systemctl status`.
+func statusLine(st Status) string {
+	line := fmt.Sprintf("serial %s, expires %s", st.Serial, st.NotAfter.UTC().Format(time.RFC3339))
+	for _, name := range []string{"mqtt", "https"} {
+		if u, ok := st.Uplinks[name]; ok {
+			state := "down"
+			if u.Connected {
+				state = "up"
+			}
+			line += fmt.Sprintf(", %s %s (spool %d)", name, state, u.SpoolDepth)
+		}
+	}
+	return line
 }

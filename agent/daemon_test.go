@@ -145,16 +145,34 @@ func TestDaemonEnrollsShipsAndRenewsWithoutLoss(t *testing.T) {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
+	// systemd's notify socket, to see READY and WATCHDOG.
+	notifyPath := filepath.Join(dir, "notify.sock")
+	notifyConn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notifyPath, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer notifyConn.Close()
+	env := map[string]string{"NOTIFY_SOCKET": notifyPath, "WATCHDOG_USEC": "200000"}
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan struct{})
 	done := make(chan error, 1)
 	go func() {
-		done <- Run(ctx, Options{Config: cfg, Getenv: func(string) string { return "" }, Ready: func() { close(ready) }})
+		done <- Run(ctx, Options{Config: cfg, Getenv: func(k string) string { return env[k] }, Ready: func() { close(ready) }})
 	}()
 	select {
 	case <-ready:
 	case err := <-done:
 		t.Fatalf("daemon stopped: %v", err)
+	}
+	gotNotify := map[string]bool{}
+	_ = notifyConn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for !gotNotify["READY=1"] || !gotNotify["WATCHDOG=1"] {
+		buf := make([]byte, 1024)
+		n, err := notifyConn.Read(buf)
+		if err != nil {
+			t.Fatalf("systemd notifications so far %v: %v", gotNotify, err)
+		}
+		gotNotify[strings.SplitN(string(buf[:n]), "\n", 2)[0]] = true
 	}
 	api := unixClient(cfg.API.Socket)
 	eventually(t, "the local API", func() bool {
