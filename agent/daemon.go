@@ -30,7 +30,6 @@ import (
 	"github.com/edgeagent/edgeagent/enroll"
 	"github.com/edgeagent/edgeagent/enroll/token"
 	"github.com/edgeagent/edgeagent/keystore"
-	"github.com/edgeagent/edgeagent/keystore/file"
 	"github.com/edgeagent/edgeagent/uplink"
 	uhttps "github.com/edgeagent/edgeagent/uplink/https"
 	"github.com/edgeagent/edgeagent/uplink/spool"
@@ -123,12 +122,9 @@ func newDaemon(ctx context.Context, o Options) (*Daemon, error) {
 		idPrefix: cfg.DeviceID + "-" + hex.EncodeToString(nonce[:]) + "-",
 	}
 	d.renewal.Renewals = map[string]uint64{}
-	if cfg.Keystore != "file" {
-		return nil, fmt.Errorf("agent: keystore %q is not available in this build yet; use keystore: file", cfg.Keystore)
-	}
-	ks, err := file.Open(cfg.StateDir)
+	ks, err := OpenKeystore(cfg)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("agent: %w", err)
 	}
 	d.ks = ks
 	id, err := d.loadOrEnroll(ctx)

@@ -13,6 +13,7 @@ import (
 type Status struct {
 	DeviceID        string                  `json:"device_id"`
 	Keystore        string                  `json:"keystore"`
+	KeystoreInfo    map[string]string       `json:"keystore_info,omitempty"`
 	Serial          string                  `json:"serial"`
 	NotBefore       time.Time               `json:"not_before"`
 	NotAfter        time.Time               `json:"not_after"`
@@ -60,6 +61,7 @@ func (d *Daemon) Status() Status {
 	st := Status{
 		DeviceID:        id.DeviceID,
 		Keystore:        d.ks.Info().Backend,
+		KeystoreInfo:    d.ks.Info().Details,
 		Serial:          id.Serial(),
 		NotBefore:       id.Leaf().NotBefore,
 		NotAfter:        id.Leaf().NotAfter,

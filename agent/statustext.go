@@ -30,7 +30,16 @@ func WriteStatus(w io.Writer, st Status, now time.Time) error {
 		}
 	}
 	fmt.Fprintf(tw, "device\t%s\n", st.DeviceID)
-	fmt.Fprintf(tw, "keystore\t%s\n", st.Keystore)
+	ks := st.Keystore
+	keys := make([]string, 0, len(st.KeystoreInfo))
+	for k := range st.KeystoreInfo {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		ks += fmt.Sprintf(", %s %s", k, st.KeystoreInfo[k])
+	}
+	fmt.Fprintf(tw, "keystore\t%s\n", ks)
 	fmt.Fprintf(tw, "serial\t%s\n", st.Serial)
 	fmt.Fprintf(tw, "not after\t%s\n", rel(st.NotAfter))
 	fmt.Fprintf(tw, "next renewal\t%s\n", rel(st.NextRenew))

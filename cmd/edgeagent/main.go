@@ -17,10 +17,10 @@ import (
 	"time"
 
 	"github.com/edgeagent/edgeagent/agent"
+	"github.com/edgeagent/edgeagent/agent/config"
 	"github.com/edgeagent/edgeagent/enroll/token"
 	"github.com/edgeagent/edgeagent/internal/version"
 	"github.com/edgeagent/edgeagent/keystore"
-	"github.com/edgeagent/edgeagent/keystore/file"
 )
 
 const usage = `usage: edgeagent <command> [flags]
@@ -45,18 +45,22 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr, os.Getenv)
 	stop()
+	if err != nil && !errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintln(os.Stderr, "edgeagent:", err)
+	}
+	os.Exit(exitCode(err))
+}
+
+// exitCode is 0 for success and -h, 2 for usage errors, 1 for failures.
+func exitCode(err error) int {
 	var ue usageError
 	switch {
-	case err == nil:
+	case err == nil, errors.Is(err, flag.ErrHelp):
+		return 0
 	case errors.As(err, &ue):
-		fmt.Fprintln(os.Stderr, "edgeagent:", err)
-		os.Exit(2)
-	case errors.Is(err, flag.ErrHelp):
-		os.Exit(0)
-	default:
-		fmt.Fprintln(os.Stderr, "edgeagent:", err)
-		os.Exit(1)
+		return 2
 	}
+	return 1
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
@@ -123,6 +127,7 @@ func cmdEnroll(ctx context.Context, args []string, stdout, stderr io.Writer, get
 	password := fs.String("password", "", "HTTP Basic password (prefer --password-file)")
 	passwordFile := fs.String("password-file", "", "read the HTTP Basic password from this file")
 	force := fs.Bool("force", false, "enroll again even if this device has an identity (the key is kept)")
+	ksFlags := keystoreFlags(fs)
 	timeout := fs.Duration("timeout", 30*time.Second, "timeout of each request to the EST server")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -205,7 +210,7 @@ func cmdEnroll(ctx context.Context, args []string, stdout, stderr io.Writer, get
 			opts.Token.Pin = token.Pin{}
 		}
 	}
-	ks, err := file.Open(*stateDir)
+	ks, err := ksFlags.open(*stateDir)
 	if err != nil {
 		return err
 	}
@@ -223,11 +228,12 @@ func cmdRenew(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs := newFlagSet("renew", stderr)
 	stateDir := fs.String("state-dir", defaultStateDir, "where the key, certificate and CA bundle are kept")
 	rekey := fs.Bool("rekey", false, "make a new key for the new certificate")
+	ksFlags := keystoreFlags(fs)
 	timeout := fs.Duration("timeout", 30*time.Second, "timeout of each request to the EST server")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	ks, err := file.Open(*stateDir)
+	ks, err := ksFlags.open(*stateDir)
 	if err != nil {
 		return err
 	}
@@ -238,6 +244,29 @@ func cmdRenew(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	fmt.Fprintln(stdout, "renewed", id.Summary())
 	return nil
+}
+
+// ksFlagSet selects the key backend for enroll and renew.
+type ksFlagSet struct {
+	backend, device, address *string
+}
+
+func keystoreFlags(fs *flag.FlagSet) ksFlagSet {
+	return ksFlagSet{
+		backend: fs.String("keystore", "file", "where the device key lives: file or tpm"),
+		device:  fs.String("tpm-device", "/dev/tpmrm0", "TPM device (with --keystore tpm)"),
+		address: fs.String("tpm-address", "", "host:port of a TPM simulator such as swtpm, instead of --tpm-device"),
+	}
+}
+
+func (f ksFlagSet) open(stateDir string) (keystore.Keystore, error) {
+	if *f.backend != "file" && *f.backend != "tpm" {
+		return nil, usageError{fmt.Sprintf("--keystore %q: use file or tpm", *f.backend)}
+	}
+	cfg := config.Default()
+	cfg.Keystore, cfg.StateDir = *f.backend, stateDir
+	cfg.TPM.Device, cfg.TPM.Address = *f.device, *f.address
+	return agent.OpenKeystore(cfg)
 }
 
 // readSmallFile reads a token, password or bundle file, bounded.
