@@ -1,6 +1,12 @@
 // Package mosquitto runs a real mosquitto broker for tests: a TLS listener
 // on loopback that requires client certificates, takes the certificate's CN
-// as the user name and enforces a per-device ACL.
+// as the user name and enforces a per-device ACL (devices/<CN>/# for each
+// device, read access to devices/# for the configured readers).
+//
+// The broker runs with persistence on (in the test's temp dir): a restart
+// keeps the subscribers' sessions and the messages queued for them, so a
+// loss test that restarts the broker counts what the publisher lost, not
+// what a subscriber missed while it reconnected.
 package mosquitto
 
 import (
@@ -21,6 +27,10 @@ import (
 // Options describe the broker's TLS material and extra ACL users.
 type Options struct {
 	CAFile, CertFile, KeyFile string
+	// CRLFile, if set, is a PEM CRL from the CA: mosquitto then refuses
+	// revoked client certificates. It is read at every Start, so a test
+	// can revoke a certificate and restart the broker.
+	CRLFile string
 	// Readers are CNs allowed to read devices/# (test subscribers).
 	Readers []string
 }
@@ -91,10 +101,11 @@ func Start(t testing.TB, o Options) *Broker {
 		"keyfile " + o.KeyFile,
 		"require_certificate true",
 		"use_identity_as_username true",
-		"tls_version tlsv1.2",
 		"acl_file " + aclFile,
-		"",
-	}, "\n")
+	}, "\n") + "\n"
+	if o.CRLFile != "" {
+		cfg += "crlfile " + o.CRLFile + "\n"
+	}
 	if err := os.WriteFile(conf, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -106,6 +117,12 @@ func Start(t testing.TB, o Options) *Broker {
 
 // URL is the broker's mqtts URL.
 func (b *Broker) URL() string { return "mqtts://" + b.Addr }
+
+// Port is the listener's port.
+func (b *Broker) Port() string {
+	_, port, _ := net.SplitHostPort(b.Addr)
+	return port
+}
 
 // Start (re)starts the broker on the same port and waits until it accepts.
 func (b *Broker) Start() {
