@@ -43,6 +43,7 @@ func main() {
 	}
 	sections := []section{
 		{"edgeca enrollment", enrollSection},
+		{"TPM key vs file key", tpmSection},
 	}
 	fmt.Printf("edgeagent benchmarks: %s/%s, GOMAXPROCS=%d, %s\n", runtime.GOOS, runtime.GOARCH, runtime.GOMAXPROCS(0), runtime.Version())
 	failed := false
