@@ -94,7 +94,6 @@ func tpmSection(ctx context.Context, w io.Writer) error {
 	return nil
 }
 
-
 func signRate(ctx context.Context, k crypto.Signer, alg keystore.Algorithm) (float64, error) {
 	d := sha256.Sum256([]byte("bench"))
 	var opts crypto.SignerOpts = crypto.SHA256
