@@ -74,16 +74,21 @@ func Enroll(ctx context.Context, o EnrollOptions) (*Identity, error) {
 	}
 
 	var roots *x509.CertPool
+	var serverRoots []*x509.Certificate
 	if len(o.CABundle) > 0 {
 		roots = x509.NewCertPool()
 		for _, c := range o.CABundle {
 			roots.AddCert(c)
 		}
+		serverRoots = o.CABundle
 	} else {
-		var err error
-		if roots, err = enroll.FetchPinnedRoots(ctx, o.Server, o.CAPin, o.Timeout); err != nil {
+		pinned, err := enroll.FetchPinned(ctx, o.Server, o.CAPin, o.Timeout)
+		if err != nil {
 			return nil, err
 		}
+		roots = x509.NewCertPool()
+		roots.AddCert(pinned)
+		serverRoots = []*x509.Certificate{pinned}
 	}
 	client, err := enroll.New(enroll.Options{Server: o.Server, Label: o.Label, Roots: roots, Timeout: o.Timeout, Time: o.Now})
 	if err != nil {
@@ -94,8 +99,10 @@ func Enroll(ctx context.Context, o EnrollOptions) (*Identity, error) {
 	if err != nil {
 		return nil, err
 	}
-	if !o.CAPin.IsZero() && !containsPinned(bundle, o.CAPin) {
-		return nil, fmt.Errorf("enroll: GET cacerts: the CA certificates the server publishes do not include the pinned %s", o.CAPin)
+	if !o.CAPin.IsZero() {
+		if bundle, err = withPinned(bundle, serverRoots[0], o.Now()); err != nil {
+			return nil, err
+		}
 	}
 	o.Logger.Info("EST server authenticated", "server", o.Server, "ca_certs", len(bundle))
 
@@ -116,19 +123,35 @@ func Enroll(ctx context.Context, o EnrollOptions) (*Identity, error) {
 		return nil, err
 	}
 	meta := Meta{DeviceID: o.DeviceID, Server: o.Server, Label: o.Label, EnrolledAt: o.Now().UTC()}
-	if err := saveIdentity(o.StateDir, meta, chain, bundle); err != nil {
+	if err := saveIdentity(o.StateDir, meta, chain, bundle, serverRoots); err != nil {
 		return nil, fmt.Errorf("enroll: store identity: %w", err)
 	}
-	return &Identity{Meta: meta, Key: key, Chain: chain, CABundle: bundle}, nil
+	return &Identity{Meta: meta, Key: key, Chain: chain, CABundle: bundle, ServerRoots: serverRoots}, nil
 }
 
-func containsPinned(certs []*x509.Certificate, pin token.Pin) bool {
-	for _, c := range certs {
-		if pin.Matches(c) {
-			return true
+// withPinned checks the CA certificates from cacerts against the pinned
+// certificate: the pinned one must be among them, or every one of them must
+// chain to it (a server may publish only its issuing CA). In the second case
+// the pinned certificate joins the bundle, so ca.pem ends at a trust anchor
+// that openssl and TLS peers can use.
+func withPinned(bundle []*x509.Certificate, pinned *x509.Certificate, now time.Time) ([]*x509.Certificate, error) {
+	for _, c := range bundle {
+		if c.Equal(pinned) {
+			return bundle, nil
 		}
 	}
-	return false
+	roots, inter := x509.NewCertPool(), x509.NewCertPool()
+	roots.AddCert(pinned)
+	for _, c := range bundle {
+		inter.AddCert(c)
+	}
+	for _, c := range bundle {
+		if _, err := c.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+			return nil, fmt.Errorf("enroll: GET cacerts: %q in the CA certificates the server publishes is neither the pinned %s nor issued under it: %v; check the token or pass --ca-bundle",
+				c.Subject.String(), token.PinOf(pinned), err)
+		}
+	}
+	return append(bundle, pinned), nil
 }
 
 // RenewOptions configure one renewal.
@@ -164,7 +187,7 @@ func Renew(ctx context.Context, o RenewOptions) (*Identity, error) {
 	client, err := enroll.New(enroll.Options{
 		Server:      cur.Server,
 		Label:       cur.Label,
-		Roots:       cur.CAPool(),
+		Roots:       cur.ESTPool(),
 		Certificate: func() *tls.Certificate { return tlsCert },
 		Timeout:     o.Timeout,
 		Time:        o.Now,
@@ -209,7 +232,16 @@ func Renew(ctx context.Context, o RenewOptions) (*Identity, error) {
 	meta.RenewedAt = o.Now().UTC()
 	// A crash after this write and before Commit is finished by
 	// LoadIdentity, which finds the certificate matches the pending key.
-	if err := saveIdentity(o.StateDir, meta, chain, cur.CABundle); err != nil {
+	if err := saveIdentity(o.StateDir, meta, chain, cur.CABundle, cur.ServerRoots); err != nil {
+		if rot == nil {
+			return nil, fmt.Errorf("renew: store identity: %w", err)
+		}
+		// The write may have failed after cert.pem was renamed into place
+		// (directory fsync). Aborting then would leave a certificate
+		// without its key, so settle the rotation by what is on disk.
+		if settled, lerr := LoadIdentity(o.StateDir, o.Keystore); lerr == nil && samePublic(settled.Key.Public(), key.Public()) {
+			return settled, nil
+		}
 		return abort(fmt.Errorf("renew: store identity: %w", err))
 	}
 	if rot != nil {
@@ -217,5 +249,5 @@ func Renew(ctx context.Context, o RenewOptions) (*Identity, error) {
 			return nil, fmt.Errorf("renew: commit new key: %w", err)
 		}
 	}
-	return &Identity{Meta: meta, Key: key, Chain: chain, CABundle: cur.CABundle}, nil
+	return &Identity{Meta: meta, Key: key, Chain: chain, CABundle: cur.CABundle, ServerRoots: cur.ServerRoots}, nil
 }

@@ -26,6 +26,11 @@ const (
 	CertFile     = "cert.pem"      // leaf and intermediates
 	CAFile       = "ca.pem"        // CA bundle from cacerts
 	IdentityFile = "identity.json" // what renewal needs to know
+	// ServerCAFile holds what authenticated the EST server's TLS at
+	// enrollment (the pinned certificate, or the operator's --ca-bundle).
+	// An EST server's TLS certificate need not come from the CA it
+	// enrolls devices into, so renewal trusts these besides ca.pem.
+	ServerCAFile = "server-ca.pem"
 )
 
 // ErrNoIdentity is returned by LoadIdentity when the device has not
@@ -47,6 +52,9 @@ type Identity struct {
 	Key      crypto.Signer
 	Chain    []*x509.Certificate // leaf first, no root
 	CABundle []*x509.Certificate
+	// ServerRoots authenticated the EST server at enrollment; may be
+	// empty for state written before server-ca.pem existed.
+	ServerRoots []*x509.Certificate
 }
 
 // Leaf is the device certificate.
@@ -54,6 +62,15 @@ func (id *Identity) Leaf() *x509.Certificate { return id.Chain[0] }
 
 // Serial is the leaf's serial number in hex.
 func (id *Identity) Serial() string { return hex.EncodeToString(id.Leaf().SerialNumber.Bytes()) }
+
+// NotBefore is the start of the leaf's validity.
+func (id *Identity) NotBefore() time.Time { return id.Leaf().NotBefore }
+
+// NotAfter is the end of the leaf's validity.
+func (id *Identity) NotAfter() time.Time { return id.Leaf().NotAfter }
+
+// Issuer is the leaf issuer's distinguished name.
+func (id *Identity) Issuer() string { return id.Leaf().Issuer.String() }
 
 // TLSCertificate is the identity for tls.Config.
 func (id *Identity) TLSCertificate() *tls.Certificate {
@@ -73,9 +90,24 @@ func (id *Identity) CAPool() *x509.CertPool {
 	return p
 }
 
+// ESTPool is what authenticates the EST server on renewal: the CA bundle
+// and the trust anchors used at enrollment.
+func (id *Identity) ESTPool() *x509.CertPool {
+	p := id.CAPool()
+	for _, c := range id.ServerRoots {
+		p.AddCert(c)
+	}
+	return p
+}
+
 // Summary is the one-line description the CLI prints.
 func (id *Identity) Summary() string {
 	return fmt.Sprintf("device %s serial %s not-after %s", id.DeviceID, id.Serial(), id.Leaf().NotAfter.UTC().Format(time.RFC3339))
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }
 
 // HasIdentity reports whether dir holds an enrolled identity.
@@ -107,11 +139,20 @@ func LoadIdentity(dir string, ks keystore.Keystore) (*Identity, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load identity: %w", err)
 	}
+	var serverRoots []*x509.Certificate
+	if p := filepath.Join(dir, ServerCAFile); fileExists(p) {
+		if serverRoots, err = readCerts(p); err != nil {
+			return nil, fmt.Errorf("load identity: %w", err)
+		}
+	}
+	if meta.DeviceID == "" || meta.Server == "" {
+		return nil, fmt.Errorf("load identity: %s lacks device_id or server; re-enroll with --force", filepath.Join(dir, IdentityFile))
+	}
 	key, err := matchingKey(ks, chain[0].PublicKey)
 	if err != nil {
 		return nil, fmt.Errorf("load identity: %w", err)
 	}
-	return &Identity{Meta: meta, Key: key, Chain: chain, CABundle: bundle}, nil
+	return &Identity{Meta: meta, Key: key, Chain: chain, CABundle: bundle, ServerRoots: serverRoots}, nil
 }
 
 // matchingKey returns the keystore key for pub, resolving a rotation left
@@ -145,12 +186,18 @@ func samePublic(a, b crypto.PublicKey) bool {
 	return ok && k.Equal(b)
 }
 
-// saveIdentity writes the CA bundle, the metadata and the chain, each
-// atomically. The chain goes last: its rename is the commit point, so until
-// then the previous identity stays whole and a failure can be rolled back.
-func saveIdentity(dir string, meta Meta, chain, bundle []*x509.Certificate) error {
+// saveIdentity writes the CA bundle, the EST server's trust anchors, the
+// metadata and the chain, each atomically. The chain goes last: its rename
+// is the commit point, so until then the previous identity stays whole and
+// a failure can be rolled back.
+func saveIdentity(dir string, meta Meta, chain, bundle, serverRoots []*x509.Certificate) error {
 	if err := atomicfile.Write(filepath.Join(dir, CAFile), encodeCerts(bundle), 0o644); err != nil {
 		return err
+	}
+	if len(serverRoots) > 0 {
+		if err := atomicfile.Write(filepath.Join(dir, ServerCAFile), encodeCerts(serverRoots), 0o644); err != nil {
+			return err
+		}
 	}
 	b, err := json.MarshalIndent(meta, "", "  ")
 	if err != nil {

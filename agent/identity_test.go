@@ -118,7 +118,7 @@ func TestCrashBetweenCertAndKeyCommit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := saveIdentity(dir, ident.Meta, chain, ident.CABundle); err != nil {
+	if err := saveIdentity(dir, ident.Meta, chain, ident.CABundle, ident.ServerRoots); err != nil {
 		t.Fatal(err)
 	}
 	// "Crash": no Commit. A fresh keystore sees the pending key.

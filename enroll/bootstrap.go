@@ -23,13 +23,26 @@ import (
 // pinned fingerprint.
 var ErrPinMismatch = errors.New("CA pin mismatch")
 
-// FetchPinnedRoots authenticates an EST server on first contact by a pin:
-// the SHA-256 fingerprint of a CA certificate in the server's TLS chain. It
+// FetchPinnedRoots is FetchPinned returning a pool of the pinned
+// certificate, ready for Options.Roots.
+func FetchPinnedRoots(ctx context.Context, server string, pin token.Pin, timeout time.Duration) (*x509.CertPool, error) {
+	c, err := FetchPinned(ctx, server, pin, timeout)
+	if err != nil {
+		return nil, err
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(c)
+	return roots, nil
+}
+
+// FetchPinned authenticates an EST server on first contact by a pin: the
+// SHA-256 fingerprint of a CA certificate in the server's TLS chain. It
 // performs a handshake that trusts nothing, takes the chain the server
 // presented from the verification error, finds the pinned CA certificate
 // in it, and then verifies the server's chain (and host name) against that
 // certificate alone. Nothing is sent before the server is authenticated.
-func FetchPinnedRoots(ctx context.Context, server string, pin token.Pin, timeout time.Duration) (*x509.CertPool, error) {
+// The pinned certificate is returned as the trust anchor for the client.
+func FetchPinned(ctx context.Context, server string, pin token.Pin, timeout time.Duration) (*x509.Certificate, error) {
 	if err := token.ValidateURL(server); err != nil {
 		return nil, fmt.Errorf("enroll: %w", err)
 	}
@@ -99,7 +112,7 @@ func FetchPinnedRoots(ctx context.Context, server string, pin token.Pin, timeout
 	}); err != nil {
 		return nil, fmt.Errorf("enroll: %s's certificate does not verify against the pinned CA: %w", server, explainTLS(err))
 	}
-	return roots, nil
+	return pinned, nil
 }
 
 // DeviceURIPrefix starts the SAN URI that names a device.

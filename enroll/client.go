@@ -105,11 +105,28 @@ func New(o Options) (*Client, error) {
 	return &Client{
 		base:       base,
 		label:      o.Label,
-		hc:         &http.Client{Transport: tr, Timeout: o.Timeout},
+		hc:         &http.Client{Transport: tr, Timeout: o.Timeout, CheckRedirect: sameOrigin},
 		now:        o.Time,
 		maxWait:    o.MaxRetryWait,
 		onResponse: o.OnResponse,
 	}, nil
+}
+
+// maxRedirects bounds how many redirects one request follows.
+const maxRedirects = 5
+
+// sameOrigin follows a redirect only within the server we were given:
+// RFC 7030 §3.2.1 lets a client follow a redirect to another host only with
+// the user's consent, and the credentials must not go elsewhere.
+func sameOrigin(req *http.Request, via []*http.Request) error {
+	if len(via) >= maxRedirects {
+		return fmt.Errorf("stopped after %d redirects", len(via))
+	}
+	first := via[0].URL
+	if req.URL.Scheme != first.Scheme || req.URL.Host != first.Host {
+		return fmt.Errorf("refusing redirect from %s to another server %s://%s; configure that server's URL directly if it is meant", first.Host, req.URL.Scheme, req.URL.Host)
+	}
+	return nil
 }
 
 // CloseIdleConnections releases pooled connections (after a renewal the next

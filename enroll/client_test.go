@@ -12,6 +12,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"io"
+	"log"
 	"math/big"
 	"net"
 	"net/http"
@@ -128,6 +129,7 @@ func newESTServer(t *testing.T) *estServer {
 		w.WriteHeader(http.StatusNoContent)
 	})
 	s.srv = httptest.NewUnstartedServer(mux)
+	s.srv.Config.ErrorLog = log.New(io.Discard, "", 0) // refused handshakes are the point of some tests
 	s.srv.TLS = &tls.Config{Certificates: []tls.Certificate{s.pki.server}, ClientAuth: tls.RequestClientCert, MinVersion: tls.VersionTLS12}
 	s.srv.StartTLS()
 	t.Cleanup(s.srv.Close)

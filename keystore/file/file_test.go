@@ -180,3 +180,108 @@ func TestGenerateRejectsUnknown(t *testing.T) {
 		t.Fatal("unknown algorithm accepted")
 	}
 }
+
+// TestStoreRefusesBadFiles: the Store (not only LoadKey) refuses a key file
+// others can read, names the fix, and reports damaged files instead of
+// treating them as absent.
+func TestStoreRefusesBadFiles(t *testing.T) {
+	cases := []struct {
+		name  string
+		setup func(t *testing.T, s *Store)
+		op    func(s *Store) error
+		want  string
+	}{
+		{"current world readable", func(t *testing.T, s *Store) {
+			if _, err := s.Create(keystore.ECDSAP256); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(s.Path(), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}, func(s *Store) error { _, err := s.Current(); return err }, "run: chmod 600 "},
+		{"current corrupt", func(t *testing.T, s *Store) {
+			if err := os.WriteFile(s.Path(), []byte("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}, func(s *Store) error { _, err := s.Current(); return err }, KeyFile},
+		{"pending group readable", func(t *testing.T, s *Store) {
+			if _, err := s.BeginRotate(keystore.ECDSAP256); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(filepath.Join(filepath.Dir(s.Path()), PendingFile), 0o640); err != nil {
+				t.Fatal(err)
+			}
+		}, func(s *Store) error { _, _, err := s.Pending(); return err }, "chmod 600"},
+		{"pending not a key", func(t *testing.T, s *Store) {
+			if err := os.WriteFile(filepath.Join(filepath.Dir(s.Path()), PendingFile), []byte("garbage"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}, func(s *Store) error { _, _, err := s.Pending(); return err }, "no PEM block"},
+		{"commit after abort", nil, func(s *Store) error {
+			r, err := s.BeginRotate(keystore.ECDSAP256)
+			if err != nil {
+				return err
+			}
+			if err := r.Abort(); err != nil {
+				return err
+			}
+			return r.Commit()
+		}, "commit rotated key"},
+		{"unknown algorithm", nil, func(s *Store) error { _, err := s.Create("ed448"); return err }, "unsupported algorithm"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			s, err := Open(t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.setup != nil {
+				c.setup(t, s)
+			}
+			err = c.op(s)
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("err = %v, want it to contain %q", err, c.want)
+			}
+		})
+	}
+}
+
+// TestRotationAlgorithms: every algorithm can be created and rotated to,
+// and a second BeginRotate replaces the first pending key.
+func TestRotationAlgorithms(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Create(keystore.RSA3072); err != nil {
+		t.Fatal(err)
+	}
+	cur, _ := s.Current()
+	if k, ok := cur.(*rsa.PrivateKey); !ok || k.N.BitLen() != 3072 {
+		t.Fatalf("created %T, want RSA-3072", cur)
+	}
+	first, err := s.BeginRotate(keystore.RSA2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := s.BeginRotate(keystore.ECDSAP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, ok, err := s.Pending()
+	if err != nil || !ok {
+		t.Fatalf("pending: %v %v", ok, err)
+	}
+	if !p.Signer().Public().(*ecdsa.PublicKey).Equal(second.Signer().Public()) {
+		t.Fatal("pending is not the latest BeginRotate")
+	}
+	if _, isRSA := first.Signer().(*rsa.PrivateKey); !isRSA {
+		t.Fatal("first rotation key type")
+	}
+	if err := p.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if cur, _ := s.Current(); !cur.Public().(*ecdsa.PublicKey).Equal(second.Signer().Public()) {
+		t.Fatal("commit did not install the latest key")
+	}
+}
