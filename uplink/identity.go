@@ -28,8 +28,21 @@ func NewIdentity(c *tls.Certificate) *Identity {
 	return id
 }
 
-// Load returns the current certificate, or nil.
-func (id *Identity) Load() *tls.Certificate { return id.cert.Load() }
+// Load returns the current certificate, or nil (also for a nil Identity).
+func (id *Identity) Load() *tls.Certificate {
+	if id == nil {
+		return nil
+	}
+	return id.cert.Load()
+}
+
+// generation counts Stores; 0 for a nil Identity.
+func (id *Identity) generation() uint64 {
+	if id == nil {
+		return 0
+	}
+	return id.gen.Load()
+}
 
 // Store replaces the certificate and signals Changed.
 func (id *Identity) Store(c *tls.Certificate) {

@@ -52,7 +52,7 @@ type identitySessionCache struct {
 func (c *identitySessionCache) current() tls.ClientSessionCache {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if g := c.id.gen.Load(); c.inner == nil || g != c.gen {
+	if g := c.id.generation(); c.inner == nil || g != c.gen {
 		c.inner, c.gen = tls.NewLRUClientSessionCache(16), g
 	}
 	return c.inner

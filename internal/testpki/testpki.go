@@ -116,3 +116,21 @@ func write(t testing.TB, p string, b []byte) {
 		t.Fatal(err)
 	}
 }
+
+// CRL writes a PEM certificate revocation list from the CA revoking the
+// given certificates and returns its path (the same path on every call,
+// so a broker configured with it sees the latest list when it restarts).
+func (ca *CA) CRL(t testing.TB, revoked ...*x509.Certificate) string {
+	t.Helper()
+	tmpl := &x509.RevocationList{Number: big.NewInt(ca.serial.Add(1)), ThisUpdate: time.Now().Add(-time.Hour), NextUpdate: time.Now().Add(24 * time.Hour)}
+	for _, c := range revoked {
+		tmpl.RevokedCertificateEntries = append(tmpl.RevokedCertificateEntries, x509.RevocationListEntry{SerialNumber: c.SerialNumber, RevocationTime: time.Now().Add(-time.Minute)})
+	}
+	der, err := x509.CreateRevocationList(rand.Reader, tmpl, ca.Cert, ca.Key)
+	if err != nil {
+		t.Fatalf("testpki: create CRL: %v", err)
+	}
+	p := filepath.Join(ca.dir, "crl.pem")
+	write(t, p, pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der}))
+	return p
+}

@@ -3,6 +3,26 @@
 // QoS 1 and acks each message in the spool on its PUBACK, keeps a retained
 // online/offline status topic through the last will, and hands messages on
 // the device's command topic to local apps.
+//
+// Reconnecting is ours, not paho's (AutoReconnect off): after a lost
+// connection the spool is rewound to its oldest unacknowledged message and
+// the next connection, made after a jittered, capped exponential backoff,
+// sends it all again. Delivery is at-least-once; payloads carry message ids
+// for de-duplication downstream.
+//
+// After a renewal (Identity.Changed, or Reconnect) the publisher switches
+// connections make-before-break: it stops publishing on the old connection,
+// waits briefly for the PUBACKs still outstanding, then connects with the
+// renewed certificate, and only closes the old connection once the new one
+// is up. If the new connection fails (say the broker rejects the renewed
+// certificate) the old one carries on and the switch is retried with
+// backoff. MQTT allows one connection per client id, so when the new
+// connection arrives the broker itself closes the old one (mosquitto logs
+// "Client <id> already connected, closing old connection") and, because
+// that close is not a DISCONNECT, publishes the old connection's will: the
+// status topic briefly reads "offline" before the new connection publishes
+// "online". Draining first matters: publishes still in flight on the old
+// connection at the takeover race the broker's session handover.
 package mqtt
 
 import (
@@ -20,12 +40,13 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/edgeagent/edgeagent/internal/backoff"
+	"github.com/edgeagent/edgeagent/uplink"
 	"github.com/edgeagent/edgeagent/uplink/spool"
 )
 
 // Options configure a Publisher.
 type Options struct {
-	BrokerURL      string // mqtts://host:port
+	BrokerURL      string // mqtts://host:port (port defaults to 8883)
 	TLS            *tls.Config
 	ClientID       string // the device id
 	TelemetryTopic string
@@ -37,11 +58,42 @@ type Options struct {
 	// default 500.
 	InFlight  int
 	OnCommand func(topic string, payload []byte)
-	RetryMin  time.Duration
-	RetryMax  time.Duration
-	Logger    *slog.Logger
-	Rand      func() float64
+	// Identity, when set, is watched: every Store switches to a new
+	// connection (make-before-break) so the broker sees the renewed
+	// certificate. TLS should serve the same Identity
+	// (uplink.ClientTLSConfig).
+	Identity *uplink.Identity
+	// AckTimeout is how long the oldest in-flight message may wait for its
+	// PUBACK before the connection is deemed broken and replaced; default
+	// 30s.
+	AckTimeout time.Duration
+	// WriteTimeout bounds writing one packet, and also how long a publish
+	// can block once the connection has died under it (paho waits that
+	// long before giving up), which delays noticing a dead broker;
+	// default 5s. Raise it for large messages on slow links.
+	WriteTimeout time.Duration
+	RetryMin     time.Duration // first reconnect delay; default 500ms
+	RetryMax     time.Duration // cap on reconnect delays; default 1m
+	Logger       *slog.Logger
+	Rand         func() float64 // jitter source in [0,1); default math/rand/v2
 }
+
+// Stats is a snapshot for status and metrics.
+type Stats struct {
+	Connected  bool
+	Published  uint64 // PUBLISH packets sent, re-sends included
+	Acked      uint64 // messages acknowledged by the broker and acked in the spool
+	Reconnects uint64 // connections made after the first
+	LastError  string // last connection or publish error, "" once healthy
+}
+
+// ErrAckTimeout ends a connection on which a PUBACK did not come in time.
+var ErrAckTimeout = errors.New("no PUBACK in time")
+
+// drainTimeout bounds how long a switch waits for the old connection's
+// outstanding PUBACKs; what is still unacknowledged then is sent again on
+// the new connection.
+const drainTimeout = 5 * time.Second
 
 // Publisher is the MQTT uplink.
 type Publisher struct {
@@ -57,7 +109,7 @@ type Publisher struct {
 	lastErr   string
 }
 
-// New validates o.
+// New validates o and fills in defaults.
 func New(o Options) (*Publisher, error) {
 	u, err := url.Parse(o.BrokerURL)
 	if err != nil || u.Scheme != "mqtts" || u.Hostname() == "" {
@@ -76,6 +128,12 @@ func New(o Options) (*Publisher, error) {
 	if o.InFlight <= 0 {
 		o.InFlight = 500
 	}
+	if o.AckTimeout <= 0 {
+		o.AckTimeout = 30 * time.Second
+	}
+	if o.WriteTimeout <= 0 {
+		o.WriteTimeout = 5 * time.Second
+	}
 	if o.RetryMin <= 0 {
 		o.RetryMin = 500 * time.Millisecond
 	}
@@ -89,6 +147,11 @@ func New(o Options) (*Publisher, error) {
 		o.Rand = rand.Float64
 	}
 	return &Publisher{o: o, broker: "ssl://" + u.Hostname() + ":" + port, reconnect: make(chan struct{}, 1)}, nil
+}
+
+// Stats returns counters and the connection state.
+func (p *Publisher) Stats() Stats {
+	return Stats{Connected: p.Connected(), Published: p.published.Load(), Acked: p.Acked(), Reconnects: p.Reconnects(), LastError: p.LastError()}
 }
 
 // Connected reports whether a broker connection is up.
@@ -118,7 +181,8 @@ func (p *Publisher) setErr(err error) {
 }
 
 // Reconnect asks for a new connection, made before the old one is closed
-// (after a renewal, so the broker sees the new certificate).
+// (after a renewal, so the broker sees the new certificate). With
+// Options.Identity set, Identity.Store does this by itself.
 func (p *Publisher) Reconnect() {
 	select {
 	case p.reconnect <- struct{}{}:
@@ -126,61 +190,149 @@ func (p *Publisher) Reconnect() {
 	}
 }
 
-// errReconnect ends a session on request.
-var errReconnect = errors.New("reconnect requested")
-
-// Run connects, publishes and reconnects until ctx ends.
-func (p *Publisher) Run(ctx context.Context) error {
-	var old paho.Client
-	attempt := 0
-	for {
-		c, lost, err := p.connect(ctx)
-		if old != nil {
-			// Make-before-break: the new session is up (the broker has
-			// already dropped the old one, same client id); now close ours.
-			old.Disconnect(0)
-			old = nil
-		}
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			p.setErr(err)
-			wait := backoff.Delay(attempt, p.o.RetryMin, p.o.RetryMax, p.o.Rand())
-			attempt++
-			p.o.Logger.Warn("mqtt: connect failed", "broker", p.o.BrokerURL, "err", err, "retry_in", wait)
-			t := time.NewTimer(wait)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return nil
-			case <-t.C:
-			}
-			continue
-		}
-		attempt = 0
-		p.connected.Store(true)
-		p.setErr(nil)
-		err = p.session(ctx, c, lost)
-		p.connected.Store(false)
-		if ctx.Err() != nil {
-			p.goOffline(c)
-			return nil
-		}
-		p.reconns.Add(1)
-		if errors.Is(err, errReconnect) {
-			p.o.Logger.Info("mqtt: reconnecting with the current identity")
-			old = c
-			continue
-		}
-		c.Disconnect(0)
-		p.setErr(err)
-		p.o.Logger.Warn("mqtt: connection lost", "err", err)
+// dropReconnectRequest forgets a Reconnect made before a connection that
+// is about to start: that connection already uses the current identity.
+// (The agent may both Store the identity and call Reconnect.)
+func (p *Publisher) dropReconnectRequest() {
+	select {
+	case <-p.reconnect:
+	default:
 	}
 }
 
-// connect makes one connection and announces the device online.
-func (p *Publisher) connect(ctx context.Context) (paho.Client, chan error, error) {
+// errSwitch ends a session that should hand over to a new connection.
+var errSwitch = errors.New("switching to a new connection")
+
+// identityChanged is closed at the next Identity.Store; nil (never) without
+// an Identity. It is taken before each connect, so a renewal that lands
+// during a handshake still triggers a switch.
+func (p *Publisher) identityChanged() <-chan struct{} {
+	if p.o.Identity == nil {
+		return nil
+	}
+	return p.o.Identity.Changed()
+}
+
+// Run connects, publishes and reconnects until ctx ends. It returns nil
+// when ctx ends; every other failure is retried.
+func (p *Publisher) Run(ctx context.Context) error {
+	var (
+		c           paho.Client
+		lost        <-chan error
+		changed     <-chan struct{}
+		retrySwitch *time.Timer
+		attempt     int // consecutive failed connections
+		switchTries int // consecutive failed switches
+		first       = true
+	)
+	stopRetry := func() {
+		if retrySwitch != nil {
+			retrySwitch.Stop()
+			retrySwitch = nil
+		}
+	}
+	defer stopRetry()
+	for {
+		if c == nil {
+			changed = p.identityChanged()
+			p.dropReconnectRequest()
+			nc, nl, err := p.connect(ctx)
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				p.setErr(err)
+				wait := backoff.Delay(attempt, p.o.RetryMin, p.o.RetryMax, p.o.Rand())
+				attempt++
+				p.o.Logger.Warn("mqtt: connect failed", "broker", p.o.BrokerURL, "err", err, "retry_in", wait)
+				if !sleep(ctx, wait) {
+					return nil
+				}
+				continue
+			}
+			if !first {
+				p.reconns.Add(1)
+			}
+			first = false
+			c, lost = nc, nl
+			p.connected.Store(true)
+			p.setErr(nil)
+		}
+		var retryC <-chan time.Time
+		if retrySwitch != nil {
+			retryC = retrySwitch.C
+		}
+		began := time.Now()
+		progress, err := p.session(ctx, c, lost, changed, retryC)
+		if progress || time.Since(began) >= p.o.RetryMax {
+			// A connection that worked resets the backoff; one the
+			// broker drops at once (say, an ACL kick) does not.
+			attempt = 0
+		}
+		switch {
+		case ctx.Err() != nil:
+			p.connected.Store(false)
+			p.goOffline(c)
+			return nil
+		case errors.Is(err, errSwitch):
+			stopRetry()
+			changed = p.identityChanged()
+			p.dropReconnectRequest()
+			p.o.Logger.Info("mqtt: switching to a new connection with the current identity")
+			nc, nl, cerr := p.connect(ctx)
+			if cerr != nil {
+				if ctx.Err() != nil {
+					p.connected.Store(false)
+					p.goOffline(c)
+					return nil
+				}
+				cerr = fmt.Errorf("new connection with the renewed identity: %w", cerr)
+				p.setErr(cerr)
+				wait := backoff.Delay(switchTries, p.o.RetryMin, p.o.RetryMax, p.o.Rand())
+				switchTries++
+				p.o.Logger.Warn("mqtt: keeping the old connection", "err", cerr, "retry_in", wait)
+				retrySwitch = time.NewTimer(wait)
+				continue
+			}
+			switchTries = 0
+			p.reconns.Add(1)
+			// The broker closed the old connection when the new one
+			// arrived with the same client id; this releases ours.
+			c.Disconnect(0)
+			c, lost = nc, nl
+			p.setErr(nil)
+		default:
+			stopRetry()
+			switchTries = 0
+			p.connected.Store(false)
+			c.Disconnect(0)
+			c = nil
+			p.setErr(err)
+			wait := backoff.Delay(attempt, p.o.RetryMin, p.o.RetryMax, p.o.Rand())
+			attempt++
+			p.o.Logger.Warn("mqtt: connection lost", "err", err, "retry_in", wait)
+			if !sleep(ctx, wait) {
+				return nil
+			}
+		}
+	}
+}
+
+// sleep waits d or until ctx ends; it reports whether ctx is still live.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// connect makes one connection, announces the device online and
+// subscribes to the command topic.
+func (p *Publisher) connect(ctx context.Context) (paho.Client, <-chan error, error) {
 	lost := make(chan error, 1)
 	opts := paho.NewClientOptions().
 		AddBroker(p.broker).
@@ -191,7 +343,7 @@ func (p *Publisher) connect(ctx context.Context) (paho.Client, chan error, error
 		SetConnectRetry(false).
 		SetKeepAlive(p.o.KeepAlive).
 		SetConnectTimeout(15 * time.Second).
-		SetWriteTimeout(15 * time.Second).
+		SetWriteTimeout(p.o.WriteTimeout).
 		SetOrderMatters(false).
 		SetConnectionLostHandler(func(_ paho.Client, err error) {
 			select {
@@ -199,29 +351,38 @@ func (p *Publisher) connect(ctx context.Context) (paho.Client, chan error, error
 			default:
 			}
 		})
+	if p.o.CommandTopic != "" && p.o.OnCommand != nil {
+		// The session is persistent: commands queued while the device was
+		// away arrive right after CONNACK, before our SUBSCRIBE is
+		// acknowledged, and would otherwise find no handler.
+		opts.SetDefaultPublishHandler(p.onMessage)
+	}
 	if p.o.StatusTopic != "" {
 		opts.SetWill(p.o.StatusTopic, "offline", 1, true)
 	}
 	c := paho.NewClient(opts)
 	if err := wait(ctx, c.Connect()); err != nil {
+		c.Disconnect(0)
 		return nil, nil, fmt.Errorf("connect to %s: %w", p.o.BrokerURL, err)
 	}
 	if p.o.StatusTopic != "" {
 		if err := wait(ctx, c.Publish(p.o.StatusTopic, 1, true, "online")); err != nil {
 			c.Disconnect(0)
-			return nil, nil, fmt.Errorf("publish status: %w", err)
+			return nil, nil, fmt.Errorf("publish status to %s: %w", p.o.StatusTopic, err)
 		}
 	}
 	if p.o.CommandTopic != "" && p.o.OnCommand != nil {
-		if err := wait(ctx, c.Subscribe(p.o.CommandTopic, 1, func(_ paho.Client, m paho.Message) {
-			p.o.OnCommand(m.Topic(), m.Payload())
-		})); err != nil {
+		if err := wait(ctx, c.Subscribe(p.o.CommandTopic, 1, p.onMessage)); err != nil {
 			c.Disconnect(0)
 			return nil, nil, fmt.Errorf("subscribe %s: %w", p.o.CommandTopic, err)
 		}
 	}
 	p.o.Logger.Info("mqtt: connected", "broker", p.o.BrokerURL, "client_id", p.o.ClientID)
 	return c, lost, nil
+}
+
+func (p *Publisher) onMessage(_ paho.Client, m paho.Message) {
+	p.o.OnCommand(m.Topic(), m.Payload())
 }
 
 func (p *Publisher) goOffline(c paho.Client) {
@@ -248,34 +409,87 @@ type inflight struct {
 }
 
 // session pumps the spool into one connection until it fails, ctx ends or
-// a reconnect is requested. Everything not acknowledged is re-sent on the
-// next connection (spool rewind): at-least-once.
-func (p *Publisher) session(ctx context.Context, c paho.Client, lost chan error) error {
+// a switch to a new connection is due (changed, retry or Reconnect). On a
+// switch it stops publishing and waits up to drainTimeout for outstanding
+// PUBACKs, leaving the connection open. Everything not acknowledged is
+// sent again on the next connection (spool rewind). progress says whether
+// any message was acknowledged.
+func (p *Publisher) session(ctx context.Context, c paho.Client, lost <-chan error, changed <-chan struct{}, retry <-chan time.Time) (progress bool, err error) {
 	p.o.Spool.Rewind()
-	sctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
+	// Two stops: pumpCtx ends publishing, ackCtx ends waiting for PUBACKs.
+	// A switch ends only the first; a failure ends both.
+	pumpCtx, stopPump := context.WithCancelCause(ctx)
+	defer stopPump(nil)
+	ackCtx, abortAcks := context.WithCancelCause(ctx)
+	defer abortAcks(nil)
+	fail := func(err error) {
+		stopPump(err)
+		abortAcks(err)
+	}
 	window := make(chan inflight, p.o.InFlight)
 	ackerDone := make(chan struct{})
+	var acked uint64
 	go func() {
 		defer close(ackerDone)
-		p.ackLoop(sctx, cancel, window)
+		acked = p.ackLoop(ackCtx, fail, window)
 	}()
+	sessionDone := make(chan struct{})
+	watcherDone := make(chan struct{})
 	go func() {
-		select {
-		case err := <-lost:
-			cancel(fmt.Errorf("connection lost: %w", err))
-		case <-p.reconnect:
-			cancel(errReconnect)
-		case <-sctx.Done():
+		defer close(watcherDone)
+		var (
+			drain      <-chan time.Time
+			drainTimer *time.Timer
+		)
+		defer func() {
+			if drainTimer != nil {
+				drainTimer.Stop()
+			}
+		}()
+		switchNow := func() {
+			stopPump(errSwitch)
+			if drainTimer == nil {
+				drainTimer = time.NewTimer(drainTimeout)
+				drain = drainTimer.C
+			}
+		}
+		for {
+			select {
+			case err := <-lost:
+				fail(fmt.Errorf("connection lost: %w", err))
+				return
+			case <-p.reconnect:
+				switchNow()
+			case <-changed:
+				changed = nil
+				switchNow()
+			case <-retry:
+				retry = nil
+				switchNow()
+			case <-drain:
+				drain = nil
+				abortAcks(errSwitch)
+			case <-sessionDone:
+				return
+			}
 		}
 	}()
-	err := p.pumpLoop(sctx, c, window)
+	err = p.pumpLoop(pumpCtx, c, window)
 	close(window)
 	<-ackerDone
-	if cause := context.Cause(sctx); cause != nil && !errors.Is(cause, context.Canceled) {
-		return cause
+	close(sessionDone)
+	<-watcherDone
+	progress = acked > 0
+	if ctx.Err() != nil {
+		return progress, ctx.Err()
 	}
-	return err
+	if cause := context.Cause(ackCtx); cause != nil && !errors.Is(cause, errSwitch) {
+		return progress, cause // lost, publish failed, ack timeout, spool ack failed
+	}
+	if err != nil {
+		return progress, err
+	}
+	return progress, context.Cause(pumpCtx)
 }
 
 func (p *Publisher) pumpLoop(ctx context.Context, c paho.Client, window chan<- inflight) error {
@@ -288,6 +502,9 @@ func (p *Publisher) pumpLoop(ctx context.Context, c paho.Client, window chan<- i
 			return fmt.Errorf("read spool: %w", err)
 		}
 		for _, r := range recs {
+			if ctx.Err() != nil {
+				return nil
+			}
 			tok := c.Publish(p.o.TelemetryTopic, 1, false, r.Payload)
 			p.published.Add(1)
 			select {
@@ -300,17 +517,20 @@ func (p *Publisher) pumpLoop(ctx context.Context, c paho.Client, window chan<- i
 }
 
 // ackLoop waits for PUBACKs in publish order and acks the spool in small
-// batches; a failed publish ends the session.
-func (p *Publisher) ackLoop(ctx context.Context, cancel context.CancelCauseFunc, window <-chan inflight) {
+// batches; a failed publish or a PUBACK overdue by AckTimeout ends the
+// session. Once ctx ends it only collects what has already completed.
+func (p *Publisher) ackLoop(ctx context.Context, fail func(error), window <-chan inflight) (total uint64) {
 	var seqs []uint64
 	flush := func() {
 		if len(seqs) == 0 {
 			return
 		}
 		if err := p.o.Spool.Ack(seqs...); err != nil {
-			cancel(fmt.Errorf("ack spool: %w", err))
+			fail(fmt.Errorf("ack spool: %w", err))
+		} else {
+			p.acked.Add(uint64(len(seqs)))
+			total += uint64(len(seqs))
 		}
-		p.acked.Add(uint64(len(seqs)))
 		seqs = seqs[:0]
 	}
 	defer func() {
@@ -319,16 +539,35 @@ func (p *Publisher) ackLoop(ctx context.Context, cancel context.CancelCauseFunc,
 			p.o.Logger.Warn("mqtt: checkpoint spool", "err", err)
 		}
 	}()
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
 	for f := range window {
 		select {
 		case <-f.tok.Done():
-		case <-ctx.Done():
-			// Drain without waiting: the connection is going away and
-			// everything unacked will be re-sent.
-			continue
+		default:
+			if timer == nil {
+				timer = time.NewTimer(p.o.AckTimeout)
+			} else {
+				timer.Reset(p.o.AckTimeout)
+			}
+			select {
+			case <-f.tok.Done():
+				timer.Stop()
+			case <-ctx.Done():
+				// The connection is going away; whatever is unacked
+				// is sent again on the next one.
+				continue
+			case <-timer.C:
+				fail(fmt.Errorf("publish seq %d: %w after %v", f.seq, ErrAckTimeout, p.o.AckTimeout))
+				continue
+			}
 		}
 		if err := f.tok.Error(); err != nil {
-			cancel(fmt.Errorf("publish: %w", err))
+			fail(fmt.Errorf("publish: %w", err))
 			continue
 		}
 		seqs = append(seqs, f.seq)
@@ -336,4 +575,5 @@ func (p *Publisher) ackLoop(ctx context.Context, cancel context.CancelCauseFunc,
 			flush()
 		}
 	}
+	return total
 }
