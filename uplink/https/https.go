@@ -109,8 +109,8 @@ func (s *Sender) Run(ctx context.Context) error {
 		if len(pending) == 0 {
 			recs, err := s.o.Spool.Next(ctx, s.o.BatchMax)
 			if err != nil {
-				if ctx.Err() != nil {
-					return nil
+				if ctx.Err() != nil || errors.Is(err, spool.ErrClosed) {
+					return nil // shutting down
 				}
 				return fmt.Errorf("https uplink: read spool: %w", err)
 			}

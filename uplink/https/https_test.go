@@ -176,7 +176,7 @@ func TestDeliversEverythingOverMTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer sp.Close()
+	t.Cleanup(func() { sp.Close() })
 	fill(t, sp, 5000)
 	s, _ := start(t, Options{URL: sk.srv.URL + "/ingest", TLS: clientTLS(p), Spool: sp, BatchMax: 300, BatchBytes: 8 << 10})
 	waitFor(t, "5000 messages", func() bool { u, _ := sk.count(); return u == 5000 })
@@ -193,7 +193,7 @@ func TestWithoutClientCertRefused(t *testing.T) {
 	p := newPKI(t)
 	sk := newSink(t, p)
 	sp, _ := spool.Open(t.TempDir(), spool.Options{Sync: spool.SyncNever})
-	defer sp.Close()
+	t.Cleanup(func() { sp.Close() })
 	fill(t, sp, 10)
 	s, _ := start(t, Options{URL: sk.srv.URL, TLS: &tls.Config{RootCAs: p.pool, MinVersion: tls.VersionTLS12}, Spool: sp, RetryMin: 10 * time.Millisecond, RetryMax: 20 * time.Millisecond})
 	waitFor(t, "a failure", func() bool { return s.Stats().Failures > 0 })
@@ -219,7 +219,7 @@ func TestRetryAfterHonoured(t *testing.T) {
 		return false
 	}
 	sp, _ := spool.Open(t.TempDir(), spool.Options{Sync: spool.SyncNever})
-	defer sp.Close()
+	t.Cleanup(func() { sp.Close() })
 	fill(t, sp, 50)
 	// RetryMin is tiny: only Retry-After can explain a wait of a second.
 	start(t, Options{URL: sk.srv.URL, TLS: clientTLS(p), Spool: sp, RetryMin: time.Millisecond, RetryMax: time.Minute})
@@ -242,7 +242,7 @@ func TestIdentityRejectedIsReportedAndNotAcked(t *testing.T) {
 		return false
 	}
 	sp, _ := spool.Open(t.TempDir(), spool.Options{Sync: spool.SyncNever})
-	defer sp.Close()
+	t.Cleanup(func() { sp.Close() })
 	fill(t, sp, 20)
 	s, _ := start(t, Options{URL: sk.srv.URL, TLS: clientTLS(p), Spool: sp, RetryMin: 10 * time.Millisecond, RetryMax: 50 * time.Millisecond})
 	waitFor(t, "identity error", func() bool { return strings.Contains(s.Stats().LastError, "rejected the device identity") })
