@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"crypto/tls"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -23,9 +24,10 @@ import (
 
 // BenchmarkTelemetryMQTT measures messages per second from the agent's
 // local API through the durable spool (fsync on) to mosquitto at QoS 1 over
-// mutual TLS, counted when a subscriber has them all, next to
+// mutual TLS, timed until mosquitto acknowledged the last one, next to
 // mosquitto_pub -q 1 -l publishing the same number of same-sized lines
-// over the same listener with the same certificate, counted the same way.
+// over the same listener with the same certificate, timed until it exits
+// (after its last PUBACK). A subscriber must then have every message.
 // It also reports the agent's resident memory after the run (steady state:
 // 120,000 messages through it). Run with -benchtime=1x: each iteration is a
 // full measurement of three alternating trials.
@@ -105,8 +107,25 @@ func benchTelemetryOnce(b *testing.B) {
 	for i := 0; i < n; i++ {
 		fmt.Fprintf(&lines, `{"id":"bench-dev-0123456789ab-%d","device_id":"bench-dev","time":"2026-11-22T10:00:00.000000000Z","data":{"temp_c":21.5,"seq":%d}}`+"\n", i, i)
 	}
+	acked := func() uint64 {
+		resp, err := api.Get("http://agent/v1/status")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var st struct {
+			Uplinks map[string]struct{ Acked uint64 }
+		}
+		if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+			t.Fatal(err)
+		}
+		return st.Uplinks["mqtt"].Acked
+	}
+	// Both are timed until mosquitto acknowledged every message (PUBACK:
+	// the agent's acked count; mosquitto_pub's exit), then, untimed, the
+	// subscriber must have them all.
 	agentRun := func() float64 {
-		before := count.Load()
+		before, ackedBefore := count.Load(), acked()
 		start := time.Now()
 		for sent := 0; sent < n; sent += batch {
 			resp, err := api.Post("http://agent/v1/telemetry", "application/json", body(sent))
@@ -115,8 +134,10 @@ func benchTelemetryOnce(b *testing.B) {
 			}
 			resp.Body.Close()
 		}
+		waitUntil(t, 2*time.Minute, "PUBACKs for the agent's messages", func() bool { return acked() >= ackedBefore+n })
+		rate := float64(n) / time.Since(start).Seconds()
 		waitUntil(t, 2*time.Minute, "agent messages at the subscriber", func() bool { return count.Load() >= before+n })
-		return float64(n) / time.Since(start).Seconds()
+		return rate
 	}
 	// Baseline: mosquitto_pub with the agent's own certificate and key.
 	pubRun := func() float64 {
@@ -131,8 +152,9 @@ func benchTelemetryOnce(b *testing.B) {
 		if err := cmd.Run(); err != nil {
 			t.Fatalf("mosquitto_pub: %v\n%s", err, out.String())
 		}
+		rate := float64(n) / time.Since(start).Seconds()
 		waitUntil(t, 2*time.Minute, "mosquitto_pub messages at the subscriber", func() bool { return count.Load() >= before+n })
-		return float64(n) / time.Since(start).Seconds()
+		return rate
 	}
 	// Alternate the two, three trials each, and report medians: the
 	// machine is shared, so one trial of each says little.
