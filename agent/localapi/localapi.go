@@ -147,16 +147,13 @@ func ParseMessages(body []byte) ([]json.RawMessage, error) {
 	if len(body) == 0 {
 		return nil, errors.New("empty body: send a JSON object or an array of objects")
 	}
-	if !json.Valid(body) {
-		return nil, errors.New("body is not valid JSON")
-	}
 	var msgs []json.RawMessage
 	switch body[0] {
 	case '{':
-		msgs = []json.RawMessage{body}
+		msgs = []json.RawMessage{body} // Compact below validates it
 	case '[':
 		if err := json.Unmarshal(body, &msgs); err != nil {
-			return nil, fmt.Errorf("array: %v", err)
+			return nil, fmt.Errorf("body is not valid JSON: %v", err)
 		}
 		if len(msgs) == 0 {
 			return nil, errors.New("empty array: nothing to send")
@@ -177,7 +174,7 @@ func ParseMessages(body []byte) ([]json.RawMessage, error) {
 	for i, m := range msgs {
 		var compact bytes.Buffer
 		if err := json.Compact(&compact, m); err != nil {
-			return nil, fmt.Errorf("message %d: %v", i, err)
+			return nil, fmt.Errorf("body is not valid JSON: message %d: %v", i, err)
 		}
 		msgs[i] = compact.Bytes()
 	}
