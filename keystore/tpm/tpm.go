@@ -51,8 +51,8 @@ const (
 // Owner-hierarchy persistent handles (TPM 2.0 Part 2, 7.5 and the TCG
 // handle registry); 0x81000001 is conventionally the SRK, so pick another.
 const (
-	minPersistent = 0x81000000
-	maxPersistent = 0x817FFFFF
+	minPersistent uint32 = 0x81000000
+	maxPersistent uint32 = 0x817FFFFF
 )
 
 // maxBlobBytes bounds what is read from a blob file; real blobs are under

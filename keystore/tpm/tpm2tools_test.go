@@ -48,7 +48,7 @@ func TestTPM2ToolsCrossCheck(t *testing.T) {
 	checkToolOutput(t, "tpm2_print", string(out))
 
 	// Persistent mode: tpm2_readpublic asks the TPM for the key.
-	const handle = 0x81000300
+	const handle uint32 = 0x81000300
 	s = openStore(t, sw, t.TempDir(), func(o *Options) { o.PersistentHandle = handle })
 	k, err = s.Create(keystore.ECDSAP256)
 	if err != nil {
