@@ -41,6 +41,15 @@ const DeviceURIPrefix = "urn:edgeagent:device:"
 // is a little behind the CA's.
 const Backdate = 5 * time.Minute
 
+// LeafBackdate is how far a device certificate of lifetime ttl is
+// back-dated: Backdate, but at most a quarter of ttl. Agents schedule
+// renewal at a fraction of NotAfter-NotBefore; a 5-minute back-date on a
+// 1-minute certificate would put that point in the past at issuance and
+// make every renewal trigger the next at once.
+func LeafBackdate(ttl time.Duration) time.Duration {
+	return min(Backdate, ttl/4)
+}
+
 // MinCertTTL and DefaultCertTTL bound device certificate lifetimes.
 const (
 	MinCertTTL     = time.Minute
@@ -147,7 +156,7 @@ func (a *authority) issueLeaf(pub crypto.PublicKey, deviceID string, ttl time.Du
 		SerialNumber:          serial,
 		Subject:               pkix.Name{CommonName: deviceID},
 		URIs:                  []*url.URL{DeviceURI(deviceID)},
-		NotBefore:             now.Add(-Backdate),
+		NotBefore:             now.Add(-LeafBackdate(ttl)),
 		NotAfter:              notAfter,
 		KeyUsage:              ku,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},

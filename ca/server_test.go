@@ -61,8 +61,8 @@ func TestEnrollIssuesDeviceIdentity(t *testing.T) {
 			if leaf.IsCA || len(leaf.DNSNames) != 0 {
 				t.Errorf("leaf IsCA=%v DNS=%v", leaf.IsCA, leaf.DNSNames)
 			}
-			if d := before.Add(-Backdate).Sub(leaf.NotBefore); d < -time.Minute || d > time.Minute {
-				t.Errorf("NotBefore %v, want about %v", leaf.NotBefore, before.Add(-Backdate))
+			if d := before.Add(-LeafBackdate(2 * time.Hour)).Sub(leaf.NotBefore); d < -time.Minute || d > time.Minute {
+				t.Errorf("NotBefore %v, want about %v", leaf.NotBefore, before.Add(-LeafBackdate(2*time.Hour)))
 			}
 			if d := leaf.NotAfter.Sub(before.Add(2 * time.Hour)); d < -time.Minute || d > time.Minute {
 				t.Errorf("NotAfter %v, want about %v", leaf.NotAfter, before.Add(2*time.Hour))
