@@ -225,6 +225,12 @@ func (d *demo) run(ctx, gctx context.Context, cancel context.CancelFunc, g *errg
 		return res, fmt.Errorf("demo: %w", err)
 	}
 	defer c.Close()
+	// On every return, and before the CA closes: stop whatever was
+	// started and wait for it (a no-op after the normal shutdown below).
+	defer func() {
+		cancel()
+		_ = g.Wait()
+	}()
 	d.done(stepCA, "root pin "+short(c.Pin().String()[len("sha256:"):])+", in "+p.ca)
 
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -302,6 +308,9 @@ func (d *demo) run(ctx, gctx context.Context, cancel context.CancelFunc, g *errg
 		} else {
 			d.o.KeysFD = -1
 		}
+	}
+	if !d.o.Terminal {
+		d.printf("output is not a terminal: log lines here, a status line every 5 s; in a terminal the live view takes keys b (stop/start the broker), s (the sink), r (renew now), q")
 	}
 	if d.o.Terminal {
 		fmt.Fprint(d.o.Out, "\x1b[?25l\x1b[2J")
