@@ -53,13 +53,17 @@ func newEvents(max int, notify func(Event)) *events {
 	return &events{max: max, notify: notify}
 }
 
-// add records ev; the same message again right after (a reconnect loop)
-// replaces the previous one and counts, so it does not push out the rest.
+// add records ev. A message already among the recent ones (a reconnect
+// loop, or two uplinks retrying in turn) moves to the end and counts, so
+// it does not push out the rest.
 func (e *events) add(ev Event) {
 	e.mu.Lock()
-	if n := len(e.recent); n > 0 && e.recent[n-1].Source == ev.Source && e.recent[n-1].Msg == ev.Msg {
-		ev.Repeat = e.recent[n-1].Repeat + 1
-		e.recent = e.recent[:n-1]
+	for i, old := range e.recent {
+		if old.Source == ev.Source && old.Msg == ev.Msg {
+			ev.Repeat = old.Repeat + 1
+			e.recent = append(e.recent[:i], e.recent[i+1:]...)
+			break
+		}
 	}
 	e.recent = append(e.recent, ev)
 	if len(e.recent) > e.max {

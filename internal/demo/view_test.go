@@ -94,20 +94,21 @@ func TestVerify(t *testing.T) {
 	}
 }
 
-// A reconnect loop's repeated message replaces itself and counts instead
-// of pushing the enrollment out of the recent events.
+// Retry loops' repeated messages move to the end and count instead of
+// pushing the enrollment out of the recent events.
 func TestEventsCollapseRepeats(t *testing.T) {
 	var seen []string
 	ev := newEvents(3, func(e Event) { seen = append(seen, e.Msg) })
-	for _, m := range []string{"enrolled", "connect failed", "connect failed", "connect failed", "connected"} {
+	for _, m := range []string{"enrolled", "connect failed", "send failed", "connect failed", "send failed", "connect failed"} {
 		ev.add(Event{Source: "agent", Msg: m, Level: slog.LevelInfo})
 	}
 	got := ev.Recent()
-	if len(got) != 3 || got[0].Msg != "enrolled" || got[1].Msg != "connect failed" || got[1].Repeat != 2 || got[2].Msg != "connected" {
+	if len(got) != 3 || got[0].Msg != "enrolled" || got[1].Msg != "send failed" || got[1].Repeat != 1 ||
+		got[2].Msg != "connect failed" || got[2].Repeat != 2 {
 		t.Fatalf("recent events %+v", got)
 	}
-	if len(seen) != 5 {
-		t.Fatalf("listener saw %d events, want all 5", len(seen))
+	if len(seen) != 6 {
+		t.Fatalf("listener saw %d events, want all 6", len(seen))
 	}
 }
 
