@@ -59,7 +59,7 @@ func newEvents(max int, notify func(Event)) *events {
 func (e *events) add(ev Event) {
 	e.mu.Lock()
 	for i, old := range e.recent {
-		if old.Source == ev.Source && old.Msg == ev.Msg {
+		if old.Source == ev.Source && old.Msg == ev.Msg && old.Attrs["op"] == ev.Attrs["op"] {
 			ev.Repeat = old.Repeat + 1
 			e.recent = append(e.recent[:i], e.recent[i+1:]...)
 			break

@@ -129,3 +129,15 @@ func TestClip(t *testing.T) {
 		}
 	}
 }
+
+// The CA's enrollment and its renewals are different events.
+func TestEventsKeepOperationsApart(t *testing.T) {
+	ev := newEvents(6, nil)
+	for _, op := range []string{"simpleenroll", "simplereenroll", "simplereenroll"} {
+		ev.add(Event{Source: "edgeca", Msg: "certificate issued", Attrs: map[string]string{"op": op}})
+	}
+	got := ev.Recent()
+	if len(got) != 2 || got[0].Attrs["op"] != "simpleenroll" || got[0].Repeat != 0 || got[1].Repeat != 1 {
+		t.Fatalf("recent events %+v", got)
+	}
+}
