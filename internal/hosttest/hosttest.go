@@ -31,7 +31,7 @@ func RequireRoot(t testing.TB, why string) {
 }
 
 // LockPath is the lock file every host-changing test holds.
-const LockPath = "/run/lock/edgeagent-hosttest.lock"
+const LockPath = "/tmp/edgeagent-hosttest.lock"
 
 // Lock holds an exclusive flock on LockPath until the test ends, so tests
 // in different packages that change the host run one after another.
