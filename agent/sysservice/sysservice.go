@@ -20,6 +20,7 @@ import (
 
 	"github.com/kardianos/service"
 
+	"github.com/edgeagent/edgeagent/agent/config"
 	"github.com/edgeagent/edgeagent/packaging"
 )
 
@@ -206,18 +207,41 @@ func install(svc service.Service, system, exe, cfgPath string, out io.Writer) er
 		if err := checkPaths(exe, cfgPath); err != nil {
 			return err
 		}
+	}
+	cfg := config.Default()
+	if _, err := os.Stat(cfgPath); err != nil {
+		fmt.Fprintf(out, "note: %s does not exist yet; the agent uses defaults and EDGEAGENT_* variables until it does (reference: packaging/edgeagent.yaml)\n", cfgPath)
+	} else if cfg, err = config.Load(cfgPath, nil); err != nil {
+		return fmt.Errorf("config %s: %w (fix it before installing)", cfgPath, err)
+	}
+	if system == Systemd {
+		for _, w := range sandboxConflicts(cfg) {
+			fmt.Fprintln(out, "warning:", w)
+		}
 		if err := ensureAccount(out); err != nil {
 			return err
 		}
 	}
-	if _, err := os.Stat(cfgPath); err != nil {
-		fmt.Fprintf(out, "note: %s does not exist yet; the agent uses defaults and EDGEAGENT_* variables until it does (reference: packaging/edgeagent.yaml)\n", cfgPath)
-	}
 	if err := svc.Install(); err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "installed: %s run --config %s\n", exe, cfgPath)
+	fmt.Fprintf(out, "installed: %s run --config %s\nstart it with: edgeagent start\n", exe, cfgPath)
 	return nil
+}
+
+// sandboxConflicts names the config's paths the unit's sandbox does not let
+// the agent write (ProtectSystem=strict leaves only its state and runtime
+// directories writable).
+func sandboxConflicts(cfg config.Config) []string {
+	var w []string
+	dropIn := "; use the default or add ReadWritePaths=%s with 'systemctl edit edgeagent'"
+	if d := filepath.Clean(cfg.StateDir); d != packaging.AgentState && !strings.HasPrefix(d, packaging.AgentState+"/") {
+		w = append(w, fmt.Sprintf("state_dir %s is read-only for the service (ProtectSystem=strict)"+dropIn, d, d))
+	}
+	if d := filepath.Dir(cfg.API.Socket); d != "/run/edgeagent" && !strings.HasPrefix(d, "/run/edgeagent/") {
+		w = append(w, fmt.Sprintf("api.socket %s is in %s, read-only for the service (ProtectSystem=strict)"+dropIn, cfg.API.Socket, d, d))
+	}
+	return w
 }
 
 // ensureAccount makes the service user and its TPM group with

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/edgeagent/edgeagent/agent/config"
 	"github.com/edgeagent/edgeagent/packaging"
 )
 
@@ -71,6 +72,34 @@ func TestControlRejects(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			if err := Control(tt.o); err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Errorf("Control = %v, want error containing %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestSandboxConflicts(t *testing.T) {
+	tests := []struct {
+		name, state, socket string
+		want                []string
+	}{
+		{"defaults", "/var/lib/edgeagent", "/run/edgeagent/api.sock", nil},
+		{"below the state dir", "/var/lib/edgeagent/a", "/run/edgeagent/x/api.sock", nil},
+		{"state elsewhere", "/srv/agent", "/run/edgeagent/api.sock", []string{"state_dir /srv/agent is read-only"}},
+		{"sibling prefix", "/var/lib/edgeagent2", "/run/edgeagent/api.sock", []string{"state_dir /var/lib/edgeagent2"}},
+		{"socket elsewhere", "/var/lib/edgeagent", "/var/run/agent.sock", []string{"api.socket /var/run/agent.sock is in /var/run"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := config.Default()
+			cfg.StateDir, cfg.API.Socket = tt.state, tt.socket
+			got := sandboxConflicts(cfg)
+			if len(got) != len(tt.want) {
+				t.Fatalf("sandboxConflicts = %q, want %d warnings", got, len(tt.want))
+			}
+			for i := range got {
+				if !strings.Contains(got[i], tt.want[i]) || !strings.Contains(got[i], "ReadWritePaths=") {
+					t.Errorf("warning %q, want it to contain %q and the drop-in fix", got[i], tt.want[i])
+				}
 			}
 		})
 	}

@@ -26,7 +26,8 @@ import (
 //   - linux-systemd: the hardened unit lands in /etc/systemd/system, is
 //     enabled (the multi-user.target.wants link), passes systemd-analyze
 //     verify, differs from the packaged unit only in ExecStart, and the
-//     service user exists in the tss group; a second install is refused;
+//     service user exists in the tss group; a config the agent would
+//     reject and a second install are refused;
 //     uninstall removes the unit and the link. When systemd is not PID 1
 //     (as on the build machines), SYSTEMD_OFFLINE=1 makes systemctl act as
 //     in an image-build chroot: enable/disable edit the links,
@@ -56,6 +57,8 @@ func TestServiceInstallRoundTrip(t *testing.T) {
 	if err := os.WriteFile(cfg, ref, 0o644); err != nil {
 		t.Fatal(err)
 	}
+	_, userErr := user.Lookup(packaging.AgentUser)
+	userExisted := userErr == nil
 	cleanupAccounts(t)
 
 	t.Run("systemd", func(t *testing.T) {
@@ -66,6 +69,20 @@ func TestServiceInstallRoundTrip(t *testing.T) {
 		wants := "/etc/systemd/system/multi-user.target.wants/edgeagent.service"
 		refuseIfPresent(t, unit, wants)
 		t.Cleanup(func() { os.Remove(wants); os.Remove(unit) })
+
+		// A config the agent would reject is refused before anything is written.
+		bad := filepath.Join(dir, "bad.yaml")
+		if err := os.WriteFile(bad, []byte("renew:\n  fraction: 7\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		refused, err := exec.Command(bin, "install", "--init-system", sysservice.Systemd, "--config", bad).CombinedOutput()
+		if err == nil || !strings.Contains(string(refused), "renew.fraction") {
+			t.Errorf("install with a bad config: err=%v, output %q: want a refusal naming renew.fraction", err, refused)
+		}
+		refuseIfPresent(t, unit, wants)
+		if _, err := user.Lookup(packaging.AgentUser); err == nil && !userExisted {
+			t.Error("the refused install created the service user")
+		}
 
 		out := runAgent(t, bin, "install", "--init-system", sysservice.Systemd, "--config", cfg)
 		t.Logf("install:\n%s", out)
