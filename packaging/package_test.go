@@ -1,7 +1,10 @@
 package packaging
 
 import (
+	"archive/tar"
+	"compress/gzip"
 	"errors"
+	"io"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -19,19 +22,20 @@ import (
 
 const testVersion = "pkgtest"
 
-// TestDebInstallUpgradeRemovePurge builds the amd64 .deb packages with
-// scripts/package.sh (the recipe of `make package`), checks them with
-// lintian (no errors), and installs them on this machine with dpkg:
+// TestPackages builds the amd64 packages with scripts/package.sh (the
+// recipe of `make package`), reads back the .rpm and .apk (metadata,
+// %config(noreplace), modes, unit, scripts), checks the .deb with lintian
+// (no errors), and installs the .deb on this machine with dpkg:
 // files, modes, owners, the conffile, the state dir, the service user in
 // group tss, the unit (systemd-analyze verify), `edgeagent version`; then
 // an upgrade keeps a locally edited config and the state; remove keeps
 // config, state and user; purge leaves nothing. The same for edgeca.
-func TestDebInstallUpgradeRemovePurge(t *testing.T) {
+func TestPackages(t *testing.T) {
 	hosttest.RequireRoot(t, "it installs the .deb packages with dpkg and creates system users")
 	if runtime.GOARCH != "amd64" {
 		t.Skipf("NOT RUN: the test installs the amd64 .deb and this machine is %s", runtime.GOARCH)
 	}
-	for _, tool := range []string{"dpkg", "lintian", "systemd-analyze", "systemd-sysusers"} {
+	for _, tool := range []string{"dpkg", "lintian", "systemd-analyze", "systemd-sysusers", "rpm"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Fatalf("%s not found: run scripts/test-deps.sh", tool)
 		}
@@ -59,16 +63,16 @@ func TestDebInstallUpgradeRemovePurge(t *testing.T) {
 			t.Fatalf("go build %s: %v\n%s", prog, err, out)
 		}
 	}
-	pkg := func(version string) string {
+	pkg := func(version, formats string) string {
 		out := filepath.Join(dir, version)
 		cmd := exec.Command("bash", "../scripts/package.sh")
-		cmd.Env = append(os.Environ(), "ARCHS=amd64", "FORMATS=deb", "DIST="+dist, "OUT="+out, "PKG_VERSION="+version)
+		cmd.Env = append(os.Environ(), "ARCHS=amd64", "FORMATS="+formats, "DIST="+dist, "OUT="+out, "PKG_VERSION="+version)
 		if b, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("scripts/package.sh: %v\n%s", err, b)
 		}
 		return out
 	}
-	v1, v2 := pkg("0.0.1"), pkg("0.0.2")
+	v1, v2 := pkg("0.0.1", "deb rpm apk"), pkg("0.0.2", "deb")
 	agentDeb := filepath.Join(v1, "edgeagent_0.0.1_amd64.deb")
 	caDeb := filepath.Join(v1, "edgeca_0.0.1_amd64.deb")
 
@@ -77,6 +81,67 @@ func TestDebInstallUpgradeRemovePurge(t *testing.T) {
 		t.Logf("lintian:\n%s", out)
 		if err != nil || strings.Contains(string(out), "\nE: ") || strings.HasPrefix(string(out), "E: ") {
 			t.Errorf("lintian reports errors (%v)", err)
+		}
+	})
+
+	// This machine cannot install them; their metadata, files and scripts
+	// are read back: rpm with rpm(8), apk (gzipped tar streams) with Go.
+	t.Run("rpm and apk", func(t *testing.T) {
+		for _, prog := range []string{"edgeagent", "edgeca"} {
+			conf := map[string]string{"edgeagent": "/etc/edgeagent/edgeagent.yaml", "edgeca": "/etc/edgeca/edgeca.env"}[prog]
+			rpmFile := filepath.Join(v1, prog+"_0.0.1_amd64.rpm")
+			out, err := exec.Command("rpm", "-qp", "--qf", "%{NAME} %{VERSION}-%{RELEASE} %{ARCH}\n[%{FILEFLAGS:fflags} %{FILEMODES:perms} %{FILEUSERNAME} %{FILENAMES}\n]", rpmFile).CombinedOutput()
+			if err != nil {
+				t.Fatalf("rpm -qp %s: %v\n%s", rpmFile, err, out)
+			}
+			for _, want := range []string{
+				prog + " 0.0.1-1 x86_64\n",
+				"cn -rw-r--r-- root " + conf + "\n", // %config(noreplace)
+				" -rwxr-xr-x root /usr/bin/" + prog + "\n",
+				" -rw-r--r-- root /usr/lib/systemd/system/" + prog + ".service\n",
+				" -rw-r--r-- root /usr/lib/sysusers.d/" + prog + ".conf\n",
+			} {
+				if !strings.Contains(string(out), want) {
+					t.Errorf("%s lacks %q:\n%s", rpmFile, want, out)
+				}
+			}
+			scripts, _ := exec.Command("rpm", "-qp", "--scripts", rpmFile).CombinedOutput()
+			for _, s := range []struct{ tag, file string }{{"postinstall", "postinstall"}, {"preuninstall", "preremove"}, {"postuninstall", "postremove"}} {
+				body, _ := os.ReadFile(filepath.Join("scripts", prog, s.file+".sh"))
+				if !strings.Contains(string(scripts), s.tag+" scriptlet") || !strings.Contains(string(scripts), string(body[len("#!/bin/sh\n"):])) {
+					t.Errorf("%s: %s scriptlet is not scripts/%s/%s.sh", rpmFile, s.tag, prog, s.file)
+				}
+			}
+
+			apk := readAPK(t, filepath.Join(v1, prog+"_0.0.1_amd64.apk"))
+			info := string(apk[".PKGINFO"].body)
+			for _, want := range []string{"pkgname = " + prog + "\n", "pkgver = 0.0.1-r1\n", "arch = x86_64\n"} {
+				if !strings.Contains(info, want) {
+					t.Errorf("%s.apk .PKGINFO lacks %q:\n%s", prog, want, info)
+				}
+			}
+			unit := map[string]string{"edgeagent": AgentUnit(), "edgeca": CAUnit()}[prog]
+			for name, want := range map[string]struct {
+				mode fs.FileMode
+				body string
+			}{
+				"usr/bin/" + prog:                             {0o755, ""},
+				strings.TrimPrefix(conf, "/"):                 {0o644, ""},
+				"usr/lib/systemd/system/" + prog + ".service": {0o644, unit},
+				".post-install":                               {0o755, readFile(t, "scripts/"+prog+"/postinstall.sh")},
+				".pre-deinstall":                              {0o755, readFile(t, "scripts/"+prog+"/preremove.sh")},
+				".post-deinstall":                             {0o755, readFile(t, "scripts/"+prog+"/postremove.sh")},
+			} {
+				f, ok := apk[name]
+				switch {
+				case !ok:
+					t.Errorf("%s.apk lacks %s", prog, name)
+				case f.mode != want.mode:
+					t.Errorf("%s.apk: %s mode %v, want %v", prog, name, f.mode, want.mode)
+				case want.body != "" && string(f.body) != want.body:
+					t.Errorf("%s.apk: %s differs from its source", prog, name)
+				}
+			}
 		}
 	})
 
@@ -291,4 +356,49 @@ func checkPurged(t *testing.T, name string) {
 	if _, err := user.LookupGroup(name); err == nil {
 		t.Errorf("group %s left after purge", name)
 	}
+}
+
+type apkFile struct {
+	mode fs.FileMode
+	body []byte
+}
+
+// readAPK reads an .apk: gzipped tar streams (control, then data) that
+// read as one tar.
+func readAPK(t *testing.T, path string) map[string]apkFile {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	z, err := gzip.NewReader(f)
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	files := map[string]apkFile{}
+	tr := tar.NewReader(z)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return files
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		b, err := io.ReadAll(io.LimitReader(tr, 1<<20))
+		if err != nil {
+			t.Fatalf("%s: %s: %v", path, h.Name, err)
+		}
+		files[h.Name] = apkFile{h.FileInfo().Mode().Perm(), b}
+	}
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
