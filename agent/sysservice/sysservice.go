@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"os/user"
@@ -263,7 +264,26 @@ func ensureAccount(out io.Writer) error {
 	return nil
 }
 
+// installedPath is where the library puts the service definition on the
+// init systems whose files this package knows.
+func installedPath(system string) string {
+	switch system {
+	case Systemd:
+		return "/etc/systemd/system/" + Name + ".service"
+	case sysv:
+		return "/etc/init.d/" + Name
+	}
+	return ""
+}
+
 func uninstall(svc service.Service, system string, out io.Writer) error {
+	// The library would first disable the unit, even one a package
+	// installed, and only then fail to find its file.
+	if p := installedPath(system); p != "" {
+		if _, err := os.Lstat(p); errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("not installed by 'edgeagent install' (no %s); a packaged edgeagent is removed with the package manager", p)
+		}
+	}
 	// The library's Uninstall leaves a running service running.
 	if st, err := svc.Status(); err == nil && st == service.StatusRunning {
 		if err := svc.Stop(); err != nil {

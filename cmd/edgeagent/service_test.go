@@ -27,7 +27,7 @@ import (
 //     enabled (the multi-user.target.wants link), passes systemd-analyze
 //     verify, differs from the packaged unit only in ExecStart, and the
 //     service user exists in the tss group; a config the agent would
-//     reject and a second install are refused;
+//     reject, a second install and an uninstall of nothing are refused;
 //     uninstall removes the unit and the link. When systemd is not PID 1
 //     (as on the build machines), SYSTEMD_OFFLINE=1 makes systemctl act as
 //     in an image-build chroot: enable/disable edit the links,
@@ -69,6 +69,11 @@ func TestServiceInstallRoundTrip(t *testing.T) {
 		wants := "/etc/systemd/system/multi-user.target.wants/edgeagent.service"
 		refuseIfPresent(t, unit, wants)
 		t.Cleanup(func() { os.Remove(wants); os.Remove(unit) })
+
+		// Nothing to uninstall: refused, nothing touched.
+		if out, err := exec.Command(bin, "uninstall", "--init-system", sysservice.Systemd, "--config", cfg).CombinedOutput(); err == nil || !strings.Contains(string(out), "not installed") {
+			t.Errorf("uninstall when not installed: err=%v, output %q: want a refusal saying it is not installed", err, out)
+		}
 
 		// A config the agent would reject is refused before anything is written.
 		bad := filepath.Join(dir, "bad.yaml")
