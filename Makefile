@@ -14,7 +14,7 @@ LDFLAGS := -s -w -X $(PKG)/internal/version.Version=$(VERSION) \
 BINS := edgeagent edgeca
 FUZZTIME ?= 5s
 
-.PHONY: all build demo test test-deps fuzz bench cross lint clean
+.PHONY: all build demo test test-deps fuzz bench cross package lint clean
 
 all: build
 
@@ -67,6 +67,11 @@ cross:
 			printf '%-28s %8d bytes\n' dist/$$b-linux-$$suffix $$(stat -c %s dist/$$b-linux-$$suffix); \
 		done; \
 	done
+
+# .deb, .rpm and .apk of edgeagent and edgeca for every architecture, in
+# dist/packages (nfpm, pinned in the script).
+package: cross
+	bash scripts/package.sh
 
 clean:
 	rm -rf bin dist .demo

@@ -13,6 +13,9 @@ have swtpm || need+=(swtpm)
 have swtpm_setup || need+=(swtpm-tools)
 have tpm2_getcap || need+=(tpm2-tools)
 have qemu-aarch64-static || need+=(qemu-user-static)
+have systemd-analyze || need+=(systemd)   # unit checks; systemctl and systemd-sysusers for service install
+have lintian || need+=(lintian)           # checks the .deb
+have rpm || need+=(rpm)                   # reads the .rpm back
 
 [ ${#need[@]} -eq 0 ] && exit 0
 

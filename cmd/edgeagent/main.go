@@ -31,6 +31,8 @@ commands:
   send      queue one telemetry message (a JSON object) with the running agent
   enroll    enroll this device with a CA (EST simpleenroll) using a token
   renew     renew the certificate now (EST simplereenroll over mutual TLS)
+  install   install the agent as a system service (--config FILE; systemd: hardened unit)
+  uninstall, start, stop, restart   manage that service
   version   print the version
 
 Run 'edgeagent <command> -h' for the command's flags.
@@ -79,6 +81,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return cmdStatus(ctx, args[1:], stdout, stderr, getenv)
 	case "send":
 		return cmdSend(ctx, args[1:], stdout, stderr, getenv)
+	case "install", "uninstall", "start", "stop", "restart":
+		return cmdService(args[0], args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "edgeagent", version.String())
 		return nil

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Builds the .deb, .rpm and .apk packages of edgeagent and edgeca with nfpm
+# (packaging/nfpm/*.yaml) from the static binaries `make cross` leaves in
+# dist/. Used by `make package` and by packaging's dpkg test.
+#   ARCHS="amd64 arm64 armv7 armv6" FORMATS="deb rpm apk" PROGRAMS="edgeagent edgeca"
+#   DIST=dist (binaries: PROGRAM-linux-ARCH) OUT=dist/packages PKG_VERSION=...
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Pinned. v2.46 and later need go.digitalxero.dev modules, which the Go
+# module proxy does not serve.
+NFPM_VERSION=v2.45.2
+ARCHS=${ARCHS:-amd64 arm64 armv7 armv6}
+FORMATS=${FORMATS:-deb rpm apk}
+PROGRAMS=${PROGRAMS:-edgeagent edgeca}
+DIST=${DIST:-dist}
+OUT=${OUT:-dist/packages}
+export PKG_MAINTAINER=${PKG_MAINTAINER:-edgeagent maintainers <maintainers@edgeagent.example.org>}
+if [ -z "${PKG_VERSION:-}" ]; then
+	# A release tag vX.Y.Z gives X.Y.Z; otherwise 0.0.<commits>, which
+	# every package manager orders correctly.
+	if tag=$(git describe --tags --exact-match --match 'v[0-9]*' 2>/dev/null); then
+		PKG_VERSION=${tag#v}
+	else
+		PKG_VERSION=0.0.$(git rev-list --count HEAD 2>/dev/null || echo 0)
+	fi
+fi
+export PKG_VERSION
+
+# nfpm is built once per run, outside go.mod (a packaging tool, not a
+# dependency of the programs).
+tools=$(mktemp -d)
+trap 'rm -rf "$tools"' EXIT
+GOBIN=$tools CGO_ENABLED=0 go install github.com/goreleaser/nfpm/v2/cmd/nfpm@$NFPM_VERSION
+
+# The Debian changelog every .deb needs: one entry naming the commit.
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+when=$(date -R -d "$(git log -1 --format=%cI 2>/dev/null || echo @0)")
+for prog in $PROGRAMS; do
+	printf '%s (%s-1) unstable; urgency=medium\n\n  * Built from commit %s; the changes are in the project history.\n\n -- %s  %s\n' \
+		"$prog" "$PKG_VERSION" "$commit" "$PKG_MAINTAINER" "$when" | gzip -n -9 >"$tools/$prog.changelog.Debian.gz"
+done
+
+mkdir -p "$OUT"
+for arch in $ARCHS; do
+	case $arch in
+	amd64 | arm64) NFPM_ARCH=$arch ;;
+	armv7) NFPM_ARCH=arm7 ;; # deb armhf, rpm armv7hl, apk armv7
+	armv6) NFPM_ARCH=arm6 ;; # deb armhf (Raspberry Pi OS), rpm armv6hl, apk armhf
+	*) echo "package: unknown arch $arch (amd64 arm64 armv7 armv6)" >&2; exit 2 ;;
+	esac
+	export NFPM_ARCH
+	for prog in $PROGRAMS; do
+		export BIN=$DIST/$prog-linux-$arch CHANGELOG=$tools/$prog.changelog.Debian.gz
+		[ -x "$BIN" ] || { echo "package: $BIN missing: run make cross" >&2; exit 1; }
+		for fmt in $FORMATS; do
+			target=$OUT/${prog}_${PKG_VERSION}_$arch.$fmt
+			"$tools/nfpm" package --config packaging/nfpm/$prog.yaml --packager "$fmt" --target "$target" >"$tools/log" || { cat "$tools/log" >&2; exit 1; }
+			printf '%-44s %9d bytes\n' "$target" "$(stat -c %s "$target")"
+		done
+	done
+done
