@@ -29,7 +29,8 @@ const testVersion = "pkgtest"
 // files, modes, owners, the conffile, the state dir, the service user in
 // group tss, the unit (systemd-analyze verify), `edgeagent version`; then
 // an upgrade keeps a locally edited config and the state; remove keeps
-// config, state and user; purge leaves nothing. The same for edgeca.
+// config, state and user; purge leaves nothing. The same for edgeca,
+// except that a purge keeps a CA (its keys, registry and user).
 func TestPackages(t *testing.T) {
 	hosttest.RequireRoot(t, "it installs the .deb packages with dpkg and creates system users")
 	if runtime.GOARCH != "amd64" {
@@ -218,6 +219,20 @@ func TestPackages(t *testing.T) {
 			t.Errorf("edgeca init as user edgeca: %v\n%s", err, out)
 		}
 		checkFile(t, "/var/lib/edgeca/root.pem", 0, "edgeca", nil)
+		// A purge never deletes a CA: its keys and registry stay, and so
+		// does the user owning them.
+		dpkg(t, "-P", "edgeca")
+		checkFile(t, "/var/lib/edgeca/root.pem", 0, "edgeca", nil)
+		if out, err := exec.Command("userdel", "edgeca").CombinedOutput(); err != nil {
+			t.Errorf("userdel edgeca after purge: %v\n%s", err, out)
+		}
+		_ = exec.Command("groupdel", "edgeca").Run()
+		if err := os.RemoveAll("/var/lib/edgeca"); err != nil {
+			t.Error(err)
+		}
+		checkPurged(t, "edgeca")
+		// Without a CA in it, purge leaves nothing.
+		dpkg(t, "-i", caDeb)
 		dpkg(t, "-P", "edgeca")
 		checkPurged(t, "edgeca")
 	})
