@@ -65,6 +65,8 @@ type Daemon struct {
 	renewal  renewalState
 	holder   *uplink.Identity
 	renewNow chan chan error
+	// reschedule wakes the renewal loop after a reload changed renew.*.
+	reschedule chan struct{}
 
 	spools   map[string]*spool.Spool
 	https    *uhttps.Sender
@@ -87,6 +89,9 @@ type renewalState struct {
 	LastError  string
 	LastAt     time.Time
 	Renewals   map[string]uint64 // by result
+	// Expired, when set, says the certificate expired and what the
+	// expired policy is doing about it.
+	Expired string
 }
 
 // Run starts the agent and blocks until ctx ends or a component fails.
@@ -116,10 +121,11 @@ func newDaemon(ctx context.Context, o Options) (*Daemon, error) {
 	}
 	d := &Daemon{
 		o: o, cfg: cfg, log: o.Logger, clock: lifecycle.NewClock(o.Now),
-		renewNow: make(chan chan error),
-		spools:   map[string]*spool.Spool{},
-		hub:      localapi.NewHub(),
-		idPrefix: cfg.DeviceID + "-" + hex.EncodeToString(nonce[:]) + "-",
+		renewNow:   make(chan chan error),
+		reschedule: make(chan struct{}, 1),
+		spools:     map[string]*spool.Spool{},
+		hub:        localapi.NewHub(),
+		idPrefix:   cfg.DeviceID + "-" + hex.EncodeToString(nonce[:]) + "-",
 	}
 	d.renewal.Renewals = map[string]uint64{}
 	ks, err := OpenKeystore(cfg)
@@ -133,6 +139,12 @@ func newDaemon(ctx context.Context, o Options) (*Daemon, error) {
 		return nil, err
 	}
 	d.ident = id
+	// A restart without an RTC: learn the time before the uplinks need it
+	// to check their servers' certificates. If the CA is unreachable the
+	// renewal loop keeps trying.
+	if err := d.calibrateClock(ctx, id, id.Server, id.Label, id.ESTPool(), token.Pin{}); err != nil {
+		d.log.Error("clock", "err", err)
+	}
 	d.holder = uplink.NewIdentity(id.TLSCertificate())
 	if err := d.openUplinks(); err != nil {
 		d.close()
@@ -219,6 +231,24 @@ func (d *Daemon) bootstrap(ctx context.Context) (*Identity, error) {
 		if opts.Token != nil {
 			opts.Token.Pin = token.Pin{}
 		}
+	}
+	opts.OnResponse = d.observeDate
+	server, pin := opts.Server, opts.CAPin
+	if opts.Token != nil {
+		server, pin = opts.Token.URL, opts.Token.Pin
+	}
+	var roots *x509.CertPool
+	if len(opts.CABundle) > 0 {
+		roots = x509.NewCertPool()
+		for _, c := range opts.CABundle {
+			roots.AddCert(c)
+		}
+		pin = token.Pin{}
+	}
+	// A device that boots in 1970 cannot check the EST server's
+	// certificate until it knows the time.
+	if err := d.calibrateClock(ctx, nil, server, opts.Label, roots, pin); err != nil {
+		return nil, err
 	}
 	id, err := Enroll(ctx, opts)
 	if err != nil {
@@ -451,33 +481,51 @@ func (d *Daemon) RenewNow(ctx context.Context) error {
 }
 
 // renewLoop renews at the scheduled time, retries with backoff until
-// expiry, and renews on demand.
+// expiry, follows the expired policy after it, and renews on demand. While
+// the clock is implausible it first asks the CA for the time.
 func (d *Daemon) renewLoop(ctx context.Context) error {
 	attempt := 0
 	var retryAt time.Time
+	backoff := func(now time.Time, notAfter time.Time) {
+		rs := d.renewSettings()
+		retryAt = lifecycle.NextRetry(now, notAfter, lifecycle.Backoff(attempt, rs.RetryMin, rs.RetryMax, d.o.Rand()))
+		attempt++
+	}
 	for {
 		id := d.current()
 		leaf := id.Leaf()
-		next := lifecycle.RenewAt(leaf.NotBefore, leaf.NotAfter, d.cfg.Renew.Fraction, d.cfg.Renew.Jitter, d.o.Rand())
+		if !d.clockUsable(id) {
+			if err := d.calibrateClock(ctx, id, id.Server, id.Label, id.ESTPool(), token.Pin{}); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				d.log.Error("cannot correct the clock; renewal waits for it", "err", err)
+				// The clock cannot say when the certificate is due, so
+				// retry on the backoff alone, measured on the system clock.
+				rs := d.renewSettings()
+				wait := lifecycle.Backoff(attempt, rs.RetryMin, rs.RetryMax, d.o.Rand())
+				attempt++
+				reply, ok := d.waitRenew(ctx, d.clock.Now().Add(wait))
+				if !ok {
+					return nil
+				}
+				if reply != nil {
+					reply <- err
+				}
+				continue
+			}
+		}
+		rs := d.renewSettings()
+		next := lifecycle.Schedule(leaf.NotBefore, leaf.NotAfter, id.Obtained(), rs.Fraction, rs.Jitter, d.o.Rand())
 		if !retryAt.IsZero() {
 			next = retryAt
 		}
 		d.mu.Lock()
 		d.renewal.Next = next
 		d.mu.Unlock()
-		wait := next.Sub(d.clock.Now())
-		if wait < 0 {
-			wait = 0
-		}
-		t := time.NewTimer(wait)
-		var reply chan error
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		reply, ok := d.waitRenew(ctx, next)
+		if !ok {
 			return nil
-		case reply = <-d.renewNow:
-			t.Stop()
-		case <-t.C:
 		}
 		err := d.renewOnce(ctx, id)
 		if reply != nil {
@@ -485,6 +533,7 @@ func (d *Daemon) renewLoop(ctx context.Context) error {
 		}
 		if err == nil {
 			attempt, retryAt = 0, time.Time{}
+			d.setExpired("")
 			continue
 		}
 		if ctx.Err() != nil {
@@ -492,25 +541,75 @@ func (d *Daemon) renewLoop(ctx context.Context) error {
 		}
 		now := d.clock.Now()
 		if lifecycle.PhaseAt(now, next, leaf.NotAfter) == lifecycle.Expired {
-			d.log.Error("certificate expired before it could be renewed", "device_id", id.DeviceID, "not_after", leaf.NotAfter, "policy", d.cfg.Renew.ExpiredPolicy, "err", err)
-			if d.cfg.Renew.ExpiredPolicy == "rebootstrap" {
-				if nid, berr := d.bootstrap(ctx); berr == nil {
+			rs = d.renewSettings()
+			d.log.Error("certificate expired before it could be renewed", "device_id", id.DeviceID, "not_after", leaf.NotAfter, "policy", rs.ExpiredPolicy, "err", err)
+			if rs.ExpiredPolicy == "rebootstrap" {
+				d.setExpired("expired; re-enrolling with the enrollment token (renew.expired_policy: rebootstrap)")
+				nid, berr := d.bootstrap(ctx)
+				if berr == nil {
+					d.log.Info("re-enrolled after expiry", "serial", nid.Serial(), "not_after", nid.NotAfter())
+					d.countRenewal("rebootstrap")
 					d.setIdentity(nid)
+					d.setExpired("")
 					attempt, retryAt = 0, time.Time{}
 					continue
-				} else {
-					d.log.Error("re-bootstrap failed", "err", berr)
 				}
+				d.log.Error("re-enrollment after expiry failed; will retry", "err", berr)
+				d.setExpired("expired; re-enrollment failed, retrying (renew.expired_policy: rebootstrap): " + berr.Error())
+			} else {
+				d.setExpired("expired; waiting for the operator or the CA, renewal retried with backoff (renew.expired_policy: wait)")
 			}
 		}
-		retryAt = lifecycle.NextRetry(now, leaf.NotAfter, lifecycle.Backoff(attempt, d.cfg.Renew.RetryMin, d.cfg.Renew.RetryMax, d.o.Rand()))
-		attempt++
+		backoff(now, leaf.NotAfter)
 		d.log.Warn("renewal failed", "err", err, "retry_at", retryAt, "retryable", enroll.Retryable(err))
 	}
 }
 
+// waitRenew waits until at (on the corrected clock) or a renewal on demand.
+// ok is false when ctx ended.
+func (d *Daemon) waitRenew(ctx context.Context, at time.Time) (reply chan error, ok bool) {
+	wait := at.Sub(d.clock.Now())
+	if wait < 0 {
+		wait = 0
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return nil, false
+	case reply = <-d.renewNow:
+		return reply, true
+	case <-d.reschedule:
+		// Renewal settings changed (SIGHUP): the caller recomputes.
+		return nil, true
+	case <-t.C:
+		return nil, true
+	}
+}
+
+// renewSettings returns renew.* of the current config (SIGHUP may change
+// it).
+func (d *Daemon) renewSettings() config.Renew {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.cfg.Renew
+}
+
+func (d *Daemon) setExpired(msg string) {
+	d.mu.Lock()
+	d.renewal.Expired = msg
+	d.mu.Unlock()
+}
+
+func (d *Daemon) countRenewal(result string) {
+	d.mu.Lock()
+	d.renewal.Renewals[result]++
+	d.mu.Unlock()
+}
+
 func (d *Daemon) renewOnce(ctx context.Context, id *Identity) error {
-	nid, err := Renew(ctx, RenewOptions{StateDir: d.cfg.StateDir, Keystore: d.ks, Rekey: d.cfg.Renew.Rekey, Current: id, Now: d.clock.Now})
+	rs := d.renewSettings()
+	nid, err := Renew(ctx, RenewOptions{StateDir: d.cfg.StateDir, Keystore: d.ks, Rekey: rs.Rekey, Current: id, Now: d.clock.Now, OnResponse: d.observeDate})
 	d.mu.Lock()
 	d.renewal.LastAt = d.clock.Now()
 	if err != nil {
@@ -522,7 +621,7 @@ func (d *Daemon) renewOnce(ctx context.Context, id *Identity) error {
 	d.renewal.LastResult, d.renewal.LastError = "ok", ""
 	d.renewal.Renewals["ok"]++
 	d.mu.Unlock()
-	d.log.Info("certificate renewed", "serial", nid.Serial(), "not_after", nid.Leaf().NotAfter, "rekey", d.cfg.Renew.Rekey)
+	d.log.Info("certificate renewed", "serial", nid.Serial(), "not_before", nid.NotBefore(), "not_after", nid.NotAfter(), "rekey", rs.Rekey)
 	d.setIdentity(nid)
 	return nil
 }

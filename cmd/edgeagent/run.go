@@ -80,8 +80,7 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer, getenv func(st
 	}
 	log := newLogger(cfg, stderr)
 	log.Info("edgeagent starting", "version", version.String())
-	bt, _ := time.Parse(time.RFC3339, version.BuildTime)
-	return agent.Run(ctx, agent.Options{Config: cfg, Getenv: getenv, Logger: log, BuildTime: bt})
+	return agent.Run(ctx, agent.Options{Config: cfg, Getenv: getenv, Logger: log, BuildTime: version.Built()})
 }
 
 // apiClient talks HTTP to the running agent's Unix socket.

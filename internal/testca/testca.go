@@ -24,8 +24,11 @@ type CA struct {
 
 // Options tune the CA under test.
 type Options struct {
-	CertTTL time.Duration    // default 1h
-	Now     func() time.Time // the CA's clock
+	CertTTL time.Duration // default 1h
+	// MinTTL lowers the CA's minimum lifetime (ca.Options.MinTTL) for
+	// lifecycle tests with certificates of seconds.
+	MinTTL time.Duration
+	Now    func() time.Time // the CA's clock
 }
 
 // Start initializes a CA in a temporary dir and serves EST on 127.0.0.1:0
@@ -41,7 +44,7 @@ func Start(t testing.TB, o Options) *CA {
 		cancel()
 		t.Fatalf("testca: init: %v", err)
 	}
-	c, err := ca.Open(ctx, dir, ca.Options{CertTTL: o.CertTTL, Hostnames: []string{"127.0.0.1", "localhost"}, Now: o.Now})
+	c, err := ca.Open(ctx, dir, ca.Options{CertTTL: o.CertTTL, MinTTL: o.MinTTL, Hostnames: []string{"127.0.0.1", "localhost"}, Now: o.Now})
 	if err != nil {
 		cancel()
 		t.Fatalf("testca: open: %v", err)
