@@ -22,7 +22,6 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	"github.com/edgeagent/edgeagent/agent/collector"
 	"github.com/edgeagent/edgeagent/agent/config"
 	"github.com/edgeagent/edgeagent/agent/lifecycle"
 	"github.com/edgeagent/edgeagent/agent/localapi"
@@ -50,6 +49,12 @@ type Options struct {
 	BuildTime time.Time
 	// Ready, if set, is called once every component has started.
 	Ready func()
+	// Reload delivers new configurations to apply while running (SIGHUP);
+	// see Daemon.Reload.
+	Reload <-chan config.Config
+	// Reloaded, if set, is called with the configuration now running
+	// after a reload was applied (the caller applies log.level).
+	Reloaded func(config.Config)
 }
 
 // Daemon is a running agent.
@@ -67,6 +72,8 @@ type Daemon struct {
 	renewNow chan chan error
 	// reschedule wakes the renewal loop after a reload changed renew.*.
 	reschedule chan struct{}
+	// restart* hand reloaded components to their supervisors.
+	restartHTTPS, restartMQTT, restartCollector chan runner
 
 	spools   map[string]*spool.Spool
 	https    *uhttps.Sender
@@ -121,11 +128,12 @@ func newDaemon(ctx context.Context, o Options) (*Daemon, error) {
 	}
 	d := &Daemon{
 		o: o, cfg: cfg, log: o.Logger, clock: lifecycle.NewClock(o.Now),
-		renewNow:   make(chan chan error),
-		reschedule: make(chan struct{}, 1),
-		spools:     map[string]*spool.Spool{},
-		hub:        localapi.NewHub(),
-		idPrefix:   cfg.DeviceID + "-" + hex.EncodeToString(nonce[:]) + "-",
+		renewNow:     make(chan chan error),
+		reschedule:   make(chan struct{}, 1),
+		restartHTTPS: make(chan runner), restartMQTT: make(chan runner), restartCollector: make(chan runner),
+		spools:   map[string]*spool.Spool{},
+		hub:      localapi.NewHub(),
+		idPrefix: cfg.DeviceID + "-" + hex.EncodeToString(nonce[:]) + "-",
 	}
 	d.renewal.Renewals = map[string]uint64{}
 	ks, err := OpenKeystore(cfg)
@@ -181,7 +189,8 @@ func (d *Daemon) loadOrEnroll(ctx context.Context) (*Identity, error) {
 // bootstrap enrolls with the token from enroll.token_file or
 // EDGEAGENT_TOKEN (never logged), or with plain credentials.
 func (d *Daemon) bootstrap(ctx context.Context) (*Identity, error) {
-	opts := EnrollOptions{StateDir: d.cfg.StateDir, DeviceID: d.cfg.DeviceID, Keystore: d.ks, Label: d.cfg.Enroll.Label,
+	ec := d.config().Enroll
+	opts := EnrollOptions{StateDir: d.cfg.StateDir, DeviceID: d.cfg.DeviceID, Keystore: d.ks, Label: ec.Label,
 		Now: d.clock.Now, Logger: d.log, Force: true}
 	alg, err := keystore.ParseAlgorithm(d.cfg.KeyAlgorithm)
 	if err != nil {
@@ -189,8 +198,8 @@ func (d *Daemon) bootstrap(ctx context.Context) (*Identity, error) {
 	}
 	opts.KeyAlg = alg
 	tokText := d.o.Getenv("EDGEAGENT_TOKEN")
-	if d.cfg.Enroll.TokenFile != "" {
-		b, err := os.ReadFile(d.cfg.Enroll.TokenFile)
+	if ec.TokenFile != "" {
+		b, err := os.ReadFile(ec.TokenFile)
 		if err != nil {
 			return nil, fmt.Errorf("agent: enroll.token_file: %w", err)
 		}
@@ -203,15 +212,15 @@ func (d *Daemon) bootstrap(ctx context.Context) (*Identity, error) {
 			return nil, fmt.Errorf("agent: enrollment token: %w", err)
 		}
 		opts.Token = &tok
-	case d.cfg.Enroll.Server != "":
-		opts.Server, opts.Username = d.cfg.Enroll.Server, d.cfg.Enroll.Username
-		if d.cfg.Enroll.CAPin != "" {
-			if opts.CAPin, err = token.ParsePin(d.cfg.Enroll.CAPin); err != nil {
+	case ec.Server != "":
+		opts.Server, opts.Username = ec.Server, ec.Username
+		if ec.CAPin != "" {
+			if opts.CAPin, err = token.ParsePin(ec.CAPin); err != nil {
 				return nil, fmt.Errorf("agent: enroll.ca_pin: %w", err)
 			}
 		}
-		if d.cfg.Enroll.PasswordFile != "" {
-			b, err := os.ReadFile(d.cfg.Enroll.PasswordFile)
+		if ec.PasswordFile != "" {
+			b, err := os.ReadFile(ec.PasswordFile)
 			if err != nil {
 				return nil, fmt.Errorf("agent: enroll.password_file: %w", err)
 			}
@@ -220,8 +229,8 @@ func (d *Daemon) bootstrap(ctx context.Context) (*Identity, error) {
 	default:
 		return nil, errors.New("agent: this device is not enrolled: set enroll.token_file or EDGEAGENT_TOKEN, or run 'edgeagent enroll'")
 	}
-	if d.cfg.Enroll.CABundle != "" {
-		b, err := os.ReadFile(d.cfg.Enroll.CABundle)
+	if ec.CABundle != "" {
+		b, err := os.ReadFile(ec.CABundle)
 		if err != nil {
 			return nil, fmt.Errorf("agent: enroll.ca_bundle: %w", err)
 		}
@@ -260,7 +269,7 @@ func (d *Daemon) bootstrap(ctx context.Context) (*Identity, error) {
 
 func (d *Daemon) backendRoots(bundleFile string) (*x509.CertPool, error) {
 	if bundleFile == "" {
-		return d.ident.CAPool(), nil
+		return d.current().CAPool(), nil
 	}
 	b, err := os.ReadFile(bundleFile)
 	if err != nil {
@@ -291,35 +300,36 @@ func (d *Daemon) openSpool(name string) (*spool.Spool, error) {
 }
 
 func (d *Daemon) openUplinks() error {
-	if d.cfg.HTTPS.URL != "" {
-		roots, err := d.backendRoots(d.cfg.HTTPS.CABundle)
-		if err != nil {
-			return fmt.Errorf("agent: https.ca_bundle: %w", err)
-		}
+	cfg := d.config()
+	if cfg.HTTPS.URL != "" {
 		sp, err := d.openSpool("https")
 		if err != nil {
 			return err
 		}
-		d.https, err = uhttps.New(uhttps.Options{URL: d.cfg.HTTPS.URL, Spool: sp, BatchMax: d.cfg.HTTPS.BatchMax, Logger: d.log.With("uplink", "https"),
-			TLS: uplink.ClientTLSConfig(uplink.TLSOptions{RootCAs: roots, Identity: d.holder, Time: d.clock.Now})})
-		if err != nil {
+		if d.https, err = d.newHTTPS(cfg.HTTPS, sp); err != nil {
 			return err
 		}
 	}
-	if d.cfg.MQTT.URL != "" {
-		roots, err := d.backendRoots(d.cfg.MQTT.CABundle)
-		if err != nil {
-			return fmt.Errorf("agent: mqtt.ca_bundle: %w", err)
-		}
+	if cfg.MQTT.URL != "" {
 		sp, err := d.openSpool("mqtt")
 		if err != nil {
 			return err
 		}
-		if d.mqtt, err = newMQTT(d, sp, roots); err != nil {
+		if d.mqtt, err = d.newMQTT(cfg.MQTT, sp); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// newHTTPS builds the HTTPS uplink from its config.
+func (d *Daemon) newHTTPS(c config.HTTPS, sp *spool.Spool) (*uhttps.Sender, error) {
+	roots, err := d.backendRoots(c.CABundle)
+	if err != nil {
+		return nil, fmt.Errorf("agent: https.ca_bundle: %w", err)
+	}
+	return uhttps.New(uhttps.Options{URL: c.URL, Spool: sp, BatchMax: c.BatchMax, Logger: d.log.With("uplink", "https"),
+		TLS: uplink.ClientTLSConfig(uplink.TLSOptions{RootCAs: roots, Identity: d.holder, Time: d.clock.Now})})
 }
 
 // Submit wraps each message in an envelope with a unique id and appends it
@@ -368,33 +378,46 @@ type envelope struct {
 	Data     json.RawMessage `json:"data"`
 }
 
+// run runs every component until ctx ends, then drains: the local API and
+// the collector stop taking messages at once, the uplinks keep sending what
+// is spooled for up to shutdown.drain_timeout, then everything stops.
 func (d *Daemon) run(ctx context.Context) error {
-	g, ctx := errgroup.WithContext(ctx)
+	// hard ends the uplinks: after the drain, or when a component fails.
+	hard, hardCancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer hardCancel()
+	g, gctx := errgroup.WithContext(hard)
+	// soft ends intake (API, collector, renewal, reload) on ctx's end.
+	soft, softCancel := context.WithCancel(gctx)
+	defer softCancel()
+	stopAfter := context.AfterFunc(ctx, softCancel)
+	defer stopAfter()
+
 	api := localapi.New(d, func() any { return d.Status() }, d.hub, d.log)
 	api.SetRenew(d.RenewNow)
-	g.Go(func() error { return api.Serve(ctx, d.cfg.API.Socket) })
+	g.Go(func() error { return api.Serve(soft, d.cfg.API.Socket) })
 	if d.https != nil {
-		g.Go(func() error { return d.https.Run(ctx) })
-	}
-	if d.mqtt != nil {
-		g.Go(func() error { return d.mqtt.Run(ctx) })
-	}
-	if d.cfg.Collector.Interval > 0 {
-		c := collector.New(collector.Options{Disks: d.cfg.Collector.Disks, Now: d.clock.Now})
+		first := d.https
 		g.Go(func() error {
-			return c.Run(ctx, d.cfg.Collector.Interval, func(s collector.Sample) error {
-				b, err := json.Marshal(map[string]any{"system": s})
-				if err != nil {
-					return err
-				}
-				_, err = d.Submit(ctx, []json.RawMessage{b})
-				if err != nil {
-					d.log.Warn("collector: queue sample", "err", err)
-				}
-				return nil
+			return d.supervise(gctx, "https", d.restartHTTPS, first, func(r runner) {
+				d.mu.Lock()
+				d.https = r.(*uhttps.Sender)
+				d.mu.Unlock()
 			})
 		})
 	}
+	if d.mqtt != nil {
+		first := d.mqtt
+		g.Go(func() error {
+			return d.supervise(gctx, "mqtt", d.restartMQTT, first, func(r runner) {
+				d.mu.Lock()
+				d.mqtt = r.(Uplink)
+				d.mu.Unlock()
+			})
+		})
+	}
+	g.Go(func() error {
+		return d.supervise(soft, "collector", d.restartCollector, d.newCollector(d.config().Collector), nil)
+	})
 	if d.cfg.Metrics.Listen != "" {
 		ln, err := net.Listen("tcp", d.cfg.Metrics.Listen)
 		if err != nil {
@@ -402,7 +425,7 @@ func (d *Daemon) run(ctx context.Context) error {
 		}
 		srv := &http.Server{Handler: d.metricsHandler(), ReadHeaderTimeout: 5 * time.Second}
 		g.Go(func() error {
-			<-ctx.Done()
+			<-gctx.Done()
 			shut, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			defer cancel()
 			return srv.Shutdown(shut)
@@ -414,7 +437,16 @@ func (d *Daemon) run(ctx context.Context) error {
 			return nil
 		})
 	}
-	g.Go(func() error { return d.renewLoop(ctx) })
+	g.Go(func() error { return d.renewLoop(soft) })
+	g.Go(func() error { return d.reloadLoop(soft) })
+	g.Go(func() error {
+		<-soft.Done()
+		defer hardCancel()
+		if gctx.Err() == nil {
+			d.drain(gctx)
+		}
+		return nil
+	})
 	notify, err := sdnotify.New(d.o.Getenv)
 	if err != nil {
 		return err
@@ -429,7 +461,7 @@ func (d *Daemon) run(ctx context.Context) error {
 			defer t.Stop()
 			for {
 				select {
-				case <-ctx.Done():
+				case <-gctx.Done():
 					return nil
 				case <-t.C:
 					// The renewal loop and uplinks run on their own; the
@@ -448,8 +480,12 @@ func (d *Daemon) run(ctx context.Context) error {
 		d.o.Ready()
 	}
 	d.log.Info("agent running", "device_id", d.cfg.DeviceID, "mqtt", d.cfg.MQTT.URL, "https", d.cfg.HTTPS.URL, "api", d.cfg.API.Socket)
+	context.AfterFunc(soft, func() {
+		if ctx.Err() != nil {
+			_ = notify.Notify("STOPPING=1\nSTATUS=draining the spools")
+		}
+	})
 	err = g.Wait()
-	_ = notify.Notify("STOPPING=1")
 	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
 		return nil
 	}
@@ -633,11 +669,12 @@ func (d *Daemon) setIdentity(nid *Identity) {
 	d.ident = nid
 	d.mu.Unlock()
 	d.holder.Store(nid.TLSCertificate())
-	if d.https != nil {
-		d.https.Reconnect()
+	hs, mq := d.uplinks()
+	if hs != nil {
+		hs.Reconnect()
 	}
-	if d.mqtt != nil {
-		d.mqtt.Reconnect()
+	if mq != nil {
+		mq.Reconnect()
 	}
 }
 

@@ -1,8 +1,8 @@
 package agent
 
 import (
-	"crypto/x509"
 	"encoding/json"
+	"fmt"
 	"time"
 
 	"github.com/edgeagent/edgeagent/agent/config"
@@ -14,8 +14,11 @@ import (
 
 // newMQTT builds the MQTT uplink; commands on the device's command topic go
 // to local apps through the API's command stream.
-func newMQTT(d *Daemon, sp *spool.Spool, roots *x509.CertPool) (Uplink, error) {
-	c := d.cfg.MQTT
+func (d *Daemon) newMQTT(c config.MQTT, sp *spool.Spool) (Uplink, error) {
+	roots, err := d.backendRoots(c.CABundle)
+	if err != nil {
+		return nil, fmt.Errorf("agent: mqtt.ca_bundle: %w", err)
+	}
 	return mqtt.New(mqtt.Options{
 		BrokerURL:      c.URL,
 		TLS:            uplink.ClientTLSConfig(uplink.TLSOptions{RootCAs: roots, Identity: d.holder, Time: d.clock.Now}),

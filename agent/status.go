@@ -94,15 +94,16 @@ func (d *Daemon) Status() Status {
 	if m, ok := d.clock.Measured(); ok {
 		st.ClockMeasured = m.Round(time.Millisecond).String()
 	}
+	hsender, mq := d.uplinks()
 	for name, sp := range d.spools {
 		ss := sp.Stats()
 		u := UplinkStatus{SpoolDepth: ss.Depth, SpoolBytes: ss.Bytes, SpoolDropped: ss.Dropped}
 		switch name {
 		case "https":
-			hs := d.https.Stats()
+			hs := hsender.Stats()
 			u.Connected, u.LastError, u.Acked = hs.Connected, hs.LastError, hs.Acked
 		case "mqtt":
-			if s, ok := d.mqtt.(UplinkStats); ok {
+			if s, ok := mq.(UplinkStats); ok {
 				u.Connected, u.LastError, u.Acked = s.Connected(), s.LastError(), s.Acked()
 			}
 		}
