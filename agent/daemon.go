@@ -580,7 +580,7 @@ func (d *Daemon) renewLoop(ctx context.Context) error {
 			rs = d.renewSettings()
 			d.log.Error("certificate expired before it could be renewed", "device_id", id.DeviceID, "not_after", leaf.NotAfter, "policy", rs.ExpiredPolicy, "err", err)
 			if rs.ExpiredPolicy == "rebootstrap" {
-				d.setExpired("expired; re-enrolling with the enrollment token (renew.expired_policy: rebootstrap)")
+				d.setExpired("re-enrolling with the enrollment token (renew.expired_policy: rebootstrap)")
 				nid, berr := d.bootstrap(ctx)
 				if berr == nil {
 					d.log.Info("re-enrolled after expiry", "serial", nid.Serial(), "not_after", nid.NotAfter())
@@ -591,9 +591,9 @@ func (d *Daemon) renewLoop(ctx context.Context) error {
 					continue
 				}
 				d.log.Error("re-enrollment after expiry failed; will retry", "err", berr)
-				d.setExpired("expired; re-enrollment failed, retrying (renew.expired_policy: rebootstrap): " + berr.Error())
+				d.setExpired("re-enrollment failed, retrying with backoff (renew.expired_policy: rebootstrap): " + berr.Error())
 			} else {
-				d.setExpired("expired; waiting for the operator or the CA, renewal retried with backoff (renew.expired_policy: wait)")
+				d.setExpired("waiting for the operator or the CA; renewal retried with backoff (renew.expired_policy: wait)")
 			}
 		}
 		backoff(now, leaf.NotAfter)

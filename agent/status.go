@@ -12,6 +12,9 @@ import (
 
 // Status is what `edgeagent status` and GET /v1/status report.
 type Status struct {
+	// Now is the agent's (corrected) clock when the snapshot was taken:
+	// status prints times relative to it, not to the caller's clock.
+	Now          time.Time         `json:"now"`
 	DeviceID     string            `json:"device_id"`
 	Keystore     string            `json:"keystore"`
 	KeystoreInfo map[string]string `json:"keystore_info,omitempty"`
@@ -74,6 +77,7 @@ func (d *Daemon) Status() Status {
 	}
 	d.mu.Unlock()
 	st := Status{
+		Now:              d.clock.Now().UTC().Round(0),
 		DeviceID:         id.DeviceID,
 		Keystore:         d.ks.Info().Backend,
 		KeystoreInfo:     d.ks.Info().Details,

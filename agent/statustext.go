@@ -51,7 +51,11 @@ func WriteStatus(w io.Writer, st Status, now time.Time) error {
 	}
 	fmt.Fprintf(tw, "next renewal\t%s\n", rel(st.NextRenew))
 	fmt.Fprintf(tw, "last renewal\t%s\n", last)
-	fmt.Fprintf(tw, "renewals\tok %d, failed %d\n", st.LastRenew.Counts["ok"], st.LastRenew.Counts["error"])
+	renewals := fmt.Sprintf("ok %d, failed %d", st.LastRenew.Counts["ok"], st.LastRenew.Counts["error"])
+	if n := st.LastRenew.Counts["rebootstrap"]; n > 0 {
+		renewals += fmt.Sprintf(", re-enrolled after expiry %d", n)
+	}
+	fmt.Fprintf(tw, "renewals\t%s\n", renewals)
 	skew := "correction " + st.ClockSkew
 	if st.ClockMeasured != "" {
 		skew += ", CA minus system clock " + st.ClockMeasured

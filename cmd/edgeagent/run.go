@@ -188,7 +188,13 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer, get
 	if err := json.Unmarshal(body, &st); err != nil {
 		return fmt.Errorf("status: %w", err)
 	}
-	return agent.WriteStatus(stdout, st, time.Now())
+	// Relative times count from the agent's clock, which may be
+	// corrected while the system clock is not.
+	now := st.Now
+	if now.IsZero() {
+		now = time.Now()
+	}
+	return agent.WriteStatus(stdout, st, now)
 }
 
 func cmdSend(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
