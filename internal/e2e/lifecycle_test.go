@@ -199,8 +199,8 @@ func freePort(t testing.TB) string {
 // agentConfig is the YAML of an agent for these tests.
 type agentConfig struct {
 	DeviceID, StateDir, Socket, Metrics, MQTTURL, MQTTCA string
-	Collector, Drain, RetryMin, RetryMax               string
-	Level, Policy                                      string
+	Collector, Drain, RetryMin, RetryMax                 string
+	Level, Policy                                        string
 }
 
 func (c agentConfig) write(t testing.TB, path string) {
