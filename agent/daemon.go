@@ -96,6 +96,9 @@ type renewalState struct {
 	LastError  string
 	LastAt     time.Time
 	Renewals   map[string]uint64 // by result
+	// Due is the scheduled renewal point of the current certificate; Next
+	// is when the loop acts (Due, or a retry after a failure).
+	Due time.Time
 	// Expired, when set, says the certificate expired and what the
 	// expired policy is doing about it.
 	Expired string
@@ -521,7 +524,9 @@ func (d *Daemon) RenewNow(ctx context.Context) error {
 // the clock is implausible it first asks the CA for the time.
 func (d *Daemon) renewLoop(ctx context.Context) error {
 	attempt := 0
-	var retryAt time.Time
+	var retryAt, due time.Time
+	var dueFor *Identity
+	var dueSettings config.Renew
 	backoff := func(now time.Time, notAfter time.Time) {
 		rs := d.renewSettings()
 		retryAt = lifecycle.NextRetry(now, notAfter, lifecycle.Backoff(attempt, rs.RetryMin, rs.RetryMax, d.o.Rand()))
@@ -552,12 +557,18 @@ func (d *Daemon) renewLoop(ctx context.Context) error {
 			}
 		}
 		rs := d.renewSettings()
-		next := lifecycle.Schedule(leaf.NotBefore, leaf.NotAfter, id.Obtained(), rs.Fraction, rs.Jitter, d.o.Rand())
+		// The jitter is drawn once per certificate (and renewal settings),
+		// so retries and status agree on when it was due.
+		if dueFor != id || dueSettings != rs {
+			due = lifecycle.Schedule(leaf.NotBefore, leaf.NotAfter, id.Obtained(), rs.Fraction, rs.Jitter, d.o.Rand())
+			dueFor, dueSettings = id, rs
+		}
+		next := due
 		if !retryAt.IsZero() {
 			next = retryAt
 		}
 		d.mu.Lock()
-		d.renewal.Next = next
+		d.renewal.Next, d.renewal.Due = next, due
 		d.mu.Unlock()
 		reply, ok := d.waitRenew(ctx, next)
 		if !ok {

@@ -86,7 +86,7 @@ func (d *Daemon) Status() Status {
 		NotAfter:         id.Leaf().NotAfter,
 		NextRenew:        r.Next,
 		LastRenew:        RenewStatus{At: r.LastAt, Result: r.LastResult, Error: r.LastError, Counts: counts},
-		Phase:            lifecycle.PhaseAt(d.clock.Now(), r.Next, id.NotAfter()).String(),
+		Phase:            phaseOf(d.clock.Now(), r.Due, id.NotAfter()),
 		Expired:          r.Expired,
 		ExpiredPolicy:    d.renewSettings().ExpiredPolicy,
 		ClockSkew:        d.clock.Offset().Round(time.Millisecond).String(),
