@@ -115,33 +115,7 @@ func TestClockIn1970EnrollsConnectsAndRenews(t *testing.T) {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	// The device booted at the epoch a moment ago; its clock runs from
-	// there at the real rate.
-	boot := time.Now()
-	epoch := time.Unix(0, 0).Add(42 * time.Second)
-	device := func() time.Time { return epoch.Add(time.Since(boot)) }
-	var logs syncBuffer
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	ready := make(chan struct{})
-	done := make(chan error, 1)
-	go func() {
-		done <- Run(ctx, Options{Config: cfg, Now: device, BuildTime: boot.Add(-24 * time.Hour), Ready: func() { close(ready) },
-			Logger: newTestLogger(&logs), Getenv: func(string) string { return "" }})
-	}()
-	select {
-	case <-ready:
-	case err := <-done:
-		t.Fatalf("daemon stopped: %v\n%s", err, logs.String())
-	}
 	api := unixClient(cfg.API.Socket)
-	eventually(t, "the local API", func() bool {
-		resp, err := api.Get("http://agent/v1/status")
-		if err == nil {
-			resp.Body.Close()
-		}
-		return err == nil
-	})
 	getStatus := func() Status {
 		resp, err := api.Get("http://agent/v1/status")
 		if err != nil {
@@ -154,43 +128,76 @@ func TestClockIn1970EnrollsConnectsAndRenews(t *testing.T) {
 		}
 		return st
 	}
-	st := getStatus()
-	// The correction is the distance from the fake epoch to now, give or
-	// take the Date header's second.
-	want := time.Since(epoch.Add(time.Since(boot))).Seconds()
-	if d := st.ClockSkewSeconds - want; d < -3 || d > 3 {
-		t.Fatalf("clock skew %vs, want about %vs; status %+v", st.ClockSkewSeconds, want, st)
-	}
-	if !strings.HasPrefix(st.Clock, "corrected from the CA's time: system clock 1970-") {
-		t.Fatalf("status clock %q", st.Clock)
-	}
-	if st.NotAfter.Before(time.Now()) || st.NotAfter.Year() < 2026 {
-		t.Fatalf("certificate not after %v", st.NotAfter)
-	}
-	first := st.Serial
-	eventually(t, "a renewal on the corrected schedule", func() bool {
-		st = getStatus()
-		return st.LastRenew.Counts["ok"] >= 1 && st.Serial != first
-	})
-	// A message sent now reaches the subscriber through mosquitto, which
-	// verified the renewed certificate.
-	eventually(t, "mqtt connected", func() bool { return getStatus().Uplinks["mqtt"].Connected })
-	resp, err := api.Post("http://agent/v1/telemetry", "application/json", strings.NewReader(`{"boot":"1970"}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out struct{ IDs []string }
-	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil || len(out.IDs) != 1 {
-		t.Fatalf("post: %v %v", err, out)
-	}
-	resp.Body.Close()
-	eventually(t, "the message at the subscriber", func() bool { return broker.has(out.IDs...) })
-	if !strings.Contains(logs.String(), "system clock is implausible") || !strings.Contains(logs.String(), "clock corrected") {
-		t.Fatalf("log does not report the clock:\n%s", logs.String())
-	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatalf("Run: %v", err)
+	// Twice: the first boot enrolls (token, CA pin), the second starts
+	// from the stored identity (its trust anchors), both in 1970.
+	for _, phase := range []string{"enroll", "restart"} {
+		// The device booted at the epoch a moment ago; its clock runs
+		// from there at the real rate.
+		boot := time.Now()
+		epoch := time.Unix(0, 0).Add(42 * time.Second)
+		device := func() time.Time { return epoch.Add(time.Since(boot)) }
+		var logs syncBuffer
+		ctx, cancel := context.WithCancel(context.Background())
+		ready := make(chan struct{})
+		done := make(chan error, 1)
+		go func() {
+			done <- Run(ctx, Options{Config: cfg, Now: device, BuildTime: boot.Add(-24 * time.Hour), Ready: func() { close(ready) },
+				Logger: newTestLogger(&logs), Getenv: func(string) string { return "" }})
+		}()
+		select {
+		case <-ready:
+		case err := <-done:
+			cancel()
+			t.Fatalf("%s: daemon stopped: %v\n%s", phase, err, logs.String())
+		}
+		eventually(t, "the local API", func() bool {
+			resp, err := api.Get("http://agent/v1/status")
+			if err == nil {
+				resp.Body.Close()
+			}
+			return err == nil
+		})
+		st := getStatus()
+		// The correction is the distance from the fake epoch to now, give
+		// or take the Date header's second.
+		want := time.Since(device()).Seconds()
+		if d := st.ClockSkewSeconds - want; d < -3 || d > 3 {
+			t.Fatalf("%s: clock skew %vs, want about %vs; status %+v", phase, st.ClockSkewSeconds, want, st)
+		}
+		if !strings.HasPrefix(st.Clock, "corrected from the CA's time: system clock 1970-") {
+			t.Fatalf("%s: status clock %q", phase, st.Clock)
+		}
+		if st.NotAfter.Before(time.Now().Add(-time.Minute)) || st.NotAfter.Year() < 2026 {
+			t.Fatalf("%s: certificate not after %v", phase, st.NotAfter)
+		}
+		first := st.Serial
+		eventually(t, "a renewal on the corrected schedule", func() bool {
+			st = getStatus()
+			return st.LastRenew.Counts["ok"] >= 1 && st.Serial != first
+		})
+		// A message sent now reaches the subscriber through mosquitto,
+		// which verified the renewed certificate.
+		eventually(t, "mqtt connected", func() bool { return getStatus().Uplinks["mqtt"].Connected })
+		resp, err := api.Post("http://agent/v1/telemetry", "application/json", strings.NewReader(`{"boot":"1970"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out struct{ IDs []string }
+		if err := json.NewDecoder(resp.Body).Decode(&out); err != nil || len(out.IDs) != 1 {
+			t.Fatalf("post: %v %v", err, out)
+		}
+		resp.Body.Close()
+		eventually(t, "the message at the subscriber", func() bool { return broker.has(out.IDs...) })
+		if !strings.Contains(logs.String(), "system clock is implausible") || !strings.Contains(logs.String(), "clock corrected") {
+			t.Fatalf("%s: log does not report the clock:\n%s", phase, logs.String())
+		}
+		if phase == "restart" && strings.Contains(logs.String(), "msg=enrolled") {
+			t.Fatalf("the restart enrolled again instead of using the stored identity:\n%s", logs.String())
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatalf("%s: Run: %v", phase, err)
+		}
 	}
 }
 
