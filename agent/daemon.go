@@ -489,6 +489,9 @@ func (d *Daemon) run(ctx context.Context) error {
 		}
 	})
 	err = g.Wait()
+	if ctx.Err() == nil {
+		_ = notify.Notify("STOPPING=1") // a component failed
+	}
 	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
 		return nil
 	}

@@ -3,7 +3,6 @@ package agent
 import (
 	"encoding/json"
 	"fmt"
-	"time"
 
 	"github.com/edgeagent/edgeagent/agent/config"
 	"github.com/edgeagent/edgeagent/agent/localapi"
@@ -36,7 +35,7 @@ func (d *Daemon) newMQTT(c config.MQTT, sp *spool.Spool) (Uplink, error) {
 				// Local apps get JSON lines; wrap a non-JSON command as a string.
 				raw, _ = json.Marshal(string(payload))
 			}
-			d.hub.Publish(localapi.Command{Topic: topic, Payload: raw, Time: time.Now().UTC()})
+			d.hub.Publish(localapi.Command{Topic: topic, Payload: raw, Time: d.clock.Now().UTC()})
 		},
 	})
 }
