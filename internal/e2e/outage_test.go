@@ -105,7 +105,9 @@ func TestCAOutage(t *testing.T) {
 		}
 		after := certs[1].At.Sub(back)
 		t.Logf("renewed %v after the CA returned", after.Round(time.Millisecond))
-		if after > 3*time.Second+time.Second { // retry_max, and a second for the exchange itself
+		// One backoff interval is at most retry_max (3s); allow 2s more for
+		// the exchange itself on a loaded machine.
+		if after > 3*time.Second+2*time.Second {
 			t.Errorf("renewed %v after the CA returned, more than one backoff interval (retry_max 3s)", after)
 		}
 		if !certs[1].At.Before(certs[0].At.Add(ttl)) {
