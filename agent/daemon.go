@@ -22,7 +22,6 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	"github.com/edgeagent/edgeagent/agent/collector"
 	"github.com/edgeagent/edgeagent/agent/config"
 	"github.com/edgeagent/edgeagent/agent/lifecycle"
 	"github.com/edgeagent/edgeagent/agent/localapi"
@@ -50,6 +49,12 @@ type Options struct {
 	BuildTime time.Time
 	// Ready, if set, is called once every component has started.
 	Ready func()
+	// Reload delivers new configurations to apply while running (SIGHUP);
+	// see Daemon.Reload.
+	Reload <-chan config.Config
+	// Reloaded, if set, is called with the configuration now running
+	// after a reload was applied (the caller applies log.level).
+	Reloaded func(config.Config)
 }
 
 // Daemon is a running agent.
@@ -65,6 +70,10 @@ type Daemon struct {
 	renewal  renewalState
 	holder   *uplink.Identity
 	renewNow chan chan error
+	// reschedule wakes the renewal loop after a reload changed renew.*.
+	reschedule chan struct{}
+	// restart* hand reloaded components to their supervisors.
+	restartHTTPS, restartMQTT, restartCollector chan runner
 
 	spools   map[string]*spool.Spool
 	https    *uhttps.Sender
@@ -87,6 +96,12 @@ type renewalState struct {
 	LastError  string
 	LastAt     time.Time
 	Renewals   map[string]uint64 // by result
+	// Due is the scheduled renewal point of the current certificate; Next
+	// is when the loop acts (Due, or a retry after a failure).
+	Due time.Time
+	// Expired, when set, says the certificate expired and what the
+	// expired policy is doing about it.
+	Expired string
 }
 
 // Run starts the agent and blocks until ctx ends or a component fails.
@@ -116,7 +131,9 @@ func newDaemon(ctx context.Context, o Options) (*Daemon, error) {
 	}
 	d := &Daemon{
 		o: o, cfg: cfg, log: o.Logger, clock: lifecycle.NewClock(o.Now),
-		renewNow: make(chan chan error),
+		renewNow:     make(chan chan error),
+		reschedule:   make(chan struct{}, 1),
+		restartHTTPS: make(chan runner), restartMQTT: make(chan runner), restartCollector: make(chan runner),
 		spools:   map[string]*spool.Spool{},
 		hub:      localapi.NewHub(),
 		idPrefix: cfg.DeviceID + "-" + hex.EncodeToString(nonce[:]) + "-",
@@ -133,6 +150,12 @@ func newDaemon(ctx context.Context, o Options) (*Daemon, error) {
 		return nil, err
 	}
 	d.ident = id
+	// A restart without an RTC: learn the time before the uplinks need it
+	// to check their servers' certificates. If the CA is unreachable the
+	// renewal loop keeps trying.
+	if err := d.calibrateClock(ctx, id, id.Server, id.Label, id.ESTPool(), token.Pin{}); err != nil {
+		d.log.Error("clock", "err", err)
+	}
 	d.holder = uplink.NewIdentity(id.TLSCertificate())
 	if err := d.openUplinks(); err != nil {
 		d.close()
@@ -169,7 +192,8 @@ func (d *Daemon) loadOrEnroll(ctx context.Context) (*Identity, error) {
 // bootstrap enrolls with the token from enroll.token_file or
 // EDGEAGENT_TOKEN (never logged), or with plain credentials.
 func (d *Daemon) bootstrap(ctx context.Context) (*Identity, error) {
-	opts := EnrollOptions{StateDir: d.cfg.StateDir, DeviceID: d.cfg.DeviceID, Keystore: d.ks, Label: d.cfg.Enroll.Label,
+	ec := d.config().Enroll
+	opts := EnrollOptions{StateDir: d.cfg.StateDir, DeviceID: d.cfg.DeviceID, Keystore: d.ks, Label: ec.Label,
 		Now: d.clock.Now, Logger: d.log, Force: true}
 	alg, err := keystore.ParseAlgorithm(d.cfg.KeyAlgorithm)
 	if err != nil {
@@ -177,8 +201,8 @@ func (d *Daemon) bootstrap(ctx context.Context) (*Identity, error) {
 	}
 	opts.KeyAlg = alg
 	tokText := d.o.Getenv("EDGEAGENT_TOKEN")
-	if d.cfg.Enroll.TokenFile != "" {
-		b, err := os.ReadFile(d.cfg.Enroll.TokenFile)
+	if ec.TokenFile != "" {
+		b, err := os.ReadFile(ec.TokenFile)
 		if err != nil {
 			return nil, fmt.Errorf("agent: enroll.token_file: %w", err)
 		}
@@ -191,15 +215,15 @@ func (d *Daemon) bootstrap(ctx context.Context) (*Identity, error) {
 			return nil, fmt.Errorf("agent: enrollment token: %w", err)
 		}
 		opts.Token = &tok
-	case d.cfg.Enroll.Server != "":
-		opts.Server, opts.Username = d.cfg.Enroll.Server, d.cfg.Enroll.Username
-		if d.cfg.Enroll.CAPin != "" {
-			if opts.CAPin, err = token.ParsePin(d.cfg.Enroll.CAPin); err != nil {
+	case ec.Server != "":
+		opts.Server, opts.Username = ec.Server, ec.Username
+		if ec.CAPin != "" {
+			if opts.CAPin, err = token.ParsePin(ec.CAPin); err != nil {
 				return nil, fmt.Errorf("agent: enroll.ca_pin: %w", err)
 			}
 		}
-		if d.cfg.Enroll.PasswordFile != "" {
-			b, err := os.ReadFile(d.cfg.Enroll.PasswordFile)
+		if ec.PasswordFile != "" {
+			b, err := os.ReadFile(ec.PasswordFile)
 			if err != nil {
 				return nil, fmt.Errorf("agent: enroll.password_file: %w", err)
 			}
@@ -208,8 +232,8 @@ func (d *Daemon) bootstrap(ctx context.Context) (*Identity, error) {
 	default:
 		return nil, errors.New("agent: this device is not enrolled: set enroll.token_file or EDGEAGENT_TOKEN, or run 'edgeagent enroll'")
 	}
-	if d.cfg.Enroll.CABundle != "" {
-		b, err := os.ReadFile(d.cfg.Enroll.CABundle)
+	if ec.CABundle != "" {
+		b, err := os.ReadFile(ec.CABundle)
 		if err != nil {
 			return nil, fmt.Errorf("agent: enroll.ca_bundle: %w", err)
 		}
@@ -219,6 +243,24 @@ func (d *Daemon) bootstrap(ctx context.Context) (*Identity, error) {
 		if opts.Token != nil {
 			opts.Token.Pin = token.Pin{}
 		}
+	}
+	opts.OnResponse = d.observeDate
+	server, pin := opts.Server, opts.CAPin
+	if opts.Token != nil {
+		server, pin = opts.Token.URL, opts.Token.Pin
+	}
+	var roots *x509.CertPool
+	if len(opts.CABundle) > 0 {
+		roots = x509.NewCertPool()
+		for _, c := range opts.CABundle {
+			roots.AddCert(c)
+		}
+		pin = token.Pin{}
+	}
+	// A device that boots in 1970 cannot check the EST server's
+	// certificate until it knows the time.
+	if err := d.calibrateClock(ctx, nil, server, opts.Label, roots, pin); err != nil {
+		return nil, err
 	}
 	id, err := Enroll(ctx, opts)
 	if err != nil {
@@ -230,7 +272,7 @@ func (d *Daemon) bootstrap(ctx context.Context) (*Identity, error) {
 
 func (d *Daemon) backendRoots(bundleFile string) (*x509.CertPool, error) {
 	if bundleFile == "" {
-		return d.ident.CAPool(), nil
+		return d.current().CAPool(), nil
 	}
 	b, err := os.ReadFile(bundleFile)
 	if err != nil {
@@ -261,35 +303,36 @@ func (d *Daemon) openSpool(name string) (*spool.Spool, error) {
 }
 
 func (d *Daemon) openUplinks() error {
-	if d.cfg.HTTPS.URL != "" {
-		roots, err := d.backendRoots(d.cfg.HTTPS.CABundle)
-		if err != nil {
-			return fmt.Errorf("agent: https.ca_bundle: %w", err)
-		}
+	cfg := d.config()
+	if cfg.HTTPS.URL != "" {
 		sp, err := d.openSpool("https")
 		if err != nil {
 			return err
 		}
-		d.https, err = uhttps.New(uhttps.Options{URL: d.cfg.HTTPS.URL, Spool: sp, BatchMax: d.cfg.HTTPS.BatchMax, Logger: d.log.With("uplink", "https"),
-			TLS: uplink.ClientTLSConfig(uplink.TLSOptions{RootCAs: roots, Identity: d.holder, Time: d.clock.Now})})
-		if err != nil {
+		if d.https, err = d.newHTTPS(cfg.HTTPS, sp); err != nil {
 			return err
 		}
 	}
-	if d.cfg.MQTT.URL != "" {
-		roots, err := d.backendRoots(d.cfg.MQTT.CABundle)
-		if err != nil {
-			return fmt.Errorf("agent: mqtt.ca_bundle: %w", err)
-		}
+	if cfg.MQTT.URL != "" {
 		sp, err := d.openSpool("mqtt")
 		if err != nil {
 			return err
 		}
-		if d.mqtt, err = newMQTT(d, sp, roots); err != nil {
+		if d.mqtt, err = d.newMQTT(cfg.MQTT, sp); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// newHTTPS builds the HTTPS uplink from its config.
+func (d *Daemon) newHTTPS(c config.HTTPS, sp *spool.Spool) (*uhttps.Sender, error) {
+	roots, err := d.backendRoots(c.CABundle)
+	if err != nil {
+		return nil, fmt.Errorf("agent: https.ca_bundle: %w", err)
+	}
+	return uhttps.New(uhttps.Options{URL: c.URL, Spool: sp, BatchMax: c.BatchMax, Logger: d.log.With("uplink", "https"),
+		TLS: uplink.ClientTLSConfig(uplink.TLSOptions{RootCAs: roots, Identity: d.holder, Time: d.clock.Now})})
 }
 
 // Submit wraps each message in an envelope with a unique id and appends it
@@ -338,33 +381,46 @@ type envelope struct {
 	Data     json.RawMessage `json:"data"`
 }
 
+// run runs every component until ctx ends, then drains: the local API and
+// the collector stop taking messages at once, the uplinks keep sending what
+// is spooled for up to shutdown.drain_timeout, then everything stops.
 func (d *Daemon) run(ctx context.Context) error {
-	g, ctx := errgroup.WithContext(ctx)
+	// hard ends the uplinks: after the drain, or when a component fails.
+	hard, hardCancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer hardCancel()
+	g, gctx := errgroup.WithContext(hard)
+	// soft ends intake (API, collector, renewal, reload) on ctx's end.
+	soft, softCancel := context.WithCancel(gctx)
+	defer softCancel()
+	stopAfter := context.AfterFunc(ctx, softCancel)
+	defer stopAfter()
+
 	api := localapi.New(d, func() any { return d.Status() }, d.hub, d.log)
 	api.SetRenew(d.RenewNow)
-	g.Go(func() error { return api.Serve(ctx, d.cfg.API.Socket) })
+	g.Go(func() error { return api.Serve(soft, d.cfg.API.Socket) })
 	if d.https != nil {
-		g.Go(func() error { return d.https.Run(ctx) })
-	}
-	if d.mqtt != nil {
-		g.Go(func() error { return d.mqtt.Run(ctx) })
-	}
-	if d.cfg.Collector.Interval > 0 {
-		c := collector.New(collector.Options{Disks: d.cfg.Collector.Disks, Now: d.clock.Now})
+		first := d.https
 		g.Go(func() error {
-			return c.Run(ctx, d.cfg.Collector.Interval, func(s collector.Sample) error {
-				b, err := json.Marshal(map[string]any{"system": s})
-				if err != nil {
-					return err
-				}
-				_, err = d.Submit(ctx, []json.RawMessage{b})
-				if err != nil {
-					d.log.Warn("collector: queue sample", "err", err)
-				}
-				return nil
+			return d.supervise(gctx, "https", d.restartHTTPS, first, func(r runner) {
+				d.mu.Lock()
+				d.https = r.(*uhttps.Sender)
+				d.mu.Unlock()
 			})
 		})
 	}
+	if d.mqtt != nil {
+		first := d.mqtt
+		g.Go(func() error {
+			return d.supervise(gctx, "mqtt", d.restartMQTT, first, func(r runner) {
+				d.mu.Lock()
+				d.mqtt = r.(Uplink)
+				d.mu.Unlock()
+			})
+		})
+	}
+	g.Go(func() error {
+		return d.supervise(soft, "collector", d.restartCollector, d.newCollector(d.config().Collector), nil)
+	})
 	if d.cfg.Metrics.Listen != "" {
 		ln, err := net.Listen("tcp", d.cfg.Metrics.Listen)
 		if err != nil {
@@ -372,7 +428,7 @@ func (d *Daemon) run(ctx context.Context) error {
 		}
 		srv := &http.Server{Handler: d.metricsHandler(), ReadHeaderTimeout: 5 * time.Second}
 		g.Go(func() error {
-			<-ctx.Done()
+			<-gctx.Done()
 			shut, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			defer cancel()
 			return srv.Shutdown(shut)
@@ -384,7 +440,16 @@ func (d *Daemon) run(ctx context.Context) error {
 			return nil
 		})
 	}
-	g.Go(func() error { return d.renewLoop(ctx) })
+	g.Go(func() error { return d.renewLoop(soft) })
+	g.Go(func() error { return d.reloadLoop(soft) })
+	g.Go(func() error {
+		<-soft.Done()
+		defer hardCancel()
+		if gctx.Err() == nil {
+			d.drain(gctx)
+		}
+		return nil
+	})
 	notify, err := sdnotify.New(d.o.Getenv)
 	if err != nil {
 		return err
@@ -399,7 +464,7 @@ func (d *Daemon) run(ctx context.Context) error {
 			defer t.Stop()
 			for {
 				select {
-				case <-ctx.Done():
+				case <-gctx.Done():
 					return nil
 				case <-t.C:
 					// The renewal loop and uplinks run on their own; the
@@ -418,8 +483,15 @@ func (d *Daemon) run(ctx context.Context) error {
 		d.o.Ready()
 	}
 	d.log.Info("agent running", "device_id", d.cfg.DeviceID, "mqtt", d.cfg.MQTT.URL, "https", d.cfg.HTTPS.URL, "api", d.cfg.API.Socket)
+	context.AfterFunc(soft, func() {
+		if ctx.Err() != nil {
+			_ = notify.Notify("STOPPING=1\nSTATUS=draining the spools")
+		}
+	})
 	err = g.Wait()
-	_ = notify.Notify("STOPPING=1")
+	if ctx.Err() == nil {
+		_ = notify.Notify("STOPPING=1") // a component failed
+	}
 	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
 		return nil
 	}
@@ -451,33 +523,59 @@ func (d *Daemon) RenewNow(ctx context.Context) error {
 }
 
 // renewLoop renews at the scheduled time, retries with backoff until
-// expiry, and renews on demand.
+// expiry, follows the expired policy after it, and renews on demand. While
+// the clock is implausible it first asks the CA for the time.
 func (d *Daemon) renewLoop(ctx context.Context) error {
 	attempt := 0
-	var retryAt time.Time
+	var retryAt, due time.Time
+	var dueFor *Identity
+	var dueSettings config.Renew
+	backoff := func(now time.Time, notAfter time.Time) {
+		rs := d.renewSettings()
+		retryAt = lifecycle.NextRetry(now, notAfter, lifecycle.Backoff(attempt, rs.RetryMin, rs.RetryMax, d.o.Rand()))
+		attempt++
+	}
 	for {
 		id := d.current()
 		leaf := id.Leaf()
-		next := lifecycle.RenewAt(leaf.NotBefore, leaf.NotAfter, d.cfg.Renew.Fraction, d.cfg.Renew.Jitter, d.o.Rand())
+		if !d.clockUsable(id) {
+			if err := d.calibrateClock(ctx, id, id.Server, id.Label, id.ESTPool(), token.Pin{}); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				d.log.Error("cannot correct the clock; renewal waits for it", "err", err)
+				// The clock cannot say when the certificate is due, so
+				// retry on the backoff alone, measured on the system clock.
+				rs := d.renewSettings()
+				wait := lifecycle.Backoff(attempt, rs.RetryMin, rs.RetryMax, d.o.Rand())
+				attempt++
+				reply, ok := d.waitRenew(ctx, d.clock.Now().Add(wait))
+				if !ok {
+					return nil
+				}
+				if reply != nil {
+					reply <- err
+				}
+				continue
+			}
+		}
+		rs := d.renewSettings()
+		// The jitter is drawn once per certificate (and renewal settings),
+		// so retries and status agree on when it was due.
+		if dueFor != id || dueSettings != rs {
+			due = lifecycle.Schedule(leaf.NotBefore, leaf.NotAfter, id.Obtained(), rs.Fraction, rs.Jitter, d.o.Rand())
+			dueFor, dueSettings = id, rs
+		}
+		next := due
 		if !retryAt.IsZero() {
 			next = retryAt
 		}
 		d.mu.Lock()
-		d.renewal.Next = next
+		d.renewal.Next, d.renewal.Due = next, due
 		d.mu.Unlock()
-		wait := next.Sub(d.clock.Now())
-		if wait < 0 {
-			wait = 0
-		}
-		t := time.NewTimer(wait)
-		var reply chan error
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		reply, ok := d.waitRenew(ctx, next)
+		if !ok {
 			return nil
-		case reply = <-d.renewNow:
-			t.Stop()
-		case <-t.C:
 		}
 		err := d.renewOnce(ctx, id)
 		if reply != nil {
@@ -485,6 +583,7 @@ func (d *Daemon) renewLoop(ctx context.Context) error {
 		}
 		if err == nil {
 			attempt, retryAt = 0, time.Time{}
+			d.setExpired("")
 			continue
 		}
 		if ctx.Err() != nil {
@@ -492,25 +591,75 @@ func (d *Daemon) renewLoop(ctx context.Context) error {
 		}
 		now := d.clock.Now()
 		if lifecycle.PhaseAt(now, next, leaf.NotAfter) == lifecycle.Expired {
-			d.log.Error("certificate expired before it could be renewed", "device_id", id.DeviceID, "not_after", leaf.NotAfter, "policy", d.cfg.Renew.ExpiredPolicy, "err", err)
-			if d.cfg.Renew.ExpiredPolicy == "rebootstrap" {
-				if nid, berr := d.bootstrap(ctx); berr == nil {
+			rs = d.renewSettings()
+			d.log.Error("certificate expired before it could be renewed", "device_id", id.DeviceID, "not_after", leaf.NotAfter, "policy", rs.ExpiredPolicy, "err", err)
+			if rs.ExpiredPolicy == "rebootstrap" {
+				d.setExpired("re-enrolling with the enrollment token (renew.expired_policy: rebootstrap)")
+				nid, berr := d.bootstrap(ctx)
+				if berr == nil {
+					d.log.Info("re-enrolled after expiry", "serial", nid.Serial(), "not_after", nid.NotAfter())
+					d.countRenewal("rebootstrap")
 					d.setIdentity(nid)
+					d.setExpired("")
 					attempt, retryAt = 0, time.Time{}
 					continue
-				} else {
-					d.log.Error("re-bootstrap failed", "err", berr)
 				}
+				d.log.Error("re-enrollment after expiry failed; will retry", "err", berr)
+				d.setExpired("re-enrollment failed, retrying with backoff (renew.expired_policy: rebootstrap): " + berr.Error())
+			} else {
+				d.setExpired("waiting for the operator or the CA; renewal retried with backoff (renew.expired_policy: wait)")
 			}
 		}
-		retryAt = lifecycle.NextRetry(now, leaf.NotAfter, lifecycle.Backoff(attempt, d.cfg.Renew.RetryMin, d.cfg.Renew.RetryMax, d.o.Rand()))
-		attempt++
+		backoff(now, leaf.NotAfter)
 		d.log.Warn("renewal failed", "err", err, "retry_at", retryAt, "retryable", enroll.Retryable(err))
 	}
 }
 
+// waitRenew waits until at (on the corrected clock) or a renewal on demand.
+// ok is false when ctx ended.
+func (d *Daemon) waitRenew(ctx context.Context, at time.Time) (reply chan error, ok bool) {
+	wait := at.Sub(d.clock.Now())
+	if wait < 0 {
+		wait = 0
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return nil, false
+	case reply = <-d.renewNow:
+		return reply, true
+	case <-d.reschedule:
+		// Renewal settings changed (SIGHUP): the caller recomputes.
+		return nil, true
+	case <-t.C:
+		return nil, true
+	}
+}
+
+// renewSettings returns renew.* of the current config (SIGHUP may change
+// it).
+func (d *Daemon) renewSettings() config.Renew {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.cfg.Renew
+}
+
+func (d *Daemon) setExpired(msg string) {
+	d.mu.Lock()
+	d.renewal.Expired = msg
+	d.mu.Unlock()
+}
+
+func (d *Daemon) countRenewal(result string) {
+	d.mu.Lock()
+	d.renewal.Renewals[result]++
+	d.mu.Unlock()
+}
+
 func (d *Daemon) renewOnce(ctx context.Context, id *Identity) error {
-	nid, err := Renew(ctx, RenewOptions{StateDir: d.cfg.StateDir, Keystore: d.ks, Rekey: d.cfg.Renew.Rekey, Current: id, Now: d.clock.Now})
+	rs := d.renewSettings()
+	nid, err := Renew(ctx, RenewOptions{StateDir: d.cfg.StateDir, Keystore: d.ks, Rekey: rs.Rekey, Current: id, Now: d.clock.Now, OnResponse: d.observeDate})
 	d.mu.Lock()
 	d.renewal.LastAt = d.clock.Now()
 	if err != nil {
@@ -522,7 +671,7 @@ func (d *Daemon) renewOnce(ctx context.Context, id *Identity) error {
 	d.renewal.LastResult, d.renewal.LastError = "ok", ""
 	d.renewal.Renewals["ok"]++
 	d.mu.Unlock()
-	d.log.Info("certificate renewed", "serial", nid.Serial(), "not_after", nid.Leaf().NotAfter, "rekey", d.cfg.Renew.Rekey)
+	d.log.Info("certificate renewed", "serial", nid.Serial(), "not_before", nid.NotBefore(), "not_after", nid.NotAfter(), "rekey", rs.Rekey)
 	d.setIdentity(nid)
 	return nil
 }
@@ -534,11 +683,12 @@ func (d *Daemon) setIdentity(nid *Identity) {
 	d.ident = nid
 	d.mu.Unlock()
 	d.holder.Store(nid.TLSCertificate())
-	if d.https != nil {
-		d.https.Reconnect()
+	hs, mq := d.uplinks()
+	if hs != nil {
+		hs.Reconnect()
 	}
-	if d.mqtt != nil {
-		d.mqtt.Reconnect()
+	if mq != nil {
+		mq.Reconnect()
 	}
 }
 

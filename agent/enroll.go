@@ -34,8 +34,12 @@ type EnrollOptions struct {
 	// Force replaces an existing identity (the key is kept).
 	Force   bool
 	Timeout time.Duration
-	Now     func() time.Time
-	Logger  *slog.Logger
+	// Now is the clock for certificate checks (the agent's corrected
+	// clock); time.Now when nil.
+	Now    func() time.Time
+	Logger *slog.Logger
+	// OnResponse sees EST responses' Date headers (clock skew).
+	OnResponse func(sent, received time.Time, date string)
 }
 
 // ErrIdentityExists is returned by Enroll when the state directory already
@@ -82,7 +86,7 @@ func Enroll(ctx context.Context, o EnrollOptions) (*Identity, error) {
 		}
 		serverRoots = o.CABundle
 	} else {
-		pinned, err := enroll.FetchPinned(ctx, o.Server, o.CAPin, o.Timeout)
+		pinned, err := enroll.FetchPinnedAt(ctx, o.Server, o.CAPin, o.Timeout, o.Now)
 		if err != nil {
 			return nil, err
 		}
@@ -90,7 +94,7 @@ func Enroll(ctx context.Context, o EnrollOptions) (*Identity, error) {
 		roots.AddCert(pinned)
 		serverRoots = []*x509.Certificate{pinned}
 	}
-	client, err := enroll.New(enroll.Options{Server: o.Server, Label: o.Label, Roots: roots, Timeout: o.Timeout, Time: o.Now})
+	client, err := enroll.New(enroll.Options{Server: o.Server, Label: o.Label, Roots: roots, Timeout: o.Timeout, Time: o.Now, OnResponse: o.OnResponse})
 	if err != nil {
 		return nil, err
 	}

@@ -57,6 +57,15 @@ type Identity struct {
 	ServerRoots []*x509.Certificate
 }
 
+// Obtained is when this device obtained its current certificate (enrolled
+// or last renewed), by its clock then; zero when unknown.
+func (m Meta) Obtained() time.Time {
+	if m.RenewedAt.After(m.EnrolledAt) {
+		return m.RenewedAt
+	}
+	return m.EnrolledAt
+}
+
 // Leaf is the device certificate.
 func (id *Identity) Leaf() *x509.Certificate { return id.Chain[0] }
 

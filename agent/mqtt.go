@@ -1,9 +1,8 @@
 package agent
 
 import (
-	"crypto/x509"
 	"encoding/json"
-	"time"
+	"fmt"
 
 	"github.com/edgeagent/edgeagent/agent/config"
 	"github.com/edgeagent/edgeagent/agent/localapi"
@@ -14,8 +13,11 @@ import (
 
 // newMQTT builds the MQTT uplink; commands on the device's command topic go
 // to local apps through the API's command stream.
-func newMQTT(d *Daemon, sp *spool.Spool, roots *x509.CertPool) (Uplink, error) {
-	c := d.cfg.MQTT
+func (d *Daemon) newMQTT(c config.MQTT, sp *spool.Spool) (Uplink, error) {
+	roots, err := d.backendRoots(c.CABundle)
+	if err != nil {
+		return nil, fmt.Errorf("agent: mqtt.ca_bundle: %w", err)
+	}
 	return mqtt.New(mqtt.Options{
 		BrokerURL:      c.URL,
 		TLS:            uplink.ClientTLSConfig(uplink.TLSOptions{RootCAs: roots, Identity: d.holder, Time: d.clock.Now}),
@@ -33,7 +35,7 @@ func newMQTT(d *Daemon, sp *spool.Spool, roots *x509.CertPool) (Uplink, error) {
 				// Local apps get JSON lines; wrap a non-JSON command as a string.
 				raw, _ = json.Marshal(string(payload))
 			}
-			d.hub.Publish(localapi.Command{Topic: topic, Payload: raw, Time: time.Now().UTC()})
+			d.hub.Publish(localapi.Command{Topic: topic, Payload: raw, Time: d.clock.Now().UTC()})
 		},
 	})
 }

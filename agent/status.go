@@ -6,20 +6,38 @@ import (
 	"sort"
 	"time"
 
+	"github.com/edgeagent/edgeagent/agent/lifecycle"
 	"github.com/edgeagent/edgeagent/agent/metrics"
 )
 
 // Status is what `edgeagent status` and GET /v1/status report.
 type Status struct {
-	DeviceID        string                  `json:"device_id"`
-	Keystore        string                  `json:"keystore"`
-	KeystoreInfo    map[string]string       `json:"keystore_info,omitempty"`
-	Serial          string                  `json:"serial"`
-	NotBefore       time.Time               `json:"not_before"`
-	NotAfter        time.Time               `json:"not_after"`
-	NextRenew       time.Time               `json:"next_renewal"`
-	LastRenew       RenewStatus             `json:"last_renewal"`
-	ClockSkew       string                  `json:"clock_skew"`
+	// Now is the agent's (corrected) clock when the snapshot was taken:
+	// status prints times relative to it, not to the caller's clock.
+	Now          time.Time         `json:"now"`
+	DeviceID     string            `json:"device_id"`
+	Keystore     string            `json:"keystore"`
+	KeystoreInfo map[string]string `json:"keystore_info,omitempty"`
+	Serial       string            `json:"serial"`
+	NotBefore    time.Time         `json:"not_before"`
+	NotAfter     time.Time         `json:"not_after"`
+	NextRenew    time.Time         `json:"next_renewal"`
+	LastRenew    RenewStatus       `json:"last_renewal"`
+	// Phase is valid, renewing (past the renewal time) or expired.
+	Phase string `json:"phase"`
+	// Expired, when the certificate expired, says what the expired
+	// policy (ExpiredPolicy) is doing about it.
+	Expired       string `json:"expired,omitempty"`
+	ExpiredPolicy string `json:"expired_policy"`
+	// ClockSkew is the correction applied to the system clock (0s when it
+	// is trusted as is); ClockSkewSeconds the same in seconds.
+	ClockSkew        string  `json:"clock_skew"`
+	ClockSkewSeconds float64 `json:"clock_skew_seconds"`
+	// ClockMeasured is the CA's clock minus the system clock, as last
+	// measured from an EST answer's Date header ("" before any).
+	ClockMeasured string `json:"clock_measured_skew,omitempty"`
+	// Clock says whether the system clock is plausible and corrected.
+	Clock           string                  `json:"clock"`
 	Uplinks         map[string]UplinkStatus `json:"uplinks"`
 	CommandsDropped uint64                  `json:"commands_dropped"`
 }
@@ -59,33 +77,52 @@ func (d *Daemon) Status() Status {
 	}
 	d.mu.Unlock()
 	st := Status{
-		DeviceID:        id.DeviceID,
-		Keystore:        d.ks.Info().Backend,
-		KeystoreInfo:    d.ks.Info().Details,
-		Serial:          id.Serial(),
-		NotBefore:       id.Leaf().NotBefore,
-		NotAfter:        id.Leaf().NotAfter,
-		NextRenew:       r.Next,
-		LastRenew:       RenewStatus{At: r.LastAt, Result: r.LastResult, Error: r.LastError, Counts: counts},
-		ClockSkew:       d.clock.Offset().String(),
-		Uplinks:         map[string]UplinkStatus{},
-		CommandsDropped: d.hub.Dropped(),
+		Now:              d.clock.Now().UTC().Round(0),
+		DeviceID:         id.DeviceID,
+		Keystore:         d.ks.Info().Backend,
+		KeystoreInfo:     d.ks.Info().Details,
+		Serial:           id.Serial(),
+		NotBefore:        id.Leaf().NotBefore,
+		NotAfter:         id.Leaf().NotAfter,
+		NextRenew:        r.Next,
+		LastRenew:        RenewStatus{At: r.LastAt, Result: r.LastResult, Error: r.LastError, Counts: counts},
+		Phase:            phaseOf(d.clock.Now(), r.Due, id.NotAfter()),
+		Expired:          r.Expired,
+		ExpiredPolicy:    d.renewSettings().ExpiredPolicy,
+		ClockSkew:        d.clock.Offset().Round(time.Millisecond).String(),
+		ClockSkewSeconds: d.clock.Offset().Seconds(),
+		Clock:            d.clockStatus(id),
+		Uplinks:          map[string]UplinkStatus{},
+		CommandsDropped:  d.hub.Dropped(),
 	}
+	if m, ok := d.clock.Measured(); ok {
+		st.ClockMeasured = m.Round(time.Millisecond).String()
+	}
+	hsender, mq := d.uplinks()
 	for name, sp := range d.spools {
 		ss := sp.Stats()
 		u := UplinkStatus{SpoolDepth: ss.Depth, SpoolBytes: ss.Bytes, SpoolDropped: ss.Dropped}
 		switch name {
 		case "https":
-			hs := d.https.Stats()
+			hs := hsender.Stats()
 			u.Connected, u.LastError, u.Acked = hs.Connected, hs.LastError, hs.Acked
 		case "mqtt":
-			if s, ok := d.mqtt.(UplinkStats); ok {
+			if s, ok := mq.(UplinkStats); ok {
 				u.Connected, u.LastError, u.Acked = s.Connected(), s.LastError(), s.Acked()
 			}
 		}
 		st.Uplinks[name] = u
 	}
 	return st
+}
+
+// phaseOf is the certificate's phase; before the first schedule is known
+// (next zero) it is valid until expiry.
+func phaseOf(now, next, notAfter time.Time) string {
+	if next.IsZero() {
+		next = notAfter
+	}
+	return lifecycle.PhaseAt(now, next, notAfter).String()
 }
 
 // metricsHandler serves /healthz and /metrics (Prometheus text format).
@@ -116,8 +153,12 @@ func b2f(b bool) float64 {
 func (d *Daemon) metricFamilies() []metrics.Family {
 	st := d.Status()
 	now := d.clock.Now()
+	skew, ok := d.clock.Measured()
+	if !ok {
+		skew = d.clock.Offset()
+	}
 	renewals := metrics.Family{Name: "edgeagent_renewals_total", Help: "Certificate renewals by result.", Type: metrics.Counter}
-	for _, res := range []string{"ok", "error"} {
+	for _, res := range []string{"ok", "error", "rebootstrap"} {
 		renewals.Samples = append(renewals.Samples, metrics.Sample{Labels: map[string]string{"result": res}, Value: float64(st.LastRenew.Counts[res])})
 	}
 	fams := []metrics.Family{
@@ -126,8 +167,12 @@ func (d *Daemon) metricFamilies() []metrics.Family {
 		{Name: "edgeagent_cert_next_renewal_seconds", Help: "Seconds until the next scheduled renewal.", Type: metrics.Gauge,
 			Samples: []metrics.Sample{{Value: st.NextRenew.Sub(now).Seconds()}}},
 		renewals,
-		{Name: "edgeagent_clock_skew_seconds", Help: "Correction applied to the system clock.", Type: metrics.Gauge,
-			Samples: []metrics.Sample{{Value: d.clock.Offset().Seconds()}}},
+		{Name: "edgeagent_clock_skew_seconds", Help: "The CA's clock minus the system clock, from the last EST answer's Date header (the applied correction before any).", Type: metrics.Gauge,
+			Samples: []metrics.Sample{{Value: skew.Seconds()}}},
+		{Name: "edgeagent_clock_correction_seconds", Help: "Correction applied to the system clock because it was implausible.", Type: metrics.Gauge,
+			Samples: []metrics.Sample{{Value: st.ClockSkewSeconds}}},
+		{Name: "edgeagent_cert_expired", Help: "1 when the device certificate has expired (see the expired policy).", Type: metrics.Gauge,
+			Samples: []metrics.Sample{{Value: b2f(!now.Before(st.NotAfter))}}},
 	}
 	names := make([]string, 0, len(st.Uplinks))
 	for n := range st.Uplinks {

@@ -42,10 +42,28 @@ func WriteStatus(w io.Writer, st Status, now time.Time) error {
 	fmt.Fprintf(tw, "keystore\t%s\n", ks)
 	fmt.Fprintf(tw, "serial\t%s\n", st.Serial)
 	fmt.Fprintf(tw, "not after\t%s\n", rel(st.NotAfter))
+	if st.Phase != "" {
+		phase := st.Phase
+		if st.Expired != "" {
+			phase += ": " + st.Expired
+		}
+		fmt.Fprintf(tw, "certificate\t%s\n", phase)
+	}
 	fmt.Fprintf(tw, "next renewal\t%s\n", rel(st.NextRenew))
 	fmt.Fprintf(tw, "last renewal\t%s\n", last)
-	fmt.Fprintf(tw, "renewals\tok %d, failed %d\n", st.LastRenew.Counts["ok"], st.LastRenew.Counts["error"])
-	fmt.Fprintf(tw, "clock skew\t%s\n", st.ClockSkew)
+	renewals := fmt.Sprintf("ok %d, failed %d", st.LastRenew.Counts["ok"], st.LastRenew.Counts["error"])
+	if n := st.LastRenew.Counts["rebootstrap"]; n > 0 {
+		renewals += fmt.Sprintf(", re-enrolled after expiry %d", n)
+	}
+	fmt.Fprintf(tw, "renewals\t%s\n", renewals)
+	skew := "correction " + st.ClockSkew
+	if st.ClockMeasured != "" {
+		skew += ", CA minus system clock " + st.ClockMeasured
+	}
+	fmt.Fprintf(tw, "clock skew\t%s\n", skew)
+	if st.Clock != "" {
+		fmt.Fprintf(tw, "clock\t%s\n", st.Clock)
+	}
 	names := make([]string, 0, len(st.Uplinks))
 	for n := range st.Uplinks {
 		names = append(names, n)

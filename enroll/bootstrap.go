@@ -43,11 +43,40 @@ func FetchPinnedRoots(ctx context.Context, server string, pin token.Pin, timeout
 // certificate alone. Nothing is sent before the server is authenticated.
 // The pinned certificate is returned as the trust anchor for the client.
 func FetchPinned(ctx context.Context, server string, pin token.Pin, timeout time.Duration) (*x509.Certificate, error) {
-	if err := token.ValidateURL(server); err != nil {
-		return nil, fmt.Errorf("enroll: %w", err)
+	return FetchPinnedAt(ctx, server, pin, timeout, time.Now)
+}
+
+// FetchPinnedAt is FetchPinned verifying the server's certificate at the
+// time now returns (the agent's skew-corrected clock).
+func FetchPinnedAt(ctx context.Context, server string, pin token.Pin, timeout time.Duration, now func() time.Time) (*x509.Certificate, error) {
+	pinned, presented, host, err := findPinned(ctx, server, pin, timeout)
+	if err != nil {
+		return nil, err
 	}
-	if pin.IsZero() {
-		return nil, errors.New("enroll: no CA pin")
+	roots := x509.NewCertPool()
+	roots.AddCert(pinned)
+	inter := x509.NewCertPool()
+	for _, c := range presented[1:] {
+		inter.AddCert(c)
+	}
+	if _, err := presented[0].Verify(x509.VerifyOptions{
+		Roots:         roots,
+		Intermediates: inter,
+		DNSName:       host,
+		CurrentTime:   now(),
+		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}); err != nil {
+		return nil, fmt.Errorf("enroll: %s's certificate does not verify against the pinned CA: %w", server, explainTLS(err))
+	}
+	return pinned, nil
+}
+
+// presentedChain performs a handshake that trusts nothing and returns the
+// certificates the server presented, unverified, from the verification
+// error. Nothing is sent over it.
+func presentedChain(ctx context.Context, server string, timeout time.Duration) (chain []*x509.Certificate, host string, err error) {
+	if err := token.ValidateURL(server); err != nil {
+		return nil, "", fmt.Errorf("enroll: %w", err)
 	}
 	u, _ := url.Parse(server)
 	host, port := u.Hostname(), u.Port()
@@ -70,17 +99,29 @@ func FetchPinned(ctx context.Context, server string, pin token.Pin, timeout time
 		// An empty root pool cannot verify anything; a connection here
 		// means something is badly wrong. Never use it.
 		conn.Close()
-		return nil, fmt.Errorf("enroll: bootstrap TLS to %s verified with no trust anchors", server)
+		return nil, "", fmt.Errorf("enroll: bootstrap TLS to %s verified with no trust anchors", server)
 	}
 	var cve *tls.CertificateVerificationError
 	if !errors.As(err, &cve) {
-		return nil, fmt.Errorf("enroll: connect to %s: %w", server, err)
+		return nil, "", fmt.Errorf("enroll: connect to %s: %w", server, err)
 	}
-	presented := cve.UnverifiedCertificates
-	if len(presented) == 0 {
-		return nil, fmt.Errorf("enroll: %s presented no certificates", server)
+	if len(cve.UnverifiedCertificates) == 0 {
+		return nil, "", fmt.Errorf("enroll: %s presented no certificates", server)
 	}
-	var pinned *x509.Certificate
+	return cve.UnverifiedCertificates, host, nil
+}
+
+// findPinned finds the pinned CA certificate in the chain the server
+// presents. The fingerprint match does not depend on the clock; verifying
+// the server's certificate under it is the caller's job.
+func findPinned(ctx context.Context, server string, pin token.Pin, timeout time.Duration) (pinned *x509.Certificate, presented []*x509.Certificate, host string, err error) {
+	if pin.IsZero() {
+		return nil, nil, "", errors.New("enroll: no CA pin")
+	}
+	presented, host, err = presentedChain(ctx, server, timeout)
+	if err != nil {
+		return nil, nil, "", err
+	}
 	for _, c := range presented {
 		if pin.Matches(c) {
 			pinned = c
@@ -92,27 +133,13 @@ func FetchPinned(ctx context.Context, server string, pin token.Pin, timeout time
 		for i, c := range presented {
 			fps[i] = fmt.Sprintf("%s (%s)", token.PinOf(c), c.Subject.CommonName)
 		}
-		return nil, fmt.Errorf("enroll: %w: %s presented %s, none is the pinned %s; check that the token belongs to this CA, or pass the CA bundle with --ca-bundle",
+		return nil, nil, "", fmt.Errorf("enroll: %w: %s presented %s, none is the pinned %s; check that the token belongs to this CA, or pass the CA bundle with --ca-bundle",
 			ErrPinMismatch, server, strings.Join(fps, ", "), pin)
 	}
 	if !pinned.IsCA || !pinned.BasicConstraintsValid {
-		return nil, fmt.Errorf("enroll: the pinned certificate %q is not a CA certificate", pinned.Subject.CommonName)
+		return nil, nil, "", fmt.Errorf("enroll: the pinned certificate %q is not a CA certificate", pinned.Subject.CommonName)
 	}
-	roots := x509.NewCertPool()
-	roots.AddCert(pinned)
-	inter := x509.NewCertPool()
-	for _, c := range presented[1:] {
-		inter.AddCert(c)
-	}
-	if _, err := presented[0].Verify(x509.VerifyOptions{
-		Roots:         roots,
-		Intermediates: inter,
-		DNSName:       host,
-		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}); err != nil {
-		return nil, fmt.Errorf("enroll: %s's certificate does not verify against the pinned CA: %w", server, explainTLS(err))
-	}
-	return pinned, nil
+	return pinned, presented, host, nil
 }
 
 // DeviceURIPrefix starts the SAN URI that names a device.

@@ -43,8 +43,9 @@ type Options struct {
 	Time func() time.Time
 	// MaxRetryWait caps one wait for a 202 Retry-After; 0 means 10 minutes.
 	MaxRetryWait time.Duration
-	// OnResponse, if set, sees each response's local send and receive times
-	// and its Date header, so the agent can estimate its clock skew.
+	// OnResponse, if set, sees each response's send and receive times on
+	// the Time clock and its Date header, so the agent can estimate how far
+	// that clock is from the server's.
 	OnResponse func(sent, received time.Time, date string)
 }
 
@@ -289,7 +290,7 @@ func (c *Client) do(ctx context.Context, method, op string, reqDER []byte, auth 
 		if auth != nil {
 			auth(req)
 		}
-		sent := time.Now()
+		sent := c.now()
 		resp, err := c.hc.Do(req)
 		if err != nil {
 			return nil, 0, fmt.Errorf("enroll: %s: %w", name, explainTLS(err))
@@ -297,7 +298,7 @@ func (c *Client) do(ctx context.Context, method, op string, reqDER []byte, auth 
 		respBody, rerr := io.ReadAll(io.LimitReader(resp.Body, est.MaxBodyBytes+1))
 		resp.Body.Close()
 		if c.onResponse != nil {
-			c.onResponse(sent, time.Now(), resp.Header.Get("Date"))
+			c.onResponse(sent, c.now(), resp.Header.Get("Date"))
 		}
 		if rerr != nil {
 			return nil, 0, fmt.Errorf("enroll: %s: read response: %w", name, rerr)

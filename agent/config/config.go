@@ -36,7 +36,16 @@ type Config struct {
 	MQTT      MQTT      `yaml:"mqtt"`
 	HTTPS     HTTPS     `yaml:"https"`
 	Spool     Spool     `yaml:"spool"`
+	Shutdown  Shutdown  `yaml:"shutdown"`
 	Log       Log       `yaml:"log"`
+}
+
+// Shutdown says how SIGTERM/SIGINT stop the agent.
+type Shutdown struct {
+	// DrainTimeout bounds how long the uplinks keep sending what is
+	// spooled after the local API stopped accepting; what is left stays
+	// in the spool for the next start.
+	DrainTimeout time.Duration `yaml:"drain_timeout"`
 }
 
 // TPM selects the TPM device or simulator.
@@ -131,9 +140,10 @@ func Default() Config {
 			CommandTopic:   "devices/{device_id}/commands",
 			KeepAlive:      30 * time.Second,
 		},
-		HTTPS: HTTPS{BatchMax: 500},
-		Spool: Spool{MaxBytes: 64 << 20, Sync: "always"},
-		Log:   Log{Level: "info", Format: "text"},
+		HTTPS:    HTTPS{BatchMax: 500},
+		Spool:    Spool{MaxBytes: 64 << 20, Sync: "always"},
+		Shutdown: Shutdown{DrainTimeout: 10 * time.Second},
+		Log:      Log{Level: "info", Format: "text"},
 	}
 }
 
@@ -278,6 +288,9 @@ func (c Config) Validate() error {
 	}
 	if c.API.Socket == "" {
 		bad("api.socket", "must not be empty")
+	}
+	if c.Shutdown.DrainTimeout < 0 {
+		bad("shutdown.drain_timeout", "%v: must not be negative (0 exits without draining)", c.Shutdown.DrainTimeout)
 	}
 	if c.Collector.Interval < 0 || (c.Collector.Interval > 0 && c.Collector.Interval < time.Second) {
 		bad("collector.interval", "%v: 0 disables, otherwise at least 1s", c.Collector.Interval)

@@ -28,6 +28,30 @@ func RenewAt(notBefore, notAfter time.Time, fraction, jitter, r float64) time.Ti
 	return notBefore.Add(time.Duration(f * float64(life)))
 }
 
+// MinRenewGap is the least share of the usable lifetime that passes
+// between obtaining a certificate and renewing it, whatever the fraction and
+// jitter: a renewal never follows its issuance back to back.
+const MinRenewGap = 0.1
+
+// Schedule returns when to renew a certificate valid from notBefore to
+// notAfter that this device obtained at obtained (its clock, corrected).
+// The lifetime counts from the later of notBefore and obtained: a CA may
+// back-date NotBefore by minutes or hours for clock skew, and counting from
+// NotBefore would then schedule the renewal right after issuance, and the
+// next one right after that (a renewal storm). An obtained time outside the
+// validity (unknown, or from a clock that was wrong then) is ignored.
+func Schedule(notBefore, notAfter, obtained time.Time, fraction, jitter, r float64) time.Time {
+	start := notBefore
+	if obtained.After(notBefore) && obtained.Before(notAfter) {
+		start = obtained
+	}
+	at := RenewAt(start, notAfter, fraction, jitter, r)
+	if min := start.Add(time.Duration(MinRenewGap * float64(notAfter.Sub(start)))); at.Before(min) {
+		at = min
+	}
+	return at
+}
+
 // Backoff is the wait before renewal retry number attempt; see
 // backoff.Delay.
 func Backoff(attempt int, min, max time.Duration, r float64) time.Duration {
@@ -102,27 +126,106 @@ func EstimateOffset(sent, received, serverDate time.Time) time.Duration {
 	return serverDate.Add(500 * time.Millisecond).Sub(mid)
 }
 
-// Clock is the agent's corrected clock: the system clock plus an offset
-// learned from the CA when the system clock is implausible. Safe for
-// concurrent use; its Now fits tls.Config.Time.
+// Clock is the agent's corrected clock. Until it is calibrated it is the
+// system clock. Calibration pins it to a time learned from the CA; from then
+// on it advances by the monotonic clock, so a later step of the wall clock,
+// such as NTP finally setting it, neither doubles the correction nor undoes
+// it. Safe for concurrent use; its Now fits tls.Config.Time.
 type Clock struct {
-	base   func() time.Time
-	offset atomic.Int64
+	base func() time.Time
+	// mono is a monotonic reading: it never steps with the wall clock.
+	mono func() time.Duration
+	cal  atomic.Pointer[calibration]
+	// measured is the last measured offset of the CA's clock from the
+	// system clock; hasMeasured says whether there is one.
+	measured    atomic.Int64
+	hasMeasured atomic.Bool
 }
 
-// NewClock wraps base (time.Now when nil).
+// calibration says that the true time was at when mono read mono.
+type calibration struct {
+	at   time.Time
+	mono time.Duration
+}
+
+// NewClock wraps base (time.Now when nil), the system wall clock.
 func NewClock(base func() time.Time) *Clock {
 	if base == nil {
 		base = time.Now
 	}
-	return &Clock{base: base}
+	start := time.Now()
+	return &Clock{base: base, mono: func() time.Duration { return time.Since(start) }}
 }
 
 // Now returns the corrected time.
-func (c *Clock) Now() time.Time { return c.base().Add(time.Duration(c.offset.Load())) }
+func (c *Clock) Now() time.Time {
+	cal := c.cal.Load()
+	if cal == nil {
+		return c.base()
+	}
+	return cal.at.Add(c.mono() - cal.mono)
+}
 
-// SetOffset sets the correction added to the system clock.
-func (c *Clock) SetOffset(d time.Duration) { c.offset.Store(int64(d)) }
+// System returns the uncorrected system clock.
+func (c *Clock) System() time.Time { return c.base() }
 
-// Offset returns the current correction (the skew reported in status).
-func (c *Clock) Offset() time.Duration { return time.Duration(c.offset.Load()) }
+// Calibrated reports whether a correction is in effect.
+func (c *Clock) Calibrated() bool { return c.cal.Load() != nil }
+
+// SetOffset calibrates the clock so that it reads the system clock plus d
+// now, and advances by the monotonic clock from here.
+func (c *Clock) SetOffset(d time.Duration) {
+	c.cal.Store(&calibration{at: c.base().Round(0).Add(d), mono: c.mono()})
+}
+
+// Offset returns the correction in effect now: corrected minus system
+// time (0 when not calibrated).
+func (c *Clock) Offset() time.Duration {
+	if c.cal.Load() == nil {
+		return 0
+	}
+	return c.Now().Round(0).Sub(c.base().Round(0))
+}
+
+// Measured returns the CA's clock minus the system clock as last measured
+// by Observe, and whether anything was measured yet.
+func (c *Clock) Measured() (time.Duration, bool) {
+	return time.Duration(c.measured.Load()), c.hasMeasured.Load()
+}
+
+// Observe takes one server time sample: a request sent and answered at
+// sent and received on this clock (corrected), and the server's Date. It
+// records the measured skew and, as Correct decides, (re)calibrates. It
+// returns whether the correction changed.
+func (c *Clock) Observe(sent, received, serverDate time.Time, systemImplausible bool) bool {
+	residual := EstimateOffset(sent, received, serverDate)
+	current := c.Offset()
+	c.measured.Store(int64(current + residual))
+	c.hasMeasured.Store(true)
+	off, apply := Correct(current, c.Calibrated(), systemImplausible, residual)
+	if apply {
+		c.SetOffset(off)
+	}
+	return apply
+}
+
+// ResidualTolerance is how far the corrected clock may drift from a new
+// server sample before the correction is updated: Date has a one-second
+// resolution, so smaller residuals are noise.
+const ResidualTolerance = 2 * time.Second
+
+// Correct decides the correction after a server sample that found the
+// corrected clock residual behind the server (current is the correction in
+// effect). The system clock is corrected only when it is implausible, or
+// once a correction is in effect (it keeps tracking the server); a
+// plausible, uncorrected system clock is left alone: its skew is reported,
+// not applied.
+func Correct(current time.Duration, calibrated, systemImplausible bool, residual time.Duration) (time.Duration, bool) {
+	if !systemImplausible && !calibrated {
+		return 0, false
+	}
+	if calibrated && residual.Abs() < ResidualTolerance {
+		return current, false
+	}
+	return current + residual, true
+}

@@ -118,11 +118,123 @@ func TestEstimateOffsetAndClock(t *testing.T) {
 		t.Fatalf("offset %v, want %v", off, want)
 	}
 	c := NewClock(func() time.Time { return epoch.Add(time.Second) })
+	c.mono = func() time.Duration { return 0 }
 	c.SetOffset(off)
 	if got := c.Now(); got.Sub(server) != 1400*time.Millisecond {
 		t.Fatalf("corrected clock %v", got)
 	}
 	if c.Offset() != off {
 		t.Fatal("offset not reported")
+	}
+}
+
+// TestSchedule: the renewal point counts from the later of NotBefore and
+// when the certificate was obtained, so a heavily back-dated certificate
+// is not renewed right after issuance.
+func TestSchedule(t *testing.T) {
+	h := time.Hour
+	cases := []struct {
+		name      string
+		nb, na    time.Duration // from t0 (the moment of issuance)
+		obtained  time.Duration // from t0; -1 means unknown
+		frac, jit float64
+		r         float64
+		want      time.Duration // from t0
+	}{
+		{"normal 5m back-date", -5 * time.Minute, 24 * h, 0, 2.0 / 3, 0, 0.5, 16 * h},
+		{"back-dated by half the lifetime", -12 * h, 12 * h, 0, 0.66, 0, 0.5, 7*h + 55*time.Minute + 12*time.Second},
+		// Counting from NotBefore would renew 4h before issuance.
+		{"back-dated by 20h", -20 * h, 4 * h, 0, 0.66, 0, 0.5, 2*h + 38*time.Minute + 24*time.Second},
+		{"unknown obtained time falls back to NotBefore", -5 * time.Minute, 24 * h, -1, 0.5, 0, 0.5, 11*h + 57*time.Minute + 30*time.Second},
+		{"obtained after expiry (bad clock then) ignored", 0, 10 * h, 20 * h, 0.5, 0, 0.5, 5 * h},
+		{"low fraction and jitter floor at the minimum gap", -20 * h, 4 * h, 0, 0.11, 0.2, 0, 24 * time.Minute},
+		{"20s certificate, 5s back-date", -5 * time.Second, 15 * time.Second, 0, 0.66, 0.05, 0.5, 9900 * time.Millisecond},
+	}
+	for _, c := range cases {
+		obtained := t0.Add(c.obtained)
+		if c.obtained < 0 {
+			obtained = time.Time{}
+		}
+		got := Schedule(t0.Add(c.nb), t0.Add(c.na), obtained, c.frac, c.jit, c.r)
+		if d := got.Sub(t0); d != c.want {
+			t.Errorf("%s: renew at %v after issuance, want %v", c.name, d, c.want)
+		}
+		if c.obtained >= 0 && c.obtained < c.na && !got.After(obtained) {
+			t.Errorf("%s: renewal at %v not after obtaining the certificate", c.name, got.Sub(t0))
+		}
+	}
+}
+
+// TestNoRenewalStormWithHeavyBackdate renews, for a simulated day, 1-hour
+// certificates a CA back-dates by 55 minutes: counted from NotBefore the
+// renewal point would always be in the past at issuance (one renewal per
+// loop turn); counted from issuance, renewals are at least a tenth of the
+// usable lifetime apart.
+func TestNoRenewalStormWithHeavyBackdate(t *testing.T) {
+	rng := rand.New(rand.NewSource(2))
+	now, renewals := t0, 0
+	for now.Before(t0.Add(24 * time.Hour)) {
+		nb, na := now.Add(-55*time.Minute), now.Add(time.Hour)
+		at := Schedule(nb, na, now, 0.66, 0.05, rng.Float64())
+		if gap := at.Sub(now); gap < 6*time.Minute {
+			t.Fatalf("renewal %v after issuance", gap)
+		}
+		now = at
+		renewals++
+	}
+	if renewals > 40 {
+		t.Fatalf("%d renewals of 1-hour certificates in a day", renewals)
+	}
+}
+
+// TestCorrect: when the clock is corrected from a server sample.
+func TestCorrect(t *testing.T) {
+	y := 56 * 365 * 24 * time.Hour
+	for _, c := range []struct {
+		name                    string
+		current                 time.Duration
+		calibrated, implausible bool
+		residual, want          time.Duration
+		apply                   bool
+	}{
+		{"plausible clock, skew only reported", 0, false, false, 3 * time.Minute, 0, false},
+		{"1970 clock corrected", 0, false, true, y, y, true},
+		{"corrected clock within tolerance kept", y, true, true, time.Second, y, false},
+		{"corrected clock drifted, refined", y, true, true, 5 * time.Second, y + 5*time.Second, true},
+		{"system clock fixed by NTP later: follows the server", y, true, false, -y, 0, true},
+	} {
+		got, apply := Correct(c.current, c.calibrated, c.implausible, c.residual)
+		if got != c.want || apply != c.apply {
+			t.Errorf("%s: (%v, %v), want (%v, %v)", c.name, got, apply, c.want, c.apply)
+		}
+	}
+}
+
+// TestClockSurvivesWallClockStep: once calibrated, the clock advances by
+// the monotonic reading, so NTP setting the wall clock later neither
+// doubles the correction nor undoes it.
+func TestClockSurvivesWallClockStep(t *testing.T) {
+	wall := t0
+	var mono time.Duration
+	c := NewClock(func() time.Time { return wall })
+	c.mono = func() time.Duration { return mono }
+	c.SetOffset(time.Hour)
+	if got := c.Now(); !got.Equal(t0.Add(time.Hour)) {
+		t.Fatalf("calibrated clock reads %v", got)
+	}
+	wall, mono = wall.Add(time.Second), time.Second
+	before := c.Now()
+	if got := before; !got.Equal(t0.Add(time.Hour + time.Second)) {
+		t.Fatalf("a second later the clock reads %v", got)
+	}
+	wall = wall.Add(24 * time.Hour) // the wall clock steps a day
+	if after := c.Now(); !after.Equal(before) {
+		t.Fatalf("corrected clock moved %v when the wall clock stepped", after.Sub(before))
+	}
+	if off := c.Offset(); off != -23*time.Hour {
+		t.Fatalf("offset after the step %v, want -23h", off)
+	}
+	if !c.Calibrated() {
+		t.Fatal("not calibrated")
 	}
 }

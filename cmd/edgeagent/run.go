@@ -13,7 +13,10 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"strings"
+	"sync"
+	"syscall"
 	"time"
 
 	"github.com/edgeagent/edgeagent/agent"
@@ -58,9 +61,14 @@ func isSet(fs *flag.FlagSet, name string) bool {
 	return set
 }
 
-func newLogger(cfg config.Config, w io.Writer) *slog.Logger {
-	var lvl slog.Level
-	_ = lvl.UnmarshalText([]byte(cfg.Log.Level))
+// setLevel sets lvl from log.level (validated by config.Load).
+func setLevel(lvl *slog.LevelVar, cfg config.Config) {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(cfg.Log.Level))
+	lvl.Set(l)
+}
+
+func newLoggerAt(cfg config.Config, w io.Writer, lvl slog.Leveler) *slog.Logger {
 	o := &slog.HandlerOptions{Level: lvl}
 	if cfg.Log.Format == "json" {
 		return slog.New(slog.NewJSONHandler(w, o))
@@ -78,10 +86,47 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer, getenv func(st
 	if err != nil {
 		return err
 	}
-	log := newLogger(cfg, stderr)
+	var level slog.LevelVar
+	setLevel(&level, cfg)
+	log := newLoggerAt(cfg, stderr, &level)
 	log.Info("edgeagent starting", "version", version.String())
-	bt, _ := time.Parse(time.RFC3339, version.BuildTime)
-	return agent.Run(ctx, agent.Options{Config: cfg, Getenv: getenv, Logger: log, BuildTime: bt})
+	// SIGHUP re-reads the config file: a valid one is handed to the
+	// daemon (which applies what it can live), a bad one is logged and
+	// the running config stays. SIGTERM/SIGINT end ctx (main): the daemon
+	// then drains and Run returns nil, so the exit status is 0.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	reload := make(chan config.Config)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+			}
+			next, err := loadConfig(*cfgPath, isSet(fs, "config"), getenv)
+			if err != nil {
+				log.Error("SIGHUP: config not reloaded; the running config stays", "err", err)
+				continue
+			}
+			log.Info("SIGHUP: config re-read", "path", *cfgPath)
+			select {
+			case reload <- next:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	defer wg.Wait()
+	defer cancel()
+	return agent.Run(ctx, agent.Options{Config: cfg, Getenv: getenv, Logger: log, BuildTime: version.Built(), Reload: reload,
+		Reloaded: func(c config.Config) { setLevel(&level, c) }})
 }
 
 // apiClient talks HTTP to the running agent's Unix socket.
@@ -143,7 +188,13 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer, get
 	if err := json.Unmarshal(body, &st); err != nil {
 		return fmt.Errorf("status: %w", err)
 	}
-	return agent.WriteStatus(stdout, st, time.Now())
+	// Relative times count from the agent's clock, which may be
+	// corrected while the system clock is not.
+	now := st.Now
+	if now.IsZero() {
+		now = time.Now()
+	}
+	return agent.WriteStatus(stdout, st, now)
 }
 
 func cmdSend(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {

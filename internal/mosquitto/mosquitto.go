@@ -33,6 +33,11 @@ type Options struct {
 	CRLFile string
 	// Readers are CNs allowed to read devices/# (test subscribers).
 	Readers []string
+	// MaxTLS12 caps the broker at TLS 1.2, where the client's
+	// certificate crosses the wire in the clear, so a test can see which
+	// one a client presented. mosquitto's tls_version only sets the
+	// minimum; the cap is OpenSSL's MaxProtocol, through OPENSSL_CONF.
+	MaxTLS12 bool
 }
 
 // Broker is a running mosquitto.
@@ -40,7 +45,8 @@ type Broker struct {
 	t    testing.TB
 	dir  string
 	conf string
-	Addr string // 127.0.0.1:port
+	Addr string   // 127.0.0.1:port
+	env  []string // the broker's environment; nil: inherited
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -110,10 +116,27 @@ func Start(t testing.TB, o Options) *Broker {
 		t.Fatal(err)
 	}
 	b := &Broker{t: t, dir: dir, conf: conf, Addr: addr}
+	if o.MaxTLS12 {
+		ossl := filepath.Join(dir, "openssl.cnf")
+		if err := os.WriteFile(ossl, []byte(opensslTLS12), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		b.env = append(os.Environ(), "OPENSSL_CONF="+ossl)
+	}
 	b.Start()
 	t.Cleanup(b.Stop)
 	return b
 }
+
+// opensslTLS12 is an OpenSSL config capping every TLS context at 1.2.
+const opensslTLS12 = `openssl_conf = default_conf
+[default_conf]
+ssl_conf = ssl_sect
+[ssl_sect]
+system_default = system_default_sect
+[system_default_sect]
+MaxProtocol = TLSv1.2
+`
 
 // URL is the broker's mqtts URL.
 func (b *Broker) URL() string { return "mqtts://" + b.Addr }
@@ -136,6 +159,7 @@ func (b *Broker) Start() {
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		cmd := exec.Command(Binary(b.t), "-c", b.conf)
+		cmd.Env = b.env
 		cmd.Stdout, cmd.Stderr = &out, &out
 		if err := cmd.Start(); err != nil {
 			b.t.Fatalf("start mosquitto: %v", err)

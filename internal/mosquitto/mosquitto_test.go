@@ -167,3 +167,25 @@ func until(ctx context.Context, cond func() bool) error {
 	}
 	return nil
 }
+
+// TestMaxTLS12: a client offering TLS 1.3 gets 1.2 from a MaxTLS12 broker,
+// 1.3 from a default one.
+func TestMaxTLS12(t *testing.T) {
+	ca := testpki.New(t, "broker-test-ca")
+	srv := ca.Server(t)
+	dev := ca.Client(t, "dev-1")
+	for _, c := range []struct {
+		max12 bool
+		want  uint16
+	}{{true, tls.VersionTLS12}, {false, tls.VersionTLS13}} {
+		b := Start(t, Options{CAFile: ca.CAFile(t), CertFile: srv.CertFile, KeyFile: srv.KeyFile, MaxTLS12: c.max12})
+		conn, err := tls.Dial("tcp", b.Addr, &tls.Config{RootCAs: ca.Pool(), Certificates: []tls.Certificate{*dev.TLS}, MinVersion: tls.VersionTLS12})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := conn.ConnectionState().Version; got != c.want {
+			t.Errorf("MaxTLS12 %v: negotiated %s, want %s", c.max12, tls.VersionName(got), tls.VersionName(c.want))
+		}
+		conn.Close()
+	}
+}

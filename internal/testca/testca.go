@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -20,12 +21,21 @@ type CA struct {
 	URL  string
 	Addr string
 	Dir  string
+
+	t       testing.TB
+	mu      sync.Mutex
+	stopped bool
+	cancel  context.CancelFunc
+	done    chan error
 }
 
 // Options tune the CA under test.
 type Options struct {
-	CertTTL time.Duration    // default 1h
-	Now     func() time.Time // the CA's clock
+	CertTTL time.Duration // default 1h
+	// MinTTL lowers the CA's minimum lifetime (ca.Options.MinTTL) for
+	// lifecycle tests with certificates of seconds.
+	MinTTL time.Duration
+	Now    func() time.Time // the CA's clock
 }
 
 // Start initializes a CA in a temporary dir and serves EST on 127.0.0.1:0
@@ -35,32 +45,61 @@ func Start(t testing.TB, o Options) *CA {
 	if o.CertTTL == 0 {
 		o.CertTTL = time.Hour
 	}
-	ctx, cancel := context.WithCancel(context.Background())
 	dir := filepath.Join(t.TempDir(), "ca")
-	if err := ca.Init(ctx, dir, ca.InitOptions{}); err != nil {
-		cancel()
+	if err := ca.Init(context.Background(), dir, ca.InitOptions{}); err != nil {
 		t.Fatalf("testca: init: %v", err)
 	}
-	c, err := ca.Open(ctx, dir, ca.Options{CertTTL: o.CertTTL, Hostnames: []string{"127.0.0.1", "localhost"}, Now: o.Now})
+	c, err := ca.Open(context.Background(), dir, ca.Options{CertTTL: o.CertTTL, MinTTL: o.MinTTL, Hostnames: []string{"127.0.0.1", "localhost"}, Now: o.Now})
 	if err != nil {
-		cancel()
 		t.Fatalf("testca: open: %v", err)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		cancel()
 		t.Fatalf("testca: listen: %v", err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- c.Serve(ctx, ln) }()
+	tc := &CA{CA: c, URL: "https://" + ln.Addr().String(), Addr: ln.Addr().String(), Dir: dir, t: t}
+	tc.serve(ln)
 	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
-			t.Errorf("testca: serve: %v", err)
-		}
+		tc.Stop()
 		_ = c.Close()
 	})
-	return &CA{CA: c, URL: "https://" + ln.Addr().String(), Addr: ln.Addr().String(), Dir: dir}
+	return tc
+}
+
+func (c *CA) serve(ln net.Listener) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.CA.Serve(ctx, ln) }()
+	c.cancel, c.done, c.stopped = cancel, done, false
+}
+
+// Stop stops serving (an outage); the store stays open. Idempotent.
+func (c *CA) Stop() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.stopped {
+		return
+	}
+	c.stopped = true
+	c.cancel()
+	if err := <-c.done; err != nil && !errors.Is(err, context.Canceled) {
+		c.t.Errorf("testca: serve: %v", err)
+	}
+}
+
+// Resume serves again on the same address after Stop.
+func (c *CA) Resume() {
+	c.t.Helper()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.stopped {
+		return
+	}
+	ln, err := net.Listen("tcp", c.Addr)
+	if err != nil {
+		c.t.Fatalf("testca: listen again on %s: %v", c.Addr, err)
+	}
+	c.serve(ln)
 }
 
 // Token creates a single-use token bound to deviceID.

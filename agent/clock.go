@@ -1,0 +1,88 @@
+package agent
+
+import (
+	"context"
+	"crypto/x509"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/edgeagent/edgeagent/agent/lifecycle"
+	"github.com/edgeagent/edgeagent/enroll"
+	"github.com/edgeagent/edgeagent/enroll/token"
+)
+
+// clockFloor is the earliest plausible time: the build time, or the
+// current certificate's NotBefore when later.
+func (d *Daemon) clockFloor(id *Identity) (build, notBefore time.Time) {
+	if id != nil {
+		notBefore = id.NotBefore()
+	}
+	return d.o.BuildTime, notBefore
+}
+
+// clockProblem says why the system clock is implausible, or "".
+func (d *Daemon) clockProblem(id *Identity) string {
+	b, nb := d.clockFloor(id)
+	return lifecycle.ClockImplausible(d.clock.System(), b, nb)
+}
+
+// clockUsable reports whether the corrected clock is plausible: the system
+// clock is, or a correction from the CA is in effect.
+func (d *Daemon) clockUsable(id *Identity) bool {
+	b, nb := d.clockFloor(id)
+	return lifecycle.ClockImplausible(d.clock.Now(), b, nb) == ""
+}
+
+// observeDate is the EST clients' OnResponse hook: every EST answer's Date
+// header measures the skew, and corrects the clock when it needs it.
+func (d *Daemon) observeDate(sent, received time.Time, date string) {
+	t, err := http.ParseTime(date)
+	if err != nil {
+		return
+	}
+	problem := d.clockProblem(d.current())
+	if d.clock.Observe(sent, received, t, problem != "") {
+		d.log.Warn("clock corrected from the CA's Date header", "system_clock", d.clock.System().UTC().Format(time.RFC3339),
+			"corrected", d.clock.Now().UTC().Format(time.RFC3339), "offset", d.clock.Offset().Round(time.Second).String(), "reason", problem)
+	}
+}
+
+// calibrateClock learns the time from the EST server when the clock is
+// implausible and no correction is in effect yet. Either roots (an
+// identity's EST trust anchors) or pin (first contact) authenticates the
+// server; see enroll.ServerTime for how this stays verified.
+func (d *Daemon) calibrateClock(ctx context.Context, id *Identity, server, label string, roots *x509.CertPool, pin token.Pin) error {
+	if d.clockUsable(id) {
+		return nil
+	}
+	problem := d.clockProblem(id)
+	b, nb := d.clockFloor(id)
+	floor := b
+	if nb.After(floor) {
+		floor = nb
+	}
+	d.log.Warn("system clock is implausible; asking the CA for the time", "reason", problem, "server", server)
+	s, err := enroll.ServerTime(ctx, enroll.TimeOptions{Server: server, Label: label, Roots: roots, Pin: pin, NotBefore: floor, Now: d.clock.Now})
+	if err != nil {
+		return fmt.Errorf("agent: the system clock is implausible (%s) and the CA's time could not be read: %w", problem, err)
+	}
+	d.clock.Observe(s.Sent, s.Received, s.Date, true)
+	d.log.Warn("clock corrected from the CA's Date header", "system_clock", d.clock.System().UTC().Format(time.RFC3339),
+		"corrected", d.clock.Now().UTC().Format(time.RFC3339), "offset", d.clock.Offset().Round(time.Second).String(), "reason", problem)
+	return nil
+}
+
+// clockStatus describes the clock for status.
+func (d *Daemon) clockStatus(id *Identity) string {
+	problem := d.clockProblem(id)
+	switch {
+	case d.clock.Calibrated() && problem != "":
+		return "corrected from the CA's time: system " + problem
+	case d.clock.Calibrated():
+		return "corrected from the CA's time"
+	case problem != "":
+		return "implausible, not corrected yet: " + problem
+	}
+	return "ok"
+}

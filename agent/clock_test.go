@@ -1,0 +1,224 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/edgeagent/edgeagent/agent/config"
+	"github.com/edgeagent/edgeagent/internal/mosquitto"
+	"github.com/edgeagent/edgeagent/internal/testca"
+	"github.com/edgeagent/edgeagent/internal/testpki"
+)
+
+// testBroker is a real mosquitto that requires client certificates from
+// the device CA, with a subscriber (CN admin, from a backend test CA) that
+// records the message ids it receives on devices/#.
+type testBroker struct {
+	*mosquitto.Broker
+	caFile string // the broker's CA, for the agent's mqtt.ca_bundle
+	mu     sync.Mutex
+	seen   map[string]int
+}
+
+func startTestBroker(t *testing.T, devCA *testca.CA) *testBroker {
+	t.Helper()
+	pki := testpki.New(t, "backend-ca")
+	srv := pki.Server(t)
+	var trust bytes.Buffer
+	for _, p := range []string{"root.pem", "intermediate.pem"} {
+		b, err := os.ReadFile(filepath.Join(devCA.Dir, p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		trust.Write(b)
+	}
+	backend, err := os.ReadFile(pki.CAFile(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	trust.Write(backend)
+	cafile := filepath.Join(t.TempDir(), "broker-trust.pem")
+	if err := os.WriteFile(cafile, trust.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b := &testBroker{Broker: mosquitto.Start(t, mosquitto.Options{CAFile: cafile, CertFile: srv.CertFile, KeyFile: srv.KeyFile, Readers: []string{"admin"}}),
+		caFile: pki.CAFile(t), seen: map[string]int{}}
+	admin := pki.Client(t, "admin")
+	sub := paho.NewClient(paho.NewClientOptions().AddBroker("ssl://" + b.Addr).SetClientID("admin-" + t.Name()).
+		SetTLSConfig(&tls.Config{RootCAs: pki.Pool(), Certificates: []tls.Certificate{*admin.TLS}, MinVersion: tls.VersionTLS12}).
+		SetCleanSession(false).SetAutoReconnect(true).
+		SetOnConnectHandler(func(c paho.Client) {
+			c.Subscribe("devices/+/telemetry", 1, func(_ paho.Client, m paho.Message) {
+				var env struct{ ID string }
+				_ = json.Unmarshal(m.Payload(), &env)
+				b.mu.Lock()
+				b.seen[env.ID]++
+				b.mu.Unlock()
+			}).Wait()
+		}))
+	if tk := sub.Connect(); !tk.WaitTimeout(10*time.Second) || tk.Error() != nil {
+		t.Fatalf("subscriber: %v", tk.Error())
+	}
+	t.Cleanup(func() { sub.Disconnect(0) })
+	return b
+}
+
+func (b *testBroker) has(ids ...string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, id := range ids {
+		if b.seen[id] == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// TestClockIn1970EnrollsConnectsAndRenews runs the daemon on a device
+// clock set to 1970 (no RTC) against a real CA and a real mosquitto that
+// requires client certificates. Every certificate check would fail on
+// that clock: the daemon must learn the time from the CA (verified, see
+// enroll.ServerTime), enroll, connect over mTLS, report the skew, and renew
+// on schedule on the corrected clock (uncorrected, the renewal would be 56
+// years away).
+func TestClockIn1970EnrollsConnectsAndRenews(t *testing.T) {
+	c := testca.Start(t, testca.Options{CertTTL: 20 * time.Second, MinTTL: 20 * time.Second})
+	broker := startTestBroker(t, c)
+	dir := t.TempDir()
+	tokFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokFile, []byte(c.Token(t, "rtc-less").String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := config.Default()
+	cfg.DeviceID = "rtc-less"
+	cfg.StateDir = filepath.Join(dir, "state")
+	cfg.API.Socket = filepath.Join(dir, "api.sock")
+	cfg.Metrics.Listen = ""
+	cfg.Collector.Interval = 0
+	cfg.Enroll.TokenFile = tokFile
+	cfg.MQTT.URL = broker.URL()
+	cfg.MQTT.CABundle = broker.caFile
+	cfg.Renew.RetryMin, cfg.Renew.RetryMax = 500*time.Millisecond, 2*time.Second
+	cfg.Spool.Sync = "never"
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	api := unixClient(cfg.API.Socket)
+	getStatus := func() Status {
+		resp, err := api.Get("http://agent/v1/status")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var st Status
+		if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	// Twice: the first boot enrolls (token, CA pin), the second starts
+	// from the stored identity (its trust anchors), both in 1970.
+	for _, phase := range []string{"enroll", "restart"} {
+		// The device booted at the epoch a moment ago; its clock runs
+		// from there at the real rate.
+		boot := time.Now()
+		epoch := time.Unix(0, 0).Add(42 * time.Second)
+		device := func() time.Time { return epoch.Add(time.Since(boot)) }
+		var logs syncBuffer
+		ctx, cancel := context.WithCancel(context.Background())
+		ready := make(chan struct{})
+		done := make(chan error, 1)
+		go func() {
+			done <- Run(ctx, Options{Config: cfg, Now: device, BuildTime: boot.Add(-24 * time.Hour), Ready: func() { close(ready) },
+				Logger: newTestLogger(&logs), Getenv: func(string) string { return "" }})
+		}()
+		select {
+		case <-ready:
+		case err := <-done:
+			cancel()
+			t.Fatalf("%s: daemon stopped: %v\n%s", phase, err, logs.String())
+		}
+		eventually(t, "the local API", func() bool {
+			resp, err := api.Get("http://agent/v1/status")
+			if err == nil {
+				resp.Body.Close()
+			}
+			return err == nil
+		})
+		st := getStatus()
+		// The correction is the distance from the fake epoch to now, give
+		// or take the Date header's second.
+		want := time.Since(device()).Seconds()
+		if d := st.ClockSkewSeconds - want; d < -3 || d > 3 {
+			t.Fatalf("%s: clock skew %vs, want about %vs; status %+v", phase, st.ClockSkewSeconds, want, st)
+		}
+		if !strings.HasPrefix(st.Clock, "corrected from the CA's time: system clock 1970-") {
+			t.Fatalf("%s: status clock %q", phase, st.Clock)
+		}
+		if st.NotAfter.Before(time.Now().Add(-time.Minute)) || st.NotAfter.Year() < 2026 {
+			t.Fatalf("%s: certificate not after %v", phase, st.NotAfter)
+		}
+		first := st.Serial
+		eventually(t, "a renewal on the corrected schedule", func() bool {
+			st = getStatus()
+			return st.LastRenew.Counts["ok"] >= 1 && st.Serial != first
+		})
+		// A message sent now reaches the subscriber through mosquitto,
+		// which verified the renewed certificate.
+		eventually(t, "mqtt connected", func() bool { return getStatus().Uplinks["mqtt"].Connected })
+		resp, err := api.Post("http://agent/v1/telemetry", "application/json", strings.NewReader(`{"boot":"1970"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out struct{ IDs []string }
+		if err := json.NewDecoder(resp.Body).Decode(&out); err != nil || len(out.IDs) != 1 {
+			t.Fatalf("post: %v %v", err, out)
+		}
+		resp.Body.Close()
+		eventually(t, "the message at the subscriber", func() bool { return broker.has(out.IDs...) })
+		if !strings.Contains(logs.String(), "system clock is implausible") || !strings.Contains(logs.String(), "clock corrected") {
+			t.Fatalf("%s: log does not report the clock:\n%s", phase, logs.String())
+		}
+		if phase == "restart" && strings.Contains(logs.String(), "msg=enrolled") {
+			t.Fatalf("the restart enrolled again instead of using the stored identity:\n%s", logs.String())
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatalf("%s: Run: %v", phase, err)
+		}
+	}
+}
+
+// syncBuffer is a log sink safe for the daemon's goroutines.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func newTestLogger(w io.Writer) *slog.Logger {
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}

@@ -1,0 +1,99 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/edgeagent/edgeagent/agent/config"
+	"github.com/edgeagent/edgeagent/internal/testca"
+)
+
+// TestReloadRefusesWhatCannotRun: a config that validates but whose
+// uplink cannot be built (an unreadable CA bundle) is refused as a whole at
+// error level, and the running uplink keeps delivering; keys that need a
+// restart are named and keep their values; renew.* applies at once.
+func TestReloadRefusesWhatCannotRun(t *testing.T) {
+	c := testca.Start(t, testca.Options{})
+	broker := startTestBroker(t, c)
+	dir := t.TempDir()
+	cfg := config.Default()
+	cfg.DeviceID = "reload-1"
+	cfg.StateDir = filepath.Join(dir, "state")
+	cfg.API.Socket = filepath.Join(dir, "api.sock")
+	cfg.Metrics.Listen = ""
+	cfg.Collector.Interval = 0
+	cfg.MQTT.URL = broker.URL()
+	cfg.MQTT.CABundle = broker.caFile
+	cfg.Spool.Sync = "never"
+	tok := c.Token(t, "reload-1").String()
+	var logs syncBuffer
+	reload := make(chan config.Config)
+	var running []config.Config
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ready := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(ctx, Options{Config: cfg, Logger: newTestLogger(&logs), Ready: func() { close(ready) }, Reload: reload,
+			Reloaded: func(c config.Config) { running = append(running, c) },
+			Getenv:   func(k string) string { return map[string]string{"EDGEAGENT_TOKEN": tok}[k] }})
+	}()
+	select {
+	case <-ready:
+	case err := <-done:
+		t.Fatalf("daemon stopped: %v", err)
+	}
+	api := unixClient(cfg.API.Socket)
+	send := func(what string) {
+		t.Helper()
+		var id string
+		eventually(t, "the API to take "+what, func() bool {
+			resp, err := api.Post("http://agent/v1/telemetry", "application/json", strings.NewReader(`{"what":"`+what+`"}`))
+			if err != nil {
+				return false
+			}
+			defer resp.Body.Close()
+			var out struct{ IDs []string }
+			if json.NewDecoder(resp.Body).Decode(&out) != nil || len(out.IDs) != 1 {
+				return false
+			}
+			id = out.IDs[0]
+			return true
+		})
+		eventually(t, what+" at the broker", func() bool { return broker.has(id) })
+	}
+	send("before")
+
+	bad := cfg
+	bad.MQTT.CABundle = filepath.Join(dir, "missing.pem")
+	bad.Renew.Fraction = 0.5
+	reload <- bad
+	eventually(t, "the refusal", func() bool {
+		return strings.Contains(logs.String(), `level=ERROR msg="reload refused: mqtt; the running config stays"`)
+	})
+	if !strings.Contains(logs.String(), "missing.pem") || len(running) != 0 {
+		t.Fatalf("refusal does not name the file, or something was applied (%d):\n%s", len(running), logs.String())
+	}
+	send("after a refused reload")
+
+	next := cfg
+	next.StateDir = filepath.Join(dir, "elsewhere")
+	next.Renew.Fraction, next.Renew.RetryMax = 0.5, time.Minute
+	reload <- next
+	eventually(t, "the reload", func() bool { return strings.Contains(logs.String(), `msg="config reloaded" applied=[renew]`) })
+	if !strings.Contains(logs.String(), "keys=[state_dir]") {
+		t.Fatalf("the restart-only key is not named:\n%s", logs.String())
+	}
+	if len(running) != 1 || running[0].StateDir != cfg.StateDir || running[0].Renew.Fraction != 0.5 {
+		t.Fatalf("running config after reload: %+v", running)
+	}
+	send("after a good reload")
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}

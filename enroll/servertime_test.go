@@ -1,0 +1,79 @@
+package enroll
+
+import (
+	"context"
+	"crypto/tls"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/edgeagent/edgeagent/enroll/token"
+)
+
+// TestServerTime reads the time from a server whose certificate is valid
+// for an hour either side of now, and refuses every answer that is not
+// verified or not plausible.
+func TestServerTime(t *testing.T) {
+	p := newPKI(t, "127.0.0.1")
+	var date string
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if date == "-" {
+			w.Header()["Date"] = nil // net/http then sends none
+		} else if date != "" {
+			w.Header().Set("Date", date)
+		}
+		w.WriteHeader(http.StatusNotFound)
+	}))
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{p.server}}
+	srv.StartTLS()
+	defer srv.Close()
+	epoch := time.Unix(0, 0)
+	build := time.Now().Add(-30 * time.Minute)
+	other := newPKI(t, "127.0.0.1")
+	for _, c := range []struct {
+		name    string
+		date    string
+		pin     token.Pin
+		wantErr string
+	}{
+		{"now by the pin", "", token.PinOf(p.root), ""},
+		{"now by the roots", "", token.Pin{}, ""},
+		{"a pin of another CA", "", token.PinOf(other.root), "CA pin mismatch"},
+		{"after the server certificate expired", time.Now().Add(3 * time.Hour).UTC().Format(http.TimeFormat), token.Pin{}, "not valid at the time it reports"},
+		{"before the build", time.Now().Add(-45 * time.Minute).UTC().Format(http.TimeFormat), token.Pin{}, "refusing an implausible time"},
+		{"no Date", "-", token.Pin{}, "no usable Date"},
+		{"garbage Date", "yesterday", token.Pin{}, "no usable Date"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			date = c.date
+			o := TimeOptions{Server: srv.URL, Pin: c.pin, NotBefore: build, Now: func() time.Time { return epoch }}
+			if c.pin.IsZero() {
+				o.Roots = p.pool()
+			}
+			s, err := ServerTime(context.Background(), o)
+			if c.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), c.wantErr) {
+					t.Fatalf("err %v, want %q", err, c.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := time.Since(s.Date); d < -time.Second || d > 2*time.Second || !s.Sent.Equal(epoch) {
+				t.Fatalf("sample %+v", s)
+			}
+		})
+	}
+	// Roots that did not issue the server's certificate: the handshake
+	// fails whatever the time.
+	_, err := ServerTime(context.Background(), TimeOptions{Server: srv.URL, Roots: other.pool()})
+	if err == nil || !strings.Contains(err.Error(), "not signed by a trusted CA") {
+		t.Fatalf("foreign roots: %v", err)
+	}
+}
