@@ -37,6 +37,35 @@ func TestShippedConfigIsTheDefault(t *testing.T) {
 	}
 }
 
+// TestReadmeReferenceIsTheShippedConfig keeps README's "Configuration
+// reference" block equal to packaging/edgeagent.yaml, so the README never
+// documents a default the agent does not have.
+func TestReadmeReferenceIsTheShippedConfig(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	shipped, err := os.ReadFile("../../packaging/edgeagent.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, sec, ok := strings.Cut(string(readme), "## Configuration reference\n")
+	if !ok {
+		t.Fatal(`README.md has no "## Configuration reference" section`)
+	}
+	_, block, ok := strings.Cut(sec, "```yaml\n")
+	if !ok {
+		t.Fatal("README.md's configuration reference has no ```yaml block")
+	}
+	block, _, ok = strings.Cut(block, "```\n")
+	if !ok {
+		t.Fatal("README.md's configuration reference block is not closed")
+	}
+	if block != string(shipped) {
+		t.Errorf("README.md's configuration reference differs from packaging/edgeagent.yaml: copy the file into the block")
+	}
+}
+
 func TestValidateNamesTheKey(t *testing.T) {
 	cases := []struct {
 		key string
