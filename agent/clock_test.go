@@ -17,6 +17,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/edgeagent/edgeagent/agent/config"
+	"github.com/edgeagent/edgeagent/agent/localapi"
 	"github.com/edgeagent/edgeagent/internal/mosquitto"
 	"github.com/edgeagent/edgeagent/internal/testca"
 	"github.com/edgeagent/edgeagent/internal/testpki"
@@ -115,7 +116,7 @@ func TestClockIn1970EnrollsConnectsAndRenews(t *testing.T) {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	api := unixClient(cfg.API.Socket)
+	api := localapi.Client(cfg.API.Socket, 0)
 	getStatus := func() Status {
 		resp, err := api.Get("http://agent/v1/status")
 		if err != nil {

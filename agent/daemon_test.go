@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/edgeagent/edgeagent/agent/config"
+	"github.com/edgeagent/edgeagent/agent/localapi"
 	"github.com/edgeagent/edgeagent/internal/testca"
 )
 
@@ -100,13 +101,6 @@ func (s *httpsSink) has(ids []string) bool {
 	return true
 }
 
-func unixClient(sock string) *http.Client {
-	return &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", sock)
-	}}}
-}
-
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
@@ -174,7 +168,7 @@ func TestDaemonEnrollsShipsAndRenewsWithoutLoss(t *testing.T) {
 		}
 		gotNotify[strings.SplitN(string(buf[:n]), "\n", 2)[0]] = true
 	}
-	api := unixClient(cfg.API.Socket)
+	api := localapi.Client(cfg.API.Socket, 0)
 	eventually(t, "the local API", func() bool {
 		resp, err := api.Get("http://agent/v1/status")
 		if err == nil {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/edgeagent/edgeagent/agent/config"
+	"github.com/edgeagent/edgeagent/agent/localapi"
 	"github.com/edgeagent/edgeagent/internal/testca"
 )
 
@@ -47,7 +48,7 @@ func TestReloadRefusesWhatCannotRun(t *testing.T) {
 	case err := <-done:
 		t.Fatalf("daemon stopped: %v", err)
 	}
-	api := unixClient(cfg.API.Socket)
+	api := localapi.Client(cfg.API.Socket, 0)
 	send := func(what string) {
 		t.Helper()
 		var id string

@@ -311,3 +311,13 @@ func (h *Hub) Dropped() uint64 {
 	defer h.mu.Unlock()
 	return h.dropped
 }
+
+// Client returns an HTTP client for the agent's API on the Unix socket at
+// path (any host name in the URL reaches it, e.g. http://agent/v1/status);
+// timeout 0 means none, for the command stream.
+func Client(path string, timeout time.Duration) *http.Client {
+	return &http.Client{Timeout: timeout, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", path)
+	}}}
+}

@@ -10,7 +10,6 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/edgeagent/edgeagent/agent"
 	"github.com/edgeagent/edgeagent/agent/config"
+	"github.com/edgeagent/edgeagent/agent/localapi"
 	"github.com/edgeagent/edgeagent/internal/version"
 )
 
@@ -129,14 +129,6 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer, getenv func(st
 		Reloaded: func(c config.Config) { setLevel(&level, c) }})
 }
 
-// apiClient talks HTTP to the running agent's Unix socket.
-func apiClient(socket string) *http.Client {
-	return &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", socket)
-	}}}
-}
-
 func socketFor(fs *flag.FlagSet) (*string, *string) {
 	return configFlag(fs), fs.String("socket", "", "the agent's API socket (default: api.socket from the config)")
 }
@@ -168,7 +160,7 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer, get
 		return err
 	}
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://agent/v1/status", nil)
-	resp, err := apiClient(sock).Do(req)
+	resp, err := localapi.Client(sock, 60*time.Second).Do(req)
 	if err != nil {
 		return apiError("status", err, sock)
 	}
@@ -223,7 +215,7 @@ func cmdSend(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 	}
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://agent/v1/telemetry", bytes.NewReader(msg))
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := apiClient(sock).Do(req)
+	resp, err := localapi.Client(sock, 60*time.Second).Do(req)
 	if err != nil {
 		return apiError("send", err, sock)
 	}

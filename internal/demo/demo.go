@@ -26,6 +26,7 @@ import (
 
 	"github.com/edgeagent/edgeagent/agent"
 	"github.com/edgeagent/edgeagent/agent/config"
+	"github.com/edgeagent/edgeagent/agent/localapi"
 	"github.com/edgeagent/edgeagent/ca"
 )
 
@@ -298,7 +299,7 @@ func (d *demo) run(ctx, gctx context.Context, cancel context.CancelFunc, g *errg
 		return nil
 	})
 
-	api := apiClient(p.socket)
+	api := localapi.Client(p.socket, 5*time.Second)
 	keys := make(chan byte)
 	if d.o.KeysFD >= 0 {
 		restore, err := cbreak(d.o.KeysFD)
@@ -489,14 +490,6 @@ func (d *demo) snapshot(now time.Time) Snapshot {
 		s.Deadline = d.started.Add(d.o.Duration)
 	}
 	return s
-}
-
-// apiClient talks to the agent's local API on its Unix socket.
-func apiClient(socket string) *http.Client {
-	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var dl net.Dialer
-		return dl.DialContext(ctx, "unix", socket)
-	}}}
 }
 
 func fetchStatus(ctx context.Context, api *http.Client) (agent.Status, error) {

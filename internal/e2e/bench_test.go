@@ -18,6 +18,7 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/edgeagent/edgeagent/agent/localapi"
 	"github.com/edgeagent/edgeagent/internal/mosquitto"
 	"github.com/edgeagent/edgeagent/internal/testpki"
 )
@@ -82,7 +83,7 @@ func benchTelemetryOnce(b *testing.B) {
 	}
 	agent := startAgent(t, cfgFile, "EDGEAGENT_TOKEN="+tok)
 	defer agent.kill()
-	api := apiClient(sock)
+	api := localapi.Client(sock, 30*time.Second)
 	waitUntil(t, 30*time.Second, "the agent's API", func() bool {
 		resp, err := api.Get("http://agent/v1/status")
 		if err == nil {

@@ -19,6 +19,7 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/edgeagent/edgeagent/agent/localapi"
 	"github.com/edgeagent/edgeagent/internal/mosquitto"
 	"github.com/edgeagent/edgeagent/internal/testpki"
 )
@@ -56,7 +57,7 @@ func startDaemon(t testing.TB, cfgFile, sock string, env ...string) *daemon {
 	t.Helper()
 	cmd := exec.Command(built.agent, "run", "--config", cfgFile)
 	cmd.Env = append(os.Environ(), env...)
-	d := &daemon{t: t, cmd: cmd, done: make(chan struct{}), logs: &lockedBuffer{}, sock: sock, client: apiClient(sock)}
+	d := &daemon{t: t, cmd: cmd, done: make(chan struct{}), logs: &lockedBuffer{}, sock: sock, client: localapi.Client(sock, 30*time.Second)}
 	cmd.Stdout, cmd.Stderr = d.logs, d.logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -15,6 +15,7 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/edgeagent/edgeagent/agent/localapi"
 	"github.com/edgeagent/edgeagent/internal/mosquitto"
 	"github.com/edgeagent/edgeagent/internal/testpki"
 )
@@ -89,7 +90,7 @@ func TestARMBuildsEnrollAndPublishUnderQEMU(t *testing.T) {
 					t.Logf("agent log:\n%s", logs.String())
 				}
 			}()
-			api := apiClient(sock)
+			api := localapi.Client(sock, 30*time.Second)
 			waitUntil(t, 60*time.Second, "the agent's API under qemu", func() bool {
 				resp, err := api.Post("http://agent/v1/telemetry", "application/json", strings.NewReader(`{"arch":"`+dev+`"}`))
 				if err != nil {

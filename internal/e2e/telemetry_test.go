@@ -4,12 +4,10 @@ import (
 	"bufio"
 	"bytes"
 	"compress/gzip"
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -22,6 +20,7 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/edgeagent/edgeagent/agent/localapi"
 	"github.com/edgeagent/edgeagent/internal/mosquitto"
 	"github.com/edgeagent/edgeagent/internal/testpki"
 )
@@ -92,13 +91,6 @@ func startAgent(t testing.TB, cfgFile string, env ...string) *agentProc {
 func (p *agentProc) kill() {
 	_ = p.cmd.Process.Kill()
 	<-p.done
-}
-
-func apiClient(sock string) *http.Client {
-	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", sock)
-	}}}
 }
 
 func waitUntil(t testing.TB, timeout time.Duration, what string, cond func() bool) {
@@ -212,7 +204,7 @@ log:
 		t.Fatal(err)
 	}
 	agent := startAgent(t, cfgFile, "EDGEAGENT_TOKEN="+tok)
-	api := apiClient(sock)
+	api := localapi.Client(sock, 30*time.Second)
 	waitUntil(t, 30*time.Second, "the agent's API", func() bool {
 		resp, err := api.Get("http://agent/v1/status")
 		if err == nil {
