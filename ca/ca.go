@@ -44,6 +44,10 @@ type Options struct {
 	Now func() time.Time
 	// Logger gets request and lifecycle logs; slog.Default() when nil.
 	Logger *slog.Logger
+	// PostQuantumTLS makes the EST server use a hybrid post-quantum key
+	// exchange (X25519MLKEM768 and the other hybrids Go supports) with
+	// every client that offers one. Off by default; see keyExchanges.
+	PostQuantumTLS bool
 }
 
 // DefaultHostnames is localhost, 127.0.0.1, ::1 and the machine's host name.
@@ -70,6 +74,8 @@ type CA struct {
 	// intermediate: a certificate another intermediate under the same root
 	// issued is not one of ours.
 	clientRoots *x509.CertPool
+
+	postQuantum bool
 
 	tlsMu   sync.Mutex
 	tlsCert *tls.Certificate
@@ -139,6 +145,7 @@ func Open(ctx context.Context, dir string, opts Options) (*CA, error) {
 		log:         opts.Logger,
 		cacerts:     est.EncodeBase64(der),
 		clientRoots: pool,
+		postQuantum: opts.PostQuantumTLS,
 	}, nil
 }
 

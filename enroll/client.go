@@ -84,9 +84,10 @@ func New(o Options) (*Client, error) {
 		o.MaxRetryWait = 10 * time.Minute
 	}
 	tc := &tls.Config{
-		MinVersion: tls.VersionTLS12,
-		RootCAs:    o.Roots,
-		Time:       o.Time,
+		MinVersion:       tls.VersionTLS12,
+		RootCAs:          o.Roots,
+		Time:             o.Time,
+		CurvePreferences: KeyExchanges(),
 	}
 	if o.Certificate != nil {
 		src := o.Certificate
@@ -110,6 +111,22 @@ func New(o Options) (*Client, error) {
 		maxWait:    o.MaxRetryWait,
 		onResponse: o.OnResponse,
 	}, nil
+}
+
+// KeyExchanges is the TLS key exchange preference of the EST client: Go's
+// default set, but with X25519 first, so that the ClientHello carries only
+// an X25519 key share. Go's default would also send an ML-KEM-768 key
+// share, a key generation (about as costly as the X25519 one) that is
+// wasted on a server that does not use post-quantum key exchange, as edgeca
+// by default does not (see ca.keyExchanges). The hybrids stay offered: a
+// server that wants one asks for it with a HelloRetryRequest, one extra
+// round trip on a connection made once per renewal.
+func KeyExchanges() []tls.CurveID {
+	return []tls.CurveID{
+		tls.X25519,
+		tls.X25519MLKEM768, tls.SecP256r1MLKEM768, tls.SecP384r1MLKEM1024,
+		tls.CurveP256, tls.CurveP384, tls.CurveP521,
+	}
 }
 
 // maxRedirects bounds how many redirects one request follows.

@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -26,6 +27,7 @@ import (
 	"time"
 
 	"github.com/edgeagent/edgeagent/ca"
+	"github.com/edgeagent/edgeagent/enroll"
 	"github.com/edgeagent/edgeagent/enroll/est"
 	"github.com/edgeagent/edgeagent/enroll/token"
 )
@@ -82,7 +84,9 @@ func enrollSection(ctx context.Context, w io.Writer) error {
 	}
 	sctx, cancel := context.WithCancel(ctx)
 	served := make(chan error, 1)
-	go func() { served <- c.Serve(sctx, ln) }()
+	// Labels split a CPU profile (-cpuprofile) into the server's and the
+	// load generator's share: goroutines inherit them.
+	go pprof.Do(sctx, pprof.Labels("side", "server"), func(sctx context.Context) { served <- c.Serve(sctx, ln) })
 	defer func() {
 		cancel()
 		<-served
@@ -94,7 +98,10 @@ func enrollSection(ctx context.Context, w io.Writer) error {
 		total += enrollTrials * l.n
 	}
 	prepStart := time.Now()
-	jobs, err := prepareEnrollments(ctx, c, url, total+enrollWarmup)
+	var jobs []enrollJob
+	pprof.Do(ctx, pprof.Labels("side", "prepare"), func(ctx context.Context) {
+		jobs, err = prepareEnrollments(ctx, c, url, total+enrollWarmup)
+	})
 	if err != nil {
 		return err
 	}
@@ -190,7 +197,8 @@ func newEnrollClient(roots *x509.CertPool) *http.Client {
 				RootCAs:            roots,
 				MinVersion:         tls.VersionTLS12,
 				ClientSessionCache: nil, // no resumption
-				CurvePreferences:   []tls.CurveID{tls.X25519},
+				// What edgeagent's EST client offers.
+				CurvePreferences: enroll.KeyExchanges(),
 			},
 			DisableKeepAlives: true,
 			ForceAttemptHTTP2: false,
@@ -214,7 +222,7 @@ func runEnrollments(ctx context.Context, client *http.Client, url string, jobs [
 	start := time.Now()
 	for range concurrency {
 		wg.Add(1)
-		go func() {
+		go pprof.Do(ctx, pprof.Labels("side", "client"), func(ctx context.Context) {
 			defer wg.Done()
 			for ctx.Err() == nil {
 				i := int(next.Add(1)) - 1
@@ -228,7 +236,7 @@ func runEnrollments(ctx context.Context, client *http.Client, url string, jobs [
 				}
 				lat[i] = time.Since(t0)
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
