@@ -210,11 +210,15 @@ const tokenInvalidMsg = "enrollment token not accepted (unknown, expired, used u
 // attempt collects what the audit record of one request says.
 type attempt struct {
 	op, peer, tokenID, deviceID string
+	expected                    func() // withdraws the store.Expect announcement
 }
 
 // enroll serves simpleenroll and simplereenroll.
 func (c *CA) enroll(w http.ResponseWriter, r *http.Request, op string) {
-	a := attempt{op: op, peer: r.RemoteAddr}
+	// Announce the Issue call this request will most likely make; issue
+	// withdraws it as soon as Issue returns, a refusal before that here.
+	a := attempt{op: op, peer: r.RemoteAddr, expected: c.st.Expect()}
+	defer a.expected()
 	cert, err := c.enrollChecked(w, r, op, &a)
 	if err != nil {
 		var e *Error
@@ -343,7 +347,7 @@ func (c *CA) simpleEnroll(w http.ResponseWriter, r *http.Request, a *attempt) (*
 		Audit: store.AuditRecord{Time: now, Op: a.op, Peer: a.peer, TokenID: user, DeviceID: csr.DeviceID,
 			Result: store.ResultOK, Reason: "enrolled with token"},
 	}
-	return c.issue(r.Context(), req, csr, check)
+	return c.issue(r.Context(), req, csr, check, a.expected)
 }
 
 // issue signs the certificate and records it with Store.Issue, which runs
@@ -351,13 +355,15 @@ func (c *CA) simpleEnroll(w http.ResponseWriter, r *http.Request, a *attempt) (*
 // certificate is then dropped unseen. Signing before checking costs one
 // ECDSA signature on a refused request, less than the CSR check every
 // request costs anyway, and saves a read of the state on every accepted one.
-func (c *CA) issue(ctx context.Context, req store.IssueRequest, csr *CSR, check func(*store.Token, *store.Device) error) (*x509.Certificate, error) {
+func (c *CA) issue(ctx context.Context, req store.IssueRequest, csr *CSR, check func(*store.Token, *store.Device) error, arrived func()) (*x509.Certificate, error) {
 	cert, err := c.auth.issueLeaf(csr.Request.PublicKey, req.DeviceID, c.ttl, req.Time)
 	if err != nil {
 		return nil, err
 	}
 	req.Issuance = store.Issuance{Serial: SerialHex(cert.SerialNumber), NotAfter: cert.NotAfter}
-	if err := c.st.Issue(ctx, req, check); err != nil {
+	err = c.st.Issue(ctx, req, check)
+	arrived()
+	if err != nil {
 		return nil, err
 	}
 	return cert, nil
@@ -447,7 +453,7 @@ func (c *CA) simpleReenroll(w http.ResponseWriter, r *http.Request, a *attempt) 
 		Audit: store.AuditRecord{Time: now, Op: a.op, Peer: a.peer, DeviceID: certID,
 			Result: store.ResultOK, Reason: "renewed with certificate " + peerSerial},
 	}
-	return c.issue(r.Context(), req, csr, check)
+	return c.issue(r.Context(), req, csr, check, a.expected)
 }
 
 // verifyClientCert checks the TLS client certificate: present, currently

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	_ "modernc.org/sqlite" // registers the pure Go "sqlite" driver
@@ -25,9 +26,10 @@ const busyTimeout = 10 * time.Second
 //
 // Enrollments (Issue) go through one writer goroutine that commits them in
 // groups: while one group commits, the next requests queue up and then
-// share one transaction, which amortizes BEGIN and COMMIT (most of the cost
-// of a small SQLite transaction) under load. A request is answered only
-// after its group committed.
+// share one transaction, which amortizes BEGIN and COMMIT and its fsync
+// (most of the cost of a small SQLite transaction) under load; requests
+// announced with Expect but not there yet get up to maxLinger to join. A
+// request is answered only after its group committed durably.
 type SQLite struct {
 	w, r *sql.DB
 
@@ -35,6 +37,8 @@ type SQLite struct {
 	readDevice                                            *sql.Stmt // on r
 
 	jobs       chan *issueJob // unbuffered: a sent job is always taken by the writer
+	expected   atomic.Int64   // Issue calls announced with Expect and not yet done
+	expectDone chan struct{}  // capacity 1: an expected call was abandoned
 	mu         sync.RWMutex   // held for reading while sending to jobs, for writing by Close
 	closed     bool
 	started    bool // the writer goroutine runs
@@ -44,6 +48,10 @@ type SQLite struct {
 
 // maxGroup bounds how many enrollments share one transaction.
 const maxGroup = 64
+
+// maxLinger bounds how long the writer holds a group open for Issue calls
+// that were announced (Expect) but have not arrived yet.
+const maxLinger = 2 * time.Millisecond
 
 type issueJob struct {
 	req   IssueRequest
@@ -59,10 +67,13 @@ func Open(ctx context.Context, path string) (*SQLite, error) {
 	if strings.ContainsAny(path, "?#") {
 		return nil, fmt.Errorf("open store %s: the path must not contain '?' or '#'", path)
 	}
-	// synchronous=NORMAL in WAL mode: a commit is durable against a crash
-	// of the process, and against a power cut all but the last few commits
-	// are; it saves one fsync per enrollment.
-	params := fmt.Sprintf("_busy_timeout=%d&_journal_mode=WAL&_synchronous=NORMAL&_foreign_keys=1", busyTimeout.Milliseconds())
+	// synchronous=FULL: the WAL is fsynced at every commit, and Issue
+	// answers only after its commit, so a token use the CA has answered
+	// for survives a power cut or kernel crash too, not only a crash of
+	// edgeca (NORMAL would roll the last commits back, making a used
+	// single-use token usable again). Group commit (see writer) spreads
+	// the fsync over the enrollments that share it.
+	params := fmt.Sprintf("_busy_timeout=%d&_journal_mode=WAL&_synchronous=FULL&_foreign_keys=1", busyTimeout.Milliseconds())
 	w, err := sql.Open("sqlite", path+"?"+params+"&_txlock=immediate")
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", path, err)
@@ -78,7 +89,7 @@ func Open(ctx context.Context, path string) (*SQLite, error) {
 	}
 	r.SetMaxOpenConns(4)
 	r.SetMaxIdleConns(4)
-	s := &SQLite{w: w, r: r, jobs: make(chan *issueJob), stop: make(chan struct{}), writerDone: make(chan struct{})}
+	s := &SQLite{w: w, r: r, jobs: make(chan *issueJob), expectDone: make(chan struct{}, 1), stop: make(chan struct{}), writerDone: make(chan struct{})}
 	if err := s.migrate(ctx); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("open store %s: %w", path, err)
@@ -465,10 +476,33 @@ func (s *SQLite) Issue(ctx context.Context, req IssueRequest, check func(tok *To
 	return <-j.done
 }
 
+// Expect announces an Issue call that is on its way (the request is being
+// read, checked and signed). While announced calls are outstanding the
+// writer holds a group open for them, up to maxLinger, so that they share
+// one commit and its fsync; with none outstanding it commits at once, so a
+// lone enrollment never waits. The returned func withdraws the
+// announcement: call it once Issue returned, or when the request ends
+// without calling Issue.
+func (s *SQLite) Expect() (done func()) {
+	s.expected.Add(1)
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			s.expected.Add(-1)
+			select {
+			case s.expectDone <- struct{}{}:
+			default:
+			}
+		})
+	}
+}
+
 // writer takes Issue jobs and runs them in groups until Close.
 func (s *SQLite) writer() {
 	defer close(s.writerDone)
 	group := make([]*issueJob, 0, maxGroup)
+	linger := time.NewTimer(time.Hour)
+	linger.Stop()
 	for {
 		group = group[:0]
 		select {
@@ -477,14 +511,33 @@ func (s *SQLite) writer() {
 		case <-s.stop:
 			return
 		}
+		deadline := time.Now().Add(maxLinger)
 	more:
 		for len(group) < maxGroup {
 			select {
 			case j := <-s.jobs:
 				group = append(group, j)
+				continue
 			default:
-				break more
 			}
+			// Every job in the group is still counted as expected (its
+			// caller withdraws after Issue returns): more than that
+			// means others are on their way.
+			wait := time.Until(deadline)
+			if s.expected.Load() <= int64(len(group)) || wait <= 0 {
+				break
+			}
+			linger.Reset(wait)
+			select {
+			case j := <-s.jobs:
+				group = append(group, j)
+			case <-s.expectDone:
+			case <-linger.C:
+				break more
+			case <-s.stop:
+				break more // answer the group, then stop
+			}
+			linger.Stop()
 		}
 		s.runGroup(group)
 	}

@@ -156,3 +156,71 @@ func TestTwoOpeners(t *testing.T) {
 		t.Fatalf("cli sees %d devices (%v), want %d", len(devs), err, n)
 	}
 }
+
+// TestSynchronousFull: every commit is fsynced before Issue returns, so a
+// token use survives a power cut, not only a crash of the process.
+func TestSynchronousFull(t *testing.T) {
+	s := openTest(t, filepath.Join(t.TempDir(), "db"))
+	var level int
+	if err := s.w.QueryRowContext(context.Background(), `PRAGMA synchronous`).Scan(&level); err != nil {
+		t.Fatal(err)
+	}
+	if level != 2 {
+		t.Fatalf("PRAGMA synchronous = %d on the writer, want 2 (FULL)", level)
+	}
+}
+
+// TestExpectedIssuesShareGroups runs announced Issue calls from many
+// goroutines, some announcements withdrawn without an Issue: every Issue
+// is answered with its own outcome, and each single-use token is used once.
+func TestExpectedIssuesShareGroups(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, filepath.Join(t.TempDir(), "db"))
+	now := time.Now()
+	const n = 40
+	for i := range n {
+		if err := s.CreateToken(ctx, Token{ID: fmt.Sprintf("t%d", i), MaxUses: 1, CreatedAt: now, ExpiresAt: now.Add(time.Hour)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, 2*n)
+	for i := range 2 * n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			done := s.Expect()
+			defer done()
+			if i%4 == 3 {
+				return // a request refused before it reached the store
+			}
+			tok := fmt.Sprintf("t%d", i%n) // every token is tried twice
+			errs[i] = s.Issue(ctx, IssueRequest{TokenID: tok, DeviceID: fmt.Sprintf("d%d", i), Time: now},
+				func(tk *Token, _ *Device) error {
+					if tk == nil || tk.Uses >= tk.MaxUses {
+						return errors.New("used up")
+					}
+					return nil
+				})
+		}()
+	}
+	wg.Wait()
+	used := map[string]int{}
+	for i, err := range errs {
+		if i%4 != 3 && err == nil {
+			used[fmt.Sprintf("t%d", i%n)]++
+		}
+	}
+	toks, err := s.Tokens(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tk := range toks {
+		if used[tk.ID] != tk.Uses || tk.Uses > 1 {
+			t.Errorf("token %s: %d successful issues, %d uses recorded", tk.ID, used[tk.ID], tk.Uses)
+		}
+	}
+	if s.expected.Load() != 0 {
+		t.Errorf("%d announcements left outstanding", s.expected.Load())
+	}
+}
