@@ -9,10 +9,9 @@ import (
 )
 
 // TestKeyExchange pins down which TLS key exchange the EST server ends up
-// using: classical X25519 by default, a post-quantum hybrid when the
-// operator asks for one, with Go's default client and with edgeagent's
-// (which sends only an X25519 key share and so gets a HelloRetryRequest
-// from a post-quantum server).
+// using: classical X25519 unless both the server and the client opt in to
+// a post-quantum hybrid (edgeagent's EST client does not offer one by
+// default; Go's default client does).
 func TestKeyExchange(t *testing.T) {
 	classic := newTestServer(t, Options{})
 	pq := newTestServer(t, Options{PostQuantumTLS: true})
@@ -23,11 +22,12 @@ func TestKeyExchange(t *testing.T) {
 		want   tls.CurveID
 	}{
 		{"default server, Go default client", classic, nil, tls.X25519},
-		{"default server, edgeagent client", classic, enroll.KeyExchanges(), tls.X25519},
+		{"default server, edgeagent client", classic, enroll.KeyExchanges(false), tls.X25519},
+		{"default server, edgeagent post-quantum client", classic, enroll.KeyExchanges(true), tls.X25519},
 		{"default server, P-256 only client", classic, []tls.CurveID{tls.CurveP256}, tls.CurveP256},
 		{"post-quantum server, Go default client", pq, nil, tls.X25519MLKEM768},
-		{"post-quantum server, edgeagent client", pq, enroll.KeyExchanges(), tls.X25519MLKEM768},
-		{"post-quantum server, classical client", pq, []tls.CurveID{tls.X25519}, tls.X25519},
+		{"post-quantum server, edgeagent client", pq, enroll.KeyExchanges(false), tls.X25519},
+		{"post-quantum server, edgeagent post-quantum client", pq, enroll.KeyExchanges(true), tls.X25519MLKEM768},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

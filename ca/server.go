@@ -65,8 +65,9 @@ func (c *CA) TLSConfig() (*tls.Config, error) {
 // encapsulation per handshake (about 65 µs here, an eighth of all its work
 // per enrollment) and the client a key generation and a decapsulation.
 // A fleet whose policy wants post-quantum key exchange on every TLS
-// connection turns it on with Options.PostQuantumTLS (edgeca serve
-// --tls-post-quantum); edgeagent offers the hybrids, so it then gets them.
+// connection turns it on here with Options.PostQuantumTLS (edgeca serve
+// --tls-post-quantum) and in the EST client (enroll.Options.PostQuantumTLS),
+// which by default does not offer the hybrids, for the same reason.
 func keyExchanges(postQuantum bool) []tls.CurveID {
 	classic := []tls.CurveID{tls.X25519, tls.CurveP256, tls.CurveP384, tls.CurveP521}
 	if !postQuantum {

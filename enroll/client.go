@@ -46,6 +46,9 @@ type Options struct {
 	// OnResponse, if set, sees each response's local send and receive times
 	// and its Date header, so the agent can estimate its clock skew.
 	OnResponse func(sent, received time.Time, date string)
+	// PostQuantumTLS offers the hybrid post-quantum key exchanges to the
+	// server; see KeyExchanges.
+	PostQuantumTLS bool
 }
 
 // Client talks to one EST server.
@@ -87,7 +90,7 @@ func New(o Options) (*Client, error) {
 		MinVersion:       tls.VersionTLS12,
 		RootCAs:          o.Roots,
 		Time:             o.Time,
-		CurvePreferences: KeyExchanges(),
+		CurvePreferences: KeyExchanges(o.PostQuantumTLS),
 	}
 	if o.Certificate != nil {
 		src := o.Certificate
@@ -113,20 +116,21 @@ func New(o Options) (*Client, error) {
 	}, nil
 }
 
-// KeyExchanges is the TLS key exchange preference of the EST client: Go's
-// default set, but with X25519 first, so that the ClientHello carries only
-// an X25519 key share. Go's default would also send an ML-KEM-768 key
-// share, a key generation (about as costly as the X25519 one) that is
-// wasted on a server that does not use post-quantum key exchange, as edgeca
-// by default does not (see ca.keyExchanges). The hybrids stay offered: a
-// server that wants one asks for it with a HelloRetryRequest, one extra
-// round trip on a connection made once per renewal.
-func KeyExchanges() []tls.CurveID {
-	return []tls.CurveID{
-		tls.X25519,
-		tls.X25519MLKEM768, tls.SecP256r1MLKEM768, tls.SecP384r1MLKEM1024,
-		tls.CurveP256, tls.CurveP384, tls.CurveP521,
+// KeyExchanges is what the EST client offers for the TLS key exchange:
+// classical ECDHE only unless postQuantum, then Go's default set, which
+// puts the hybrid post-quantum X25519MLKEM768 first.
+//
+// Off by default for the reason edgeca does not use them by default (see
+// ca.keyExchanges): EST traffic holds no secret that outlives the token it
+// carries. Offering a hybrid is not free even with a server that declines
+// it: Go (1.26) sends a key share for its first group whatever the order
+// of CurvePreferences, so offering X25519MLKEM768 at all means generating
+// an ML-KEM-768 key for every connection.
+func KeyExchanges(postQuantum bool) []tls.CurveID {
+	if postQuantum {
+		return nil
 	}
+	return []tls.CurveID{tls.X25519, tls.CurveP256, tls.CurveP384, tls.CurveP521}
 }
 
 // maxRedirects bounds how many redirects one request follows.

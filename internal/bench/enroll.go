@@ -198,8 +198,8 @@ func newEnrollClient(roots *x509.CertPool) *http.Client {
 				RootCAs:            roots,
 				MinVersion:         tls.VersionTLS12,
 				ClientSessionCache: nil, // no resumption
-				// What edgeagent's EST client offers.
-				CurvePreferences: enroll.KeyExchanges(),
+				// What edgeagent's EST client offers by default.
+				CurvePreferences: enroll.KeyExchanges(false),
 			},
 			DisableKeepAlives: true,
 			ForceAttemptHTTP2: false,
