@@ -164,7 +164,7 @@ func (a *authority) issueLeaf(pub crypto.PublicKey, deviceID string, ttl time.Du
 	}
 	var der []byte
 	if key, ok := a.fastSigner(); ok {
-		spki, err := x509.MarshalPKIXPublicKey(pub)
+		spki, err := marshalSPKI(pub)
 		if err != nil {
 			return nil, fmt.Errorf("sign certificate for %s: %w", deviceID, err)
 		}

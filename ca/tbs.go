@@ -1,6 +1,7 @@
 package ca
 
 import (
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -31,10 +32,6 @@ var (
 	oidExtAuthorityKeyID = asn1.ObjectIdentifier{2, 5, 29, 35}
 	oidClientAuth        = asn1.ObjectIdentifier{1, 3, 6, 1, 5, 5, 7, 3, 2}
 )
-
-type authKeyID struct {
-	ID []byte `asn1:"optional,tag:0"`
-}
 
 // fastSigner returns the issuing key when the fast path applies to it.
 func (a *authority) fastSigner() (*ecdsa.PrivateKey, bool) {
@@ -92,6 +89,29 @@ func (a *authority) leafDER(tmpl *x509.Certificate, pubDER []byte, key *ecdsa.Pr
 	cert = append(cert, derECDSAWithSHA256...)
 	cert = appendTLV(cert, 0x03, append([]byte{0}, sig...)) // BIT STRING, no unused bits
 	return appendTLV(make([]byte, 0, len(cert)+4), 0x30, cert), nil
+}
+
+// marshalSPKI is x509.MarshalPKIXPublicKey, with the common case (a P-256
+// device key) written directly: a fixed prefix and the uncompressed point.
+func marshalSPKI(pub crypto.PublicKey) ([]byte, error) {
+	if k, ok := pub.(*ecdsa.PublicKey); ok && k.Curve == elliptic.P256() {
+		point, err := k.Bytes()
+		if err != nil {
+			return nil, err
+		}
+		return append(append([]byte(nil), derP256SPKIPrefix...), point...), nil
+	}
+	return x509.MarshalPKIXPublicKey(pub)
+}
+
+// derP256SPKIPrefix starts a P-256 SubjectPublicKeyInfo: SEQUENCE {
+// SEQUENCE { id-ecPublicKey, prime256v1 }, BIT STRING (0 unused bits) of
+// the 65-byte uncompressed point }.
+var derP256SPKIPrefix = []byte{
+	0x30, 0x59, 0x30, 0x13,
+	0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01,
+	0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07,
+	0x03, 0x42, 0x00,
 }
 
 // derECDSAWithSHA256 is the AlgorithmIdentifier SEQUENCE { OID
@@ -172,40 +192,27 @@ func isPrintable(c byte) bool {
 // leafExtensions encodes the extensions of a device certificate in the
 // order CreateCertificate writes them.
 func leafExtensions(tmpl *x509.Certificate, authorityKeyID []byte) ([]pkix.Extension, error) {
-	var exts []pkix.Extension
-	add := func(id asn1.ObjectIdentifier, critical bool, v any) error {
-		b, err := asn1.Marshal(v)
-		if err != nil {
-			return fmt.Errorf("encode extension %v: %w", id, err)
-		}
-		exts = append(exts, pkix.Extension{Id: id, Critical: critical, Value: b})
-		return nil
-	}
-	if err := add(oidExtKeyUsage, true, keyUsageBits(tmpl.KeyUsage)); err != nil {
-		return nil, err
-	}
 	if len(tmpl.ExtKeyUsage) != 1 || tmpl.ExtKeyUsage[0] != x509.ExtKeyUsageClientAuth {
 		return nil, fmt.Errorf("leaf template: unexpected extended key usage %v", tmpl.ExtKeyUsage)
 	}
-	if err := add(oidExtExtKeyUsage, false, []asn1.ObjectIdentifier{oidClientAuth}); err != nil {
-		return nil, err
-	}
-	// BasicConstraints with cA FALSE (the default) is an empty SEQUENCE.
-	if err := add(oidExtBasicConstr, true, struct{}{}); err != nil {
-		return nil, err
-	}
+	ku := keyUsageBits(tmpl.KeyUsage)
+	exts := make([]pkix.Extension, 0, 5)
+	exts = append(exts,
+		pkix.Extension{Id: oidExtKeyUsage, Critical: true,
+			Value: appendTLV(nil, 0x03, append([]byte{byte(8*len(ku.Bytes) - ku.BitLength)}, ku.Bytes...))},
+		pkix.Extension{Id: oidExtExtKeyUsage, Value: appendTLV(nil, 0x30, appendTLV(nil, 0x06, oidContent(oidClientAuth)))},
+		// BasicConstraints with cA FALSE (the default) is an empty SEQUENCE.
+		pkix.Extension{Id: oidExtBasicConstr, Critical: true, Value: []byte{0x30, 0x00}},
+	)
 	if len(authorityKeyID) > 0 {
-		if err := add(oidExtAuthorityKeyID, false, authKeyID{ID: authorityKeyID}); err != nil {
-			return nil, err
-		}
+		// AuthorityKeyIdentifier { keyIdentifier [0] IMPLICIT OCTET STRING }
+		exts = append(exts, pkix.Extension{Id: oidExtAuthorityKeyID, Value: appendTLV(nil, 0x30, appendTLV(nil, 0x80, authorityKeyID))})
 	}
-	var names []asn1.RawValue
+	var names []byte
 	for _, u := range tmpl.URIs {
-		names = append(names, asn1.RawValue{Tag: 6, Class: asn1.ClassContextSpecific, Bytes: []byte(u.String())})
+		names = appendTLV(names, 0x86, []byte(u.String())) // uniformResourceIdentifier [6] IA5String
 	}
-	if err := add(oidExtSubjectAltName, false, names); err != nil {
-		return nil, err
-	}
+	exts = append(exts, pkix.Extension{Id: oidExtSubjectAltName, Value: appendTLV(nil, 0x30, names)})
 	return exts, nil
 }
 
