@@ -24,7 +24,6 @@ import (
 // CreateCertificate.
 
 var (
-	oidECDSAWithSHA256   = asn1.ObjectIdentifier{1, 2, 840, 10045, 4, 3, 2}
 	oidExtKeyUsage       = asn1.ObjectIdentifier{2, 5, 29, 15}
 	oidExtExtKeyUsage    = asn1.ObjectIdentifier{2, 5, 29, 37}
 	oidExtBasicConstr    = asn1.ObjectIdentifier{2, 5, 29, 19}
