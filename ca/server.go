@@ -217,7 +217,7 @@ type attempt struct {
 // enroll serves simpleenroll and simplereenroll.
 func (c *CA) enroll(w http.ResponseWriter, r *http.Request, op string) {
 	// Announce the Issue call this request will most likely make; issue
-	// withdraws it as soon as Issue returns, a refusal before that here.
+	// withdraws it as it calls Issue, a refusal before that here.
 	a := attempt{op: op, peer: r.RemoteAddr, expected: c.st.Expect()}
 	defer a.expected()
 	cert, err := c.enrollChecked(w, r, op, &a)
@@ -362,9 +362,8 @@ func (c *CA) issue(ctx context.Context, req store.IssueRequest, csr *CSR, check 
 		return nil, err
 	}
 	req.Issuance = store.Issuance{Serial: SerialHex(cert.SerialNumber), NotAfter: cert.NotAfter}
-	err = c.st.Issue(ctx, req, check)
 	arrived()
-	if err != nil {
+	if err := c.st.Issue(ctx, req, check); err != nil {
 		return nil, err
 	}
 	return cert, nil
