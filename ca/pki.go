@@ -227,7 +227,7 @@ func (a *authority) issueServer(hosts []string, ttl time.Duration, now time.Time
 		return nil, fmt.Errorf("sign server certificate: %w", err)
 	}
 	return &tls.Certificate{
-		Certificate: [][]byte{der, a.intermediate.Raw, a.root.Raw},
+		Certificate: [][]byte{der, a.intermediate.Raw},
 		PrivateKey:  key,
 		Leaf:        leaf,
 	}, nil

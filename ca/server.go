@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"path"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -23,21 +24,28 @@ import (
 )
 
 // TLSConfig returns the server side TLS configuration: the CA-issued server
-// certificate served with intermediate and root (devices pin the root on
-// first contact), TLS 1.2 minimum, and a client certificate requested but
+// certificate served with the intermediate, and with the root too to a
+// client that asks for it (est.ALPNRootInChain: a device that knows only
+// the root's pin finds it in the chain), TLS 1.2 minimum, and a client certificate requested but
 // not required. The certificate is verified by the simplereenroll handler
 // rather than in the handshake, so that one from another CA, an expired one
 // or one of a revoked device gets a readable EST error and an audit record
 // instead of a bare TLS alert, and so that an agent whose identity expired
 // can still bootstrap again with a token over the same client.
 func (c *CA) TLSConfig() (*tls.Config, error) {
-	if _, err := c.serverCert(); err != nil {
+	if _, err := c.serverCert(false); err != nil {
 		return nil, fmt.Errorf("TLS config: %w", err)
 	}
 	return &tls.Config{
 		MinVersion: tls.VersionTLS12,
-		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-			return c.serverCert()
+		// The root goes only to clients that ask for it. Every other
+		// client has it already (it is the trust anchor), and Go's
+		// verifier, finding it among the presented certificates as well
+		// as among its roots, checks the intermediate's signature twice:
+		// an ECDSA verification, a sixth of a client's handshake work,
+		// for nothing (RFC 8446 §4.4.2 lets a server omit the anchor).
+		GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return c.serverCert(slices.Contains(hello.SupportedProtos, est.ALPNRootInChain))
 		},
 		// RequestClientCert still checks the client's proof of possession
 		// of the key (CertificateVerify); ClientCAs tells clients which
