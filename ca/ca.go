@@ -51,6 +51,10 @@ type Options struct {
 	Now func() time.Time
 	// Logger gets request and lifecycle logs; slog.Default() when nil.
 	Logger *slog.Logger
+	// PostQuantumTLS makes the EST server use a hybrid post-quantum key
+	// exchange (X25519MLKEM768 and the other hybrids Go supports) with
+	// every client that offers one. Off by default; see keyExchanges.
+	PostQuantumTLS bool
 }
 
 // DefaultHostnames is localhost, 127.0.0.1, ::1 and the machine's host name.
@@ -78,8 +82,11 @@ type CA struct {
 	// issued is not one of ours.
 	clientRoots *x509.CertPool
 
-	tlsMu   sync.Mutex
-	tlsCert *tls.Certificate
+	postQuantum bool
+
+	tlsMu       sync.Mutex
+	tlsCert     *tls.Certificate // leaf and intermediate
+	tlsCertRoot *tls.Certificate // the same with the root, for pin bootstrap
 }
 
 // Open opens the CA in dir, made by Init: it loads the certificates and the
@@ -149,6 +156,7 @@ func Open(ctx context.Context, dir string, opts Options) (*CA, error) {
 		log:         opts.Logger,
 		cacerts:     est.EncodeBase64(der),
 		clientRoots: pool,
+		postQuantum: opts.PostQuantumTLS,
 	}, nil
 }
 
@@ -175,20 +183,25 @@ func (c *CA) Store() store.Store { return c.st }
 const serverCertTTL = 90 * 24 * time.Hour
 
 // serverCert returns the current TLS server certificate, issuing a new one
-// when there is none or the current one has less than a third of its life.
-func (c *CA) serverCert() (*tls.Certificate, error) {
+// when there is none or the current one has less than a third of its life:
+// served with the intermediate, and also with the root when withRoot.
+func (c *CA) serverCert(withRoot bool) (*tls.Certificate, error) {
 	c.tlsMu.Lock()
 	defer c.tlsMu.Unlock()
 	now := c.now()
-	if c.tlsCert != nil && c.tlsCert.Leaf.NotAfter.Sub(now) > serverCertTTL/3 {
-		return c.tlsCert, nil
+	if c.tlsCert == nil || c.tlsCert.Leaf.NotAfter.Sub(now) <= serverCertTTL/3 {
+		cert, err := c.auth.issueServer(c.hosts, serverCertTTL, now)
+		if err != nil {
+			return nil, err
+		}
+		withRoot := *cert
+		withRoot.Certificate = append(append([][]byte(nil), cert.Certificate...), c.auth.root.Raw)
+		c.tlsCert, c.tlsCertRoot = cert, &withRoot
 	}
-	cert, err := c.auth.issueServer(c.hosts, serverCertTTL, now)
-	if err != nil {
-		return nil, err
+	if withRoot {
+		return c.tlsCertRoot, nil
 	}
-	c.tlsCert = cert
-	return cert, nil
+	return c.tlsCert, nil
 }
 
 // TokenOptions configures CreateToken.

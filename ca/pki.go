@@ -164,7 +164,7 @@ func (a *authority) issueLeaf(pub crypto.PublicKey, deviceID string, ttl time.Du
 	}
 	var der []byte
 	if key, ok := a.fastSigner(); ok {
-		spki, err := x509.MarshalPKIXPublicKey(pub)
+		spki, err := marshalSPKI(pub)
 		if err != nil {
 			return nil, fmt.Errorf("sign certificate for %s: %w", deviceID, err)
 		}
@@ -227,7 +227,7 @@ func (a *authority) issueServer(hosts []string, ttl time.Duration, now time.Time
 		return nil, fmt.Errorf("sign server certificate: %w", err)
 	}
 	return &tls.Certificate{
-		Certificate: [][]byte{der, a.intermediate.Raw, a.root.Raw},
+		Certificate: [][]byte{der, a.intermediate.Raw},
 		PrivateKey:  key,
 		Leaf:        leaf,
 	}, nil

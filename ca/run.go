@@ -21,6 +21,8 @@ type ServeConfig struct {
 	CertTTL   time.Duration // device certificate lifetime
 	AddrFile  string        // if set, the bound address is written here after listening
 	Logger    *slog.Logger
+	// PostQuantumTLS: see Options.PostQuantumTLS.
+	PostQuantumTLS bool
 }
 
 // Run opens the CA, listens, records the bound address (in AddrFile and in
@@ -40,7 +42,7 @@ func Run(ctx context.Context, cfg ServeConfig) error {
 			}
 		}
 	}
-	c, err := Open(ctx, cfg.Dir, Options{CertTTL: cfg.CertTTL, Hostnames: hosts, Logger: log})
+	c, err := Open(ctx, cfg.Dir, Options{CertTTL: cfg.CertTTL, Hostnames: hosts, Logger: log, PostQuantumTLS: cfg.PostQuantumTLS})
 	if err != nil {
 		return err
 	}
@@ -62,7 +64,7 @@ func Run(ctx context.Context, cfg ServeConfig) error {
 		}
 	}
 	log.Info("edgeca serving EST", "addr", addr, "hostnames", hosts, "cert_ttl", c.CertTTL().String(),
-		"root_pin", c.Pin().String(), "dir", cfg.Dir)
+		"root_pin", c.Pin().String(), "dir", cfg.Dir, "tls_post_quantum", cfg.PostQuantumTLS)
 	err = c.Serve(ctx, ln)
 	if rmErr := os.Remove(filepath.Join(cfg.Dir, ServeAddrFile)); rmErr != nil && !errors.Is(rmErr, os.ErrNotExist) {
 		log.Warn("remove address file", "err", rmErr)

@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"path"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -23,21 +24,28 @@ import (
 )
 
 // TLSConfig returns the server side TLS configuration: the CA-issued server
-// certificate served with intermediate and root (devices pin the root on
-// first contact), TLS 1.2 minimum, and a client certificate requested but
+// certificate served with the intermediate, and with the root too to a
+// client that asks for it (est.ALPNRootInChain: a device that knows only
+// the root's pin finds it in the chain), TLS 1.2 minimum, and a client certificate requested but
 // not required. The certificate is verified by the simplereenroll handler
 // rather than in the handshake, so that one from another CA, an expired one
 // or one of a revoked device gets a readable EST error and an audit record
 // instead of a bare TLS alert, and so that an agent whose identity expired
 // can still bootstrap again with a token over the same client.
 func (c *CA) TLSConfig() (*tls.Config, error) {
-	if _, err := c.serverCert(); err != nil {
+	if _, err := c.serverCert(false); err != nil {
 		return nil, fmt.Errorf("TLS config: %w", err)
 	}
 	return &tls.Config{
 		MinVersion: tls.VersionTLS12,
-		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-			return c.serverCert()
+		// The root goes only to clients that ask for it. Every other
+		// client has it already (it is the trust anchor), and Go's
+		// verifier, finding it among the presented certificates as well
+		// as among its roots, checks the intermediate's signature twice:
+		// an ECDSA verification, a sixth of a client's handshake work,
+		// for nothing (RFC 8446 §4.4.2 lets a server omit the anchor).
+		GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return c.serverCert(slices.Contains(hello.SupportedProtos, est.ALPNRootInChain))
 		},
 		// RequestClientCert still checks the client's proof of possession
 		// of the key (CertificateVerify); ClientCAs tells clients which
@@ -48,7 +56,32 @@ func (c *CA) TLSConfig() (*tls.Config, error) {
 		// Devices talk to the CA once per renewal, hours apart: resuming
 		// a session never happens, so do not spend work on tickets.
 		SessionTicketsDisabled: true,
+		CurvePreferences:       keyExchanges(c.postQuantum),
 	}, nil
+}
+
+// keyExchanges is the server's TLS key exchange preference.
+//
+// By default the EST server does not use the hybrid post-quantum key
+// exchanges, although Go would (and prefers them even at the price of a
+// HelloRetryRequest). What they protect against is traffic recorded today
+// and decrypted by a future quantum computer, and EST traffic holds nothing
+// that is still secret by then: the CSR and the issued certificates are
+// public, a reenrollment authenticates with a signature, and the one
+// secret, the enrollment token, is used up by the enrollment it travels in
+// or expires within its TTL (hours to days). ML-KEM-768 costs the server an
+// encapsulation per handshake (about 65 µs here, an eighth of all its work
+// per enrollment) and the client a key generation and a decapsulation.
+// A fleet whose policy wants post-quantum key exchange on every TLS
+// connection turns it on here with Options.PostQuantumTLS (edgeca serve
+// --tls-post-quantum) and in the EST client (enroll.Options.PostQuantumTLS),
+// which by default does not offer the hybrids, for the same reason.
+func keyExchanges(postQuantum bool) []tls.CurveID {
+	classic := []tls.CurveID{tls.X25519, tls.CurveP256, tls.CurveP384, tls.CurveP521}
+	if !postQuantum {
+		return classic
+	}
+	return append([]tls.CurveID{tls.X25519MLKEM768, tls.SecP256r1MLKEM768, tls.SecP384r1MLKEM1024}, classic...)
 }
 
 // Serve serves EST over TLS on ln until ctx is done, then shuts down
@@ -186,11 +219,15 @@ const tokenInvalidMsg = "enrollment token not accepted (unknown, expired, used u
 // attempt collects what the audit record of one request says.
 type attempt struct {
 	op, peer, tokenID, deviceID string
+	expected                    func() // withdraws the store.Expect announcement
 }
 
 // enroll serves simpleenroll and simplereenroll.
 func (c *CA) enroll(w http.ResponseWriter, r *http.Request, op string) {
-	a := attempt{op: op, peer: r.RemoteAddr}
+	// Announce the Issue call this request will most likely make; issue
+	// withdraws it as it calls Issue, a refusal before that here.
+	a := attempt{op: op, peer: r.RemoteAddr, expected: c.st.Expect()}
+	defer a.expected()
 	cert, err := c.enrollChecked(w, r, op, &a)
 	if err != nil {
 		var e *Error
@@ -319,7 +356,7 @@ func (c *CA) simpleEnroll(w http.ResponseWriter, r *http.Request, a *attempt) (*
 		Audit: store.AuditRecord{Time: now, Op: a.op, Peer: a.peer, TokenID: user, DeviceID: csr.DeviceID,
 			Result: store.ResultOK, Reason: "enrolled with token"},
 	}
-	return c.issue(r.Context(), req, csr, check)
+	return c.issue(r.Context(), req, csr, check, a.expected)
 }
 
 // issue signs the certificate and records it with Store.Issue, which runs
@@ -327,12 +364,13 @@ func (c *CA) simpleEnroll(w http.ResponseWriter, r *http.Request, a *attempt) (*
 // certificate is then dropped unseen. Signing before checking costs one
 // ECDSA signature on a refused request, less than the CSR check every
 // request costs anyway, and saves a read of the state on every accepted one.
-func (c *CA) issue(ctx context.Context, req store.IssueRequest, csr *CSR, check func(*store.Token, *store.Device) error) (*x509.Certificate, error) {
+func (c *CA) issue(ctx context.Context, req store.IssueRequest, csr *CSR, check func(*store.Token, *store.Device) error, arrived func()) (*x509.Certificate, error) {
 	cert, err := c.auth.issueLeaf(csr.Request.PublicKey, req.DeviceID, c.ttl, req.Time)
 	if err != nil {
 		return nil, err
 	}
 	req.Issuance = store.Issuance{Serial: SerialHex(cert.SerialNumber), NotAfter: cert.NotAfter}
+	arrived()
 	if err := c.st.Issue(ctx, req, check); err != nil {
 		return nil, err
 	}
@@ -423,7 +461,7 @@ func (c *CA) simpleReenroll(w http.ResponseWriter, r *http.Request, a *attempt) 
 		Audit: store.AuditRecord{Time: now, Op: a.op, Peer: a.peer, DeviceID: certID,
 			Result: store.ResultOK, Reason: "renewed with certificate " + peerSerial},
 	}
-	return c.issue(r.Context(), req, csr, check)
+	return c.issue(r.Context(), req, csr, check, a.expected)
 }
 
 // verifyClientCert checks the TLS client certificate: present, currently

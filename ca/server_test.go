@@ -148,16 +148,26 @@ func TestCACertsAndServerChain(t *testing.T) {
 		}
 	}
 
-	// A device that only knows the root's pin must find the root in the
-	// chain the server presents.
-	conn, err := tls.Dial("tcp", s.url[len("https://"):], &tls.Config{RootCAs: s.roots, ServerName: "localhost"})
+	// A device that only knows the root's pin asks for the root in the
+	// chain the server presents and must find it there; other clients get
+	// leaf and intermediate only.
+	conn, err := tls.Dial("tcp", s.url[len("https://"):], &tls.Config{RootCAs: s.roots, ServerName: "localhost", NextProtos: []string{est.ALPNRootInChain}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	chain := conn.ConnectionState().PeerCertificates
 	conn.Close()
 	if len(chain) != 3 || !token.PinOf(chain[2]).Matches(s.ca.Root()) || !chain[1].Equal(s.ca.Intermediate()) {
-		t.Fatalf("server presents %d certificates, want leaf, intermediate, root", len(chain))
+		t.Fatalf("server presents %d certificates to a pin bootstrap, want leaf, intermediate, root", len(chain))
+	}
+	conn, err = tls.Dial("tcp", s.url[len("https://"):], &tls.Config{RootCAs: s.roots, ServerName: "localhost"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain = conn.ConnectionState().PeerCertificates
+	conn.Close()
+	if len(chain) != 2 || !chain[1].Equal(s.ca.Intermediate()) {
+		t.Fatalf("server presents %d certificates, want leaf and intermediate", len(chain))
 	}
 	if chain[0].PublicKeyAlgorithm != x509.ECDSA {
 		t.Errorf("server key %v, want ECDSA", chain[0].PublicKeyAlgorithm)

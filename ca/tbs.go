@@ -1,6 +1,7 @@
 package ca
 
 import (
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -23,7 +24,6 @@ import (
 // CreateCertificate.
 
 var (
-	oidECDSAWithSHA256   = asn1.ObjectIdentifier{1, 2, 840, 10045, 4, 3, 2}
 	oidExtKeyUsage       = asn1.ObjectIdentifier{2, 5, 29, 15}
 	oidExtExtKeyUsage    = asn1.ObjectIdentifier{2, 5, 29, 37}
 	oidExtBasicConstr    = asn1.ObjectIdentifier{2, 5, 29, 19}
@@ -32,31 +32,6 @@ var (
 	oidClientAuth        = asn1.ObjectIdentifier{1, 3, 6, 1, 5, 5, 7, 3, 2}
 )
 
-type tbsCertificate struct {
-	Version            int `asn1:"optional,explicit,default:0,tag:0"`
-	SerialNumber       *big.Int
-	SignatureAlgorithm pkix.AlgorithmIdentifier
-	Issuer             asn1.RawValue
-	Validity           validity
-	Subject            asn1.RawValue
-	PublicKey          asn1.RawValue
-	Extensions         []pkix.Extension `asn1:"omitempty,optional,explicit,tag:3"`
-}
-
-type validity struct {
-	NotBefore, NotAfter time.Time
-}
-
-type certificate struct {
-	TBSCertificate     asn1.RawValue
-	SignatureAlgorithm pkix.AlgorithmIdentifier
-	SignatureValue     asn1.BitString
-}
-
-type authKeyID struct {
-	ID []byte `asn1:"optional,tag:0"`
-}
-
 // fastSigner returns the issuing key when the fast path applies to it.
 func (a *authority) fastSigner() (*ecdsa.PrivateKey, bool) {
 	k, ok := a.signer.(*ecdsa.PrivateKey)
@@ -64,79 +39,179 @@ func (a *authority) fastSigner() (*ecdsa.PrivateKey, bool) {
 }
 
 // leafDER builds and signs a device certificate from tmpl (as filled in by
-// issueLeaf) with the ECDSA P-256 issuing key.
+// issueLeaf) with the ECDSA P-256 issuing key. The DER is written by hand
+// (appendTLV) rather than with encoding/asn1, whose reflection cost about
+// as much CPU as the signature itself; TestLeafDERMatchesCreateCertificate
+// holds the bytes to CreateCertificate's.
 func (a *authority) leafDER(tmpl *x509.Certificate, pubDER []byte, key *ecdsa.PrivateKey) ([]byte, error) {
-	subject, err := asn1.Marshal(tmpl.Subject.ToRDNSequence())
-	if err != nil {
-		return nil, err
+	if tmpl.SerialNumber == nil || tmpl.SerialNumber.Sign() <= 0 {
+		return nil, fmt.Errorf("leaf template: serial must be positive")
+	}
+	if len(tmpl.Subject.Names) != 0 || len(tmpl.Subject.ExtraNames) != 0 || len(tmpl.Subject.Organization) != 0 || len(tmpl.URIs) != 1 {
+		return nil, fmt.Errorf("leaf template: unexpected subject or names")
 	}
 	exts, err := leafExtensions(tmpl, a.intermediate.SubjectKeyId)
 	if err != nil {
 		return nil, err
 	}
-	sigAlg := pkix.AlgorithmIdentifier{Algorithm: oidECDSAWithSHA256}
-	tbs, err := asn1.Marshal(tbsCertificate{
-		Version:            2,
-		SerialNumber:       tmpl.SerialNumber,
-		SignatureAlgorithm: sigAlg,
-		Issuer:             asn1.RawValue{FullBytes: a.intermediate.RawSubject},
-		Validity:           validity{tmpl.NotBefore.UTC().Truncate(time.Second), tmpl.NotAfter.UTC().Truncate(time.Second)},
-		Subject:            asn1.RawValue{FullBytes: subject},
-		PublicKey:          asn1.RawValue{FullBytes: pubDER},
-		Extensions:         exts,
-	})
-	if err != nil {
-		return nil, err
+	body := make([]byte, 0, 512)
+	body = append(body, 0xa0, 0x03, 0x02, 0x01, 0x02) // [0] EXPLICIT INTEGER 2 (v3)
+	body = appendTLV(body, 0x02, serialContent(tmpl.SerialNumber))
+	body = append(body, derECDSAWithSHA256...)
+	body = append(body, a.intermediate.RawSubject...)
+	var validity []byte
+	validity = appendTime(validity, tmpl.NotBefore.UTC().Truncate(time.Second))
+	validity = appendTime(validity, tmpl.NotAfter.UTC().Truncate(time.Second))
+	body = appendTLV(body, 0x30, validity)
+	body = appendTLV(body, 0x30, commonNameRDN(tmpl.Subject.CommonName))
+	body = append(body, pubDER...)
+	var extSeq []byte
+	for _, e := range exts {
+		var ext []byte
+		ext = appendTLV(ext, 0x06, oidContent(e.Id))
+		if e.Critical {
+			ext = append(ext, 0x01, 0x01, 0xff)
+		}
+		ext = appendTLV(ext, 0x04, e.Value)
+		extSeq = appendTLV(extSeq, 0x30, ext)
 	}
+	body = appendTLV(body, 0xa3, appendTLV(nil, 0x30, extSeq))
+	tbs := appendTLV(make([]byte, 0, len(body)+4), 0x30, body)
+
 	digest := sha256.Sum256(tbs)
 	sig, err := ecdsa.SignASN1(rand.Reader, key, digest[:])
 	if err != nil {
 		return nil, err
 	}
-	return asn1.Marshal(certificate{
-		TBSCertificate:     asn1.RawValue{FullBytes: tbs},
-		SignatureAlgorithm: sigAlg,
-		SignatureValue:     asn1.BitString{Bytes: sig, BitLength: 8 * len(sig)},
-	})
+	cert := make([]byte, 0, len(tbs)+len(derECDSAWithSHA256)+len(sig)+8)
+	cert = append(cert, tbs...)
+	cert = append(cert, derECDSAWithSHA256...)
+	cert = appendTLV(cert, 0x03, append([]byte{0}, sig...)) // BIT STRING, no unused bits
+	return appendTLV(make([]byte, 0, len(cert)+4), 0x30, cert), nil
+}
+
+// marshalSPKI is x509.MarshalPKIXPublicKey, with the common case (a P-256
+// device key) written directly: a fixed prefix and the uncompressed point.
+func marshalSPKI(pub crypto.PublicKey) ([]byte, error) {
+	if k, ok := pub.(*ecdsa.PublicKey); ok && k.Curve == elliptic.P256() {
+		point, err := k.Bytes()
+		if err != nil {
+			return nil, err
+		}
+		return append(append([]byte(nil), derP256SPKIPrefix...), point...), nil
+	}
+	return x509.MarshalPKIXPublicKey(pub)
+}
+
+// derP256SPKIPrefix starts a P-256 SubjectPublicKeyInfo: SEQUENCE {
+// SEQUENCE { id-ecPublicKey, prime256v1 }, BIT STRING (0 unused bits) of
+// the 65-byte uncompressed point }.
+var derP256SPKIPrefix = []byte{
+	0x30, 0x59, 0x30, 0x13,
+	0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01,
+	0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07,
+	0x03, 0x42, 0x00,
+}
+
+// derECDSAWithSHA256 is the AlgorithmIdentifier SEQUENCE { OID
+// ecdsa-with-SHA256 } (no parameters), in TBSCertificate and Certificate.
+var derECDSAWithSHA256 = []byte{0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02}
+
+// appendTLV appends a DER tag, definite length and content.
+func appendTLV(b []byte, tag byte, content []byte) []byte {
+	b = append(b, tag)
+	switch n := len(content); {
+	case n < 0x80:
+		b = append(b, byte(n))
+	case n < 0x100:
+		b = append(b, 0x81, byte(n))
+	case n < 0x10000:
+		b = append(b, 0x82, byte(n>>8), byte(n))
+	default:
+		b = append(b, 0x83, byte(n>>16), byte(n>>8), byte(n))
+	}
+	return append(b, content...)
+}
+
+// serialContent is the content octets of a positive INTEGER.
+func serialContent(n *big.Int) []byte {
+	b := n.Bytes()
+	if b[0]&0x80 != 0 {
+		b = append([]byte{0}, b...)
+	}
+	return b
+}
+
+// oidContent is the content octets of an OBJECT IDENTIFIER.
+func oidContent(oid asn1.ObjectIdentifier) []byte {
+	b := []byte{byte(oid[0]*40 + oid[1])}
+	for _, v := range oid[2:] {
+		var tmp [5]byte
+		i := len(tmp) - 1
+		tmp[i] = byte(v & 0x7f)
+		for v >>= 7; v > 0; v >>= 7 {
+			i--
+			tmp[i] = byte(v&0x7f) | 0x80
+		}
+		b = append(b, tmp[i:]...)
+	}
+	return b
+}
+
+// appendTime encodes t (UTC, whole seconds) as encoding/asn1 does:
+// UTCTime from 1950 to 2049, GeneralizedTime otherwise.
+func appendTime(b []byte, t time.Time) []byte {
+	if y := t.Year(); y >= 1950 && y < 2050 {
+		return appendTLV(b, 0x17, []byte(t.Format("060102150405Z")))
+	}
+	return appendTLV(b, 0x18, []byte(t.Format("20060102150405Z")))
+}
+
+// commonNameRDN is the content of a Name holding only CN=cn: a
+// PrintableString when cn allows one, else a UTF8String, as
+// encoding/asn1 chooses for pkix.Name.
+func commonNameRDN(cn string) []byte {
+	tag := byte(0x13) // PrintableString
+	for i := 0; i < len(cn); i++ {
+		if !isPrintable(cn[i]) {
+			tag = 0x0c // UTF8String
+			break
+		}
+	}
+	atv := appendTLV([]byte{0x06, 0x03, 0x55, 0x04, 0x03}, tag, []byte(cn))
+	return appendTLV(nil, 0x31, appendTLV(nil, 0x30, atv))
+}
+
+// isPrintable reports whether PrintableString allows c.
+func isPrintable(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' ||
+		'\'' <= c && c <= ')' || '+' <= c && c <= '/' || c == ' ' || c == ':' || c == '=' || c == '?'
 }
 
 // leafExtensions encodes the extensions of a device certificate in the
 // order CreateCertificate writes them.
 func leafExtensions(tmpl *x509.Certificate, authorityKeyID []byte) ([]pkix.Extension, error) {
-	var exts []pkix.Extension
-	add := func(id asn1.ObjectIdentifier, critical bool, v any) error {
-		b, err := asn1.Marshal(v)
-		if err != nil {
-			return fmt.Errorf("encode extension %v: %w", id, err)
-		}
-		exts = append(exts, pkix.Extension{Id: id, Critical: critical, Value: b})
-		return nil
-	}
-	if err := add(oidExtKeyUsage, true, keyUsageBits(tmpl.KeyUsage)); err != nil {
-		return nil, err
-	}
 	if len(tmpl.ExtKeyUsage) != 1 || tmpl.ExtKeyUsage[0] != x509.ExtKeyUsageClientAuth {
 		return nil, fmt.Errorf("leaf template: unexpected extended key usage %v", tmpl.ExtKeyUsage)
 	}
-	if err := add(oidExtExtKeyUsage, false, []asn1.ObjectIdentifier{oidClientAuth}); err != nil {
-		return nil, err
-	}
-	// BasicConstraints with cA FALSE (the default) is an empty SEQUENCE.
-	if err := add(oidExtBasicConstr, true, struct{}{}); err != nil {
-		return nil, err
-	}
+	ku := keyUsageBits(tmpl.KeyUsage)
+	exts := make([]pkix.Extension, 0, 5)
+	exts = append(exts,
+		pkix.Extension{Id: oidExtKeyUsage, Critical: true,
+			Value: appendTLV(nil, 0x03, append([]byte{byte(8*len(ku.Bytes) - ku.BitLength)}, ku.Bytes...))},
+		pkix.Extension{Id: oidExtExtKeyUsage, Value: appendTLV(nil, 0x30, appendTLV(nil, 0x06, oidContent(oidClientAuth)))},
+		// BasicConstraints with cA FALSE (the default) is an empty SEQUENCE.
+		pkix.Extension{Id: oidExtBasicConstr, Critical: true, Value: []byte{0x30, 0x00}},
+	)
 	if len(authorityKeyID) > 0 {
-		if err := add(oidExtAuthorityKeyID, false, authKeyID{ID: authorityKeyID}); err != nil {
-			return nil, err
-		}
+		// AuthorityKeyIdentifier { keyIdentifier [0] IMPLICIT OCTET STRING }
+		exts = append(exts, pkix.Extension{Id: oidExtAuthorityKeyID, Value: appendTLV(nil, 0x30, appendTLV(nil, 0x80, authorityKeyID))})
 	}
-	var names []asn1.RawValue
+	var names []byte
 	for _, u := range tmpl.URIs {
-		names = append(names, asn1.RawValue{Tag: 6, Class: asn1.ClassContextSpecific, Bytes: []byte(u.String())})
+		names = appendTLV(names, 0x86, []byte(u.String())) // uniformResourceIdentifier [6] IA5String
 	}
-	if err := add(oidExtSubjectAltName, false, names); err != nil {
-		return nil, err
-	}
+	exts = append(exts, pkix.Extension{Id: oidExtSubjectAltName, Value: appendTLV(nil, 0x30, names)})
 	return exts, nil
 }
 

@@ -77,3 +77,23 @@ func TestLeafDERMatchesCreateCertificate(t *testing.T) {
 		})
 	}
 }
+
+func TestMarshalSPKIMatchesStandardLibrary(t *testing.T) {
+	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, pub := range []crypto.PublicKey{newKey(t).Public(), newKey(t).Public(), rsaKey.Public()} {
+		got, err := marshalSPKI(pub)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := x509.MarshalPKIXPublicKey(pub)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("SPKI %x, want %x", got, want)
+		}
+	}
+}

@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/edgeagent/edgeagent/enroll/est"
 	"github.com/edgeagent/edgeagent/enroll/token"
 )
 
@@ -92,6 +93,11 @@ func presentedChain(ctx context.Context, server string, timeout time.Duration) (
 			MinVersion: tls.VersionTLS12,
 			ServerName: host,
 			RootCAs:    x509.NewCertPool(), // trust nothing: we want the chain, not a connection
+			// Ask edgeca to include the root, which it leaves out for
+			// clients that have it. http/1.1 as well: a server that
+			// checks ALPN (Go's does) then finds a protocol it knows
+			// instead of failing the handshake.
+			NextProtos: []string{est.ALPNRootInChain, "http/1.1"},
 		},
 	}
 	conn, err := d.DialContext(ctx, "tcp", net.JoinHostPort(host, port))

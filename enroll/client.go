@@ -47,6 +47,9 @@ type Options struct {
 	// the Time clock and its Date header, so the agent can estimate how far
 	// that clock is from the server's.
 	OnResponse func(sent, received time.Time, date string)
+	// PostQuantumTLS offers the hybrid post-quantum key exchanges to the
+	// server; see KeyExchanges.
+	PostQuantumTLS bool
 }
 
 // Client talks to one EST server.
@@ -85,9 +88,10 @@ func New(o Options) (*Client, error) {
 		o.MaxRetryWait = 10 * time.Minute
 	}
 	tc := &tls.Config{
-		MinVersion: tls.VersionTLS12,
-		RootCAs:    o.Roots,
-		Time:       o.Time,
+		MinVersion:       tls.VersionTLS12,
+		RootCAs:          o.Roots,
+		Time:             o.Time,
+		CurvePreferences: KeyExchanges(o.PostQuantumTLS),
 	}
 	if o.Certificate != nil {
 		src := o.Certificate
@@ -111,6 +115,23 @@ func New(o Options) (*Client, error) {
 		maxWait:    o.MaxRetryWait,
 		onResponse: o.OnResponse,
 	}, nil
+}
+
+// KeyExchanges is what the EST client offers for the TLS key exchange:
+// classical ECDHE only unless postQuantum, then Go's default set, which
+// puts the hybrid post-quantum X25519MLKEM768 first.
+//
+// Off by default for the reason edgeca does not use them by default (see
+// ca.keyExchanges): EST traffic holds no secret that outlives the token it
+// carries. Offering a hybrid is not free even with a server that declines
+// it: Go (1.26) sends a key share for its first group whatever the order
+// of CurvePreferences, so offering X25519MLKEM768 at all means generating
+// an ML-KEM-768 key for every connection.
+func KeyExchanges(postQuantum bool) []tls.CurveID {
+	if postQuantum {
+		return nil
+	}
+	return []tls.CurveID{tls.X25519, tls.CurveP256, tls.CurveP384, tls.CurveP521}
 }
 
 // maxRedirects bounds how many redirects one request follows.

@@ -5,8 +5,10 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	_ "modernc.org/sqlite" // registers the pure Go "sqlite" driver
@@ -26,8 +28,10 @@ const busyTimeout = 10 * time.Second
 // Enrollments (Issue) go through one writer goroutine that commits them in
 // groups: while one group commits, the next requests queue up and then
 // share one transaction, which amortizes BEGIN and COMMIT (most of the cost
-// of a small SQLite transaction) under load. A request is answered only
-// after its group committed.
+// of a small SQLite transaction) under load; requests announced with Expect
+// but not there yet get up to maxLinger to join. A request is answered only
+// after its group committed and an fsync of the WAL (the syncer goroutine,
+// which batches them) made the commit durable.
 type SQLite struct {
 	w, r *sql.DB
 
@@ -35,7 +39,12 @@ type SQLite struct {
 	readDevice                                            *sql.Stmt // on r
 
 	jobs       chan *issueJob // unbuffered: a sent job is always taken by the writer
-	mu         sync.RWMutex   // held for reading while sending to jobs, for writing by Close
+	toSync     chan committed // groups committed, waiting for their fsync
+	wal        *os.File       // the database's WAL file, which the syncer fsyncs
+	syncerDone chan struct{}
+	expected   atomic.Int64  // Issue calls announced with Expect and not yet done
+	expectDone chan struct{} // capacity 1: an expected call was abandoned
+	mu         sync.RWMutex  // held for reading while sending to jobs, for writing by Close
 	closed     bool
 	started    bool // the writer goroutine runs
 	stop       chan struct{}
@@ -44,6 +53,17 @@ type SQLite struct {
 
 // maxGroup bounds how many enrollments share one transaction.
 const maxGroup = 64
+
+// maxLinger bounds how long the writer holds a group open for Issue calls
+// that were announced (Expect) but have not arrived yet.
+const maxLinger = 2 * time.Millisecond
+
+// committed is a group whose transaction committed, with each job's
+// outcome, to be answered once the commit is durable.
+type committed struct {
+	group []*issueJob
+	errs  []error
+}
 
 type issueJob struct {
 	req   IssueRequest
@@ -59,9 +79,12 @@ func Open(ctx context.Context, path string) (*SQLite, error) {
 	if strings.ContainsAny(path, "?#") {
 		return nil, fmt.Errorf("open store %s: the path must not contain '?' or '#'", path)
 	}
-	// synchronous=NORMAL in WAL mode: a commit is durable against a crash
-	// of the process, and against a power cut all but the last few commits
-	// are; it saves one fsync per enrollment.
+	// synchronous=NORMAL: SQLite does not fsync the WAL at commit (it
+	// still does around checkpoints). The store does instead, off the
+	// writer's path: see syncer. Every commit the CA answers for (an
+	// enrollment, a revocation, a new token) is fsynced before the answer,
+	// so a used single-use token stays used after a power cut or kernel
+	// crash, not only after a crash of edgeca.
 	params := fmt.Sprintf("_busy_timeout=%d&_journal_mode=WAL&_synchronous=NORMAL&_foreign_keys=1", busyTimeout.Milliseconds())
 	w, err := sql.Open("sqlite", path+"?"+params+"&_txlock=immediate")
 	if err != nil {
@@ -78,7 +101,8 @@ func Open(ctx context.Context, path string) (*SQLite, error) {
 	}
 	r.SetMaxOpenConns(4)
 	r.SetMaxIdleConns(4)
-	s := &SQLite{w: w, r: r, jobs: make(chan *issueJob), stop: make(chan struct{}), writerDone: make(chan struct{})}
+	s := &SQLite{w: w, r: r, jobs: make(chan *issueJob), expectDone: make(chan struct{}, 1), stop: make(chan struct{}), writerDone: make(chan struct{}),
+		toSync: make(chan committed, maxGroup), syncerDone: make(chan struct{})}
 	if err := s.migrate(ctx); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("open store %s: %w", path, err)
@@ -87,8 +111,22 @@ func Open(ctx context.Context, path string) (*SQLite, error) {
 		s.Close()
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
+	// SQLite made the WAL file when it opened the database in WAL mode,
+	// and keeps it (the same file) while any connection is open. fsync
+	// flushes a file whichever descriptor it is called on.
+	wal, err := os.Open(path + "-wal")
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("open store %s: the write-ahead log: %w", path, err)
+	}
+	s.wal = wal
+	if err := s.syncWAL(); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
 	s.started = true
 	go s.writer()
+	go s.syncer()
 	return s, nil
 }
 
@@ -104,6 +142,10 @@ func (s *SQLite) Close() error {
 	close(s.stop)
 	if s.started {
 		<-s.writerDone
+		<-s.syncerDone
+	}
+	if s.wal != nil {
+		s.wal.Close()
 	}
 	for _, st := range []*sql.Stmt{s.getToken, s.getDevice, s.useToken, s.upsertDevice, s.addAudit, s.readDevice} {
 		if st != nil {
@@ -303,6 +345,9 @@ func (s *SQLite) CreateToken(ctx context.Context, t Token) error {
 		}
 		return fmt.Errorf("create token %s: %w", t.ID, err)
 	}
+	if err := s.syncWAL(); err != nil {
+		return fmt.Errorf("create token %s: %w", t.ID, err)
+	}
 	return nil
 }
 
@@ -337,6 +382,9 @@ func (s *SQLite) RevokeToken(ctx context.Context, id string, at time.Time) error
 		return fmt.Errorf("revoke token %s: %w", id, err)
 	} else if n == 0 {
 		return fmt.Errorf("revoke token %s: %w", id, ErrNotFound)
+	}
+	if err := s.syncWAL(); err != nil {
+		return fmt.Errorf("revoke token %s: %w", id, err)
 	}
 	return nil
 }
@@ -384,6 +432,9 @@ func (s *SQLite) RevokeDevice(ctx context.Context, id string, at time.Time) erro
 		return fmt.Errorf("revoke device %s: %w", id, err)
 	} else if n == 0 {
 		return fmt.Errorf("revoke device %s: %w", id, ErrNotFound)
+	}
+	if err := s.syncWAL(); err != nil {
+		return fmt.Errorf("revoke device %s: %w", id, err)
 	}
 	return nil
 }
@@ -442,6 +493,9 @@ func (s *SQLite) SetSetting(ctx context.Context, key, value string) error {
 	if _, err := s.w.ExecContext(ctx, `INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`, key, value); err != nil {
 		return fmt.Errorf("write setting %s: %w", key, err)
 	}
+	if err := s.syncWAL(); err != nil {
+		return fmt.Errorf("write setting %s: %w", key, err)
+	}
 	return nil
 }
 
@@ -465,10 +519,34 @@ func (s *SQLite) Issue(ctx context.Context, req IssueRequest, check func(tok *To
 	return <-j.done
 }
 
+// Expect announces an Issue call that is on its way (the request is being
+// read, checked and signed). While announced calls are outstanding the
+// writer holds a group open for them, up to maxLinger, so that they share
+// one commit; with none outstanding it commits at once, so a lone
+// enrollment never waits. The returned func withdraws the announcement:
+// call it just before calling Issue, or when the request ends without
+// calling Issue.
+func (s *SQLite) Expect() (done func()) {
+	s.expected.Add(1)
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			s.expected.Add(-1)
+			select {
+			case s.expectDone <- struct{}{}:
+			default:
+			}
+		})
+	}
+}
+
 // writer takes Issue jobs and runs them in groups until Close.
 func (s *SQLite) writer() {
 	defer close(s.writerDone)
+	defer close(s.toSync) // the syncer answers what is left, then returns
 	group := make([]*issueJob, 0, maxGroup)
+	linger := time.NewTimer(time.Hour)
+	linger.Stop()
 	for {
 		group = group[:0]
 		select {
@@ -477,14 +555,32 @@ func (s *SQLite) writer() {
 		case <-s.stop:
 			return
 		}
+		deadline := time.Now().Add(maxLinger)
 	more:
 		for len(group) < maxGroup {
 			select {
 			case j := <-s.jobs:
 				group = append(group, j)
+				continue
 			default:
-				break more
 			}
+			// Callers withdraw their announcement as they call Issue:
+			// one still standing is a request on its way.
+			wait := time.Until(deadline)
+			if s.expected.Load() <= 0 || wait <= 0 {
+				break
+			}
+			linger.Reset(wait)
+			select {
+			case j := <-s.jobs:
+				group = append(group, j)
+			case <-s.expectDone:
+			case <-linger.C:
+				break more
+			case <-s.stop:
+				break more // answer the group, then stop
+			}
+			linger.Stop()
 		}
 		s.runGroup(group)
 	}
@@ -524,9 +620,53 @@ func (s *SQLite) runGroup(group []*issueJob) {
 		fail(fmt.Errorf("issue: commit: %w", err))
 		return
 	}
-	for i, j := range group {
-		j.done <- errs[i]
+	s.toSync <- committed{group: append([]*issueJob(nil), group...), errs: errs}
+}
+
+// syncer answers committed groups once an fsync of the WAL made them
+// durable. One fsync covers every group committed before it started, so
+// while one runs the writer goes on committing and the next fsync takes
+// all of those at once: neither waits for the other, and under load the
+// fsyncs are far fewer than the commits.
+func (s *SQLite) syncer() {
+	defer close(s.syncerDone)
+	var batch []committed
+	for c := range s.toSync {
+		batch = append(batch[:0], c)
+	more:
+		for {
+			select {
+			case c, ok := <-s.toSync:
+				if !ok {
+					break more
+				}
+				batch = append(batch, c)
+			default:
+				break more
+			}
+		}
+		err := s.syncWAL()
+		for _, c := range batch {
+			for i, j := range c.group {
+				if err != nil {
+					// Committed but maybe not durable: the caller must not
+					// hand out the certificate. (Its token use stays
+					// counted if the commit survives.)
+					j.done <- fmt.Errorf("issue: %w", err)
+				} else {
+					j.done <- c.errs[i]
+				}
+			}
+		}
 	}
+}
+
+// syncWAL makes every transaction committed so far durable.
+func (s *SQLite) syncWAL() error {
+	if err := s.wal.Sync(); err != nil {
+		return fmt.Errorf("fsync %s: %w", s.wal.Name(), err)
+	}
+	return nil
 }
 
 // issueOne runs one job inside the group's transaction. checkErr is the

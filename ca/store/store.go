@@ -126,6 +126,12 @@ type Store interface {
 	// a commit): of two requests racing for the last use of a token, the
 	// second one's check sees the first one's use.
 	Issue(ctx context.Context, req IssueRequest, check func(tok *Token, dev *Device) error) error
+	// Expect announces an Issue call that is on its way, so that the
+	// store can let it share a commit with those already waiting; the
+	// returned func withdraws the announcement (just before calling
+	// Issue, or when the request ends without one). Only a hint: Issue
+	// works without it.
+	Expect() (done func())
 	// Setting returns a stored setting, "" when unset.
 	Setting(ctx context.Context, key string) (string, error)
 	SetSetting(ctx context.Context, key, value string) error

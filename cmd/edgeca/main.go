@@ -201,6 +201,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	hostnames := fs.String("hostname", "", "comma-separated DNS names and IPs of the TLS server certificate (default localhost,127.0.0.1,::1,$(hostname) and the listen host)")
 	fs.DurationVar(&cfg.CertTTL, "cert-ttl", ca.DefaultCertTTL, "lifetime of device certificates (at least 1m)")
 	fs.StringVar(&cfg.AddrFile, "addr-file", "", "write the bound address (host:port) to this file once listening")
+	fs.BoolVar(&cfg.PostQuantumTLS, "tls-post-quantum", false, "use a hybrid post-quantum TLS key exchange (X25519MLKEM768) with clients that offer one; off by default because EST traffic holds no secret that outlives its token")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	if _, err := parse(fs, args); err != nil {

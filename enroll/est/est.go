@@ -41,6 +41,14 @@ func Path(label, op string) string {
 	return PathPrefix + label + "/" + op
 }
 
+// ALPNRootInChain is the TLS ALPN protocol name with which a client asks
+// the EST server to include its root certificate in the chain it presents:
+// a device bootstrapping from a pin of the root (enroll.FetchPinned) needs
+// it there. Every other client has the root as its trust anchor, so edgeca
+// leaves it out (RFC 8446 §4.4.2 allows that). It is only a hint, offered
+// next to http/1.1: no protocol of that name is ever negotiated.
+const ALPNRootInChain = "x-edgeagent-root-in-chain"
+
 // MaxBodyBytes bounds the size of any EST request or response body we read.
 // A CSR or a certificate chain is a few KiB; 64 KiB leaves room for long
 // RSA chains while keeping a hostile peer from making us buffer megabytes.

@@ -34,38 +34,51 @@ type encapContentInfo struct {
 }
 
 // EncodeCertsOnly builds the DER of a certs-only CMS SignedData holding
-// certs, in order (RFC 7030 §4.1.3, §4.2.3).
+// certs, in order (RFC 7030 §4.1.3, §4.2.3). The structure is fixed but for
+// the certificates, so it is written directly (an EST server answers every
+// enrollment with one; encoding/asn1's reflection showed in its profile).
 func EncodeCertsOnly(certs []*x509.Certificate) ([]byte, error) {
 	var raw []byte
 	for _, c := range certs {
+		if len(c.Raw) == 0 {
+			return nil, errors.New("encode certs-only CMS: a certificate has no DER (Raw)")
+		}
 		raw = append(raw, c.Raw...)
 	}
-	emptySet := asn1.RawValue{Class: asn1.ClassUniversal, Tag: asn1.TagSet, IsCompound: true, Bytes: []byte{}}
-	sd := signedData{
-		Version:          1,
-		DigestAlgorithms: emptySet,
-		EncapContentInfo: encapContentInfo{EContentType: oidData},
-		Certificates:     asn1.RawValue{Class: asn1.ClassContextSpecific, Tag: 0, IsCompound: true, Bytes: raw},
-		SignerInfos:      emptySet,
+	var sd []byte
+	sd = append(sd, 0x02, 0x01, 0x01) // version 1
+	sd = append(sd, 0x31, 0x00)       // digestAlgorithms: empty SET
+	sd = appendTLV(sd, 0x30, derOIDData)
+	sd = appendTLV(sd, 0xa0, raw) // certificates [0] IMPLICIT
+	sd = append(sd, 0x31, 0x00)   // signerInfos: empty SET
+	ci := append([]byte(nil), derOIDSignedData...)
+	ci = appendTLV(ci, 0xa0, appendTLV(nil, 0x30, sd)) // content [0] EXPLICIT
+	return appendTLV(nil, 0x30, ci), nil
+}
+
+// The OBJECT IDENTIFIERs id-signedData (1.2.840.113549.1.7.2) and id-data
+// (1.2.840.113549.1.7.1), tag and length included.
+var (
+	derOIDSignedData = []byte{0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x02}
+	derOIDData       = []byte{0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x01}
+)
+
+// appendTLV appends a DER tag, definite length and content.
+func appendTLV(b []byte, tag byte, content []byte) []byte {
+	b = append(b, tag)
+	switch n := len(content); {
+	case n < 0x80:
+		b = append(b, byte(n))
+	case n < 0x100:
+		b = append(b, 0x81, byte(n))
+	case n < 0x10000:
+		b = append(b, 0x82, byte(n>>8), byte(n))
+	case n < 0x1000000:
+		b = append(b, 0x83, byte(n>>16), byte(n>>8), byte(n))
+	default:
+		b = append(b, 0x84, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
 	}
-	sdDER, err := asn1.Marshal(sd)
-	if err != nil {
-		return nil, fmt.Errorf("encode certs-only CMS: %w", err)
-	}
-	// ContentInfo's [0] is EXPLICIT, so it wraps the SignedData TLV.
-	wrapped, err := asn1.Marshal(asn1.RawValue{Class: asn1.ClassContextSpecific, Tag: 0, IsCompound: true, Bytes: sdDER})
-	if err != nil {
-		return nil, fmt.Errorf("encode certs-only CMS: %w", err)
-	}
-	oid, err := asn1.Marshal(oidSignedData)
-	if err != nil {
-		return nil, fmt.Errorf("encode certs-only CMS: %w", err)
-	}
-	out, err := asn1.Marshal(asn1.RawValue{Class: asn1.ClassUniversal, Tag: asn1.TagSequence, IsCompound: true, Bytes: append(oid, wrapped...)})
-	if err != nil {
-		return nil, fmt.Errorf("encode certs-only CMS: %w", err)
-	}
-	return out, nil
+	return append(b, content...)
 }
 
 // DecodeCertsOnly parses the DER of a certs-only CMS SignedData and returns

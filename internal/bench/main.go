@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/pprof"
+	"strings"
 	"time"
 )
 
@@ -22,7 +23,8 @@ type section struct {
 }
 
 func main() {
-	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file (goroutines labelled side=client|server in the enrollment section)")
+	only := flag.String("only", "", "run only the sections whose name contains this")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
@@ -48,6 +50,9 @@ func main() {
 	fmt.Printf("edgeagent benchmarks: %s/%s, GOMAXPROCS=%d, %s\n", runtime.GOOS, runtime.GOARCH, runtime.GOMAXPROCS(0), runtime.Version())
 	failed := false
 	for _, s := range sections {
+		if !strings.Contains(s.name, *only) {
+			continue
+		}
 		fmt.Printf("\n== %s ==\n", s.name)
 		start := time.Now()
 		if err := s.run(ctx, os.Stdout); err != nil {

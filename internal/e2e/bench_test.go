@@ -125,8 +125,13 @@ func benchTelemetryOnce(b *testing.B) {
 	// Both are timed until mosquitto acknowledged every message (PUBACK:
 	// the agent's acked count; mosquitto_pub's exit), then, untimed, the
 	// subscriber must have them all.
+	// CPU time per message of the publishing process and of the broker is
+	// reported next to the rates: unlike a rate, it hardly moves when a
+	// neighbour loads the machine.
+	var agentCPU, pubCPU, brokerAgentCPU, brokerPubCPU time.Duration
 	agentRun := func() float64 {
 		before, ackedBefore := count.Load(), acked()
+		cpu0, bcpu0 := cpuOf(agent.cmd.Process.Pid), cpuOf(broker.Pid())
 		start := time.Now()
 		for sent := 0; sent < n; sent += batch {
 			resp, err := api.Post("http://agent/v1/telemetry", "application/json", body(sent))
@@ -137,6 +142,8 @@ func benchTelemetryOnce(b *testing.B) {
 		}
 		waitUntil(t, 2*time.Minute, "PUBACKs for the agent's messages", func() bool { return acked() >= ackedBefore+n })
 		rate := float64(n) / time.Since(start).Seconds()
+		agentCPU += cpuOf(agent.cmd.Process.Pid) - cpu0
+		brokerAgentCPU += cpuOf(broker.Pid()) - bcpu0
 		waitUntil(t, 2*time.Minute, "agent messages at the subscriber", func() bool { return count.Load() >= before+n })
 		return rate
 	}
@@ -149,11 +156,14 @@ func benchTelemetryOnce(b *testing.B) {
 		cmd.Stdin = bytes.NewReader(lines.Bytes())
 		var out bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &out, &out
+		bcpu0 := cpuOf(broker.Pid())
 		start := time.Now()
 		if err := cmd.Run(); err != nil {
 			t.Fatalf("mosquitto_pub: %v\n%s", err, out.String())
 		}
 		rate := float64(n) / time.Since(start).Seconds()
+		pubCPU += cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+		brokerPubCPU += cpuOf(broker.Pid()) - bcpu0
 		waitUntil(t, 2*time.Minute, "mosquitto_pub messages at the subscriber", func() bool { return count.Load() >= before+n })
 		return rate
 	}
@@ -172,6 +182,33 @@ func benchTelemetryOnce(b *testing.B) {
 	b.ReportMetric(pubRate, "mosquitto_pub_msgs/s")
 	b.ReportMetric(agentRate/pubRate, "ratio")
 	b.ReportMetric(float64(rss)/(1<<20), "agent_rss_MB")
+	perMsg := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(3*n) }
+	b.ReportMetric(perMsg(agentCPU), "agent_cpu_us/msg")
+	b.ReportMetric(perMsg(pubCPU), "mosquitto_pub_cpu_us/msg")
+	b.ReportMetric(perMsg(brokerAgentCPU), "broker_cpu_us/agent_msg")
+	b.ReportMetric(perMsg(brokerPubCPU), "broker_cpu_us/pub_msg")
+}
+
+// cpuOf is the CPU time (user + system) process pid has used so far, from
+// /proc/pid/stat (in clock ticks, 10 ms on Linux); 0 if it cannot be read.
+func cpuOf(pid int) time.Duration {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The command name (field 2) may hold spaces; fields after it are
+	// plain. utime and stime are fields 14 and 15.
+	i := bytes.LastIndexByte(data, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(data[i+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * 10 * time.Millisecond
 }
 
 func median(v []float64) float64 {

@@ -180,6 +180,17 @@ func (b *Broker) Start() {
 	}
 }
 
+// Pid is the running broker's process id, 0 when it is stopped (for
+// benchmarks that read its CPU time).
+func (b *Broker) Pid() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.cmd == nil {
+		return 0
+	}
+	return b.cmd.Process.Pid
+}
+
 func (b *Broker) waitListening(done chan struct{}, deadline time.Time) bool {
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()

@@ -32,6 +32,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"net/url"
 	"sync"
 	"sync/atomic"
@@ -67,10 +68,9 @@ type Options struct {
 	// PUBACK before the connection is deemed broken and replaced; default
 	// 30s.
 	AckTimeout time.Duration
-	// WriteTimeout bounds writing one packet, and also how long a publish
-	// can block once the connection has died under it (paho waits that
-	// long before giving up), which delays noticing a dead broker;
-	// default 5s. Raise it for large messages on slow links.
+	// WriteTimeout bounds writing one TLS record's worth of queued
+	// packets (up to 16 KiB); a connection that cannot take that much in
+	// this time is deemed broken. Default 5s; raise it for slow links.
 	WriteTimeout time.Duration
 	RetryMin     time.Duration // first reconnect delay; default 500ms
 	RetryMax     time.Duration // cap on reconnect delays; default 1m
@@ -89,6 +89,17 @@ type Stats struct {
 
 // ErrAckTimeout ends a connection on which a PUBACK did not come in time.
 var ErrAckTimeout = errors.New("no PUBACK in time")
+
+// publishWait is how long paho's Publish may wait to hand a packet to its
+// writer (paho's "write timeout"; network writes are bounded by
+// Options.WriteTimeout in batchConn). The writer only queues, so while the
+// connection lives it takes each packet at once; the wait runs out only
+// when the connection died under a Publish, as paho then stops taking
+// packets, and it is how long the pump notices a lost connection late.
+const publishWait = time.Second
+
+// connectTimeout bounds the TCP and TLS handshake, and then MQTT's CONNECT.
+const connectTimeout = 15 * time.Second
 
 // drainTimeout bounds how long a switch waits for the old connection's
 // outstanding PUBACKs; what is still unacknowledged then is sent again on
@@ -337,13 +348,16 @@ func (p *Publisher) connect(ctx context.Context) (paho.Client, <-chan error, err
 	opts := paho.NewClientOptions().
 		AddBroker(p.broker).
 		SetClientID(p.o.ClientID).
-		SetTLSConfig(p.o.TLS).
+		// Our own TLS dial, so that paho writes through a batchConn.
+		SetCustomOpenConnectionFn(func(u *url.URL, _ paho.ClientOptions) (net.Conn, error) {
+			return dialBatched(ctx, u.Host, p.o.TLS, connectTimeout, p.o.WriteTimeout)
+		}).
 		SetCleanSession(false).
 		SetAutoReconnect(false).
 		SetConnectRetry(false).
 		SetKeepAlive(p.o.KeepAlive).
-		SetConnectTimeout(15 * time.Second).
-		SetWriteTimeout(p.o.WriteTimeout).
+		SetConnectTimeout(connectTimeout).
+		SetWriteTimeout(publishWait).
 		SetOrderMatters(false).
 		SetConnectionLostHandler(func(_ paho.Client, err error) {
 			select {
