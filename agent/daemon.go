@@ -549,8 +549,8 @@ func (d *Daemon) renewLoop(ctx context.Context) error {
 				rs := d.renewSettings()
 				wait := lifecycle.Backoff(attempt, rs.RetryMin, rs.RetryMax, d.o.Rand())
 				attempt++
-				reply, ok := d.waitRenew(ctx, d.clock.Now().Add(wait))
-				if !ok {
+				reply, why := d.waitRenew(ctx, d.clock.Now().Add(wait))
+				if why == wakeDone {
 					return nil
 				}
 				if reply != nil {
@@ -573,9 +573,15 @@ func (d *Daemon) renewLoop(ctx context.Context) error {
 		d.mu.Lock()
 		d.renewal.Next, d.renewal.Due = next, due
 		d.mu.Unlock()
-		reply, ok := d.waitRenew(ctx, next)
-		if !ok {
+		reply, why := d.waitRenew(ctx, next)
+		switch why {
+		case wakeDone:
 			return nil
+		case wakeReschedule:
+			// New renew.* settings: recompute the schedule (dueSettings
+			// differs now) and wait again. Renewing here would have a
+			// fleet-wide config push send every device to the CA at once.
+			continue
 		}
 		err := d.renewOnce(ctx, id)
 		if reply != nil {
@@ -615,9 +621,24 @@ func (d *Daemon) renewLoop(ctx context.Context) error {
 	}
 }
 
-// waitRenew waits until at (on the corrected clock) or a renewal on demand.
-// ok is false when ctx ended.
-func (d *Daemon) waitRenew(ctx context.Context, at time.Time) (reply chan error, ok bool) {
+// wake says why waitRenew returned.
+type wake int
+
+const (
+	// wakeDone: ctx ended.
+	wakeDone wake = iota
+	// wakeDue: the time came (the timer fired).
+	wakeDue
+	// wakeDemand: a renewal on demand (the reply channel is set).
+	wakeDemand
+	// wakeReschedule: a reload changed renew.*; the caller recomputes the
+	// schedule and does not renew because of it.
+	wakeReschedule
+)
+
+// waitRenew waits until at (on the corrected clock), a renewal on demand or
+// a reload that changed the renewal settings.
+func (d *Daemon) waitRenew(ctx context.Context, at time.Time) (chan error, wake) {
 	wait := at.Sub(d.clock.Now())
 	if wait < 0 {
 		wait = 0
@@ -626,14 +647,13 @@ func (d *Daemon) waitRenew(ctx context.Context, at time.Time) (reply chan error,
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
-		return nil, false
-	case reply = <-d.renewNow:
-		return reply, true
+		return nil, wakeDone
+	case reply := <-d.renewNow:
+		return reply, wakeDemand
 	case <-d.reschedule:
-		// Renewal settings changed (SIGHUP): the caller recomputes.
-		return nil, true
+		return nil, wakeReschedule
 	case <-t.C:
-		return nil, true
+		return nil, wakeDue
 	}
 }
 

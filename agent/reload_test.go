@@ -15,7 +15,8 @@ import (
 // TestReloadRefusesWhatCannotRun: a config that validates but whose
 // uplink cannot be built (an unreadable CA bundle) is refused as a whole at
 // error level, and the running uplink keeps delivering; keys that need a
-// restart are named and keep their values; renew.* applies at once.
+// restart are named and keep their values; renew.* applies at once and
+// reschedules the renewal without renewing.
 func TestReloadRefusesWhatCannotRun(t *testing.T) {
 	c := testca.Start(t, testca.Options{})
 	broker := startTestBroker(t, c)
@@ -80,6 +81,21 @@ func TestReloadRefusesWhatCannotRun(t *testing.T) {
 	}
 	send("after a refused reload")
 
+	status := func() Status {
+		t.Helper()
+		resp, err := api.Get("http://agent/v1/status")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var st Status
+		if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	before := status()
+
 	next := cfg
 	next.StateDir = filepath.Join(dir, "elsewhere")
 	next.Renew.Fraction, next.Renew.RetryMax = 0.5, time.Minute
@@ -90,6 +106,18 @@ func TestReloadRefusesWhatCannotRun(t *testing.T) {
 	}
 	if len(running) != 1 || running[0].StateDir != cfg.StateDir || running[0].Renew.Fraction != 0.5 {
 		t.Fatalf("running config after reload: %+v", running)
+	}
+	// The new renew.* reschedules (fraction 0.5±0.05 of the lifetime)
+	// without renewing: a fleet-wide config push must not send every
+	// device to the CA at once.
+	lifetime := before.NotAfter.Sub(before.NotBefore)
+	var after Status
+	eventually(t, "the renewal rescheduled with renew.fraction 0.5", func() bool {
+		after = status()
+		return after.Serial != before.Serial || !after.NextRenew.After(before.NotBefore.Add(lifetime*55/100))
+	})
+	if after.Serial != before.Serial || after.LastRenew.Result != "" || len(after.LastRenew.Counts) != 0 {
+		t.Fatalf("the reload renewed the certificate: serial %s -> %s, last renewal %+v", before.Serial, after.Serial, after.LastRenew)
 	}
 	send("after a good reload")
 	cancel()
