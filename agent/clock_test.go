@@ -263,3 +263,33 @@ func TestDateSampleProblem(t *testing.T) {
 		})
 	}
 }
+
+// TestClockFloorIncludesObtained: the floor is the latest of the build
+// time, the certificate's NotBefore and when the device obtained it (less
+// obtainedSlack), so a year-long certificate renewed yesterday does not let
+// an EST server set the clock back to last year.
+func TestClockFloorIncludesObtained(t *testing.T) {
+	build := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	nb := build.AddDate(0, 1, 0)
+	renewed := build.AddDate(0, 6, 0)
+	for _, tc := range []struct {
+		name string
+		meta Meta
+		want time.Time
+	}{
+		{"enrolled", Meta{EnrolledAt: nb.AddDate(0, 0, 1)}, nb.AddDate(0, 0, 1).Add(-obtainedSlack)},
+		{"renewed", Meta{EnrolledAt: nb, RenewedAt: renewed}, renewed.Add(-obtainedSlack)},
+		{"unknown", Meta{}, nb},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := &Daemon{o: Options{BuildTime: build}}
+			id := &Identity{Meta: tc.meta, Chain: []*x509.Certificate{{NotBefore: nb, NotAfter: nb.AddDate(1, 0, 0)}}}
+			if got := d.floor(id); !got.Equal(tc.want) {
+				t.Fatalf("floor %s, want %s", got, tc.want)
+			}
+			if got := d.floor(nil); !got.Equal(build) {
+				t.Fatalf("floor without an identity %s, want the build time %s", got, build)
+			}
+		})
+	}
+}
