@@ -3,13 +3,16 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/edgeagent/edgeagent/agent/config"
+	"github.com/edgeagent/edgeagent/agent/lifecycle"
 	"github.com/edgeagent/edgeagent/internal/testca"
+	"github.com/edgeagent/edgeagent/uplink/spool"
 )
 
 // TestReloadRefusesWhatCannotRun: a config that validates but whose
@@ -123,5 +126,43 @@ func TestReloadRefusesWhatCannotRun(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestSubmitDuringReload: local apps keep submitting while reloads replace
+// the running configuration. Run with -race (CGO_ENABLED=1): Submit reads
+// the device id from the start-time configuration, not from what Reload
+// replaces.
+func TestSubmitDuringReload(t *testing.T) {
+	cfg := config.Default()
+	cfg.DeviceID = "reload-race"
+	sp, err := spool.Open(t.TempDir(), spool.Options{Sync: spool.SyncNever})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	d := &Daemon{boot: cfg, cfg: cfg, log: slog.New(slog.DiscardHandler), clock: lifecycle.NewClock(nil),
+		spools: map[string]*spool.Spool{"mqtt": sp}, reschedule: make(chan struct{}, 1), idPrefix: "p-"}
+	done := make(chan error, 1)
+	go func() {
+		for i := 0; i < 200; i++ {
+			if _, err := d.Submit(context.Background(), []json.RawMessage{json.RawMessage(`{"i":1}`)}); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	for i := 0; i < 200; i++ {
+		n := cfg
+		n.Renew.Fraction = 0.5 + float64(i%2)/10
+		d.Reload(context.Background(), n)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	recs, err := sp.Next(context.Background(), 1)
+	if err != nil || len(recs) != 1 || !strings.Contains(string(recs[0].Payload), `"device_id":"reload-race"`) {
+		t.Fatalf("first record %v, %v", recs, err)
 	}
 }
