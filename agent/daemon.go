@@ -402,6 +402,24 @@ func (d *Daemon) run(ctx context.Context) error {
 	stopAfter := context.AfterFunc(ctx, softCancel)
 	defer stopAfter()
 
+	// Everything that can fail comes before the first goroutine: once one
+	// runs, run must wait for all of them (g.Wait) before Run closes the
+	// spools under them.
+	notify, err := sdnotify.New(d.o.Getenv)
+	if err != nil {
+		return err
+	}
+	wd, err := sdnotify.WatchdogInterval(d.o.Getenv, os.Getpid())
+	if err != nil {
+		return err
+	}
+	var metricsLn net.Listener
+	if d.boot.Metrics.Listen != "" {
+		if metricsLn, err = net.Listen("tcp", d.boot.Metrics.Listen); err != nil {
+			return fmt.Errorf("agent: metrics.listen: %w", err)
+		}
+	}
+
 	api := localapi.New(d, func() any { return d.Status() }, d.hub, d.log)
 	api.SetRenew(d.RenewNow)
 	g.Go(func() error { return api.Serve(soft, d.boot.API.Socket) })
@@ -428,11 +446,8 @@ func (d *Daemon) run(ctx context.Context) error {
 	g.Go(func() error {
 		return d.supervise(soft, "collector", d.restartCollector, d.newCollector(d.config().Collector), nil)
 	})
-	if d.boot.Metrics.Listen != "" {
-		ln, err := net.Listen("tcp", d.boot.Metrics.Listen)
-		if err != nil {
-			return fmt.Errorf("agent: metrics.listen: %w", err)
-		}
+	if metricsLn != nil {
+		ln := metricsLn
 		srv := &http.Server{Handler: d.metricsHandler(), ReadHeaderTimeout: 5 * time.Second}
 		g.Go(func() error {
 			<-gctx.Done()
@@ -457,14 +472,6 @@ func (d *Daemon) run(ctx context.Context) error {
 		}
 		return nil
 	})
-	notify, err := sdnotify.New(d.o.Getenv)
-	if err != nil {
-		return err
-	}
-	wd, err := sdnotify.WatchdogInterval(d.o.Getenv, os.Getpid())
-	if err != nil {
-		return err
-	}
 	if wd > 0 {
 		g.Go(func() error {
 			t := time.NewTicker(wd)
