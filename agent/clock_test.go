@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -222,4 +224,73 @@ func (b *syncBuffer) String() string {
 
 func newTestLogger(w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// TestDateSampleProblem: a Date header seen on an EST answer moves the
+// clock only if it is no earlier than the floor and the verified server
+// chain is valid at it, the checks enroll.ServerTime makes.
+func TestDateSampleProblem(t *testing.T) {
+	t0 := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	cert := func(cn string, from, to time.Time) *x509.Certificate {
+		return &x509.Certificate{Subject: pkix.Name{CommonName: cn}, NotBefore: from, NotAfter: to}
+	}
+	root := cert("root", t0.AddDate(-5, 0, 0), t0.AddDate(5, 0, 0))
+	server := cert("est", t0.AddDate(0, -1, 0), t0.AddDate(0, 2, 0))
+	chain := []*x509.Certificate{server, root}
+	floor := t0.AddDate(0, 0, -7)
+	for _, tc := range []struct {
+		name  string
+		date  time.Time
+		floor time.Time
+		chain []*x509.Certificate
+		want  string // substring of the problem; "" means accepted
+	}{
+		{"now", t0, floor, chain, ""},
+		{"an hour ahead", t0.Add(time.Hour), floor, chain, ""},
+		{"a month ahead, chain still valid", t0.AddDate(0, 1, 0), floor, chain, ""},
+		{"no floor", t0, time.Time{}, chain, ""},
+		{"at the floor", floor, floor, chain, ""},
+		{"before the floor", floor.Add(-time.Second), floor, chain, "earliest plausible time"},
+		{"years back, chain valid then only for the root", t0.AddDate(-2, 0, 0), time.Time{}, chain, `"est" is valid`},
+		{"after the server certificate expired", server.NotAfter.Add(time.Second), floor, chain, `"est" is valid`},
+		{"after the root expired", root.NotAfter.Add(time.Hour), floor, []*x509.Certificate{cert("est", t0, root.NotAfter.AddDate(1, 0, 0)), root}, `"root" is valid`},
+		{"no verified chain", t0, floor, nil, "no verified server certificate chain"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := dateSampleProblem(tc.date, tc.floor, tc.chain)
+			if (tc.want == "") != (got == "") || !strings.Contains(got, tc.want) {
+				t.Fatalf("dateSampleProblem(%s) = %q, want %q", tc.date.Format(time.RFC3339), got, tc.want)
+			}
+		})
+	}
+}
+
+// TestClockFloorIncludesObtained: the floor is the latest of the build
+// time, the certificate's NotBefore and when the device obtained it (less
+// obtainedSlack), so a year-long certificate renewed yesterday does not let
+// an EST server set the clock back to last year.
+func TestClockFloorIncludesObtained(t *testing.T) {
+	build := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	nb := build.AddDate(0, 1, 0)
+	renewed := build.AddDate(0, 6, 0)
+	for _, tc := range []struct {
+		name string
+		meta Meta
+		want time.Time
+	}{
+		{"enrolled", Meta{EnrolledAt: nb.AddDate(0, 0, 1)}, nb.AddDate(0, 0, 1).Add(-obtainedSlack)},
+		{"renewed", Meta{EnrolledAt: nb, RenewedAt: renewed}, renewed.Add(-obtainedSlack)},
+		{"unknown", Meta{}, nb},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := &Daemon{o: Options{BuildTime: build}}
+			id := &Identity{Meta: tc.meta, Chain: []*x509.Certificate{{NotBefore: nb, NotAfter: nb.AddDate(1, 0, 0)}}}
+			if got := d.floor(id); !got.Equal(tc.want) {
+				t.Fatalf("floor %s, want %s", got, tc.want)
+			}
+			if got := d.floor(nil); !got.Equal(build) {
+				t.Fatalf("floor without an identity %s, want the build time %s", got, build)
+			}
+		})
+	}
 }

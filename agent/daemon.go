@@ -59,7 +59,14 @@ type Options struct {
 
 // Daemon is a running agent.
 type Daemon struct {
-	o     Options
+	o Options
+	// boot is the configuration the daemon started with, never changed:
+	// restart-only keys (device_id, state_dir, keystore, key_algorithm,
+	// api, metrics, spool) are read from it without the lock, from any
+	// goroutine.
+	boot config.Config
+	// cfg is the running configuration; Reload replaces it under mu, so
+	// read it through config() or renewSettings().
 	cfg   config.Config
 	log   *slog.Logger
 	clock *lifecycle.Clock
@@ -130,7 +137,7 @@ func newDaemon(ctx context.Context, o Options) (*Daemon, error) {
 		return nil, fmt.Errorf("agent: random message id prefix: %w", err)
 	}
 	d := &Daemon{
-		o: o, cfg: cfg, log: o.Logger, clock: lifecycle.NewClock(o.Now),
+		o: o, boot: cfg, cfg: cfg, log: o.Logger, clock: lifecycle.NewClock(o.Now),
 		renewNow:     make(chan chan error),
 		reschedule:   make(chan struct{}, 1),
 		restartHTTPS: make(chan runner), restartMQTT: make(chan runner), restartCollector: make(chan runner),
@@ -178,7 +185,7 @@ func (d *Daemon) close() {
 // loadOrEnroll returns the stored identity, enrolling with the configured
 // token first if there is none.
 func (d *Daemon) loadOrEnroll(ctx context.Context) (*Identity, error) {
-	id, err := LoadIdentity(d.cfg.StateDir, d.ks)
+	id, err := LoadIdentity(d.boot.StateDir, d.ks)
 	if err == nil {
 		d.log.Info("identity loaded", "device_id", id.DeviceID, "serial", id.Serial(), "not_after", id.Leaf().NotAfter)
 		return id, nil
@@ -193,9 +200,9 @@ func (d *Daemon) loadOrEnroll(ctx context.Context) (*Identity, error) {
 // EDGEAGENT_TOKEN (never logged), or with plain credentials.
 func (d *Daemon) bootstrap(ctx context.Context) (*Identity, error) {
 	ec := d.config().Enroll
-	opts := EnrollOptions{StateDir: d.cfg.StateDir, DeviceID: d.cfg.DeviceID, Keystore: d.ks, Label: ec.Label,
+	opts := EnrollOptions{StateDir: d.boot.StateDir, DeviceID: d.boot.DeviceID, Keystore: d.ks, Label: ec.Label,
 		Now: d.clock.Now, Logger: d.log, Force: true}
-	alg, err := keystore.ParseAlgorithm(d.cfg.KeyAlgorithm)
+	alg, err := keystore.ParseAlgorithm(d.boot.KeyAlgorithm)
 	if err != nil {
 		return nil, err
 	}
@@ -290,11 +297,11 @@ func (d *Daemon) backendRoots(bundleFile string) (*x509.CertPool, error) {
 }
 
 func (d *Daemon) openSpool(name string) (*spool.Spool, error) {
-	pol, err := spool.ParseSyncPolicy(d.cfg.Spool.Sync)
+	pol, err := spool.ParseSyncPolicy(d.boot.Spool.Sync)
 	if err != nil {
 		return nil, err
 	}
-	sp, err := spool.Open(filepath.Join(d.cfg.StateDir, "spool", name), spool.Options{MaxBytes: int64(d.cfg.Spool.MaxBytes), Sync: pol, Logger: d.log.With("spool", name)})
+	sp, err := spool.Open(filepath.Join(d.boot.StateDir, "spool", name), spool.Options{MaxBytes: int64(d.boot.Spool.MaxBytes), Sync: pol, Logger: d.log.With("spool", name)})
 	if err != nil {
 		return nil, err
 	}
@@ -346,7 +353,7 @@ func (d *Daemon) Submit(_ context.Context, msgs []json.RawMessage) ([]string, er
 	payloads := make([][]byte, len(msgs))
 	for i, m := range msgs {
 		ids[i] = d.idPrefix + strconv.FormatUint(d.seq.Add(1), 10)
-		payloads[i] = appendEnvelope(nil, ids[i], d.cfg.DeviceID, now, m)
+		payloads[i] = appendEnvelope(nil, ids[i], d.boot.DeviceID, now, m)
 	}
 	for name, sp := range d.spools {
 		if _, err := sp.AppendBatch(payloads); err != nil {
@@ -395,9 +402,27 @@ func (d *Daemon) run(ctx context.Context) error {
 	stopAfter := context.AfterFunc(ctx, softCancel)
 	defer stopAfter()
 
+	// Everything that can fail comes before the first goroutine: once one
+	// runs, run must wait for all of them (g.Wait) before Run closes the
+	// spools under them.
+	notify, err := sdnotify.New(d.o.Getenv)
+	if err != nil {
+		return err
+	}
+	wd, err := sdnotify.WatchdogInterval(d.o.Getenv, os.Getpid())
+	if err != nil {
+		return err
+	}
+	var metricsLn net.Listener
+	if d.boot.Metrics.Listen != "" {
+		if metricsLn, err = net.Listen("tcp", d.boot.Metrics.Listen); err != nil {
+			return fmt.Errorf("agent: metrics.listen: %w", err)
+		}
+	}
+
 	api := localapi.New(d, func() any { return d.Status() }, d.hub, d.log)
 	api.SetRenew(d.RenewNow)
-	g.Go(func() error { return api.Serve(soft, d.cfg.API.Socket) })
+	g.Go(func() error { return api.Serve(soft, d.boot.API.Socket) })
 	if d.https != nil {
 		first := d.https
 		g.Go(func() error {
@@ -421,11 +446,8 @@ func (d *Daemon) run(ctx context.Context) error {
 	g.Go(func() error {
 		return d.supervise(soft, "collector", d.restartCollector, d.newCollector(d.config().Collector), nil)
 	})
-	if d.cfg.Metrics.Listen != "" {
-		ln, err := net.Listen("tcp", d.cfg.Metrics.Listen)
-		if err != nil {
-			return fmt.Errorf("agent: metrics.listen: %w", err)
-		}
+	if metricsLn != nil {
+		ln := metricsLn
 		srv := &http.Server{Handler: d.metricsHandler(), ReadHeaderTimeout: 5 * time.Second}
 		g.Go(func() error {
 			<-gctx.Done()
@@ -450,14 +472,6 @@ func (d *Daemon) run(ctx context.Context) error {
 		}
 		return nil
 	})
-	notify, err := sdnotify.New(d.o.Getenv)
-	if err != nil {
-		return err
-	}
-	wd, err := sdnotify.WatchdogInterval(d.o.Getenv, os.Getpid())
-	if err != nil {
-		return err
-	}
 	if wd > 0 {
 		g.Go(func() error {
 			t := time.NewTicker(wd)
@@ -482,7 +496,7 @@ func (d *Daemon) run(ctx context.Context) error {
 	if d.o.Ready != nil {
 		d.o.Ready()
 	}
-	d.log.Info("agent running", "device_id", d.cfg.DeviceID, "mqtt", d.cfg.MQTT.URL, "https", d.cfg.HTTPS.URL, "api", d.cfg.API.Socket)
+	d.log.Info("agent running", "device_id", d.boot.DeviceID, "mqtt", d.boot.MQTT.URL, "https", d.boot.HTTPS.URL, "api", d.boot.API.Socket)
 	context.AfterFunc(soft, func() {
 		if ctx.Err() != nil {
 			_ = notify.Notify("STOPPING=1\nSTATUS=draining the spools")
@@ -549,8 +563,8 @@ func (d *Daemon) renewLoop(ctx context.Context) error {
 				rs := d.renewSettings()
 				wait := lifecycle.Backoff(attempt, rs.RetryMin, rs.RetryMax, d.o.Rand())
 				attempt++
-				reply, ok := d.waitRenew(ctx, d.clock.Now().Add(wait))
-				if !ok {
+				reply, why := d.waitRenew(ctx, d.clock.Now().Add(wait))
+				if why == wakeDone {
 					return nil
 				}
 				if reply != nil {
@@ -573,9 +587,15 @@ func (d *Daemon) renewLoop(ctx context.Context) error {
 		d.mu.Lock()
 		d.renewal.Next, d.renewal.Due = next, due
 		d.mu.Unlock()
-		reply, ok := d.waitRenew(ctx, next)
-		if !ok {
+		reply, why := d.waitRenew(ctx, next)
+		switch why {
+		case wakeDone:
 			return nil
+		case wakeReschedule:
+			// New renew.* settings: recompute the schedule (dueSettings
+			// differs now) and wait again. Renewing here would have a
+			// fleet-wide config push send every device to the CA at once.
+			continue
 		}
 		err := d.renewOnce(ctx, id)
 		if reply != nil {
@@ -615,9 +635,24 @@ func (d *Daemon) renewLoop(ctx context.Context) error {
 	}
 }
 
-// waitRenew waits until at (on the corrected clock) or a renewal on demand.
-// ok is false when ctx ended.
-func (d *Daemon) waitRenew(ctx context.Context, at time.Time) (reply chan error, ok bool) {
+// wake says why waitRenew returned.
+type wake int
+
+const (
+	// wakeDone: ctx ended.
+	wakeDone wake = iota
+	// wakeDue: the time came (the timer fired).
+	wakeDue
+	// wakeDemand: a renewal on demand (the reply channel is set).
+	wakeDemand
+	// wakeReschedule: a reload changed renew.*; the caller recomputes the
+	// schedule and does not renew because of it.
+	wakeReschedule
+)
+
+// waitRenew waits until at (on the corrected clock), a renewal on demand or
+// a reload that changed the renewal settings.
+func (d *Daemon) waitRenew(ctx context.Context, at time.Time) (chan error, wake) {
 	wait := at.Sub(d.clock.Now())
 	if wait < 0 {
 		wait = 0
@@ -626,14 +661,13 @@ func (d *Daemon) waitRenew(ctx context.Context, at time.Time) (reply chan error,
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
-		return nil, false
-	case reply = <-d.renewNow:
-		return reply, true
+		return nil, wakeDone
+	case reply := <-d.renewNow:
+		return reply, wakeDemand
 	case <-d.reschedule:
-		// Renewal settings changed (SIGHUP): the caller recomputes.
-		return nil, true
+		return nil, wakeReschedule
 	case <-t.C:
-		return nil, true
+		return nil, wakeDue
 	}
 }
 
@@ -659,7 +693,7 @@ func (d *Daemon) countRenewal(result string) {
 
 func (d *Daemon) renewOnce(ctx context.Context, id *Identity) error {
 	rs := d.renewSettings()
-	nid, err := Renew(ctx, RenewOptions{StateDir: d.cfg.StateDir, Keystore: d.ks, Rekey: rs.Rekey, Current: id, Now: d.clock.Now, OnResponse: d.observeDate})
+	nid, err := Renew(ctx, RenewOptions{StateDir: d.boot.StateDir, Keystore: d.ks, Rekey: rs.Rekey, Current: id, Now: d.clock.Now, OnResponse: d.observeDate})
 	d.mu.Lock()
 	d.renewal.LastAt = d.clock.Now()
 	if err != nil {

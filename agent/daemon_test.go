@@ -14,8 +14,10 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"math/big"
 	"net"
 	"net/http"
@@ -252,5 +254,38 @@ func TestDaemonEnrollsShipsAndRenewsWithoutLoss(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("Run after cancel: %v", err)
+	}
+}
+
+// TestRunRefusesTakenMetricsPortBeforeStarting: a metrics address in use
+// fails the run before any component starts, so nothing (here, the local
+// API and its socket) is left running under the spools Run then closes.
+// Against a regression this check is a race (a goroutine started before
+// the failure may not have created its socket yet), so it catches one
+// often, not always; the error and Ready are checked deterministically.
+func TestRunRefusesTakenMetricsPortBeforeStarting(t *testing.T) {
+	c := testca.Start(t, testca.Options{})
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	dir := t.TempDir()
+	cfg := config.Default()
+	cfg.DeviceID = "metrics-taken"
+	cfg.StateDir = filepath.Join(dir, "state")
+	cfg.API.Socket = filepath.Join(dir, "api.sock")
+	cfg.Metrics.Listen = taken.Addr().String()
+	cfg.Collector.Interval = 0
+	tok := c.Token(t, "metrics-taken").String()
+	var logs syncBuffer
+	err = Run(context.Background(), Options{Config: cfg, Logger: newTestLogger(&logs),
+		Ready:  func() { t.Error("Ready called although the metrics address is taken") },
+		Getenv: func(k string) string { return map[string]string{"EDGEAGENT_TOKEN": tok}[k] }})
+	if err == nil || !strings.Contains(err.Error(), "metrics.listen") {
+		t.Fatalf("Run with the metrics address taken: %v, want an error naming metrics.listen", err)
+	}
+	if _, err := os.Stat(cfg.API.Socket); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("the local API started before the metrics address was checked (%s: %v)", cfg.API.Socket, err)
 	}
 }

@@ -39,7 +39,7 @@ type EnrollOptions struct {
 	Now    func() time.Time
 	Logger *slog.Logger
 	// OnResponse sees EST responses' Date headers (clock skew).
-	OnResponse func(sent, received time.Time, date string)
+	OnResponse func(enroll.Response)
 }
 
 // ErrIdentityExists is returned by Enroll when the state directory already
@@ -170,7 +170,7 @@ type RenewOptions struct {
 	Timeout time.Duration
 	Now     func() time.Time
 	// OnResponse sees EST responses' Date headers (clock skew).
-	OnResponse func(sent, received time.Time, date string)
+	OnResponse func(enroll.Response)
 }
 
 // Renew re-enrolls over mutual TLS with the current certificate. The new

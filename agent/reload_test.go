@@ -3,20 +3,24 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/edgeagent/edgeagent/agent/config"
+	"github.com/edgeagent/edgeagent/agent/lifecycle"
 	"github.com/edgeagent/edgeagent/agent/localapi"
 	"github.com/edgeagent/edgeagent/internal/testca"
+	"github.com/edgeagent/edgeagent/uplink/spool"
 )
 
 // TestReloadRefusesWhatCannotRun: a config that validates but whose
 // uplink cannot be built (an unreadable CA bundle) is refused as a whole at
 // error level, and the running uplink keeps delivering; keys that need a
-// restart are named and keep their values; renew.* applies at once.
+// restart are named and keep their values; renew.* applies at once and
+// reschedules the renewal without renewing.
 func TestReloadRefusesWhatCannotRun(t *testing.T) {
 	c := testca.Start(t, testca.Options{})
 	broker := startTestBroker(t, c)
@@ -81,6 +85,22 @@ func TestReloadRefusesWhatCannotRun(t *testing.T) {
 	}
 	send("after a refused reload")
 
+	status := func() Status {
+		t.Helper()
+		resp, err := api.Get("http://agent/v1/status")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var st Status
+		if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	var before Status
+	eventually(t, "the renewal scheduled", func() bool { before = status(); return !before.NextRenew.IsZero() })
+
 	next := cfg
 	next.StateDir = filepath.Join(dir, "elsewhere")
 	next.Renew.Fraction, next.Renew.RetryMax = 0.5, time.Minute
@@ -92,9 +112,58 @@ func TestReloadRefusesWhatCannotRun(t *testing.T) {
 	if len(running) != 1 || running[0].StateDir != cfg.StateDir || running[0].Renew.Fraction != 0.5 {
 		t.Fatalf("running config after reload: %+v", running)
 	}
+	// The new renew.* reschedules (fraction 0.5±0.05 of the lifetime,
+	// before the default 0.66±0.05) without renewing: a fleet-wide config
+	// push must not send every device to the CA at once.
+	var after Status
+	eventually(t, "the renewal rescheduled with renew.fraction 0.5", func() bool {
+		after = status()
+		return after.Serial != before.Serial || after.NextRenew.Before(before.NextRenew)
+	})
+	if after.Serial != before.Serial || after.LastRenew.Result != "" || len(after.LastRenew.Counts) != 0 {
+		t.Fatalf("the reload renewed the certificate: serial %s -> %s, last renewal %+v", before.Serial, after.Serial, after.LastRenew)
+	}
 	send("after a good reload")
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestSubmitDuringReload: local apps keep submitting while reloads replace
+// the running configuration. Run with -race (CGO_ENABLED=1): Submit reads
+// the device id from the start-time configuration, not from what Reload
+// replaces.
+func TestSubmitDuringReload(t *testing.T) {
+	cfg := config.Default()
+	cfg.DeviceID = "reload-race"
+	sp, err := spool.Open(t.TempDir(), spool.Options{Sync: spool.SyncNever})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	d := &Daemon{boot: cfg, cfg: cfg, log: slog.New(slog.DiscardHandler), clock: lifecycle.NewClock(nil),
+		spools: map[string]*spool.Spool{"mqtt": sp}, reschedule: make(chan struct{}, 1), idPrefix: "p-"}
+	done := make(chan error, 1)
+	go func() {
+		for i := 0; i < 200; i++ {
+			if _, err := d.Submit(context.Background(), []json.RawMessage{json.RawMessage(`{"i":1}`)}); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	for i := 0; i < 200; i++ {
+		n := cfg
+		n.Renew.Fraction = 0.5 + float64(i%2)/10
+		d.Reload(context.Background(), n)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	recs, err := sp.Next(context.Background(), 1)
+	if err != nil || len(recs) != 1 || !strings.Contains(string(recs[0].Payload), `"device_id":"reload-race"`) {
+		t.Fatalf("first record %v, %v", recs, err)
 	}
 }

@@ -48,8 +48,11 @@ func FetchPinned(ctx context.Context, server string, pin token.Pin, timeout time
 }
 
 // FetchPinnedAt is FetchPinned verifying the server's certificate at the
-// time now returns (the agent's skew-corrected clock).
+// time now returns (the agent's skew-corrected clock); nil means time.Now.
 func FetchPinnedAt(ctx context.Context, server string, pin token.Pin, timeout time.Duration, now func() time.Time) (*x509.Certificate, error) {
+	if now == nil {
+		now = time.Now
+	}
 	pinned, presented, host, err := findPinned(ctx, server, pin, timeout)
 	if err != nil {
 		return nil, err

@@ -44,12 +44,24 @@ type Options struct {
 	// MaxRetryWait caps one wait for a 202 Retry-After; 0 means 10 minutes.
 	MaxRetryWait time.Duration
 	// OnResponse, if set, sees each response's send and receive times on
-	// the Time clock and its Date header, so the agent can estimate how far
-	// that clock is from the server's.
-	OnResponse func(sent, received time.Time, date string)
+	// the Time clock, its Date header and the server chain the handshake
+	// verified, so the agent can estimate how far that clock is from the
+	// server's and check the server's time against that chain.
+	OnResponse func(Response)
 	// PostQuantumTLS offers the hybrid post-quantum key exchanges to the
 	// server; see KeyExchanges.
 	PostQuantumTLS bool
+}
+
+// Response is what Options.OnResponse sees of one EST answer.
+type Response struct {
+	// Sent and Received are read from the Time clock around the exchange.
+	Sent, Received time.Time
+	// Date is the answer's Date header as sent.
+	Date string
+	// Chain is the server's chain as verified in the handshake (leaf
+	// first, ending in a trust anchor); nil when there was none.
+	Chain []*x509.Certificate
 }
 
 // Client talks to one EST server.
@@ -59,7 +71,7 @@ type Client struct {
 	hc         *http.Client
 	now        func() time.Time
 	maxWait    time.Duration
-	onResponse func(sent, received time.Time, date string)
+	onResponse func(Response)
 }
 
 // maxDeferrals bounds how many 202 answers one request follows.
@@ -319,7 +331,11 @@ func (c *Client) do(ctx context.Context, method, op string, reqDER []byte, auth 
 		respBody, rerr := io.ReadAll(io.LimitReader(resp.Body, est.MaxBodyBytes+1))
 		resp.Body.Close()
 		if c.onResponse != nil {
-			c.onResponse(sent, c.now(), resp.Header.Get("Date"))
+			r := Response{Sent: sent, Received: c.now(), Date: resp.Header.Get("Date")}
+			if resp.TLS != nil && len(resp.TLS.VerifiedChains) > 0 {
+				r.Chain = resp.TLS.VerifiedChains[0]
+			}
+			c.onResponse(r)
 		}
 		if rerr != nil {
 			return nil, 0, fmt.Errorf("enroll: %s: read response: %w", name, rerr)

@@ -195,6 +195,10 @@ func TestFetchPinnedRoots(t *testing.T) {
 	if !pool.Equal(s.pki.pool()) {
 		t.Fatal("pool is not the pinned root")
 	}
+	// No clock given means time.Now, not a panic.
+	if got, err := FetchPinnedAt(ctx, s.url(), token.PinOf(s.pki.root), 5*time.Second, nil); err != nil || !got.Equal(s.pki.root) {
+		t.Fatalf("FetchPinnedAt with a nil clock: %v", err)
+	}
 	// The intermediate is a CA in the chain too: pinning it works.
 	if _, err := FetchPinnedRoots(ctx, s.url(), token.PinOf(s.pki.inter), 5*time.Second); err != nil {
 		t.Fatalf("pin of the intermediate: %v", err)

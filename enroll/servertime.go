@@ -25,8 +25,10 @@ type TimeOptions struct {
 	// chain it presents (first contact).
 	Roots *x509.CertPool
 	Pin   token.Pin
-	// NotBefore is the earliest time the answer may be: the agent's
-	// build time, or the current certificate's NotBefore.
+	// NotBefore is the earliest time the answer may be: the latest of the
+	// agent's build time, the current certificate's NotBefore and when the
+	// device obtained it. It is the only bound below the server's own
+	// certificate validity (see ServerTime), so keep it as late as known.
 	NotBefore time.Time
 	Timeout   time.Duration
 	// Now is the local clock the sample's Sent and Received are read
@@ -53,7 +55,12 @@ type TimeSample struct {
 //
 // What remains to trust is that a server holding a key the CA certified
 // reports its time honestly: the best a device without a trusted clock
-// can do, and only until the corrected clock takes over.
+// can do, and only until the corrected clock takes over. In particular a
+// server certificate that was once valid is trusted for the time it
+// reports: whoever holds its key, even after it expired or was replaced,
+// can set the device's clock to any time inside its validity that is not
+// before o.NotBefore. That is why o.NotBefore should be as late as the
+// device knows.
 func ServerTime(ctx context.Context, o TimeOptions) (TimeSample, error) {
 	if o.Now == nil {
 		o.Now = time.Now

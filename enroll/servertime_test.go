@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,10 +21,19 @@ import (
 func TestServerTime(t *testing.T) {
 	p := newPKI(t, "127.0.0.1")
 	var date string
+	// written is the Date the handler sent for date "" (the server's own
+	// clock, as net/http would send it): the sample must carry exactly it,
+	// however long the exchange took on a loaded machine.
+	var written atomic.Pointer[string]
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if date == "-" {
+		switch date {
+		case "-":
 			w.Header()["Date"] = nil // net/http then sends none
-		} else if date != "" {
+		case "":
+			now := time.Now().UTC().Format(http.TimeFormat)
+			written.Store(&now)
+			w.Header().Set("Date", now)
+		default:
 			w.Header().Set("Date", date)
 		}
 		w.WriteHeader(http.StatusNotFound)
@@ -51,6 +61,7 @@ func TestServerTime(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			date = c.date
+			written.Store(nil)
 			o := TimeOptions{Server: srv.URL, Pin: c.pin, NotBefore: build, Now: func() time.Time { return epoch }}
 			if c.pin.IsZero() {
 				o.Roots = p.pool()
@@ -65,8 +76,12 @@ func TestServerTime(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if d := time.Since(s.Date); d < -time.Second || d > 2*time.Second || !s.Sent.Equal(epoch) {
-				t.Fatalf("sample %+v", s)
+			w := written.Load()
+			if w == nil {
+				t.Fatal("the handler wrote no Date")
+			}
+			if want, _ := http.ParseTime(*w); !s.Date.Equal(want) || !s.Sent.Equal(epoch) || !s.Received.Equal(epoch) {
+				t.Fatalf("sample %+v, want Date %s (as sent) and Sent, Received at the injected clock %v", s, *w, epoch)
 			}
 		})
 	}

@@ -240,7 +240,7 @@ func TestRetryAfterWait(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	c2, err := New(Options{Server: srv.URL, Roots: p.pool(), Timeout: 5 * time.Second,
-		OnResponse: func(time.Time, time.Time, string) { cancel() }})
+		OnResponse: func(Response) { cancel() }})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -105,13 +105,18 @@ func NextRetry(now, notAfter time.Time, wait time.Duration) time.Time {
 
 // ClockImplausible says why the device clock cannot be right, or "" when
 // it may be. A device without an RTC boots in 1970: before the agent was
-// built, or before the current certificate became valid.
-func ClockImplausible(now, buildTime, certNotBefore time.Time) string {
+// built, before the current certificate became valid, or before the device
+// obtained it (obtained, by the clock then; zero when unknown). Zero
+// floors are ignored.
+func ClockImplausible(now, buildTime, certNotBefore, obtained time.Time) string {
 	if !buildTime.IsZero() && now.Before(buildTime) {
 		return fmt.Sprintf("clock %s is before this agent was built (%s)", now.UTC().Format(time.RFC3339), buildTime.UTC().Format(time.RFC3339))
 	}
 	if !certNotBefore.IsZero() && now.Before(certNotBefore) {
 		return fmt.Sprintf("clock %s is before the certificate became valid (%s)", now.UTC().Format(time.RFC3339), certNotBefore.UTC().Format(time.RFC3339))
+	}
+	if !obtained.IsZero() && now.Before(obtained) {
+		return fmt.Sprintf("clock %s is before this device obtained its certificate (%s)", now.UTC().Format(time.RFC3339), obtained.UTC().Format(time.RFC3339))
 	}
 	return ""
 }

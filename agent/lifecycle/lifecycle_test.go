@@ -93,17 +93,21 @@ func TestClockImplausible(t *testing.T) {
 	build := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
 	epoch := time.Unix(0, 0)
 	cases := []struct {
-		name    string
-		now, nb time.Time
-		wantMsg bool
+		name              string
+		now, nb, obtained time.Time
+		wantMsg           bool
 	}{
-		{"1970", epoch, time.Time{}, true},
-		{"before cert", build.Add(time.Hour), build.Add(2 * time.Hour), true},
-		{"fine", build.Add(48 * time.Hour), build.Add(time.Hour), false},
-		{"no cert yet", build.Add(time.Hour), time.Time{}, false},
+		{"1970", epoch, time.Time{}, time.Time{}, true},
+		{"before cert", build.Add(time.Hour), build.Add(2 * time.Hour), time.Time{}, true},
+		{"fine", build.Add(48 * time.Hour), build.Add(time.Hour), build.Add(2 * time.Hour), false},
+		{"no cert yet", build.Add(time.Hour), time.Time{}, time.Time{}, false},
+		// A certificate valid since last year, renewed yesterday: a clock
+		// inside its validity but before the renewal is still wrong.
+		{"before it was obtained", build.Add(48 * time.Hour), build.Add(time.Hour), build.Add(72 * time.Hour), true},
+		{"when it was obtained", build.Add(72 * time.Hour), build.Add(time.Hour), build.Add(72 * time.Hour), false},
 	}
 	for _, c := range cases {
-		if got := ClockImplausible(c.now, build, c.nb); (got != "") != c.wantMsg {
+		if got := ClockImplausible(c.now, build, c.nb, c.obtained); (got != "") != c.wantMsg {
 			t.Errorf("%s: %q", c.name, got)
 		}
 	}

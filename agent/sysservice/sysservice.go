@@ -183,8 +183,31 @@ func SystemdTemplate() (string, error) {
 }
 
 // checkPaths refuses paths the hardened unit cannot reach, before anything
-// is written.
-func checkPaths(exe, cfgPath string) error {
+// is written: the executable, the config file, and the files the config
+// names for the agent to read.
+func checkPaths(exe, cfgPath string, cfg config.Config) error {
+	for _, p := range []struct{ what, path, fix string }{
+		{"executable", exe, "copy it to /usr/local/bin first"},
+		{"config", cfgPath, "copy it to /etc/edgeagent first"},
+		{"enroll.token_file", cfg.Enroll.TokenFile, ""},
+		{"enroll.ca_bundle", cfg.Enroll.CABundle, ""},
+		{"enroll.password_file", cfg.Enroll.PasswordFile, ""},
+		{"mqtt.ca_bundle", cfg.MQTT.CABundle, ""},
+		{"https.ca_bundle", cfg.HTTPS.CABundle, ""},
+	} {
+		if p.path == "" {
+			continue
+		}
+		dir, why := hiddenFromService(filepath.Clean(p.path))
+		if dir == "" {
+			continue
+		}
+		fix := p.fix
+		if fix == "" {
+			fix = fmt.Sprintf("copy it to /etc/edgeagent and set %s to the new path in %s", p.what, cfgPath)
+		}
+		return fmt.Errorf("the %s %s is under %s, which the unit hides from the service (%s): %s", p.what, p.path, dir, why, fix)
+	}
 	st, err := os.Stat(exe)
 	if err != nil {
 		return fmt.Errorf("executable: %w", err)
@@ -192,23 +215,26 @@ func checkPaths(exe, cfgPath string) error {
 	if !st.Mode().IsRegular() || st.Mode().Perm()&0o111 == 0 {
 		return fmt.Errorf("executable %s is not an executable file", exe)
 	}
-	for _, p := range []struct{ what, path string }{{"executable", exe}, {"config", cfgPath}} {
-		// Hidden from the service by ProtectHome=yes.
-		for _, h := range []string{"/home", "/root", "/run/user"} {
-			if p.path == h || strings.HasPrefix(p.path, h+"/") {
-				return fmt.Errorf("the %s %s is under %s, which the unit hides (ProtectHome=yes): copy it to /usr/local/bin or /etc/edgeagent first", p.what, p.path, h)
-			}
-		}
-	}
 	return nil
 }
 
-func install(svc service.Service, system, exe, cfgPath string, out io.Writer) error {
-	if system == Systemd {
-		if err := checkPaths(exe, cfgPath); err != nil {
-			return err
+// hiddenFromService returns the directory of path the hardened unit hides
+// from the service, and the unit setting that does, or "" when none does:
+// ProtectHome=yes hides home directories, PrivateTmp=yes gives the service
+// its own empty /tmp and /var/tmp.
+func hiddenFromService(path string) (dir, why string) {
+	for _, h := range []struct{ dir, why string }{
+		{"/home", "ProtectHome=yes"}, {"/root", "ProtectHome=yes"}, {"/run/user", "ProtectHome=yes"},
+		{"/tmp", "PrivateTmp=yes"}, {"/var/tmp", "PrivateTmp=yes"},
+	} {
+		if path == h.dir || strings.HasPrefix(path, h.dir+"/") {
+			return h.dir, h.why
 		}
 	}
+	return "", ""
+}
+
+func install(svc service.Service, system, exe, cfgPath string, out io.Writer) error {
 	cfg := config.Default()
 	if _, err := os.Stat(cfgPath); err != nil {
 		fmt.Fprintf(out, "note: %s does not exist yet; the agent uses defaults and EDGEAGENT_* variables until it does (reference: packaging/edgeagent.yaml)\n", cfgPath)
@@ -216,6 +242,9 @@ func install(svc service.Service, system, exe, cfgPath string, out io.Writer) er
 		return fmt.Errorf("config %s: %w (fix it before installing)", cfgPath, err)
 	}
 	if system == Systemd {
+		if err := checkPaths(exe, cfgPath, cfg); err != nil {
+			return err
+		}
 		for _, w := range sandboxConflicts(cfg) {
 			fmt.Fprintln(out, "warning:", w)
 		}

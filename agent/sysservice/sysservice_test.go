@@ -29,30 +29,60 @@ func TestSystemdTemplate(t *testing.T) {
 }
 
 func TestCheckPaths(t *testing.T) {
-	dir := t.TempDir()
-	exe := filepath.Join(dir, "edgeagent")
-	if err := os.WriteFile(exe, []byte("#!/bin/sh\n"), 0o755); err != nil {
+	// The service cannot see /tmp (PrivateTmp=yes), so the binaries that
+	// pass are the system's: any regular executable outside the hidden
+	// directories will do.
+	exe, err := filepath.EvalSymlinks("/bin/sh")
+	if err != nil {
 		t.Fatal(err)
 	}
-	noexec := filepath.Join(dir, "noexec")
-	if err := os.WriteFile(noexec, nil, 0o644); err != nil {
+	// An executable that works from a shell but not for the service: in
+	// /tmp itself, whatever TMPDIR says.
+	tmpDir, err := os.MkdirTemp("/tmp", "edgeagent-checkpaths-")
+	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { os.RemoveAll(tmpDir) })
+	tmpExe := filepath.Join(tmpDir, "edgeagent")
+	if err := os.WriteFile(tmpExe, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	const etc = "/etc/edgeagent/edgeagent.yaml"
+	with := func(f func(*config.Config)) config.Config {
+		c := config.Default()
+		f(&c)
+		return c
+	}
+	def := config.Default()
 	tests := []struct {
-		name, exe, cfg, wantErr string
+		name, exe, cfgPath string
+		cfg                config.Config
+		wantErr            string
 	}{
-		{"ok", exe, "/etc/edgeagent/edgeagent.yaml", ""},
-		{"missing binary", filepath.Join(dir, "nope"), "/etc/edgeagent/edgeagent.yaml", "no such file"},
-		{"not executable", noexec, "/etc/edgeagent/edgeagent.yaml", "not an executable"},
-		{"config in /root", exe, "/root/edgeagent.yaml", "ProtectHome"},
-		{"config in /home", exe, "/home/pi/edgeagent.yaml", "copy it to"},
-		{"/homestead is not /home", exe, "/homestead/edgeagent.yaml", ""},
+		{"ok", exe, etc, def, ""},
+		{"missing binary", "/usr/lib/edgeagent-test-no-such-binary", etc, def, "no such file"},
+		{"not executable", "/etc/passwd", etc, def, "not an executable"},
+		{"binary in /tmp", tmpExe, etc, def, "PrivateTmp=yes"},
+		{"binary in /var/tmp", "/var/tmp/edgeagent", etc, def, "copy it to /usr/local/bin"},
+		{"config in /root", exe, "/root/edgeagent.yaml", def, "ProtectHome"},
+		{"config in /home", exe, "/home/pi/edgeagent.yaml", def, "copy it to /etc/edgeagent"},
+		{"config in /tmp", exe, "/tmp/edgeagent.yaml", def, "PrivateTmp=yes"},
+		{"/homestead is not /home", exe, "/homestead/edgeagent.yaml", def, ""},
+		{"/tmpfs is not /tmp", exe, "/tmpfs/edgeagent.yaml", def, ""},
+		{"token in /tmp", exe, etc, with(func(c *config.Config) { c.Enroll.TokenFile = "/tmp/token" }), "enroll.token_file /tmp/token"},
+		{"enroll bundle at home", exe, etc, with(func(c *config.Config) { c.Enroll.CABundle = "/home/pi/ca.pem" }), "set enroll.ca_bundle to the new path"},
+		{"password in /var/tmp", exe, etc, with(func(c *config.Config) { c.Enroll.PasswordFile = "/var/tmp/pw" }), "enroll.password_file"},
+		{"mqtt bundle in /root", exe, etc, with(func(c *config.Config) { c.MQTT.CABundle = "/root/broker.pem" }), "mqtt.ca_bundle"},
+		{"https bundle in /run/user", exe, etc, with(func(c *config.Config) { c.HTTPS.CABundle = "/run/user/1000/ca.pem" }), "https.ca_bundle"},
+		{"files in /etc", exe, etc, with(func(c *config.Config) {
+			c.Enroll.TokenFile, c.Enroll.CABundle, c.MQTT.CABundle = "/etc/edgeagent/token", "/etc/edgeagent/ca.pem", "/etc/ssl/certs/ca-certificates.crt"
+		}), ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := checkPaths(tt.exe, tt.cfg)
+			err := checkPaths(tt.exe, tt.cfgPath, tt.cfg)
 			if tt.wantErr == "" && err != nil || tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {
-				t.Errorf("checkPaths(%s, %s) = %v, want error containing %q", tt.exe, tt.cfg, err, tt.wantErr)
+				t.Errorf("checkPaths(%s, %s) = %v, want error containing %q", tt.exe, tt.cfgPath, err, tt.wantErr)
 			}
 		})
 	}

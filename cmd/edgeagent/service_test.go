@@ -44,7 +44,13 @@ func TestServiceInstallRoundTrip(t *testing.T) {
 		}
 	}
 	hosttest.Lock(t)
-	dir := t.TempDir()
+	// Not t.TempDir(): the unit hides /tmp from the service (PrivateTmp),
+	// so install refuses a binary or config there.
+	dir, err := os.MkdirTemp("/var/lib", "edgeagent-install-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
 	bin := filepath.Join(dir, "edgeagent")
 	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
@@ -88,6 +94,22 @@ func TestServiceInstallRoundTrip(t *testing.T) {
 		if _, err := user.Lookup(packaging.AgentUser); err == nil && !userExisted {
 			t.Error("the refused install created the service user")
 		}
+
+		// So is a config the service could not see (PrivateTmp=yes).
+		tmp, err := os.MkdirTemp("/tmp", "edgeagent-install-test-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(tmp) })
+		hidden := filepath.Join(tmp, "edgeagent.yaml")
+		if err := os.WriteFile(hidden, ref, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		refused, err = exec.Command(bin, "install", "--init-system", sysservice.Systemd, "--config", hidden).CombinedOutput()
+		if err == nil || !strings.Contains(string(refused), "PrivateTmp=yes") {
+			t.Errorf("install with the config in /tmp: err=%v, output %q: want a refusal naming PrivateTmp=yes", err, refused)
+		}
+		refuseIfPresent(t, unit, wants)
 
 		out := runAgent(t, bin, "install", "--init-system", sysservice.Systemd, "--config", cfg)
 		t.Logf("install:\n%s", out)

@@ -83,8 +83,8 @@ func TestCAOutage(t *testing.T) {
 	mosquitto.Binary(t)
 
 	// Across a renewal window: the agent keeps publishing with its
-	// certificate, fails and backs off, and renews within one backoff
-	// interval (renew.retry_max, 3s) of the CA's return.
+	// certificate, fails and backs off, and renews on its next attempts
+	// after the CA's return (at most 2 more failures), before expiry.
 	t.Run("across a renewal window", func(t *testing.T) {
 		t.Parallel()
 		const ttl = 40 * time.Second
@@ -96,6 +96,7 @@ func TestCAOutage(t *testing.T) {
 		if st := a.mustStatus(); st.Serial != first || st.Phase != "renewing" {
 			t.Fatalf("while the CA is down: %+v", st)
 		}
+		failedBefore := a.mustStatus().Counts["error"]
 		back := time.Now()
 		c.Resume()
 		waitUntil(t, 20*time.Second, "a renewal after the CA returned", func() bool { return a.mustStatus().Serial != first })
@@ -103,12 +104,14 @@ func TestCAOutage(t *testing.T) {
 		if len(certs) != 2 || certs[1].Op != "simplereenroll" {
 			t.Fatalf("issued %+v", certs)
 		}
-		after := certs[1].At.Sub(back)
-		t.Logf("renewed %v after the CA returned", after.Round(time.Millisecond))
-		// One backoff interval is at most retry_max (3s); allow 2s more for
-		// the exchange itself on a loaded machine.
-		if after > 3*time.Second+2*time.Second {
-			t.Errorf("renewed %v after the CA returned, more than one backoff interval (retry_max 3s)", after)
+		// The agent's next attempt after the CA's return renews: counted
+		// in attempts, not seconds, so a loaded machine cannot fail it. At
+		// most one attempt that was already under way when the CA came back
+		// may fail, and one more for the listener's first moments.
+		failedAfter := a.mustStatus().Counts["error"] - failedBefore
+		t.Logf("renewed %v after the CA returned, %v failed attempts since", certs[1].At.Sub(back).Round(time.Millisecond), failedAfter)
+		if failedAfter > 2 {
+			t.Errorf("%v renewal attempts failed after the CA returned, want at most 2", failedAfter)
 		}
 		if !certs[1].At.Before(certs[0].At.Add(ttl)) {
 			t.Errorf("renewed at %v, after the certificate expired", certs[1].At)

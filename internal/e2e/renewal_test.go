@@ -208,6 +208,7 @@ func TestTwentySecondCertificates(t *testing.T) {
 	}
 	last := -1
 	used := map[string]bool{}
+	stale := map[int]int{}
 	for _, p := range conns {
 		if p.Serial == "" {
 			t.Errorf("a connection to the broker without a visible certificate: %s", p.Note)
@@ -225,9 +226,15 @@ func TestTwentySecondCertificates(t *testing.T) {
 		if !p.At.Before(notAfter[p.Serial]) {
 			t.Errorf("at %v the broker was presented certificate %d, expired at %v", p.At, i, notAfter[p.Serial])
 		}
-		// The connection that follows a renewal carries its certificate.
-		if i+1 < len(certs) && p.At.After(certs[i+1].At.Add(ttl/4)) {
-			t.Errorf("at %v, %v after certificate %d was issued, the broker was still presented certificate %d", p.At, p.At.Sub(certs[i+1].At), i+1, i)
+		// The connection that follows a renewal carries its certificate:
+		// only a handshake already under way when the new certificate
+		// arrived may present the old one. Counted, not timed, so a loaded
+		// machine cannot fail it.
+		if i+1 < len(certs) && p.At.After(certs[i+1].At) {
+			stale[i]++
+			if stale[i] > 1 {
+				t.Errorf("at %v, %v after certificate %d was issued, the broker was presented certificate %d again (%d connections)", p.At, p.At.Sub(certs[i+1].At), i+1, i, stale[i])
+			}
 		}
 		used[p.Serial] = true
 	}
