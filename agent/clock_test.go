@@ -119,18 +119,7 @@ func TestClockIn1970EnrollsConnectsAndRenews(t *testing.T) {
 		t.Fatal(err)
 	}
 	api := localapi.Client(cfg.API.Socket, 0)
-	getStatus := func() Status {
-		resp, err := api.Get("http://agent/v1/status")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		var st Status
-		if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
-			t.Fatal(err)
-		}
-		return st
-	}
+	getStatus := func() Status { return fetchStatus(t, api) }
 	// Twice: the first boot enrolls (token, CA pin), the second starts
 	// from the stored identity (its trust anchors), both in 1970.
 	for _, phase := range []string{"enroll", "restart"} {

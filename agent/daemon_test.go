@@ -205,18 +205,7 @@ func TestDaemonEnrollsShipsAndRenewsWithoutLoss(t *testing.T) {
 		all = append(all, post(100, i*100)...)
 	}
 	var before Status
-	getStatus := func() Status {
-		resp, err := api.Get("http://agent/v1/status")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		var st Status
-		if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
-			t.Fatal(err)
-		}
-		return st
-	}
+	getStatus := func() Status { return fetchStatus(t, api) }
 	before = getStatus()
 	// Force a renewal through the local API while messages are in flight.
 	resp, err := api.Post("http://agent/v1/renew", "application/json", nil)
@@ -288,4 +277,19 @@ func TestRunRefusesTakenMetricsPortBeforeStarting(t *testing.T) {
 	if _, err := os.Stat(cfg.API.Socket); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("the local API started before the metrics address was checked (%s: %v)", cfg.API.Socket, err)
 	}
+}
+
+// fetchStatus reads the running agent's GET /v1/status.
+func fetchStatus(t *testing.T, api *http.Client) Status {
+	t.Helper()
+	resp, err := api.Get("http://agent/v1/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var st Status
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		t.Fatal(err)
+	}
+	return st
 }

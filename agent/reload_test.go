@@ -85,19 +85,7 @@ func TestReloadRefusesWhatCannotRun(t *testing.T) {
 	}
 	send("after a refused reload")
 
-	status := func() Status {
-		t.Helper()
-		resp, err := api.Get("http://agent/v1/status")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		var st Status
-		if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
-			t.Fatal(err)
-		}
-		return st
-	}
+	status := func() Status { return fetchStatus(t, api) }
 	var before Status
 	eventually(t, "the renewal scheduled", func() bool { before = status(); return !before.NextRenew.IsZero() })
 
