@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -80,6 +81,15 @@ func startAgent(t testing.TB, cfgFile string, env ...string) *agentProc {
 	p := &agentProc{cmd: cmd, done: make(chan struct{}), logs: logs}
 	go func() { _ = cmd.Wait(); close(p.done) }()
 	t.Cleanup(func() {
+		if t.Failed() {
+			// SIGQUIT makes the Go runtime write every goroutine's stack
+			// to stderr, which is in logs: a stalled agent shows where.
+			_ = p.cmd.Process.Signal(syscall.SIGQUIT)
+			select {
+			case <-p.done:
+			case <-time.After(10 * time.Second):
+			}
+		}
 		p.kill()
 		if t.Failed() {
 			t.Logf("agent log:\n%s", logs.String())

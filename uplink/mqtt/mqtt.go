@@ -375,18 +375,18 @@ func (p *Publisher) connect(ctx context.Context) (paho.Client, <-chan error, err
 		opts.SetWill(p.o.StatusTopic, "offline", 1, true)
 	}
 	c := paho.NewClient(opts)
-	if err := wait(ctx, c.Connect()); err != nil {
+	if err := waitSetup(ctx, c.Connect(), lost); err != nil {
 		c.Disconnect(0)
 		return nil, nil, fmt.Errorf("connect to %s: %w", p.o.BrokerURL, err)
 	}
 	if p.o.StatusTopic != "" {
-		if err := wait(ctx, c.Publish(p.o.StatusTopic, 1, true, "online")); err != nil {
+		if err := waitSetup(ctx, c.Publish(p.o.StatusTopic, 1, true, "online"), lost); err != nil {
 			c.Disconnect(0)
 			return nil, nil, fmt.Errorf("publish status to %s: %w", p.o.StatusTopic, err)
 		}
 	}
 	if p.o.CommandTopic != "" && p.o.OnCommand != nil {
-		if err := wait(ctx, c.Subscribe(p.o.CommandTopic, 1, p.onMessage)); err != nil {
+		if err := waitSetup(ctx, c.Subscribe(p.o.CommandTopic, 1, p.onMessage), lost); err != nil {
 			c.Disconnect(0)
 			return nil, nil, fmt.Errorf("subscribe %s: %w", p.o.CommandTopic, err)
 		}
@@ -407,11 +407,30 @@ func (p *Publisher) goOffline(c paho.Client) {
 	c.Disconnect(250)
 }
 
-// wait waits for a paho token, giving up when ctx ends.
-func wait(ctx context.Context, tok paho.Token) error {
+// errSetupTimeout ends a connection whose CONNECT, status PUBLISH or
+// SUBSCRIBE is not answered within connectTimeout.
+var errSetupTimeout = errors.New("no answer from the broker in time")
+
+// waitSetup waits for a paho token of a connection being set up, giving up
+// when ctx ends, the connection is lost, or after connectTimeout.
+//
+// Waiting on the token alone can hang for ever: with CleanSession false
+// paho does not complete a QoS 1 PUBLISH token when the connection drops
+// (it keeps the message to resend on a reconnect of the same client, which
+// we never make), so a broker that goes away between CONNACK and the
+// status message's PUBACK would leave connect waiting, and the uplink
+// stalled, until the process restarts. The connection-lost handler is the
+// only signal then. A loss is consumed here: the caller discards the client.
+func waitSetup(ctx context.Context, tok paho.Token, lost <-chan error) error {
+	t := time.NewTimer(connectTimeout)
+	defer t.Stop()
 	select {
 	case <-tok.Done():
 		return tok.Error()
+	case err := <-lost:
+		return fmt.Errorf("connection lost: %w", err)
+	case <-t.C:
+		return fmt.Errorf("%w (%v)", errSetupTimeout, connectTimeout)
 	case <-ctx.Done():
 		return ctx.Err()
 	}
