@@ -12,6 +12,8 @@ import (
 	"fmt"
 	"math/big"
 	"time"
+
+	"github.com/edgeagent/edgeagent/enroll/est"
 )
 
 // Device certificates are built here rather than with x509.CreateCertificate
@@ -40,7 +42,7 @@ func (a *authority) fastSigner() (*ecdsa.PrivateKey, bool) {
 
 // leafDER builds and signs a device certificate from tmpl (as filled in by
 // issueLeaf) with the ECDSA P-256 issuing key. The DER is written by hand
-// (appendTLV) rather than with encoding/asn1, whose reflection cost about
+// (est.AppendTLV) rather than with encoding/asn1, whose reflection cost about
 // as much CPU as the signature itself; TestLeafDERMatchesCreateCertificate
 // holds the bytes to CreateCertificate's.
 func (a *authority) leafDER(tmpl *x509.Certificate, pubDER []byte, key *ecdsa.PrivateKey) ([]byte, error) {
@@ -56,27 +58,27 @@ func (a *authority) leafDER(tmpl *x509.Certificate, pubDER []byte, key *ecdsa.Pr
 	}
 	body := make([]byte, 0, 512)
 	body = append(body, 0xa0, 0x03, 0x02, 0x01, 0x02) // [0] EXPLICIT INTEGER 2 (v3)
-	body = appendTLV(body, 0x02, serialContent(tmpl.SerialNumber))
+	body = est.AppendTLV(body, 0x02, serialContent(tmpl.SerialNumber))
 	body = append(body, derECDSAWithSHA256...)
 	body = append(body, a.intermediate.RawSubject...)
 	var validity []byte
 	validity = appendTime(validity, tmpl.NotBefore.UTC().Truncate(time.Second))
 	validity = appendTime(validity, tmpl.NotAfter.UTC().Truncate(time.Second))
-	body = appendTLV(body, 0x30, validity)
-	body = appendTLV(body, 0x30, commonNameRDN(tmpl.Subject.CommonName))
+	body = est.AppendTLV(body, 0x30, validity)
+	body = est.AppendTLV(body, 0x30, commonNameRDN(tmpl.Subject.CommonName))
 	body = append(body, pubDER...)
 	var extSeq []byte
 	for _, e := range exts {
 		var ext []byte
-		ext = appendTLV(ext, 0x06, oidContent(e.Id))
+		ext = est.AppendTLV(ext, 0x06, oidContent(e.Id))
 		if e.Critical {
 			ext = append(ext, 0x01, 0x01, 0xff)
 		}
-		ext = appendTLV(ext, 0x04, e.Value)
-		extSeq = appendTLV(extSeq, 0x30, ext)
+		ext = est.AppendTLV(ext, 0x04, e.Value)
+		extSeq = est.AppendTLV(extSeq, 0x30, ext)
 	}
-	body = appendTLV(body, 0xa3, appendTLV(nil, 0x30, extSeq))
-	tbs := appendTLV(make([]byte, 0, len(body)+4), 0x30, body)
+	body = est.AppendTLV(body, 0xa3, est.AppendTLV(nil, 0x30, extSeq))
+	tbs := est.AppendTLV(make([]byte, 0, len(body)+4), 0x30, body)
 
 	digest := sha256.Sum256(tbs)
 	sig, err := ecdsa.SignASN1(rand.Reader, key, digest[:])
@@ -86,8 +88,8 @@ func (a *authority) leafDER(tmpl *x509.Certificate, pubDER []byte, key *ecdsa.Pr
 	cert := make([]byte, 0, len(tbs)+len(derECDSAWithSHA256)+len(sig)+8)
 	cert = append(cert, tbs...)
 	cert = append(cert, derECDSAWithSHA256...)
-	cert = appendTLV(cert, 0x03, append([]byte{0}, sig...)) // BIT STRING, no unused bits
-	return appendTLV(make([]byte, 0, len(cert)+4), 0x30, cert), nil
+	cert = est.AppendTLV(cert, 0x03, append([]byte{0}, sig...)) // BIT STRING, no unused bits
+	return est.AppendTLV(make([]byte, 0, len(cert)+4), 0x30, cert), nil
 }
 
 // marshalSPKI is x509.MarshalPKIXPublicKey, with the common case (a P-256
@@ -116,22 +118,6 @@ var derP256SPKIPrefix = []byte{
 // derECDSAWithSHA256 is the AlgorithmIdentifier SEQUENCE { OID
 // ecdsa-with-SHA256 } (no parameters), in TBSCertificate and Certificate.
 var derECDSAWithSHA256 = []byte{0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02}
-
-// appendTLV appends a DER tag, definite length and content.
-func appendTLV(b []byte, tag byte, content []byte) []byte {
-	b = append(b, tag)
-	switch n := len(content); {
-	case n < 0x80:
-		b = append(b, byte(n))
-	case n < 0x100:
-		b = append(b, 0x81, byte(n))
-	case n < 0x10000:
-		b = append(b, 0x82, byte(n>>8), byte(n))
-	default:
-		b = append(b, 0x83, byte(n>>16), byte(n>>8), byte(n))
-	}
-	return append(b, content...)
-}
 
 // serialContent is the content octets of a positive INTEGER.
 func serialContent(n *big.Int) []byte {
@@ -162,9 +148,9 @@ func oidContent(oid asn1.ObjectIdentifier) []byte {
 // UTCTime from 1950 to 2049, GeneralizedTime otherwise.
 func appendTime(b []byte, t time.Time) []byte {
 	if y := t.Year(); y >= 1950 && y < 2050 {
-		return appendTLV(b, 0x17, []byte(t.Format("060102150405Z")))
+		return est.AppendTLV(b, 0x17, []byte(t.Format("060102150405Z")))
 	}
-	return appendTLV(b, 0x18, []byte(t.Format("20060102150405Z")))
+	return est.AppendTLV(b, 0x18, []byte(t.Format("20060102150405Z")))
 }
 
 // commonNameRDN is the content of a Name holding only CN=cn: a
@@ -178,8 +164,8 @@ func commonNameRDN(cn string) []byte {
 			break
 		}
 	}
-	atv := appendTLV([]byte{0x06, 0x03, 0x55, 0x04, 0x03}, tag, []byte(cn))
-	return appendTLV(nil, 0x31, appendTLV(nil, 0x30, atv))
+	atv := est.AppendTLV([]byte{0x06, 0x03, 0x55, 0x04, 0x03}, tag, []byte(cn))
+	return est.AppendTLV(nil, 0x31, est.AppendTLV(nil, 0x30, atv))
 }
 
 // isPrintable reports whether PrintableString allows c.
@@ -198,20 +184,20 @@ func leafExtensions(tmpl *x509.Certificate, authorityKeyID []byte) ([]pkix.Exten
 	exts := make([]pkix.Extension, 0, 5)
 	exts = append(exts,
 		pkix.Extension{Id: oidExtKeyUsage, Critical: true,
-			Value: appendTLV(nil, 0x03, append([]byte{byte(8*len(ku.Bytes) - ku.BitLength)}, ku.Bytes...))},
-		pkix.Extension{Id: oidExtExtKeyUsage, Value: appendTLV(nil, 0x30, appendTLV(nil, 0x06, oidContent(oidClientAuth)))},
+			Value: est.AppendTLV(nil, 0x03, append([]byte{byte(8*len(ku.Bytes) - ku.BitLength)}, ku.Bytes...))},
+		pkix.Extension{Id: oidExtExtKeyUsage, Value: est.AppendTLV(nil, 0x30, est.AppendTLV(nil, 0x06, oidContent(oidClientAuth)))},
 		// BasicConstraints with cA FALSE (the default) is an empty SEQUENCE.
 		pkix.Extension{Id: oidExtBasicConstr, Critical: true, Value: []byte{0x30, 0x00}},
 	)
 	if len(authorityKeyID) > 0 {
 		// AuthorityKeyIdentifier { keyIdentifier [0] IMPLICIT OCTET STRING }
-		exts = append(exts, pkix.Extension{Id: oidExtAuthorityKeyID, Value: appendTLV(nil, 0x30, appendTLV(nil, 0x80, authorityKeyID))})
+		exts = append(exts, pkix.Extension{Id: oidExtAuthorityKeyID, Value: est.AppendTLV(nil, 0x30, est.AppendTLV(nil, 0x80, authorityKeyID))})
 	}
 	var names []byte
 	for _, u := range tmpl.URIs {
-		names = appendTLV(names, 0x86, []byte(u.String())) // uniformResourceIdentifier [6] IA5String
+		names = est.AppendTLV(names, 0x86, []byte(u.String())) // uniformResourceIdentifier [6] IA5String
 	}
-	exts = append(exts, pkix.Extension{Id: oidExtSubjectAltName, Value: appendTLV(nil, 0x30, names)})
+	exts = append(exts, pkix.Extension{Id: oidExtSubjectAltName, Value: est.AppendTLV(nil, 0x30, names)})
 	return exts, nil
 }
 

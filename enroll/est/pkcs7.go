@@ -48,12 +48,12 @@ func EncodeCertsOnly(certs []*x509.Certificate) ([]byte, error) {
 	var sd []byte
 	sd = append(sd, 0x02, 0x01, 0x01) // version 1
 	sd = append(sd, 0x31, 0x00)       // digestAlgorithms: empty SET
-	sd = appendTLV(sd, 0x30, derOIDData)
-	sd = appendTLV(sd, 0xa0, raw) // certificates [0] IMPLICIT
+	sd = AppendTLV(sd, 0x30, derOIDData)
+	sd = AppendTLV(sd, 0xa0, raw) // certificates [0] IMPLICIT
 	sd = append(sd, 0x31, 0x00)   // signerInfos: empty SET
 	ci := append([]byte(nil), derOIDSignedData...)
-	ci = appendTLV(ci, 0xa0, appendTLV(nil, 0x30, sd)) // content [0] EXPLICIT
-	return appendTLV(nil, 0x30, ci), nil
+	ci = AppendTLV(ci, 0xa0, AppendTLV(nil, 0x30, sd)) // content [0] EXPLICIT
+	return AppendTLV(nil, 0x30, ci), nil
 }
 
 // The OBJECT IDENTIFIERs id-signedData (1.2.840.113549.1.7.2) and id-data
@@ -63,8 +63,9 @@ var (
 	derOIDData       = []byte{0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x01}
 )
 
-// appendTLV appends a DER tag, definite length and content.
-func appendTLV(b []byte, tag byte, content []byte) []byte {
+// AppendTLV appends a DER tag, definite length and content (edgeca writes
+// its certificates with it too).
+func AppendTLV(b []byte, tag byte, content []byte) []byte {
 	b = append(b, tag)
 	switch n := len(content); {
 	case n < 0x80:
