@@ -209,7 +209,7 @@ func (d *Daemon) bootstrap(ctx context.Context) (*Identity, error) {
 	opts.KeyAlg = alg
 	tokText := d.o.Getenv("EDGEAGENT_TOKEN")
 	if ec.TokenFile != "" {
-		b, err := os.ReadFile(ec.TokenFile)
+		b, err := ReadSecretFile(ec.TokenFile)
 		if err != nil {
 			return nil, fmt.Errorf("agent: enroll.token_file: %w", err)
 		}
@@ -230,7 +230,7 @@ func (d *Daemon) bootstrap(ctx context.Context) (*Identity, error) {
 			}
 		}
 		if ec.PasswordFile != "" {
-			b, err := os.ReadFile(ec.PasswordFile)
+			b, err := ReadSecretFile(ec.PasswordFile)
 			if err != nil {
 				return nil, fmt.Errorf("agent: enroll.password_file: %w", err)
 			}

@@ -148,7 +148,7 @@ func cmdEnroll(ctx context.Context, args []string, stdout, stderr io.Writer, get
 		if tokText != "" {
 			return usageError{"give --token or --token-file, not both"}
 		}
-		b, err := readSmallFile(*tokenFile)
+		b, err := agent.ReadSecretFile(*tokenFile)
 		if err != nil {
 			return usageError{"--token-file: " + err.Error()}
 		}
@@ -189,7 +189,7 @@ func cmdEnroll(ctx context.Context, args []string, stdout, stderr io.Writer, get
 			if *password != "" {
 				return usageError{"give --password or --password-file, not both"}
 			}
-			b, err := readSmallFile(*passwordFile)
+			b, err := agent.ReadSecretFile(*passwordFile)
 			if err != nil {
 				return usageError{"--password-file: " + err.Error()}
 			}
@@ -273,7 +273,7 @@ func (f ksFlagSet) open(stateDir string) (keystore.Keystore, error) {
 	return agent.OpenKeystore(cfg)
 }
 
-// readSmallFile reads a token, password or bundle file, bounded.
+// readSmallFile reads a CA bundle file, bounded.
 func readSmallFile(path string) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
