@@ -201,7 +201,7 @@ func (d *Daemon) loadOrEnroll(ctx context.Context) (*Identity, error) {
 func (d *Daemon) bootstrap(ctx context.Context) (*Identity, error) {
 	ec := d.config().Enroll
 	opts := EnrollOptions{StateDir: d.boot.StateDir, DeviceID: d.boot.DeviceID, Keystore: d.ks, Label: ec.Label,
-		Now: d.clock.Now, Logger: d.log, Force: true}
+		Now: d.clock.Now, Logger: d.log, Force: true, PostQuantumTLS: ec.PostQuantumTLS}
 	alg, err := keystore.ParseAlgorithm(d.boot.KeyAlgorithm)
 	if err != nil {
 		return nil, err
@@ -693,7 +693,8 @@ func (d *Daemon) countRenewal(result string) {
 
 func (d *Daemon) renewOnce(ctx context.Context, id *Identity) error {
 	rs := d.renewSettings()
-	nid, err := Renew(ctx, RenewOptions{StateDir: d.boot.StateDir, Keystore: d.ks, Rekey: rs.Rekey, Current: id, Now: d.clock.Now, OnResponse: d.observeDate})
+	nid, err := Renew(ctx, RenewOptions{StateDir: d.boot.StateDir, Keystore: d.ks, Rekey: rs.Rekey, Current: id, Now: d.clock.Now, OnResponse: d.observeDate,
+		PostQuantumTLS: d.config().Enroll.PostQuantumTLS})
 	d.mu.Lock()
 	d.renewal.LastAt = d.clock.Now()
 	if err != nil {

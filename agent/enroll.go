@@ -40,6 +40,9 @@ type EnrollOptions struct {
 	Logger *slog.Logger
 	// OnResponse sees EST responses' Date headers (clock skew).
 	OnResponse func(enroll.Response)
+	// PostQuantumTLS offers the EST server hybrid post-quantum key
+	// exchanges (enroll.Options.PostQuantumTLS).
+	PostQuantumTLS bool
 }
 
 // ErrIdentityExists is returned by Enroll when the state directory already
@@ -94,7 +97,7 @@ func Enroll(ctx context.Context, o EnrollOptions) (*Identity, error) {
 		roots.AddCert(pinned)
 		serverRoots = []*x509.Certificate{pinned}
 	}
-	client, err := enroll.New(enroll.Options{Server: o.Server, Label: o.Label, Roots: roots, Timeout: o.Timeout, Time: o.Now, OnResponse: o.OnResponse})
+	client, err := enroll.New(enroll.Options{Server: o.Server, Label: o.Label, Roots: roots, Timeout: o.Timeout, Time: o.Now, OnResponse: o.OnResponse, PostQuantumTLS: o.PostQuantumTLS})
 	if err != nil {
 		return nil, err
 	}
@@ -171,6 +174,8 @@ type RenewOptions struct {
 	Now     func() time.Time
 	// OnResponse sees EST responses' Date headers (clock skew).
 	OnResponse func(enroll.Response)
+	// PostQuantumTLS: see EnrollOptions.PostQuantumTLS.
+	PostQuantumTLS bool
 }
 
 // Renew re-enrolls over mutual TLS with the current certificate. The new
@@ -189,13 +194,14 @@ func Renew(ctx context.Context, o RenewOptions) (*Identity, error) {
 	}
 	tlsCert := cur.TLSCertificate()
 	client, err := enroll.New(enroll.Options{
-		Server:      cur.Server,
-		Label:       cur.Label,
-		Roots:       cur.ESTPool(),
-		Certificate: func() *tls.Certificate { return tlsCert },
-		Timeout:     o.Timeout,
-		Time:        o.Now,
-		OnResponse:  o.OnResponse,
+		Server:         cur.Server,
+		Label:          cur.Label,
+		Roots:          cur.ESTPool(),
+		Certificate:    func() *tls.Certificate { return tlsCert },
+		Timeout:        o.Timeout,
+		Time:           o.Now,
+		OnResponse:     o.OnResponse,
+		PostQuantumTLS: o.PostQuantumTLS,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("renew: %w", err)

@@ -62,6 +62,10 @@ type Response struct {
 	// Chain is the server's chain as verified in the handshake (leaf
 	// first, ending in a trust anchor); nil when there was none.
 	Chain []*x509.Certificate
+	// KeyExchange is the TLS key exchange the connection used (0 when
+	// unknown), so a fleet that requires post-quantum key exchange can
+	// see it is in effect.
+	KeyExchange tls.CurveID
 }
 
 // Client talks to one EST server.
@@ -332,8 +336,11 @@ func (c *Client) do(ctx context.Context, method, op string, reqDER []byte, auth 
 		resp.Body.Close()
 		if c.onResponse != nil {
 			r := Response{Sent: sent, Received: c.now(), Date: resp.Header.Get("Date")}
-			if resp.TLS != nil && len(resp.TLS.VerifiedChains) > 0 {
-				r.Chain = resp.TLS.VerifiedChains[0]
+			if resp.TLS != nil {
+				r.KeyExchange = resp.TLS.CurveID
+				if len(resp.TLS.VerifiedChains) > 0 {
+					r.Chain = resp.TLS.VerifiedChains[0]
+				}
 			}
 			c.onResponse(r)
 		}

@@ -64,6 +64,9 @@ type Enroll struct {
 	CABundle     string `yaml:"ca_bundle"`
 	Username     string `yaml:"username"`
 	PasswordFile string `yaml:"password_file"`
+	// PostQuantumTLS offers the EST server hybrid post-quantum key
+	// exchanges (X25519MLKEM768); off by default, as in edgeca.
+	PostQuantumTLS bool `yaml:"post_quantum_tls"`
 }
 
 // Renew is the renewal policy.

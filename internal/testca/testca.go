@@ -36,6 +36,8 @@ type Options struct {
 	// lifecycle tests with certificates of seconds.
 	MinTTL time.Duration
 	Now    func() time.Time // the CA's clock
+	// PostQuantumTLS: ca.Options.PostQuantumTLS.
+	PostQuantumTLS bool
 }
 
 // Start initializes a CA in a temporary dir and serves EST on 127.0.0.1:0
@@ -49,7 +51,7 @@ func Start(t testing.TB, o Options) *CA {
 	if err := ca.Init(context.Background(), dir, ca.InitOptions{}); err != nil {
 		t.Fatalf("testca: init: %v", err)
 	}
-	c, err := ca.Open(context.Background(), dir, ca.Options{CertTTL: o.CertTTL, MinTTL: o.MinTTL, Hostnames: []string{"127.0.0.1", "localhost"}, Now: o.Now})
+	c, err := ca.Open(context.Background(), dir, ca.Options{CertTTL: o.CertTTL, MinTTL: o.MinTTL, PostQuantumTLS: o.PostQuantumTLS, Hostnames: []string{"127.0.0.1", "localhost"}, Now: o.Now})
 	if err != nil {
 		t.Fatalf("testca: open: %v", err)
 	}
