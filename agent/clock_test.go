@@ -18,7 +18,6 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
-	"github.com/edgeagent/edgeagent/agent/config"
 	"github.com/edgeagent/edgeagent/agent/localapi"
 	"github.com/edgeagent/edgeagent/internal/mosquitto"
 	"github.com/edgeagent/edgeagent/internal/testca"
@@ -104,12 +103,7 @@ func TestClockIn1970EnrollsConnectsAndRenews(t *testing.T) {
 	if err := os.WriteFile(tokFile, []byte(c.Token(t, "rtc-less").String()), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg := config.Default()
-	cfg.DeviceID = "rtc-less"
-	cfg.StateDir = filepath.Join(dir, "state")
-	cfg.API.Socket = filepath.Join(dir, "api.sock")
-	cfg.Metrics.Listen = ""
-	cfg.Collector.Interval = 0
+	cfg := testDaemonConfig(dir, "rtc-less")
 	cfg.Enroll.TokenFile = tokFile
 	cfg.MQTT.URL = broker.URL()
 	cfg.MQTT.CABundle = broker.caFile

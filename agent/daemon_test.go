@@ -128,12 +128,7 @@ func TestDaemonEnrollsShipsAndRenewsWithoutLoss(t *testing.T) {
 	if err := os.WriteFile(tokFile, []byte(c.Token(t, "daemon-1").String()+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg := config.Default()
-	cfg.DeviceID = "daemon-1"
-	cfg.StateDir = filepath.Join(dir, "state")
-	cfg.API.Socket = filepath.Join(dir, "api.sock")
-	cfg.Metrics.Listen = ""
-	cfg.Collector.Interval = 0
+	cfg := testDaemonConfig(dir, "daemon-1")
 	cfg.Enroll.TokenFile = tokFile
 	cfg.HTTPS.URL = sink.srv.URL + "/ingest"
 	cfg.HTTPS.CABundle = sink.caFile
@@ -260,12 +255,8 @@ func TestRunRefusesTakenMetricsPortBeforeStarting(t *testing.T) {
 	}
 	defer taken.Close()
 	dir := t.TempDir()
-	cfg := config.Default()
-	cfg.DeviceID = "metrics-taken"
-	cfg.StateDir = filepath.Join(dir, "state")
-	cfg.API.Socket = filepath.Join(dir, "api.sock")
+	cfg := testDaemonConfig(dir, "metrics-taken")
 	cfg.Metrics.Listen = taken.Addr().String()
-	cfg.Collector.Interval = 0
 	tok := c.Token(t, "metrics-taken").String()
 	var logs syncBuffer
 	err = Run(context.Background(), Options{Config: cfg, Logger: newTestLogger(&logs),
@@ -292,4 +283,16 @@ func fetchStatus(t *testing.T, api *http.Client) Status {
 		t.Fatal(err)
 	}
 	return st
+}
+
+// testDaemonConfig is the config of an agent under test: device id, state
+// and API socket in dir, no metrics listener, no collector.
+func testDaemonConfig(dir, deviceID string) config.Config {
+	cfg := config.Default()
+	cfg.DeviceID = deviceID
+	cfg.StateDir = filepath.Join(dir, "state")
+	cfg.API.Socket = filepath.Join(dir, "api.sock")
+	cfg.Metrics.Listen = ""
+	cfg.Collector.Interval = 0
+	return cfg
 }

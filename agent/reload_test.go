@@ -25,12 +25,7 @@ func TestReloadRefusesWhatCannotRun(t *testing.T) {
 	c := testca.Start(t, testca.Options{})
 	broker := startTestBroker(t, c)
 	dir := t.TempDir()
-	cfg := config.Default()
-	cfg.DeviceID = "reload-1"
-	cfg.StateDir = filepath.Join(dir, "state")
-	cfg.API.Socket = filepath.Join(dir, "api.sock")
-	cfg.Metrics.Listen = ""
-	cfg.Collector.Interval = 0
+	cfg := testDaemonConfig(dir, "reload-1")
 	cfg.MQTT.URL = broker.URL()
 	cfg.MQTT.CABundle = broker.caFile
 	cfg.Spool.Sync = "never"
