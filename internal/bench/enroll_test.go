@@ -1,0 +1,69 @@
+package main
+
+import (
+	"crypto/x509"
+	"strings"
+	"testing"
+)
+
+// TestEnrollClients runs both load generators against a real edgeca over
+// TLS on loopback, and checks that the lean one authenticates the server:
+// pinned to one CA's server certificate, it refuses another's.
+func TestEnrollClients(t *testing.T) {
+	ctx := t.Context()
+	c, addr, stop, err := startBenchCA(ctx, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	other, otherAddr, stopOther, err := startBenchCA(ctx, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stopOther()
+
+	jobs, err := prepareEnrollments(ctx, c, "https://"+addr, 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(c.Root())
+	device := newEnrollClient(roots)
+	defer device.CloseIdleConnections()
+	lean, err := newWireEnroller(ctx, addr, roots)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	r, err := runEnrollments(ctx, lean.enroll, jobs[:4], 2)
+	if err != nil {
+		t.Fatalf("lean client: %v", err)
+	}
+	if r.rate <= 0 || r.p99 <= 0 {
+		t.Errorf("lean client: result %+v, want a rate and latencies", r)
+	}
+	if _, err := runEnrollments(ctx, device.enroll("https://"+addr), jobs[4:], 2); err != nil {
+		t.Fatalf("device-like client: %v", err)
+	}
+	// Every token was single-use: enrolling again must be refused, so a
+	// run cannot count answers that issued nothing.
+	err = lean.enroll(ctx, jobs[0])
+	if err == nil || !strings.Contains(err.Error(), "401") {
+		t.Errorf("reused token: %v, want a 401 refusal", err)
+	}
+
+	// The other CA's server has a certificate from another root.
+	if _, err := newWireEnroller(ctx, otherAddr, roots); err == nil {
+		t.Error("pinning against the wrong root succeeded")
+	}
+	impostor := *lean
+	impostor.addr = otherAddr
+	otherJobs, err := prepareEnrollments(ctx, other, "https://"+otherAddr, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = impostor.enroll(ctx, otherJobs[0])
+	if err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Errorf("lean client against a server with another certificate: %v, want a certificate error", err)
+	}
+}
