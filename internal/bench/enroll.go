@@ -43,16 +43,25 @@ const (
 )
 
 // enrollLevel is one row: how many clients at once, how many enrollments
-// per trial, and which client makes them.
+// per trial, which client makes them, and whether client and server use
+// the hybrid post-quantum key exchange.
 type enrollLevel struct {
 	concurrency, n int
 	deviceLike     bool
+	postQuantum    bool
 }
 
 // The target row is concurrency 16 with the lean load generator. The last
-// row repeats it with a client that does what a device does, so the cost
-// of the generator itself stays visible.
-var enrollLevels = []enrollLevel{{1, 300, false}, {16, 3000, false}, {128, 3000, false}, {16, 3000, true}}
+// rows repeat it with a client that does what a device does, so the cost
+// of the generator itself stays visible, and with X25519MLKEM768 (edgeca
+// serve --tls-post-quantum, enroll.post_quantum_tls), so its cost does.
+var enrollLevels = []enrollLevel{
+	{concurrency: 1, n: 300},
+	{concurrency: 16, n: 3000},
+	{concurrency: 128, n: 3000},
+	{concurrency: 16, n: 3000, deviceLike: true},
+	{concurrency: 16, n: 3000, postQuantum: true},
+}
 
 // enrollTrials is how many times each level runs; the row shows the trial
 // with the median rate, so one burst of noise from a neighbour on a shared
@@ -76,59 +85,52 @@ func enrollSection(ctx context.Context, w io.Writer) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	c, addr, stop, err := startBenchCA(ctx, dir)
-	if err != nil {
-		return err
-	}
-	defer stop()
-	url := "https://" + addr
-
-	total := 0
-	for _, l := range enrollLevels {
-		total += enrollTrials * l.n
-	}
+	servers := map[bool]*benchServer{} // by postQuantum
+	defer func() {
+		for _, s := range servers {
+			s.stop()
+		}
+	}()
 	prepStart := time.Now()
-	var jobs []enrollJob
-	pprof.Do(ctx, pprof.Labels("side", "prepare"), func(ctx context.Context) {
-		jobs, err = prepareEnrollments(ctx, c, url, total+enrollWarmup)
-	})
-	if err != nil {
-		return err
+	prepared := 0
+	for _, pq := range []bool{false, true} {
+		n := 0
+		for _, l := range enrollLevels {
+			if l.postQuantum == pq {
+				n += enrollTrials * l.n
+			}
+		}
+		if n == 0 {
+			continue
+		}
+		s, err := newBenchServer(ctx, filepath.Join(dir, fmt.Sprintf("pq-%t", pq)), pq, n+enrollWarmup)
+		if err != nil {
+			return err
+		}
+		servers[pq] = s
+		prepared += len(s.jobs)
 	}
-	fmt.Fprintf(w, "prepared %d tokens, P-256 keys and CSRs in %.1fs (not timed)\n", len(jobs), time.Since(prepStart).Seconds())
-
-	roots := x509.NewCertPool()
-	roots.AddCert(c.Root())
-	device := newEnrollClient(roots)
-	defer device.CloseIdleConnections()
-	lean, err := newWireEnroller(ctx, addr, roots)
-	if err != nil {
-		return err
-	}
-
-	if _, err := runEnrollments(ctx, device.enroll(url), jobs[:enrollWarmup/2], 8); err != nil {
-		return fmt.Errorf("warm-up: %w", err)
-	}
-	if _, err := runEnrollments(ctx, lean.enroll, jobs[enrollWarmup/2:enrollWarmup], 8); err != nil {
-		return fmt.Errorf("warm-up: %w", err)
-	}
-	jobs = jobs[enrollWarmup:]
+	fmt.Fprintf(w, "prepared %d tokens, P-256 keys and CSRs in %.1fs (not timed)\n", prepared, time.Since(prepStart).Seconds())
 
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "concurrency\tclient\tenrollments\tenroll/s\tp50 ms\tp99 ms\tvs sign/s\tCPU us/enroll\ttrials enroll/s\t\n")
+	fmt.Fprintf(tw, "concurrency\tclient\tkey exchange\tenrollments\tenroll/s\tp50 ms\tp99 ms\tvs sign/s\tCPU us/enroll\ttrials enroll/s\t\n")
 	var at16 result
 	for _, l := range enrollLevels {
-		do, kind := lean.enroll, "lean"
+		s := servers[l.postQuantum]
+		do, kind := s.lean.enroll, "lean"
 		if l.deviceLike {
-			do, kind = device.enroll(url), "device-like"
+			do, kind = s.device.enroll(s.url), "device-like"
+		}
+		kx := "X25519"
+		if l.postQuantum {
+			kx = "X25519MLKEM768"
 		}
 		var trials []result
 		for range enrollTrials {
-			r, err := runEnrollments(ctx, do, jobs[:l.n], l.concurrency)
+			r, err := runEnrollments(ctx, do, s.take(l.n), l.concurrency)
 			if err != nil {
-				return fmt.Errorf("concurrency %d, %s client: %w", l.concurrency, kind, err)
+				return fmt.Errorf("concurrency %d, %s client, %s: %w", l.concurrency, kind, kx, err)
 			}
-			jobs = jobs[l.n:]
 			trials = append(trials, r)
 		}
 		rates := ""
@@ -140,12 +142,12 @@ func enrollSection(ctx context.Context, w io.Writer) error {
 		}
 		slices.SortFunc(trials, func(a, b result) int { return cmp.Compare(a.rate, b.rate) })
 		r := trials[len(trials)/2]
-		if l.concurrency == 16 && !l.deviceLike {
+		if l.concurrency == 16 && !l.deviceLike && !l.postQuantum {
 			at16 = r
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%d\t%.0f\t%.2f\t%.2f\t%.1f%%\t%.0f\t%s\t\n", l.concurrency, kind, l.n, r.rate, ms(r.p50), ms(r.p99), 100*r.rate/sigRate, float64(r.cpu.Microseconds()), rates)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%.0f\t%.2f\t%.2f\t%.1f%%\t%.0f\t%s\t\n", l.concurrency, kind, kx, l.n, r.rate, ms(r.p50), ms(r.p99), 100*r.rate/sigRate, float64(r.cpu.Microseconds()), rates)
 	}
-	fmt.Fprintf(tw, "ECDSA P-256 sign, 1 core\t\t\t%.0f\t\t\t100%%\t\t\t\n", sigRate)
+	fmt.Fprintf(tw, "ECDSA P-256 sign, 1 core\t\t\t\t%.0f\t\t\t100%%\t\t\t\n", sigRate)
 	if err := tw.Flush(); err != nil {
 		return err
 	}
@@ -153,20 +155,73 @@ func enrollSection(ctx context.Context, w io.Writer) error {
 	if at16.rate < targetRate || at16.p99 >= targetP99 {
 		verdict = "NOT met"
 	}
-	fmt.Fprintf(w, "target (concurrency 16, lean client: >= %d enroll/s, p99 < %d ms): %s\n", targetRate, targetP99.Milliseconds(), verdict)
+	fmt.Fprintf(w, "target (concurrency 16, lean client, X25519: >= %d enroll/s, p99 < %d ms): %s\n", targetRate, targetP99.Milliseconds(), verdict)
 	fmt.Fprintf(w, "rows: median of %d trials; ", enrollTrials)
-	fmt.Fprintln(w, "each enrollment: new TCP + TLS 1.3 handshake (X25519 as edgeagent offers it, ECDSA P-256 server key), HTTP Basic token, CSR check, certificate signed, SQLite transaction fsynced before the answer; load generator on the same machine; CPU us/enroll: server and load generator together")
+	fmt.Fprintln(w, "each enrollment: new TCP + TLS 1.3 handshake (ECDSA P-256 server key), HTTP Basic token, CSR check, certificate signed, SQLite transaction fsynced before the answer; load generator on the same machine; CPU us/enroll: server and load generator together")
 	fmt.Fprintln(w, "clients: lean = one TLS write of a hand-built HTTP/1.1 request, the server authenticated by its handshake signature and its exact certificate (verified once against the root before timing); device-like = net/http with the server's chain verified against the root on every connection, as edgeagent does")
 	return nil
 }
 
+// benchServer is one in-process edgeca with its clients and the prepared
+// enrollments (one unused token each) still to run against it.
+type benchServer struct {
+	url    string
+	stop   func()
+	jobs   []enrollJob
+	lean   *wireEnroller
+	device deviceClient
+}
+
+func newBenchServer(ctx context.Context, dir string, postQuantum bool, n int) (*benchServer, error) {
+	c, addr, stop, err := startBenchCA(ctx, dir, postQuantum)
+	if err != nil {
+		return nil, err
+	}
+	s := &benchServer{url: "https://" + addr}
+	s.stop = func() {
+		s.device.CloseIdleConnections()
+		stop()
+	}
+	pprof.Do(ctx, pprof.Labels("side", "prepare"), func(ctx context.Context) {
+		s.jobs, err = prepareEnrollments(ctx, c, s.url, n)
+	})
+	if err != nil {
+		stop()
+		return nil, err
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(c.Root())
+	s.device = newEnrollClient(roots, postQuantum)
+	if s.lean, err = newWireEnroller(ctx, addr, roots, postQuantum); err != nil {
+		s.stop()
+		return nil, err
+	}
+	// Warm up both clients (and the server's pools) before timing.
+	if _, err := runEnrollments(ctx, s.device.enroll(s.url), s.take(enrollWarmup/2), 8); err != nil {
+		s.stop()
+		return nil, fmt.Errorf("warm-up: %w", err)
+	}
+	if _, err := runEnrollments(ctx, s.lean.enroll, s.take(enrollWarmup/2), 8); err != nil {
+		s.stop()
+		return nil, fmt.Errorf("warm-up: %w", err)
+	}
+	return s, nil
+}
+
+// take hands out the next n prepared enrollments.
+func (s *benchServer) take(n int) []enrollJob {
+	j := s.jobs[:n]
+	s.jobs = s.jobs[n:]
+	return j
+}
+
 // startBenchCA creates a CA in dir and serves EST on 127.0.0.1:0 until stop.
-func startBenchCA(ctx context.Context, dir string) (c *ca.CA, addr string, stop func(), err error) {
+func startBenchCA(ctx context.Context, dir string, postQuantum bool) (c *ca.CA, addr string, stop func(), err error) {
 	caDir := filepath.Join(dir, "ca")
 	if err := ca.Init(ctx, caDir, ca.InitOptions{}); err != nil {
 		return nil, "", nil, err
 	}
-	c, err = ca.Open(ctx, caDir, ca.Options{Logger: slog.New(slog.DiscardHandler), Hostnames: []string{"127.0.0.1"}})
+	c, err = ca.Open(ctx, caDir, ca.Options{Logger: slog.New(slog.DiscardHandler), Hostnames: []string{"127.0.0.1"}, PostQuantumTLS: postQuantum})
 	if err != nil {
 		return nil, "", nil, err
 	}
@@ -221,7 +276,7 @@ func prepareEnrollments(ctx context.Context, c *ca.CA, url string, n int) ([]enr
 // on top of the handshake signature).
 type deviceClient struct{ *http.Client }
 
-func newEnrollClient(roots *x509.CertPool) deviceClient {
+func newEnrollClient(roots *x509.CertPool, postQuantum bool) deviceClient {
 	return deviceClient{&http.Client{
 		Timeout: 30 * time.Second,
 		Transport: &http.Transport{
@@ -229,8 +284,8 @@ func newEnrollClient(roots *x509.CertPool) deviceClient {
 				RootCAs:            roots,
 				MinVersion:         tls.VersionTLS12,
 				ClientSessionCache: nil, // no resumption
-				// What edgeagent's EST client offers by default.
-				CurvePreferences: enroll.KeyExchanges(false),
+				// What edgeagent's EST client offers.
+				CurvePreferences: enroll.KeyExchanges(postQuantum),
 			},
 			DisableKeepAlives: true,
 			ForceAttemptHTTP2: false,
@@ -270,7 +325,7 @@ type wireEnroller struct {
 	cfg    *tls.Config
 }
 
-func newWireEnroller(ctx context.Context, addr string, roots *x509.CertPool) (*wireEnroller, error) {
+func newWireEnroller(ctx context.Context, addr string, roots *x509.CertPool, postQuantum bool) (*wireEnroller, error) {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, err
@@ -279,7 +334,7 @@ func newWireEnroller(ctx context.Context, addr string, roots *x509.CertPool) (*w
 		RootCAs:          roots,
 		ServerName:       host,
 		MinVersion:       tls.VersionTLS12,
-		CurvePreferences: enroll.KeyExchanges(false),
+		CurvePreferences: enroll.KeyExchanges(postQuantum),
 	}
 	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 10 * time.Second}, Config: cfg}
 	conn, err := d.DialContext(ctx, "tcp", addr)

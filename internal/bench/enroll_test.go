@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"crypto/x509"
 	"strings"
 	"testing"
@@ -11,12 +12,12 @@ import (
 // pinned to one CA's server certificate, it refuses another's.
 func TestEnrollClients(t *testing.T) {
 	ctx := t.Context()
-	c, addr, stop, err := startBenchCA(ctx, t.TempDir())
+	c, addr, stop, err := startBenchCA(ctx, t.TempDir(), false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer stop()
-	other, otherAddr, stopOther, err := startBenchCA(ctx, t.TempDir())
+	other, otherAddr, stopOther, err := startBenchCA(ctx, t.TempDir(), false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -28,9 +29,9 @@ func TestEnrollClients(t *testing.T) {
 	}
 	roots := x509.NewCertPool()
 	roots.AddCert(c.Root())
-	device := newEnrollClient(roots)
+	device := newEnrollClient(roots, false)
 	defer device.CloseIdleConnections()
-	lean, err := newWireEnroller(ctx, addr, roots)
+	lean, err := newWireEnroller(ctx, addr, roots, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,7 +54,7 @@ func TestEnrollClients(t *testing.T) {
 	}
 
 	// The other CA's server has a certificate from another root.
-	if _, err := newWireEnroller(ctx, otherAddr, roots); err == nil {
+	if _, err := newWireEnroller(ctx, otherAddr, roots, false); err == nil {
 		t.Error("pinning against the wrong root succeeded")
 	}
 	impostor := *lean
@@ -66,4 +67,35 @@ func TestEnrollClients(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "certificate") {
 		t.Errorf("lean client against a server with another certificate: %v, want a certificate error", err)
 	}
+
+	if got := handshakeCurve(t, lean); got != tls.X25519 {
+		t.Errorf("lean client key exchange: %v, want X25519 as edgeagent offers by default", got)
+	}
+}
+
+// TestEnrollClientsPostQuantum checks the post-quantum rows measure what
+// they say: X25519MLKEM768 on the wire.
+func TestEnrollClientsPostQuantum(t *testing.T) {
+	ctx := t.Context()
+	s, err := newBenchServer(ctx, t.TempDir(), true, enrollWarmup+4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.stop()
+	if _, err := runEnrollments(ctx, s.lean.enroll, s.take(4), 2); err != nil {
+		t.Fatal(err)
+	}
+	if got := handshakeCurve(t, s.lean); got != tls.X25519MLKEM768 {
+		t.Errorf("key exchange: %v, want X25519MLKEM768", got)
+	}
+}
+
+func handshakeCurve(t *testing.T, e *wireEnroller) tls.CurveID {
+	t.Helper()
+	conn, err := tls.Dial("tcp", e.addr, e.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	return conn.ConnectionState().CurveID
 }
