@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"mime"
 	"net/http"
 	"net/url"
@@ -359,12 +360,12 @@ func (c *Client) do(ctx context.Context, method, op string, reqDER []byte, auth 
 			if err != nil {
 				return nil, 0, fmt.Errorf("enroll: %s: 202 with %w", name, err)
 			}
-			wait = min(wait, c.maxWait)
+			wait = DeferralWait(wait, c.maxWait, rand.Float64())
 			t := time.NewTimer(wait)
 			select {
 			case <-ctx.Done():
 				t.Stop()
-				return nil, 0, fmt.Errorf("enroll: %s: waiting %v for deferred issuance: %w", name, wait, ctx.Err())
+				return nil, 0, fmt.Errorf("enroll: %s: waiting %v for deferred issuance: %w", name, wait.Round(time.Millisecond), ctx.Err())
 			case <-t.C:
 			}
 			continue

@@ -367,6 +367,35 @@ func TestParseRetryAfter(t *testing.T) {
 	}
 }
 
+func TestDeferralWait(t *testing.T) {
+	const max = 10 * time.Minute
+	cases := []struct {
+		name       string
+		retryAfter time.Duration
+		max        time.Duration
+		r          float64
+		want       time.Duration
+	}{
+		{"zero is floored to a second", 0, max, 0, time.Second},
+		{"floor gets jitter too", 0, max, 0.999999, 1249999 * time.Microsecond},
+		{"as asked, at least", 2 * time.Minute, max, 0, 2 * time.Minute},
+		{"up to a quarter more", 2 * time.Minute, max, 0.5, 135 * time.Second},
+		{"over the cap: at most the cap", time.Hour, max, 0, max},
+		{"over the cap: spread below it", time.Hour, max, 0.999999, 525000075 * time.Microsecond},
+		{"jitter pushes over the cap", 9 * time.Minute, max, 0.8, 9 * time.Minute},
+		{"cap under the floor", 0, time.Millisecond, 0, time.Millisecond},
+	}
+	for _, c := range cases {
+		got := DeferralWait(c.retryAfter, c.max, c.r)
+		if got.Round(time.Millisecond) != c.want.Round(time.Millisecond) {
+			t.Errorf("%s: DeferralWait(%v, %v, %v) = %v, want %v", c.name, c.retryAfter, c.max, c.r, got, c.want)
+		}
+		if got > c.max || got <= 0 {
+			t.Errorf("%s: %v outside (0, %v]", c.name, got, c.max)
+		}
+	}
+}
+
 func FuzzParseRetryAfter(f *testing.F) {
 	f.Add("120")
 	f.Add("Sun, 22 Nov 2026 12:00:00 GMT")

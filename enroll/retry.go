@@ -27,3 +27,24 @@ func ParseRetryAfter(v string, now time.Time) (time.Duration, error) {
 	}
 	return 0, nil
 }
+
+// minDeferralWait is the least a client waits after a 202, whatever the
+// server said: a Retry-After of 0 or a date in the past must not turn the
+// deferral loop into a busy loop against the CA.
+const minDeferralWait = time.Second
+
+// DeferralWait is how long to wait after a 202 whose Retry-After asked for
+// retryAfter, with r in [0,1) from a random source. It waits at least what
+// the server asked (and at least a second) plus up to a quarter more, so a
+// fleet deferred at the same moment does not come back at the same
+// moment; a wait over maxWait is cut to between 7/8 of maxWait and
+// maxWait, for the same reason.
+func DeferralWait(retryAfter, maxWait time.Duration, r float64) time.Duration {
+	floor := min(minDeferralWait, maxWait)
+	base := max(retryAfter, floor)
+	d := base + time.Duration(r*float64(base)/4)
+	if d > maxWait {
+		d = maxWait - time.Duration(r*float64(maxWait)/8)
+	}
+	return d
+}
