@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"net/url"
 	"strings"
 	"time"
@@ -50,10 +51,16 @@ func FetchPinned(ctx context.Context, server string, pin token.Pin, timeout time
 // FetchPinnedAt is FetchPinned verifying the server's certificate at the
 // time now returns (the agent's skew-corrected clock); nil means time.Now.
 func FetchPinnedAt(ctx context.Context, server string, pin token.Pin, timeout time.Duration, now func() time.Time) (*x509.Certificate, error) {
+	return fetchPinned(ctx, server, pin, timeout, now, http.ProxyFromEnvironment)
+}
+
+// fetchPinned is FetchPinnedAt connecting through the proxy that proxy
+// picks (HTTPS_PROXY and NO_PROXY for FetchPinnedAt, as for the EST client).
+func fetchPinned(ctx context.Context, server string, pin token.Pin, timeout time.Duration, now func() time.Time, proxy ProxyFunc) (*x509.Certificate, error) {
 	if now == nil {
 		now = time.Now
 	}
-	pinned, presented, host, err := findPinned(ctx, server, pin, timeout)
+	pinned, presented, host, err := findPinned(ctx, server, pin, timeout, proxy)
 	if err != nil {
 		return nil, err
 	}
@@ -78,7 +85,7 @@ func FetchPinnedAt(ctx context.Context, server string, pin token.Pin, timeout ti
 // presentedChain performs a handshake that trusts nothing and returns the
 // certificates the server presented, unverified, from the verification
 // error. Nothing is sent over it.
-func presentedChain(ctx context.Context, server string, timeout time.Duration) (chain []*x509.Certificate, host string, err error) {
+func presentedChain(ctx context.Context, server string, timeout time.Duration, proxy ProxyFunc) (chain []*x509.Certificate, host string, err error) {
 	if err := token.ValidateURL(server); err != nil {
 		return nil, "", fmt.Errorf("enroll: %w", err)
 	}
@@ -90,24 +97,31 @@ func presentedChain(ctx context.Context, server string, timeout time.Duration) (
 	if timeout == 0 {
 		timeout = 30 * time.Second
 	}
-	d := tls.Dialer{
-		NetDialer: &net.Dialer{Timeout: timeout},
-		Config: &tls.Config{
-			MinVersion: tls.VersionTLS12,
-			ServerName: host,
-			RootCAs:    x509.NewCertPool(), // trust nothing: we want the chain, not a connection
-			// Ask edgeca to include the root, which it leaves out for
-			// clients that have it. http/1.1 as well: a server that
-			// checks ALPN (Go's does) then finds a protocol it knows
-			// instead of failing the handshake.
-			NextProtos: []string{est.ALPNRootInChain, "http/1.1"},
-		},
+	raw, err := dialServer(ctx, u, net.JoinHostPort(host, port), timeout, proxy)
+	if err != nil {
+		return nil, "", fmt.Errorf("enroll: connect to %s: %w", server, err)
 	}
-	conn, err := d.DialContext(ctx, "tcp", net.JoinHostPort(host, port))
+	defer raw.Close()
+	if err := raw.SetDeadline(time.Now().Add(timeout)); err != nil {
+		return nil, "", fmt.Errorf("enroll: connect to %s: %w", server, err)
+	}
+	conn := tls.Client(raw, &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		ServerName: host,
+		RootCAs:    x509.NewCertPool(), // trust nothing: we want the chain, not a connection
+		// Ask edgeca to include the root, which it leaves out for
+		// clients that have it. http/1.1 as well: a server that
+		// checks ALPN (Go's does) then finds a protocol it knows
+		// instead of failing the handshake.
+		NextProtos: []string{est.ALPNRootInChain, "http/1.1"},
+		// Nothing is sent over this connection, so nothing needs
+		// the post-quantum key exchange.
+		CurvePreferences: KeyExchanges(false),
+	})
+	err = conn.HandshakeContext(ctx)
 	if err == nil {
 		// An empty root pool cannot verify anything; a connection here
 		// means something is badly wrong. Never use it.
-		conn.Close()
 		return nil, "", fmt.Errorf("enroll: bootstrap TLS to %s verified with no trust anchors", server)
 	}
 	var cve *tls.CertificateVerificationError
@@ -123,11 +137,11 @@ func presentedChain(ctx context.Context, server string, timeout time.Duration) (
 // findPinned finds the pinned CA certificate in the chain the server
 // presents. The fingerprint match does not depend on the clock; verifying
 // the server's certificate under it is the caller's job.
-func findPinned(ctx context.Context, server string, pin token.Pin, timeout time.Duration) (pinned *x509.Certificate, presented []*x509.Certificate, host string, err error) {
+func findPinned(ctx context.Context, server string, pin token.Pin, timeout time.Duration, proxy ProxyFunc) (pinned *x509.Certificate, presented []*x509.Certificate, host string, err error) {
 	if pin.IsZero() {
 		return nil, nil, "", errors.New("enroll: no CA pin")
 	}
-	presented, host, err = presentedChain(ctx, server, timeout)
+	presented, host, err = presentedChain(ctx, server, timeout, proxy)
 	if err != nil {
 		return nil, nil, "", err
 	}

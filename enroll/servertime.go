@@ -75,7 +75,7 @@ func ServerTime(ctx context.Context, o TimeOptions) (TimeSample, error) {
 	var host string
 	roots := o.Roots
 	if !o.Pin.IsZero() {
-		pinned, chain, h, err := findPinned(ctx, o.Server, o.Pin, o.Timeout)
+		pinned, chain, h, err := findPinned(ctx, o.Server, o.Pin, o.Timeout, http.ProxyFromEnvironment)
 		if err != nil {
 			return TimeSample{}, err
 		}
@@ -85,7 +85,7 @@ func ServerTime(ctx context.Context, o TimeOptions) (TimeSample, error) {
 		if roots == nil {
 			return TimeSample{}, errors.New("enroll: server time: no trust anchors for the EST server")
 		}
-		chain, h, err := presentedChain(ctx, o.Server, o.Timeout)
+		chain, h, err := presentedChain(ctx, o.Server, o.Timeout, http.ProxyFromEnvironment)
 		if err != nil {
 			return TimeSample{}, err
 		}

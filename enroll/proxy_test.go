@@ -1,0 +1,203 @@
+package enroll
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/edgeagent/edgeagent/enroll/token"
+)
+
+// connectProxy is a real HTTP CONNECT proxy on 127.0.0.1: it tunnels to
+// the address asked for, or to redirect when set (a proxy that diverts
+// the device), and asks for auth when auth is set.
+type connectProxy struct {
+	ln       net.Listener
+	auth     string // wanted Proxy-Authorization; empty: none
+	redirect string
+	wg       sync.WaitGroup
+
+	mu      sync.Mutex
+	targets []string
+	conns   []net.Conn
+}
+
+func newConnectProxy(t *testing.T) *connectProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &connectProxy{ln: ln}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c)
+			p.mu.Unlock()
+			p.wg.Add(1)
+			go func() {
+				defer p.wg.Done()
+				p.serve(c)
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		p.mu.Lock()
+		for _, c := range p.conns {
+			c.Close()
+		}
+		p.mu.Unlock()
+		p.wg.Wait()
+	})
+	return p
+}
+
+func (p *connectProxy) url(userinfo string) func(*http.Request) (*url.URL, error) {
+	u := &url.URL{Scheme: "http", Host: p.ln.Addr().String()}
+	if userinfo != "" {
+		user, pass, _ := strings.Cut(userinfo, ":")
+		u.User = url.UserPassword(user, pass)
+	}
+	return func(*http.Request) (*url.URL, error) { return u, nil }
+}
+
+func (p *connectProxy) serve(c net.Conn) {
+	defer c.Close()
+	br := bufio.NewReader(c)
+	req, err := http.ReadRequest(br)
+	if err != nil {
+		return
+	}
+	if req.Method != http.MethodConnect {
+		io.WriteString(c, "HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
+		return
+	}
+	if p.auth != "" && req.Header.Get("Proxy-Authorization") != p.auth {
+		io.WriteString(c, "HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"test\"\r\nContent-Length: 0\r\n\r\n")
+		return
+	}
+	p.mu.Lock()
+	p.targets = append(p.targets, req.Host)
+	p.mu.Unlock()
+	target := req.Host
+	if p.redirect != "" {
+		target = p.redirect
+	}
+	up, err := net.Dial("tcp", target)
+	if err != nil {
+		io.WriteString(c, "HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+		return
+	}
+	p.mu.Lock()
+	p.conns = append(p.conns, up)
+	p.mu.Unlock()
+	defer up.Close()
+	io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\n")
+	done := make(chan struct{})
+	go func() {
+		io.Copy(up, br)
+		close(done)
+	}()
+	io.Copy(c, up)
+	c.Close()
+	<-done
+}
+
+func (p *connectProxy) seen() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]string(nil), p.targets...)
+}
+
+// TestPinBootstrapThroughProxy: the pin bootstrap reaches the server
+// through an HTTP CONNECT proxy, as the EST requests after it do through
+// http.Transport, and the pin still decides what is trusted.
+func TestPinBootstrapThroughProxy(t *testing.T) {
+	s := newESTServer(t)
+	ctx := context.Background()
+	pin := token.PinOf(s.pki.root)
+	serverAddr := strings.TrimPrefix(s.url(), "https://")
+
+	t.Run("tunnel", func(t *testing.T) {
+		p := newConnectProxy(t)
+		got, err := fetchPinned(ctx, s.url(), pin, 5*time.Second, nil, p.url(""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !got.Equal(s.pki.root) {
+			t.Fatal("pinned certificate is not the root")
+		}
+		if seen := p.seen(); len(seen) != 1 || seen[0] != serverAddr {
+			t.Fatalf("proxy tunnels %v, want one to %s", seen, serverAddr)
+		}
+	})
+
+	t.Run("proxy credentials", func(t *testing.T) {
+		p := newConnectProxy(t)
+		p.auth = "Basic ZGV2aWNlOnMzY3JldA==" // device:s3cret
+		_, err := fetchPinned(ctx, s.url(), pin, 5*time.Second, nil, p.url(""))
+		if err == nil || !strings.Contains(err.Error(), "407") || !strings.Contains(err.Error(), "HTTPS_PROXY") {
+			t.Fatalf("without credentials: %v, want the 407 and how to give them", err)
+		}
+		if _, err := fetchPinned(ctx, s.url(), pin, 5*time.Second, nil, p.url("device:s3cret")); err != nil {
+			t.Fatalf("with credentials: %v", err)
+		}
+	})
+
+	t.Run("diverting proxy", func(t *testing.T) {
+		// A proxy that sends the device to another server cannot make
+		// it trust that server: the pin does not match.
+		other := newESTServer(t)
+		p := newConnectProxy(t)
+		p.redirect = strings.TrimPrefix(other.url(), "https://")
+		_, err := fetchPinned(ctx, s.url(), pin, 5*time.Second, nil, p.url(""))
+		if !errors.Is(err, ErrPinMismatch) {
+			t.Fatalf("diverted: %v, want a pin mismatch", err)
+		}
+	})
+
+	t.Run("bad proxies", func(t *testing.T) {
+		dead, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		deadAddr := dead.Addr().String()
+		dead.Close()
+		for _, c := range []struct {
+			name  string
+			proxy string
+			want  string
+		}{
+			{"socks", "socks5://127.0.0.1:1080", "not supported"},
+			{"unreachable", "http://" + deadAddr, deadAddr},
+		} {
+			pu, _ := url.Parse(c.proxy)
+			_, err := fetchPinned(ctx, s.url(), pin, 2*time.Second, nil, func(*http.Request) (*url.URL, error) { return pu, nil })
+			if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "proxy") {
+				t.Errorf("%s: %v, want an error naming the proxy and %q", c.name, err, c.want)
+			}
+		}
+	})
+
+	t.Run("no proxy", func(t *testing.T) {
+		direct := func(*http.Request) (*url.URL, error) { return nil, nil }
+		if _, err := fetchPinned(ctx, s.url(), pin, 5*time.Second, nil, direct); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
