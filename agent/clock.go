@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"time"
 
@@ -120,15 +121,26 @@ func (d *Daemon) calibrateClock(ctx context.Context, id *Identity, server, label
 		return nil
 	}
 	problem := d.clockProblem(id)
-	floor := d.floor(id)
-	d.log.Warn("system clock is implausible; asking the CA for the time", "reason", problem, "server", server)
-	s, err := enroll.ServerTime(ctx, enroll.TimeOptions{Server: server, Label: label, Roots: roots, Pin: pin, NotBefore: floor, Now: d.clock.Now})
+	err := calibrateFromCA(ctx, d.clock, d.log, problem, enroll.TimeOptions{Server: server, Label: label, Roots: roots, Pin: pin, NotBefore: d.floor(id)})
 	if err != nil {
-		return fmt.Errorf("agent: the system clock is implausible (%s) and the CA's time could not be read: %w", problem, err)
+		return fmt.Errorf("agent: %w", err)
 	}
-	d.clock.Observe(s.Sent, s.Received, s.Date, true)
-	d.log.Warn("clock corrected from the CA's Date header", "system_clock", d.clock.System().UTC().Format(time.RFC3339),
-		"corrected", d.clock.Now().UTC().Format(time.RFC3339), "offset", d.clock.Offset().Round(time.Second).String(), "reason", problem)
+	return nil
+}
+
+// calibrateFromCA reads the EST server's time (enroll.ServerTime, which
+// verifies the server and the time against o.NotBefore) and corrects clock
+// with it, for a system clock that is implausible for the reason problem.
+func calibrateFromCA(ctx context.Context, clock *lifecycle.Clock, log *slog.Logger, problem string, o enroll.TimeOptions) error {
+	log.Warn("system clock is implausible; asking the CA for the time", "reason", problem, "server", o.Server)
+	o.Now = clock.Now
+	s, err := enroll.ServerTime(ctx, o)
+	if err != nil {
+		return fmt.Errorf("the system clock is implausible (%s) and the CA's time could not be read: %w", problem, err)
+	}
+	clock.Observe(s.Sent, s.Received, s.Date, true)
+	log.Warn("clock corrected from the CA's Date header", "system_clock", clock.System().UTC().Format(time.RFC3339),
+		"corrected", clock.Now().UTC().Format(time.RFC3339), "offset", clock.Offset().Round(time.Second).String(), "reason", problem)
 	return nil
 }
 

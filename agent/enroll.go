@@ -36,8 +36,13 @@ type EnrollOptions struct {
 	Timeout time.Duration
 	// Now is the clock for certificate checks (the agent's corrected
 	// clock); time.Now when nil.
-	Now    func() time.Time
-	Logger *slog.Logger
+	Now func() time.Time
+	// CorrectClock treats Now as the system clock and, when it is before
+	// BuildTime, corrects it from the EST server's time for this run, as
+	// the daemon does (edgeagent enroll on a device without an RTC).
+	CorrectClock bool
+	BuildTime    time.Time
+	Logger       *slog.Logger
 	// OnResponse sees EST responses' Date headers (clock skew).
 	OnResponse func(enroll.Response)
 	// PostQuantumTLS offers the EST server hybrid post-quantum key
@@ -88,7 +93,19 @@ func Enroll(ctx context.Context, o EnrollOptions) (*Identity, error) {
 			roots.AddCert(c)
 		}
 		serverRoots = o.CABundle
-	} else {
+	}
+	if o.CorrectClock {
+		pin := o.CAPin
+		if roots != nil {
+			pin = token.Pin{}
+		}
+		now, err := oneShotClock(ctx, o.Now, o.Logger, o.Server, o.Label, roots, pin, o.Timeout, o.BuildTime, time.Time{}, time.Time{})
+		if err != nil {
+			return nil, fmt.Errorf("enroll: %w", err)
+		}
+		o.Now = now
+	}
+	if roots == nil {
 		pinned, err := enroll.FetchPinnedAt(ctx, o.Server, o.CAPin, o.Timeout, o.Now)
 		if err != nil {
 			return nil, err
@@ -172,6 +189,12 @@ type RenewOptions struct {
 	Current *Identity
 	Timeout time.Duration
 	Now     func() time.Time
+	// CorrectClock and BuildTime: see EnrollOptions. The floor of a
+	// plausible time also has the certificate's NotBefore and when the
+	// device obtained it.
+	CorrectClock bool
+	BuildTime    time.Time
+	Logger       *slog.Logger
 	// OnResponse sees EST responses' Date headers (clock skew).
 	OnResponse func(enroll.Response)
 	// PostQuantumTLS: see EnrollOptions.PostQuantumTLS.
@@ -185,12 +208,23 @@ func Renew(ctx context.Context, o RenewOptions) (*Identity, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
 	cur := o.Current
 	if cur == nil {
 		var err error
 		if cur, err = LoadIdentity(o.StateDir, o.Keystore); err != nil {
 			return nil, fmt.Errorf("renew: %w", err)
 		}
+	}
+	if o.CorrectClock {
+		now, err := oneShotClock(ctx, o.Now, o.Logger, cur.Server, cur.Label, cur.ESTPool(), token.Pin{}, o.Timeout,
+			o.BuildTime, cur.NotBefore(), cur.Obtained())
+		if err != nil {
+			return nil, fmt.Errorf("renew: %w", err)
+		}
+		o.Now = now
 	}
 	tlsCert := cur.TLSCertificate()
 	client, err := enroll.New(enroll.Options{

@@ -141,7 +141,7 @@ func cmdEnroll(ctx context.Context, args []string, stdout, stderr io.Writer, get
 		return usageError{"--key-alg: " + err.Error()}
 	}
 	opts := agent.EnrollOptions{StateDir: *stateDir, DeviceID: *deviceID, KeyAlg: alg, Force: *force, Timeout: *timeout, Label: *label,
-		Logger: slog.New(slog.NewTextHandler(stderr, nil))}
+		CorrectClock: true, BuildTime: version.Built(), Logger: slog.New(slog.NewTextHandler(stderr, nil))}
 
 	tokText := *tokenStr
 	if *tokenFile != "" {
@@ -242,7 +242,8 @@ func cmdRenew(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer ks.Close()
-	id, err := agent.Renew(ctx, agent.RenewOptions{StateDir: *stateDir, Keystore: ks, Rekey: *rekey, Timeout: *timeout})
+	id, err := agent.Renew(ctx, agent.RenewOptions{StateDir: *stateDir, Keystore: ks, Rekey: *rekey, Timeout: *timeout,
+		CorrectClock: true, BuildTime: version.Built(), Logger: slog.New(slog.NewTextHandler(stderr, nil))})
 	if err != nil {
 		return err
 	}

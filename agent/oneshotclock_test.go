@@ -1,0 +1,77 @@
+package agent
+
+import (
+	"context"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/edgeagent/edgeagent/internal/testca"
+	"github.com/edgeagent/edgeagent/keystore/file"
+)
+
+// TestOneShotEnrollRenewIn1970: `edgeagent enroll` and `renew` on a board
+// that booted in 1970 (no RTC) against a real CA. Without the correction
+// the pinned handshake fails (the CA's certificates are not yet valid);
+// with it both run on the CA's time and the identity records that time.
+func TestOneShotEnrollRenewIn1970(t *testing.T) {
+	c := testca.Start(t, testca.Options{})
+	boot := time.Now()
+	device := func() time.Time { return time.Unix(0, 0).Add(time.Since(boot)) }
+	build := boot.Add(-24 * time.Hour)
+	dir := filepath.Join(t.TempDir(), "state")
+	ks, err := file.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	near := func(what string, got time.Time) {
+		t.Helper()
+		if d := time.Since(got); d < -5*time.Second || d > 5*time.Second {
+			t.Errorf("%s = %s, want about now (%s)", what, got.UTC().Format(time.RFC3339), time.Now().UTC().Format(time.RFC3339))
+		}
+	}
+
+	tok := c.Token(t, "rtc-less")
+	_, err = Enroll(ctx, EnrollOptions{StateDir: dir, DeviceID: "rtc-less", Keystore: ks, Token: &tok, Timeout: 5 * time.Second,
+		Now: device, BuildTime: build})
+	if err == nil || !strings.Contains(err.Error(), "not yet valid") {
+		t.Fatalf("enroll in 1970 without the correction: %v, want a certificate validity error", err)
+	}
+
+	var logs syncBuffer
+	id, err := Enroll(ctx, EnrollOptions{StateDir: dir, DeviceID: "rtc-less", Keystore: ks, Token: &tok, Timeout: 5 * time.Second,
+		Now: device, CorrectClock: true, BuildTime: build, Logger: newTestLogger(&logs)})
+	if err != nil {
+		t.Fatalf("enroll in 1970 with the correction: %v\n%s", err, logs.String())
+	}
+	near("enrolled_at", id.EnrolledAt)
+	if !strings.Contains(logs.String(), "system clock is implausible") {
+		t.Errorf("no warning about the clock in the log:\n%s", logs.String())
+	}
+
+	// Renew: the floor is now also the certificate and when it was
+	// obtained, so a zero build time (a dev build) still triggers it.
+	if _, err := Renew(ctx, RenewOptions{StateDir: dir, Keystore: ks, Timeout: 5 * time.Second, Now: device}); err == nil {
+		t.Fatal("renew in 1970 without the correction succeeded")
+	}
+	renewed, err := Renew(ctx, RenewOptions{StateDir: dir, Keystore: ks, Timeout: 5 * time.Second, Now: device, CorrectClock: true})
+	if err != nil {
+		t.Fatalf("renew in 1970 with the correction: %v", err)
+	}
+	near("renewed_at", renewed.Obtained())
+	if renewed.Leaf().SerialNumber.Cmp(id.Leaf().SerialNumber) == 0 {
+		t.Error("renewal kept the serial")
+	}
+
+	// A plausible clock is used as it is: no CA time is asked for.
+	var plain syncBuffer
+	if _, err := Renew(ctx, RenewOptions{StateDir: dir, Keystore: ks, Timeout: 5 * time.Second, CorrectClock: true, BuildTime: build,
+		Logger: newTestLogger(&plain)}); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(plain.String(), "implausible") {
+		t.Errorf("plausible clock was corrected:\n%s", plain.String())
+	}
+}
