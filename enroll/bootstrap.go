@@ -12,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"net/url"
 	"strings"
 	"time"
@@ -51,7 +50,7 @@ func FetchPinned(ctx context.Context, server string, pin token.Pin, timeout time
 // FetchPinnedAt is FetchPinned verifying the server's certificate at the
 // time now returns (the agent's skew-corrected clock); nil means time.Now.
 func FetchPinnedAt(ctx context.Context, server string, pin token.Pin, timeout time.Duration, now func() time.Time) (*x509.Certificate, error) {
-	return fetchPinned(ctx, server, pin, timeout, now, http.ProxyFromEnvironment)
+	return fetchPinned(ctx, server, pin, timeout, now, proxyFromEnvironment)
 }
 
 // fetchPinned is FetchPinnedAt connecting through the proxy that proxy
@@ -97,14 +96,14 @@ func presentedChain(ctx context.Context, server string, timeout time.Duration, p
 	if timeout == 0 {
 		timeout = 30 * time.Second
 	}
-	raw, err := dialServer(ctx, u, net.JoinHostPort(host, port), timeout, proxy)
+	// One deadline for the proxy, the tunnel and the handshake together.
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	raw, err := dialServer(ctx, u, net.JoinHostPort(host, port), proxy)
 	if err != nil {
 		return nil, "", fmt.Errorf("enroll: connect to %s: %w", server, err)
 	}
 	defer raw.Close()
-	if err := raw.SetDeadline(time.Now().Add(timeout)); err != nil {
-		return nil, "", fmt.Errorf("enroll: connect to %s: %w", server, err)
-	}
 	conn := tls.Client(raw, &tls.Config{
 		MinVersion: tls.VersionTLS12,
 		ServerName: host,

@@ -101,8 +101,11 @@ func New(o Options) (*Client, error) {
 	if o.Time == nil {
 		o.Time = time.Now
 	}
-	if o.MaxRetryWait == 0 {
+	switch {
+	case o.MaxRetryWait == 0:
 		o.MaxRetryWait = 10 * time.Minute
+	case o.MaxRetryWait < 0:
+		return nil, fmt.Errorf("enroll: MaxRetryWait %v: want a positive duration, or 0 for 10 minutes", o.MaxRetryWait)
 	}
 	tc := &tls.Config{
 		MinVersion:       tls.VersionTLS12,
@@ -122,7 +125,7 @@ func New(o Options) (*Client, error) {
 	tr := &http.Transport{
 		TLSClientConfig:     tc,
 		TLSHandshakeTimeout: o.Timeout,
-		Proxy:               http.ProxyFromEnvironment,
+		Proxy:               proxyFromEnvironment,
 	}
 	return &Client{
 		base:       base,

@@ -247,9 +247,15 @@ func TestEnrollAgainstAnotherESTServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.deferrals.Store(2) // two 202 answers before the certificate
+	start := time.Now()
 	certs, err := c.SimpleEnroll(ctx, csr, "dev-user", "dev-password-0123456789")
 	if err != nil {
 		t.Fatal(err)
+	}
+	// Their Retry-After is a date in the past: each still waits the
+	// one-second floor, not a busy loop.
+	if d := time.Since(start); d < 2*minDeferralWait {
+		t.Fatalf("two deferrals with a past Retry-After took %v, want at least %v", d, 2*minDeferralWait)
 	}
 	chain, err := CheckIssued(certs, key.Public(), "dev-7", bundle, time.Now())
 	if err != nil {
@@ -380,9 +386,11 @@ func TestDeferralWait(t *testing.T) {
 		{"floor gets jitter too", 0, max, 0.999999, 1249999 * time.Microsecond},
 		{"as asked, at least", 2 * time.Minute, max, 0, 2 * time.Minute},
 		{"up to a quarter more", 2 * time.Minute, max, 0.5, 135 * time.Second},
+		{"jitter stays under the cap", 9*time.Minute + 30*time.Second, max, 0.9, 9*time.Minute + 57*time.Second},
+		{"under the cap is never cut", 9*time.Minute + 30*time.Second, max, 0.999999, 10 * time.Minute},
+		{"at the cap: spread below it", max, max, 0.5, 9*time.Minute + 22500*time.Millisecond},
 		{"over the cap: at most the cap", time.Hour, max, 0, max},
 		{"over the cap: spread below it", time.Hour, max, 0.999999, 525000075 * time.Microsecond},
-		{"jitter pushes over the cap", 9 * time.Minute, max, 0.8, 9 * time.Minute},
 		{"cap under the floor", 0, time.Millisecond, 0, time.Millisecond},
 	}
 	for _, c := range cases {
@@ -392,6 +400,9 @@ func TestDeferralWait(t *testing.T) {
 		}
 		if got > c.max || got <= 0 {
 			t.Errorf("%s: %v outside (0, %v]", c.name, got, c.max)
+		}
+		if c.retryAfter < c.max && got < c.retryAfter {
+			t.Errorf("%s: %v is less than the %v asked for", c.name, got, c.retryAfter)
 		}
 	}
 }

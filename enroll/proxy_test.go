@@ -23,7 +23,13 @@ type connectProxy struct {
 	ln       net.Listener
 	auth     string // wanted Proxy-Authorization; empty: none
 	redirect string
-	wg       sync.WaitGroup
+	// silent proxies read the CONNECT and never answer; accepted gets
+	// each such connection.
+	silent   bool
+	accepted chan struct{}
+	// junk is sent right after the 200, before the server could speak.
+	junk string
+	wg   sync.WaitGroup
 
 	mu      sync.Mutex
 	targets []string
@@ -87,6 +93,11 @@ func (p *connectProxy) serve(c net.Conn) {
 		io.WriteString(c, "HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
 		return
 	}
+	if p.silent {
+		p.accepted <- struct{}{}
+		io.Copy(io.Discard, br) // until the client gives up
+		return
+	}
 	if p.auth != "" && req.Header.Get("Proxy-Authorization") != p.auth {
 		io.WriteString(c, "HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"test\"\r\nContent-Length: 0\r\n\r\n")
 		return
@@ -107,7 +118,7 @@ func (p *connectProxy) serve(c net.Conn) {
 	p.conns = append(p.conns, up)
 	p.mu.Unlock()
 	defer up.Close()
-	io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\n")
+	io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\n"+p.junk)
 	done := make(chan struct{})
 	go func() {
 		io.Copy(up, br)
@@ -157,6 +168,10 @@ func TestPinBootstrapThroughProxy(t *testing.T) {
 		if _, err := fetchPinned(ctx, s.url(), pin, 5*time.Second, nil, p.url("device:s3cret")); err != nil {
 			t.Fatalf("with credentials: %v", err)
 		}
+		_, err = fetchPinned(ctx, s.url(), pin, 5*time.Second, nil, p.url("device:wrong"))
+		if err == nil || !strings.Contains(err.Error(), "refused the user and password") {
+			t.Fatalf("with wrong credentials: %v, want them called refused", err)
+		}
 	})
 
 	t.Run("diverting proxy", func(t *testing.T) {
@@ -184,6 +199,9 @@ func TestPinBootstrapThroughProxy(t *testing.T) {
 			want  string
 		}{
 			{"socks", "socks5://127.0.0.1:1080", "not supported"},
+			// http.Transport would check an https proxy against the CA's
+			// anchors and offer it the device certificate.
+			{"https", "https://127.0.0.1:3129", "not supported"},
 			{"unreachable", "http://" + deadAddr, deadAddr},
 		} {
 			pu, _ := url.Parse(c.proxy)
@@ -191,6 +209,36 @@ func TestPinBootstrapThroughProxy(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "proxy") {
 				t.Errorf("%s: %v, want an error naming the proxy and %q", c.name, err, c.want)
 			}
+		}
+	})
+
+	t.Run("data before the server speaks", func(t *testing.T) {
+		p := newConnectProxy(t)
+		p.junk = "HTTP/1.1 200 OK\r\n"
+		_, err := fetchPinned(ctx, s.url(), pin, 5*time.Second, nil, p.url(""))
+		if err == nil || !strings.Contains(err.Error(), "data after its answer") {
+			t.Fatalf("%v, want the early data refused", err)
+		}
+	})
+
+	t.Run("silent proxy: timeout and cancel", func(t *testing.T) {
+		p := newConnectProxy(t)
+		p.silent, p.accepted = true, make(chan struct{}, 2)
+		_, err := fetchPinned(ctx, s.url(), pin, 300*time.Millisecond, nil, p.url(""))
+		if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "CONNECT") {
+			t.Fatalf("timeout: %v, want the CONNECT to end at the deadline", err)
+		}
+		cctx, cancel := context.WithCancel(ctx)
+		errc := make(chan error, 1)
+		go func() {
+			_, err := fetchPinned(cctx, s.url(), pin, time.Minute, nil, p.url(""))
+			errc <- err
+		}()
+		<-p.accepted // the first attempt's
+		<-p.accepted // this one's: it is waiting for the answer now
+		cancel()
+		if err := <-errc; !errors.Is(err, context.Canceled) {
+			t.Fatalf("cancelled: %v, want context.Canceled", err)
 		}
 	})
 

@@ -34,17 +34,16 @@ func ParseRetryAfter(v string, now time.Time) (time.Duration, error) {
 const minDeferralWait = time.Second
 
 // DeferralWait is how long to wait after a 202 whose Retry-After asked for
-// retryAfter, with r in [0,1) from a random source. It waits at least what
-// the server asked (and at least a second) plus up to a quarter more, so a
-// fleet deferred at the same moment does not come back at the same
-// moment; a wait over maxWait is cut to between 7/8 of maxWait and
-// maxWait, for the same reason.
+// retryAfter, with r in [0,1) from a random source. It never waits less
+// than the server asked (nor less than a second) unless that is over
+// maxWait, and adds up to a quarter more, within maxWait, so a fleet
+// deferred at the same moment does not come back at the same moment. A
+// request at or over maxWait waits between 7/8 of maxWait and maxWait,
+// for the same reason.
 func DeferralWait(retryAfter, maxWait time.Duration, r float64) time.Duration {
-	floor := min(minDeferralWait, maxWait)
-	base := max(retryAfter, floor)
-	d := base + time.Duration(r*float64(base)/4)
-	if d > maxWait {
-		d = maxWait - time.Duration(r*float64(maxWait)/8)
+	base := max(retryAfter, min(minDeferralWait, maxWait))
+	if base >= maxWait {
+		return maxWait - time.Duration(r*float64(maxWait)/8)
 	}
-	return d
+	return base + time.Duration(r*float64(min(base/4, maxWait-base)))
 }

@@ -75,7 +75,7 @@ func ServerTime(ctx context.Context, o TimeOptions) (TimeSample, error) {
 	var host string
 	roots := o.Roots
 	if !o.Pin.IsZero() {
-		pinned, chain, h, err := findPinned(ctx, o.Server, o.Pin, o.Timeout, http.ProxyFromEnvironment)
+		pinned, chain, h, err := findPinned(ctx, o.Server, o.Pin, o.Timeout, proxyFromEnvironment)
 		if err != nil {
 			return TimeSample{}, err
 		}
@@ -85,7 +85,7 @@ func ServerTime(ctx context.Context, o TimeOptions) (TimeSample, error) {
 		if roots == nil {
 			return TimeSample{}, errors.New("enroll: server time: no trust anchors for the EST server")
 		}
-		chain, h, err := presentedChain(ctx, o.Server, o.Timeout, http.ProxyFromEnvironment)
+		chain, h, err := presentedChain(ctx, o.Server, o.Timeout, proxyFromEnvironment)
 		if err != nil {
 			return TimeSample{}, err
 		}
@@ -105,7 +105,7 @@ func ServerTime(ctx context.Context, o TimeOptions) (TimeSample, error) {
 		ServerName: host,
 		Time:       func() time.Time { return probe },
 	}
-	tr := &http.Transport{TLSClientConfig: tc, TLSHandshakeTimeout: o.Timeout, Proxy: http.ProxyFromEnvironment}
+	tr := &http.Transport{TLSClientConfig: tc, TLSHandshakeTimeout: o.Timeout, Proxy: proxyFromEnvironment}
 	defer tr.CloseIdleConnections()
 	hc := &http.Client{Transport: tr, Timeout: o.Timeout, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	u, _ := url.Parse(o.Server) // validated above

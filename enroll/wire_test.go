@@ -9,10 +9,12 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -247,8 +249,12 @@ func TestRetryAfterWait(t *testing.T) {
 	}
 	defer c2.CloseIdleConnections()
 	_, err = c2.SimpleEnroll(ctx, csr, "u", "p")
-	if !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "for deferred issuance") {
+	m := regexp.MustCompile(`waiting (\S+) for deferred issuance`).FindStringSubmatch(fmt.Sprint(err))
+	if !errors.Is(err, context.Canceled) || m == nil {
 		t.Fatalf("cancelled wait: %v", err)
+	}
+	if w, perr := time.ParseDuration(m[1]); perr != nil || w < 10*time.Minute*7/8 || w > 10*time.Minute {
+		t.Fatalf("waited %s for an hour's Retry-After, want between 8m45s and the 10m cap", m[1])
 	}
 	if attempts.Load() != 1 {
 		t.Fatalf("%d attempts, want 1", attempts.Load())
