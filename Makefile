@@ -38,10 +38,10 @@ test-deps:
 # The whole suite: unit, table and end-to-end tests against real peers, the
 # in-process tests again under the race detector, then a short fuzzing pass
 # over every decoder. The race detector needs cgo (gcc, installed by
-# test-deps); the shipped binaries stay CGO_ENABLED=0. The end-to-end, demo
-# and packaging tests drive separately built processes, which -race would
-# not instrument, so they run once.
-RACE_PKGS = $(shell $(GO) list ./... | grep -v -E '/internal/(e2e|demo)(/|$$)|/packaging$$')
+# test-deps); the shipped binaries stay CGO_ENABLED=0. The end-to-end, demo,
+# packaging and cmd tests drive separately built processes, which -race
+# would not instrument, so they run once.
+RACE_PKGS = $(shell $(GO) list ./... | grep -v -E '/internal/(e2e|demo)(/|$$)|/packaging$$|/cmd/')
 test: test-deps lint
 	$(GO) test -count=1 -timeout 30m ./...
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 20m $(RACE_PKGS)

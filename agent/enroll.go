@@ -99,7 +99,13 @@ func Enroll(ctx context.Context, o EnrollOptions) (*Identity, error) {
 		if roots != nil {
 			pin = token.Pin{}
 		}
-		now, err := oneShotClock(ctx, o.Now, o.Logger, o.Server, o.Label, roots, pin, o.Timeout, o.BuildTime, time.Time{}, time.Time{})
+		// Enrolling again (--force): the identity being replaced still
+		// says how late it is at least.
+		var certNotBefore, obtained time.Time
+		if cur, err := LoadIdentity(o.StateDir, o.Keystore); err == nil {
+			certNotBefore, obtained = cur.NotBefore(), cur.Obtained()
+		}
+		now, err := oneShotClock(ctx, o.Now, o.Logger, o.Server, o.Label, roots, pin, o.Timeout, o.BuildTime, certNotBefore, obtained)
 		if err != nil {
 			return nil, fmt.Errorf("enroll: %w", err)
 		}

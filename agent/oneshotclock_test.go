@@ -40,6 +40,14 @@ func TestOneShotEnrollRenewIn1970(t *testing.T) {
 		t.Fatalf("enroll in 1970 without the correction: %v, want a certificate validity error", err)
 	}
 
+	// The floor holds: a CA whose time is before this agent's build (here
+	// an hour from now) is not believed.
+	_, err = Enroll(ctx, EnrollOptions{StateDir: dir, DeviceID: "rtc-less", Keystore: ks, Token: &tok, Timeout: 5 * time.Second,
+		Now: device, CorrectClock: true, BuildTime: time.Now().Add(time.Hour)})
+	if err == nil || !strings.Contains(err.Error(), "refusing an implausible time") {
+		t.Fatalf("enroll with the CA's time before the build time: %v, want it refused", err)
+	}
+
 	var logs syncBuffer
 	id, err := Enroll(ctx, EnrollOptions{StateDir: dir, DeviceID: "rtc-less", Keystore: ks, Token: &tok, Timeout: 5 * time.Second,
 		Now: device, CorrectClock: true, BuildTime: build, Logger: newTestLogger(&logs)})
@@ -53,8 +61,8 @@ func TestOneShotEnrollRenewIn1970(t *testing.T) {
 
 	// Renew: the floor is now also the certificate and when it was
 	// obtained, so a zero build time (a dev build) still triggers it.
-	if _, err := Renew(ctx, RenewOptions{StateDir: dir, Keystore: ks, Timeout: 5 * time.Second, Now: device}); err == nil {
-		t.Fatal("renew in 1970 without the correction succeeded")
+	if _, err := Renew(ctx, RenewOptions{StateDir: dir, Keystore: ks, Timeout: 5 * time.Second, Now: device}); err == nil || !strings.Contains(err.Error(), "not yet valid") {
+		t.Fatalf("renew in 1970 without the correction: %v, want a certificate validity error", err)
 	}
 	renewed, err := Renew(ctx, RenewOptions{StateDir: dir, Keystore: ks, Timeout: 5 * time.Second, Now: device, CorrectClock: true})
 	if err != nil {
@@ -63,6 +71,19 @@ func TestOneShotEnrollRenewIn1970(t *testing.T) {
 	near("renewed_at", renewed.Obtained())
 	if renewed.Leaf().SerialNumber.Cmp(id.Leaf().SerialNumber) == 0 {
 		t.Error("renewal kept the serial")
+	}
+
+	// Enrolling again (--force) in 1970 with a dev build (no build time):
+	// the identity being replaced sets the floor, so the clock is still
+	// found implausible and corrected.
+	var again syncBuffer
+	tok2 := c.Token(t, "rtc-less")
+	if _, err := Enroll(ctx, EnrollOptions{StateDir: dir, DeviceID: "rtc-less", Keystore: ks, Token: &tok2, Timeout: 5 * time.Second,
+		Force: true, Now: device, CorrectClock: true, Logger: newTestLogger(&again)}); err != nil {
+		t.Fatalf("enroll --force in 1970: %v\n%s", err, again.String())
+	}
+	if !strings.Contains(again.String(), "before the certificate became valid") {
+		t.Errorf("enroll --force: the replaced identity did not set the floor:\n%s", again.String())
 	}
 
 	// A plausible clock is used as it is: no CA time is asked for.

@@ -16,7 +16,8 @@ have qemu-aarch64-static || need+=(qemu-user-static)
 have systemd-analyze || need+=(systemd)   # unit checks; systemctl and systemd-sysusers for service install
 have lintian || need+=(lintian)           # checks the .deb
 have rpm || need+=(rpm)                   # reads the .rpm back
-have gcc || need+=(gcc libc6-dev)         # cgo for the race detector (tests only)
+have gcc || need+=(gcc)                   # cgo for the race detector (tests only)
+[ -e /usr/include/stdlib.h ] || need+=(libc6-dev)
 
 [ ${#need[@]} -eq 0 ] && exit 0
 
