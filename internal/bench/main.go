@@ -25,6 +25,7 @@ type section struct {
 func main() {
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file (goroutines labelled side=client|server in the enrollment section)")
 	only := flag.String("only", "", "run only the sections whose name contains this")
+	memProfile := flag.String("memprofile", "", "write an allocation profile of the whole run to this file (go tool pprof -sample_index=alloc_space)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
@@ -61,6 +62,17 @@ func main() {
 			continue
 		}
 		fmt.Printf("(%s in %.1fs)\n", s.name, time.Since(start).Seconds())
+	}
+	if *memProfile != "" {
+		f, err := os.Create(*memProfile)
+		if err == nil {
+			err = pprof.Lookup("allocs").WriteTo(f, 0)
+			f.Close()
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench: memprofile:", err)
+			failed = true
+		}
 	}
 	if failed {
 		stop()
