@@ -25,13 +25,18 @@ import (
 // so its key, even long after it expired, could set the clock back as far
 // as the floor allows (see enroll.ServerTime).
 func (d *Daemon) clockFloor(id *Identity) (build, notBefore, obtained time.Time) {
+	return floorTimes(d.o.BuildTime, id)
+}
+
+// floorTimes is clockFloor for an agent built at build; id may be nil.
+func floorTimes(build time.Time, id *Identity) (_, notBefore, obtained time.Time) {
 	if id != nil {
 		notBefore, obtained = id.NotBefore(), id.Obtained()
 		if !obtained.IsZero() {
 			obtained = obtained.Add(-obtainedSlack)
 		}
 	}
-	return d.o.BuildTime, notBefore, obtained
+	return build, notBefore, obtained
 }
 
 // obtainedSlack is how much earlier than the recorded obtained time the
@@ -43,8 +48,7 @@ const obtainedSlack = time.Minute
 
 // floor is the latest of clockFloor's times.
 func (d *Daemon) floor(id *Identity) time.Time {
-	b, nb, ob := d.clockFloor(id)
-	return latest(latest(b, nb), ob)
+	return latest(d.clockFloor(id))
 }
 
 // clockProblem says why the system clock is implausible, or "".
@@ -104,10 +108,12 @@ func dateSampleProblem(date, floor time.Time, chain []*x509.Certificate) string 
 	return ""
 }
 
-// latest returns the later of a and b.
-func latest(a, b time.Time) time.Time {
-	if b.After(a) {
-		return b
+// latest returns the latest of a, b and c.
+func latest(a, b, c time.Time) time.Time {
+	for _, t := range []time.Time{b, c} {
+		if t.After(a) {
+			a = t
+		}
 	}
 	return a
 }

@@ -20,6 +20,7 @@ import (
 
 	"github.com/edgeagent/edgeagent/agent/localapi"
 	"github.com/edgeagent/edgeagent/internal/mosquitto"
+	"github.com/edgeagent/edgeagent/internal/syncbuf"
 	"github.com/edgeagent/edgeagent/internal/testca"
 	"github.com/edgeagent/edgeagent/internal/testpki"
 )
@@ -122,7 +123,7 @@ func TestClockIn1970EnrollsConnectsAndRenews(t *testing.T) {
 		boot := time.Now()
 		epoch := time.Unix(0, 0).Add(42 * time.Second)
 		device := func() time.Time { return epoch.Add(time.Since(boot)) }
-		var logs syncBuffer
+		var logs syncbuf.Buffer
 		ctx, cancel := context.WithCancel(context.Background())
 		ready := make(chan struct{})
 		done := make(chan error, 1)
@@ -185,24 +186,6 @@ func TestClockIn1970EnrollsConnectsAndRenews(t *testing.T) {
 			t.Fatalf("%s: Run: %v", phase, err)
 		}
 	}
-}
-
-// syncBuffer is a log sink safe for the daemon's goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 func newTestLogger(w io.Writer) *slog.Logger {

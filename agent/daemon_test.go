@@ -31,6 +31,7 @@ import (
 
 	"github.com/edgeagent/edgeagent/agent/config"
 	"github.com/edgeagent/edgeagent/agent/localapi"
+	"github.com/edgeagent/edgeagent/internal/syncbuf"
 	"github.com/edgeagent/edgeagent/internal/testca"
 )
 
@@ -258,7 +259,7 @@ func TestRunRefusesTakenMetricsPortBeforeStarting(t *testing.T) {
 	cfg := testDaemonConfig(dir, "metrics-taken")
 	cfg.Metrics.Listen = taken.Addr().String()
 	tok := c.Token(t, "metrics-taken").String()
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	err = Run(context.Background(), Options{Config: cfg, Logger: newTestLogger(&logs),
 		Ready:  func() { t.Error("Ready called although the metrics address is taken") },
 		Getenv: func(k string) string { return map[string]string{"EDGEAGENT_TOKEN": tok}[k] }})

@@ -101,11 +101,8 @@ func Enroll(ctx context.Context, o EnrollOptions) (*Identity, error) {
 		}
 		// Enrolling again (--force): the identity being replaced still
 		// says how late it is at least.
-		var certNotBefore, obtained time.Time
-		if cur, err := LoadIdentity(o.StateDir, o.Keystore); err == nil {
-			certNotBefore, obtained = cur.NotBefore(), cur.Obtained()
-		}
-		now, err := oneShotClock(ctx, o.Now, o.Logger, o.Server, o.Label, roots, pin, o.Timeout, o.BuildTime, certNotBefore, obtained)
+		replaced, _ := LoadIdentity(o.StateDir, o.Keystore) // nil if none or unreadable
+		now, err := oneShotClock(ctx, o.Now, o.Logger, o.Server, o.Label, roots, pin, o.Timeout, o.BuildTime, replaced)
 		if err != nil {
 			return nil, fmt.Errorf("enroll: %w", err)
 		}
@@ -225,8 +222,7 @@ func Renew(ctx context.Context, o RenewOptions) (*Identity, error) {
 		}
 	}
 	if o.CorrectClock {
-		now, err := oneShotClock(ctx, o.Now, o.Logger, cur.Server, cur.Label, cur.ESTPool(), token.Pin{}, o.Timeout,
-			o.BuildTime, cur.NotBefore(), cur.Obtained())
+		now, err := oneShotClock(ctx, o.Now, o.Logger, cur.Server, cur.Label, cur.ESTPool(), token.Pin{}, o.Timeout, o.BuildTime, cur)
 		if err != nil {
 			return nil, fmt.Errorf("renew: %w", err)
 		}

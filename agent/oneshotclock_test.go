@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgeagent/edgeagent/internal/syncbuf"
 	"github.com/edgeagent/edgeagent/internal/testca"
 	"github.com/edgeagent/edgeagent/keystore/file"
 )
@@ -48,7 +49,7 @@ func TestOneShotEnrollRenewIn1970(t *testing.T) {
 		t.Fatalf("enroll with the CA's time before the build time: %v, want it refused", err)
 	}
 
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	id, err := Enroll(ctx, EnrollOptions{StateDir: dir, DeviceID: "rtc-less", Keystore: ks, Token: &tok, Timeout: 5 * time.Second,
 		Now: device, CorrectClock: true, BuildTime: build, Logger: newTestLogger(&logs)})
 	if err != nil {
@@ -76,7 +77,7 @@ func TestOneShotEnrollRenewIn1970(t *testing.T) {
 	// Enrolling again (--force) in 1970 with a dev build (no build time):
 	// the identity being replaced sets the floor, so the clock is still
 	// found implausible and corrected.
-	var again syncBuffer
+	var again syncbuf.Buffer
 	tok2 := c.Token(t, "rtc-less")
 	if _, err := Enroll(ctx, EnrollOptions{StateDir: dir, DeviceID: "rtc-less", Keystore: ks, Token: &tok2, Timeout: 5 * time.Second,
 		Force: true, Now: device, CorrectClock: true, Logger: newTestLogger(&again)}); err != nil {
@@ -87,7 +88,7 @@ func TestOneShotEnrollRenewIn1970(t *testing.T) {
 	}
 
 	// A plausible clock is used as it is: no CA time is asked for.
-	var plain syncBuffer
+	var plain syncbuf.Buffer
 	if _, err := Renew(ctx, RenewOptions{StateDir: dir, Keystore: ks, Timeout: 5 * time.Second, CorrectClock: true, BuildTime: build,
 		Logger: newTestLogger(&plain)}); err != nil {
 		t.Fatal(err)

@@ -12,6 +12,7 @@ import (
 	"github.com/edgeagent/edgeagent/agent/config"
 	"github.com/edgeagent/edgeagent/agent/lifecycle"
 	"github.com/edgeagent/edgeagent/agent/localapi"
+	"github.com/edgeagent/edgeagent/internal/syncbuf"
 	"github.com/edgeagent/edgeagent/internal/testca"
 	"github.com/edgeagent/edgeagent/uplink/spool"
 )
@@ -30,7 +31,7 @@ func TestReloadRefusesWhatCannotRun(t *testing.T) {
 	cfg.MQTT.CABundle = broker.caFile
 	cfg.Spool.Sync = "never"
 	tok := c.Token(t, "reload-1").String()
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	reload := make(chan config.Config)
 	var running []config.Config
 	ctx, cancel := context.WithCancel(context.Background())

@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -21,26 +20,9 @@ import (
 
 	"github.com/edgeagent/edgeagent/agent/localapi"
 	"github.com/edgeagent/edgeagent/internal/mosquitto"
+	"github.com/edgeagent/edgeagent/internal/syncbuf"
 	"github.com/edgeagent/edgeagent/internal/testpki"
 )
-
-// lockedBuffer collects a process's output; safe to read while it writes.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // daemon is `edgeagent run` as a process whose exit status the test reads.
 type daemon struct {
@@ -48,7 +30,7 @@ type daemon struct {
 	cmd    *exec.Cmd
 	done   chan struct{}
 	err    error // set before done closes
-	logs   *lockedBuffer
+	logs   *syncbuf.Buffer
 	sock   string
 	client *http.Client
 }
@@ -57,7 +39,7 @@ func startDaemon(t testing.TB, cfgFile, sock string, env ...string) *daemon {
 	t.Helper()
 	cmd := exec.Command(built.agent, "run", "--config", cfgFile)
 	cmd.Env = append(os.Environ(), env...)
-	d := &daemon{t: t, cmd: cmd, done: make(chan struct{}), logs: &lockedBuffer{}, sock: sock, client: localapi.Client(sock, 30*time.Second)}
+	d := &daemon{t: t, cmd: cmd, done: make(chan struct{}), logs: &syncbuf.Buffer{}, sock: sock, client: localapi.Client(sock, 30*time.Second)}
 	cmd.Stdout, cmd.Stderr = d.logs, d.logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

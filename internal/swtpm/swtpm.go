@@ -8,7 +8,6 @@
 package swtpm
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -19,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/edgeagent/edgeagent/internal/syncbuf"
 )
 
 // startTimeout bounds how long a start waits for swtpm to accept
@@ -51,7 +52,7 @@ type Process struct {
 	port int
 	cmd  *exec.Cmd
 	done chan struct{}
-	out  *lockedBuffer
+	out  *syncbuf.Buffer
 }
 
 // Run starts swtpm with its state in stateDir (created if missing; an empty
@@ -153,9 +154,9 @@ func (p *Process) start() error {
 // may linger briefly.
 func (p *Process) startOn(port int, deadline time.Time) error {
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	var out *lockedBuffer
+	var out *syncbuf.Buffer
 	for {
-		out = &lockedBuffer{}
+		out = &syncbuf.Buffer{}
 		cmd := exec.Command(p.bin, "socket", "--tpm2",
 			"--tpmstate", "dir="+p.stateDir,
 			"--server", "type=tcp,bindaddr=127.0.0.1,port="+strconv.Itoa(port),
@@ -266,23 +267,4 @@ func (s *TPM) Restart() {
 // Stop stops swtpm; the test's cleanup would do it too.
 func (s *TPM) Stop() {
 	_ = s.Process.Stop()
-}
-
-// lockedBuffer collects swtpm's output; the process writes while a failing
-// test may read.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
