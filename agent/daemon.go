@@ -15,7 +15,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,6 +26,7 @@ import (
 	"github.com/edgeagent/edgeagent/agent/localapi"
 	"github.com/edgeagent/edgeagent/agent/sdnotify"
 	"github.com/edgeagent/edgeagent/enroll"
+	"github.com/edgeagent/edgeagent/enroll/est"
 	"github.com/edgeagent/edgeagent/enroll/token"
 	"github.com/edgeagent/edgeagent/keystore"
 	"github.com/edgeagent/edgeagent/uplink"
@@ -82,10 +82,13 @@ type Daemon struct {
 	// restart* hand reloaded components to their supervisors.
 	restartHTTPS, restartMQTT, restartCollector chan runner
 
-	spools   map[string]*spool.Spool
-	https    *uhttps.Sender
-	mqtt     Uplink
-	hub      *localapi.Hub
+	spools map[string]*spool.Spool
+	https  *uhttps.Sender
+	mqtt   Uplink
+	hub    *localapi.Hub
+	// deviceID is the enrolled identity's (its certificate's CN), fixed
+	// for the run: renewals keep it, a re-enrollment asks for it again.
+	deviceID string
 	idPrefix string
 	seq      atomic.Uint64
 }
@@ -141,9 +144,8 @@ func newDaemon(ctx context.Context, o Options) (*Daemon, error) {
 		renewNow:     make(chan chan error),
 		reschedule:   make(chan struct{}, 1),
 		restartHTTPS: make(chan runner), restartMQTT: make(chan runner), restartCollector: make(chan runner),
-		spools:   map[string]*spool.Spool{},
-		hub:      localapi.NewHub(),
-		idPrefix: cfg.DeviceID + "-" + hex.EncodeToString(nonce[:]) + "-",
+		spools: map[string]*spool.Spool{},
+		hub:    localapi.NewHub(),
 	}
 	d.renewal.Renewals = map[string]uint64{}
 	ks, err := OpenKeystore(cfg)
@@ -157,6 +159,8 @@ func newDaemon(ctx context.Context, o Options) (*Daemon, error) {
 		return nil, err
 	}
 	d.ident = id
+	d.deviceID = id.DeviceID
+	d.idPrefix = id.DeviceID + "-" + hex.EncodeToString(nonce[:]) + "-"
 	// A restart without an RTC: learn the time before the uplinks need it
 	// to check their servers' certificates. If the CA is unreachable the
 	// renewal loop keeps trying.
@@ -183,87 +187,36 @@ func (d *Daemon) close() {
 }
 
 // loadOrEnroll returns the stored identity, enrolling with the configured
-// token first if there is none.
+// token first if there is none. A stored identity decides the device id:
+// a config that names another device is refused, naming both.
 func (d *Daemon) loadOrEnroll(ctx context.Context) (*Identity, error) {
 	id, err := LoadIdentity(d.boot.StateDir, d.ks)
 	if err == nil {
+		if err := CheckDeviceID(d.boot.DeviceID, id, d.boot.StateDir); err != nil {
+			return nil, fmt.Errorf("agent: %w", err)
+		}
 		d.log.Info("identity loaded", "device_id", id.DeviceID, "serial", id.Serial(), "not_after", id.Leaf().NotAfter)
 		return id, nil
 	}
 	if !errors.Is(err, ErrNoIdentity) {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	return d.bootstrap(ctx)
+	return d.bootstrap(ctx, d.boot.DeviceID)
 }
 
-// bootstrap enrolls with the token from enroll.token_file or
+// bootstrap enrolls as deviceID ("" for the first enrollment's default,
+// see FirstDeviceID) with the token from enroll.token_file or
 // EDGEAGENT_TOKEN (never logged), or with plain credentials.
-func (d *Daemon) bootstrap(ctx context.Context) (*Identity, error) {
-	ec := d.config().Enroll
-	opts := EnrollOptions{StateDir: d.boot.StateDir, DeviceID: d.boot.DeviceID, Keystore: d.ks, Label: ec.Label,
-		Now: d.clock.Now, Logger: d.log, Force: true, PostQuantumTLS: ec.PostQuantumTLS}
-	alg, err := keystore.ParseAlgorithm(d.boot.KeyAlgorithm)
+func (d *Daemon) bootstrap(ctx context.Context, deviceID string) (*Identity, error) {
+	cfg := d.config()
+	cfg.DeviceID = deviceID
+	opts, err := PlanEnrollment(cfg, Secrets{Token: d.o.Getenv("EDGEAGENT_TOKEN"), TokenFrom: "EDGEAGENT_TOKEN"})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("agent: %w", err)
 	}
-	opts.KeyAlg = alg
-	tokText := d.o.Getenv("EDGEAGENT_TOKEN")
-	if ec.TokenFile != "" {
-		b, err := ReadSecretFile(ec.TokenFile)
-		if err != nil {
-			return nil, fmt.Errorf("agent: enroll.token_file: %w", err)
-		}
-		tokText = string(b)
-	}
-	switch {
-	case tokText != "":
-		tok, err := token.Parse(tokText)
-		if err != nil {
-			return nil, fmt.Errorf("agent: enrollment token: %w", err)
-		}
-		opts.Token = &tok
-	case ec.Server != "":
-		opts.Server, opts.Username = ec.Server, ec.Username
-		if ec.CAPin != "" {
-			if opts.CAPin, err = token.ParsePin(ec.CAPin); err != nil {
-				return nil, fmt.Errorf("agent: enroll.ca_pin: %w", err)
-			}
-		}
-		if ec.PasswordFile != "" {
-			b, err := ReadSecretFile(ec.PasswordFile)
-			if err != nil {
-				return nil, fmt.Errorf("agent: enroll.password_file: %w", err)
-			}
-			opts.Password = strings.TrimRight(string(b), "\r\n")
-		}
-	default:
-		return nil, errors.New("agent: this device is not enrolled: set enroll.token_file or EDGEAGENT_TOKEN, or run 'edgeagent enroll'")
-	}
-	if ec.CABundle != "" {
-		b, err := os.ReadFile(ec.CABundle)
-		if err != nil {
-			return nil, fmt.Errorf("agent: enroll.ca_bundle: %w", err)
-		}
-		if opts.CABundle, err = ParseCertsPEM(b); err != nil {
-			return nil, fmt.Errorf("agent: enroll.ca_bundle: %w", err)
-		}
-		if opts.Token != nil {
-			opts.Token.Pin = token.Pin{}
-		}
-	}
+	opts.Keystore, opts.Now, opts.Logger, opts.Force = d.ks, d.clock.Now, d.log, true
 	opts.OnResponse = d.observeDate
-	server, pin := opts.Server, opts.CAPin
-	if opts.Token != nil {
-		server, pin = opts.Token.URL, opts.Token.Pin
-	}
-	var roots *x509.CertPool
-	if len(opts.CABundle) > 0 {
-		roots = x509.NewCertPool()
-		for _, c := range opts.CABundle {
-			roots.AddCert(c)
-		}
-		pin = token.Pin{}
-	}
+	server, roots, pin := opts.trust()
 	// A device that boots in 1970 cannot check the EST server's
 	// certificate until it knows the time.
 	if err := d.calibrateClock(ctx, nil, server, opts.Label, roots, pin); err != nil {
@@ -271,10 +224,31 @@ func (d *Daemon) bootstrap(ctx context.Context) (*Identity, error) {
 	}
 	id, err := Enroll(ctx, opts)
 	if err != nil {
-		return nil, err
+		return nil, enrollFailure(err, opts.DeviceID, cfg.DeviceID == "")
 	}
 	d.log.Info("enrolled", "device_id", id.DeviceID, "serial", id.Serial(), "not_after", id.Leaf().NotAfter)
 	return id, nil
+}
+
+// enrollFailure marks an enrollment the CA refused (a 4xx answer other
+// than 429) as needing the operator, with what to change: retrying the
+// same request gets the same answer.
+func enrollFailure(err error, deviceID string, defaulted bool) error {
+	var se *enroll.ServerError
+	if !errors.As(err, &se) || se.Status < 400 || se.Status >= 500 || se.Status == http.StatusTooManyRequests {
+		return err
+	}
+	switch {
+	case se.Code == est.CodeDeviceNotAllowed && defaulted:
+		err = fmt.Errorf("%w; the device asked for id %q because device_id is not set in the config: set device_id (or EDGEAGENT_DEVICE_ID) "+
+			"to the device id the token was made for", err, deviceID)
+	case se.Code == est.CodeDeviceNotAllowed:
+		err = fmt.Errorf("%w; the CA does not allow device id %q with this token: set device_id to the device the token was made for, or get a token for %q",
+			err, deviceID, deviceID)
+	case enroll.IsTokenRejected(err):
+		err = fmt.Errorf("%w; get a new token ('edgeca token create') and put it in enroll.token_file", err)
+	}
+	return needsOperator(err)
 }
 
 func (d *Daemon) backendRoots(bundleFile string) (*x509.CertPool, error) {
@@ -353,7 +327,7 @@ func (d *Daemon) Submit(_ context.Context, msgs []json.RawMessage) ([]string, er
 	payloads := make([][]byte, len(msgs))
 	for i, m := range msgs {
 		ids[i] = d.idPrefix + strconv.FormatUint(d.seq.Add(1), 10)
-		payloads[i] = appendEnvelope(nil, ids[i], d.boot.DeviceID, now, m)
+		payloads[i] = appendEnvelope(nil, ids[i], d.deviceID, now, m)
 	}
 	for name, sp := range d.spools {
 		if _, err := sp.AppendBatch(payloads); err != nil {
@@ -496,7 +470,7 @@ func (d *Daemon) run(ctx context.Context) error {
 	if d.o.Ready != nil {
 		d.o.Ready()
 	}
-	d.log.Info("agent running", "device_id", d.boot.DeviceID, "mqtt", d.boot.MQTT.URL, "https", d.boot.HTTPS.URL, "api", d.boot.API.Socket)
+	d.log.Info("agent running", "device_id", d.deviceID, "mqtt", d.boot.MQTT.URL, "https", d.boot.HTTPS.URL, "api", d.boot.API.Socket)
 	context.AfterFunc(soft, func() {
 		if ctx.Err() != nil {
 			_ = notify.Notify("STOPPING=1\nSTATUS=draining the spools")
@@ -615,7 +589,7 @@ func (d *Daemon) renewLoop(ctx context.Context) error {
 			d.log.Error("certificate expired before it could be renewed", "device_id", id.DeviceID, "not_after", leaf.NotAfter, "policy", rs.ExpiredPolicy, "err", err)
 			if rs.ExpiredPolicy == "rebootstrap" {
 				d.setExpired("re-enrolling with the enrollment token (renew.expired_policy: rebootstrap)")
-				nid, berr := d.bootstrap(ctx)
+				nid, berr := d.bootstrap(ctx, id.DeviceID)
 				if berr == nil {
 					d.log.Info("re-enrolled after expiry", "serial", nid.Serial(), "not_after", nid.NotAfter())
 					d.countRenewal("rebootstrap")

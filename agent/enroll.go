@@ -79,26 +79,18 @@ func Enroll(ctx context.Context, o EnrollOptions) (*Identity, error) {
 		return nil, fmt.Errorf("enroll: device id %q: use 1 to 64 letters, digits, '.', '_' or '-'", o.DeviceID)
 	}
 	if HasIdentity(o.StateDir) && !o.Force {
-		return nil, fmt.Errorf("enroll: %w (state in %s); use --force to enroll again", ErrIdentityExists, o.StateDir)
+		return nil, fmt.Errorf("enroll: %w (state in %s, whole or damaged); use --force to enroll again", ErrIdentityExists, o.StateDir)
 	}
 	if err := os.MkdirAll(o.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("enroll: create state dir: %w", err)
 	}
 
-	var roots *x509.CertPool
+	_, roots, pin := o.trust()
 	var serverRoots []*x509.Certificate
-	if len(o.CABundle) > 0 {
-		roots = x509.NewCertPool()
-		for _, c := range o.CABundle {
-			roots.AddCert(c)
-		}
+	if roots != nil {
 		serverRoots = o.CABundle
 	}
 	if o.CorrectClock {
-		pin := o.CAPin
-		if roots != nil {
-			pin = token.Pin{}
-		}
 		// Enrolling again (--force): the identity being replaced still
 		// says how late it is at least.
 		replaced, _ := LoadIdentity(o.StateDir, o.Keystore) // nil if none or unreadable

@@ -119,43 +119,77 @@ func fileExists(p string) bool {
 	return err == nil
 }
 
-// HasIdentity reports whether dir holds an enrolled identity.
+// HasIdentity reports whether dir holds an identity, whole or damaged: a
+// certificate or the identity.json an enrollment writes with it.
 func HasIdentity(dir string) bool {
-	_, err := os.Stat(filepath.Join(dir, CertFile))
-	return err == nil
+	return fileExists(filepath.Join(dir, CertFile)) || fileExists(filepath.Join(dir, IdentityFile))
+}
+
+// ErrDamagedIdentity is wrapped by LoadIdentity when the state directory
+// holds part of an identity (say, identity.json and the key, but no
+// cert.pem): the device enrolled once, so the daemon must not enroll again
+// on its own. It is also an ErrNeedsOperator.
+var ErrDamagedIdentity = errors.New("the identity in the state directory is damaged")
+
+// damaged reports a damaged identity in dir: what is wrong and how to
+// recover.
+func damaged(dir, what string) error {
+	return needsOperator(fmt.Errorf("load identity: %w: %s; restore it from a backup, or enroll again with 'edgeagent enroll --force' "+
+		"(keeps the key and the device id; needs a token or credentials)", ErrDamagedIdentity, what))
+}
+
+// readMeta reads identity.json.
+func readMeta(dir string) (Meta, error) {
+	var meta Meta
+	b, err := readBounded(filepath.Join(dir, IdentityFile), maxPEMBytes)
+	if err != nil {
+		return meta, err
+	}
+	if err := json.Unmarshal(b, &meta); err != nil {
+		return meta, fmt.Errorf("%s: %w", IdentityFile, err)
+	}
+	return meta, nil
 }
 
 // LoadIdentity reads the identity in dir with its key from ks. It finishes
 // a rotation that a crash interrupted after the new certificate was stored,
-// and discards one interrupted before.
+// and discards one interrupted before. A directory without an identity is
+// ErrNoIdentity; one with part of an identity is ErrDamagedIdentity, never
+// ErrNoIdentity, so nothing enrolls over it silently.
 func LoadIdentity(dir string, ks keystore.Keystore) (*Identity, error) {
-	if !HasIdentity(dir) {
+	certPath, metaPath := filepath.Join(dir, CertFile), filepath.Join(dir, IdentityFile)
+	switch hasCert, hasMeta := fileExists(certPath), fileExists(metaPath); {
+	case !hasCert && !hasMeta:
 		return nil, ErrNoIdentity
+	case !hasCert:
+		return nil, damaged(dir, fmt.Sprintf("%s is missing (%s is there: this device enrolled)", certPath, IdentityFile))
+	case !hasMeta:
+		return nil, damaged(dir, fmt.Sprintf("%s is missing (%s is there: this device enrolled)", metaPath, CertFile))
 	}
-	var meta Meta
-	b, err := os.ReadFile(filepath.Join(dir, IdentityFile))
+	meta, err := readMeta(dir)
 	if err != nil {
-		return nil, fmt.Errorf("load identity: %w", err)
+		return nil, damaged(dir, err.Error())
 	}
-	if err := json.Unmarshal(b, &meta); err != nil {
-		return nil, fmt.Errorf("load identity: %s: %w", IdentityFile, err)
-	}
-	chain, err := readCerts(filepath.Join(dir, CertFile))
+	chain, err := readCerts(certPath)
 	if err != nil {
-		return nil, fmt.Errorf("load identity: %w", err)
+		return nil, damaged(dir, err.Error())
 	}
 	bundle, err := readCerts(filepath.Join(dir, CAFile))
 	if err != nil {
-		return nil, fmt.Errorf("load identity: %w", err)
+		return nil, damaged(dir, err.Error())
 	}
 	var serverRoots []*x509.Certificate
 	if p := filepath.Join(dir, ServerCAFile); fileExists(p) {
 		if serverRoots, err = readCerts(p); err != nil {
-			return nil, fmt.Errorf("load identity: %w", err)
+			return nil, damaged(dir, err.Error())
 		}
 	}
 	if meta.DeviceID == "" || meta.Server == "" {
-		return nil, fmt.Errorf("load identity: %s lacks device_id or server; re-enroll with --force", filepath.Join(dir, IdentityFile))
+		return nil, damaged(dir, fmt.Sprintf("%s lacks device_id or server", metaPath))
+	}
+	if cn := chain[0].Subject.CommonName; cn != meta.DeviceID {
+		// The certificate is what backends authorize: it decides.
+		return nil, damaged(dir, fmt.Sprintf("%s is for device %q but %s says %q", certPath, cn, IdentityFile, meta.DeviceID))
 	}
 	key, err := matchingKey(ks, chain[0].PublicKey)
 	if err != nil {
@@ -187,7 +221,7 @@ func matchingKey(ks keystore.Keystore, pub crypto.PublicKey) (crypto.Signer, err
 		}
 		return rot.Signer(), nil
 	}
-	return nil, fmt.Errorf("the certificate in %s is not for the device key; the state directory is inconsistent: re-enroll with --force", CertFile)
+	return nil, needsOperator(fmt.Errorf("%w: the certificate in %s is not for the device key; enroll again with 'edgeagent enroll --force'", ErrDamagedIdentity, CertFile))
 }
 
 func samePublic(a, b crypto.PublicKey) bool {

@@ -116,8 +116,7 @@ func TestReloadRefusesWhatCannotRun(t *testing.T) {
 
 // TestSubmitDuringReload: local apps keep submitting while reloads replace
 // the running configuration. Run with -race (CGO_ENABLED=1): Submit reads
-// the device id from the start-time configuration, not from what Reload
-// replaces.
+// the device id the identity fixed at start, not anything Reload replaces.
 func TestSubmitDuringReload(t *testing.T) {
 	cfg := config.Default()
 	cfg.DeviceID = "reload-race"
@@ -127,7 +126,7 @@ func TestSubmitDuringReload(t *testing.T) {
 	}
 	defer sp.Close()
 	d := &Daemon{boot: cfg, cfg: cfg, log: slog.New(slog.DiscardHandler), clock: lifecycle.NewClock(nil),
-		spools: map[string]*spool.Spool{"mqtt": sp}, reschedule: make(chan struct{}, 1), idPrefix: "p-"}
+		spools: map[string]*spool.Spool{"mqtt": sp}, reschedule: make(chan struct{}, 1), idPrefix: "p-", deviceID: "reload-race"}
 	done := make(chan error, 1)
 	go func() {
 		for i := 0; i < 200; i++ {

@@ -22,7 +22,10 @@ import (
 
 // Config is the whole agent configuration.
 type Config struct {
-	DeviceID     string `yaml:"device_id"`     // default: the host name
+	// DeviceID names the device for its first enrollment only ("": the
+	// host name); from then on the device id is the enrolled identity's,
+	// and a config that names another device is refused.
+	DeviceID     string `yaml:"device_id"`
 	StateDir     string `yaml:"state_dir"`     // key, certificate, CA bundle, spool
 	Keystore     string `yaml:"keystore"`      // file or tpm
 	KeyAlgorithm string `yaml:"key_algorithm"` // ecdsa-p256, rsa-2048, rsa-3072
@@ -126,9 +129,7 @@ type Log struct {
 
 // Default returns the configuration used for every key the file omits.
 func Default() Config {
-	host, _ := os.Hostname()
 	return Config{
-		DeviceID:     host,
 		StateDir:     "/var/lib/edgeagent",
 		Keystore:     "file",
 		KeyAlgorithm: string(keystore.DefaultAlgorithm),
@@ -251,7 +252,7 @@ func (c Config) Validate() error {
 	bad := func(key, format string, args ...any) {
 		errs = append(errs, &FieldError{Key: key, Msg: fmt.Sprintf(format, args...)})
 	}
-	if token.ValidateID(c.DeviceID) != nil {
+	if c.DeviceID != "" && token.ValidateID(c.DeviceID) != nil {
 		bad("device_id", "%q: use 1 to 64 letters, digits, '.', '_' or '-' (set device_id or EDGEAGENT_DEVICE_ID)", c.DeviceID)
 	}
 	if c.StateDir == "" {

@@ -23,6 +23,7 @@ import (
 	"github.com/edgeagent/edgeagent/agent"
 	"github.com/edgeagent/edgeagent/enroll"
 	"github.com/edgeagent/edgeagent/enroll/token"
+	"github.com/edgeagent/edgeagent/packaging"
 )
 
 // These tests drive the edgeagent command line (run) against testEST, an
@@ -403,11 +404,21 @@ func TestExitCodes(t *testing.T) {
 		{usageError{"--key-alg: unknown"}, 2},
 		{fmt.Errorf("wrapped: %w", usageError{"x"}), 2},
 		{errors.New("enroll: POST simpleenroll: 401"), 1},
+		{fmt.Errorf("agent: %w", &agent.DeviceIDMismatchError{Configured: "a", Enrolled: "b"}), exitNeedsOperator},
+		{fmt.Errorf("agent: %w", agent.ErrDamagedIdentity), 1}, // only LoadIdentity's wrapped form needs the operator
+		{configError{errors.New("config: mqtt.url: bad")}, exitNeedsOperator},
 	}
 	for _, c := range cases {
 		if got := exitCode(c.err); got != c.want {
 			t.Errorf("exitCode(%v) = %d, want %d", c.err, got, c.want)
 		}
+	}
+	// The unit does not restart on the status that needs the operator.
+	if want := fmt.Sprintf("RestartPreventExitStatus=%d\n", exitNeedsOperator); !strings.Contains(packaging.AgentUnit(), want) {
+		t.Fatalf("the packaged unit lacks %q", want)
+	}
+	if _, _, err := edgeagent(t, "run", "--config", "/nonexistent/edgeagent.yaml"); exitCode(err) != exitNeedsOperator {
+		t.Fatalf("run with a missing config: exit %d, %v", exitCode(err), err)
 	}
 	_, _, err := edgeagent(t, "enroll", "--key-alg", "dsa-1024")
 	if exitCode(err) != 2 || !strings.Contains(err.Error(), "--key-alg") {

@@ -45,7 +45,7 @@ func (e usageError) Error() string { return e.msg }
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr, os.Getenv)
+	err := runIO(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr, os.Getenv)
 	stop()
 	if err != nil && !errors.Is(err, flag.ErrHelp) {
 		fmt.Fprintln(os.Stderr, "edgeagent:", err)
@@ -53,26 +53,48 @@ func main() {
 	os.Exit(exitCode(err))
 }
 
-// exitCode is 0 for success and -h, 2 for usage errors, 1 for failures.
+// exitNeedsOperator is the exit status of a failure that retrying cannot
+// fix (sysexits' EX_CONFIG): a bad config, a refused token, a device id
+// that contradicts the identity, a damaged identity. The packaged unit's
+// RestartPreventExitStatus names it, so systemd stops restarting and the
+// unit shows failed with this error in the journal.
+const exitNeedsOperator = 78
+
+// exitCode is 0 for success and -h, 2 for usage errors, 78 for failures
+// that need the operator, 1 for other failures.
 func exitCode(err error) int {
 	var ue usageError
+	var ce configError
 	switch {
 	case err == nil, errors.Is(err, flag.ErrHelp):
 		return 0
 	case errors.As(err, &ue):
 		return 2
+	case errors.As(err, &ce), errors.Is(err, agent.ErrNeedsOperator):
+		return exitNeedsOperator
 	}
 	return 1
 }
 
+// configError is a config file or environment that does not load.
+type configError struct{ err error }
+
+func (e configError) Error() string { return e.err.Error() }
+func (e configError) Unwrap() error { return e.err }
+
+// run is runIO without standard input (tests).
 func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+	return runIO(ctx, args, nil, stdout, stderr, getenv)
+}
+
+func runIO(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string) error {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return usageError{"no command given"}
 	}
 	switch args[0] {
 	case "enroll":
-		return cmdEnroll(ctx, args[1:], stdout, stderr, getenv)
+		return cmdEnroll(ctx, args[1:], stdin, stdout, stderr, getenv)
 	case "renew":
 		return cmdRenew(ctx, args[1:], stdout, stderr)
 	case "run":
@@ -115,13 +137,37 @@ func parse(fs *flag.FlagSet, args []string) error {
 
 const defaultStateDir = "/var/lib/edgeagent"
 
-func cmdEnroll(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+// enrollFlags maps each flag of enroll onto the config key it sets (or the
+// secret it gives), so the identity source's errors can name the flag.
+func enrollFlags() [][2]string {
+	return [][2]string{
+		{"enroll.password_file", "--password-file"}, {"enroll.token_file", "--token-file"}, {"enroll.ca_bundle", "--ca-bundle"},
+		{"enroll.username", "--username"}, {"enroll.password", "--password"}, {"enroll.ca_pin", "--ca-pin"},
+		{"enroll.server", "--server"}, {"enroll.label", "--label"}, {"enroll.token", "--token"},
+		{"key_algorithm", "--key-alg"}, {"device_id", "--device-id"}, {"state_dir", "--state-dir"},
+	}
+}
+
+// flagError turns the identity source's error about a config key into a
+// usage error about the flag that set it.
+func flagError(err error) error {
+	var fe *config.FieldError
+	if !errors.As(err, &fe) {
+		return err
+	}
+	msg := fe.Key + ": " + fe.Msg
+	for _, kf := range enrollFlags() {
+		msg = strings.ReplaceAll(msg, kf[0], kf[1])
+	}
+	return usageError{msg}
+}
+
+func cmdEnroll(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string) error {
 	fs := newFlagSet("enroll", stderr)
-	tokenStr := fs.String("token", "", "enrollment token from 'edgeca token create' (or env EDGEAGENT_TOKEN)")
+	tokenStr := fs.String("token", "", "enrollment token from 'edgeca token create'; - reads it from standard input (prefer --token-file or env EDGEAGENT_TOKEN: a token on the command line shows in ps)")
 	tokenFile := fs.String("token-file", "", "read the enrollment token from this file")
 	stateDir := fs.String("state-dir", defaultStateDir, "where the key, certificate and CA bundle are kept")
-	host, _ := os.Hostname()
-	deviceID := fs.String("device-id", host, "device id: the certificate's CN and SAN URI")
+	deviceID := fs.String("device-id", "", "device id: the certificate's CN and SAN URI (default: the earlier identity's with --force, else the host name)")
 	keyAlg := fs.String("key-alg", string(keystore.DefaultAlgorithm), "key algorithm: ecdsa-p256, rsa-2048 or rsa-3072")
 	server := fs.String("server", "", "EST server URL https://host[:port], instead of a token")
 	label := fs.String("label", "", "EST CA label (/.well-known/est/<label>/)")
@@ -130,90 +176,41 @@ func cmdEnroll(ctx context.Context, args []string, stdout, stderr io.Writer, get
 	username := fs.String("username", "", "HTTP Basic user name, instead of a token")
 	password := fs.String("password", "", "HTTP Basic password (prefer --password-file)")
 	passwordFile := fs.String("password-file", "", "read the HTTP Basic password from this file")
-	force := fs.Bool("force", false, "enroll again even if this device has an identity (the key is kept)")
+	force := fs.Bool("force", false, "enroll again even if this device has an identity, whole or damaged (the key is kept)")
 	ksFlags := keystoreFlags(fs)
 	timeout := fs.Duration("timeout", 30*time.Second, "timeout of each request to the EST server")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	alg, err := keystore.ParseAlgorithm(*keyAlg)
+	// Flags are config keys: the identity source applies the same rules
+	// to them as to the daemon's config.
+	cfg := config.Default()
+	cfg.DeviceID, cfg.StateDir, cfg.KeyAlgorithm = *deviceID, *stateDir, *keyAlg
+	cfg.Enroll = config.Enroll{TokenFile: *tokenFile, Server: *server, Label: *label, CAPin: *caPin, CABundle: *caBundle,
+		Username: *username, PasswordFile: *passwordFile}
+	sec := agent.Secrets{Token: *tokenStr, TokenFrom: "--token", Password: *password}
+	if *tokenStr == "-" {
+		if stdin == nil {
+			return usageError{"--token -: no standard input"}
+		}
+		b, err := io.ReadAll(io.LimitReader(stdin, token.MaxLen+1))
+		if err != nil {
+			return fmt.Errorf("--token -: read standard input: %w", err)
+		}
+		sec.Token, sec.TokenFrom = string(b), "standard input"
+		if strings.TrimSpace(sec.Token) == "" {
+			return usageError{"--token -: standard input is empty"}
+		}
+	}
+	if sec.Token == "" && *tokenFile == "" && *server == "" {
+		sec.Token, sec.TokenFrom = getenv("EDGEAGENT_TOKEN"), "EDGEAGENT_TOKEN"
+	}
+	opts, err := agent.PlanEnrollment(cfg, sec)
 	if err != nil {
-		return usageError{"--key-alg: " + err.Error()}
+		return flagError(err)
 	}
-	opts := agent.EnrollOptions{StateDir: *stateDir, DeviceID: *deviceID, KeyAlg: alg, Force: *force, Timeout: *timeout, Label: *label,
-		CorrectClock: true, BuildTime: version.Built(), Logger: slog.New(slog.NewTextHandler(stderr, nil))}
-
-	tokText := *tokenStr
-	if *tokenFile != "" {
-		if tokText != "" {
-			return usageError{"give --token or --token-file, not both"}
-		}
-		b, err := agent.ReadSecretFile(*tokenFile)
-		if err != nil {
-			return usageError{"--token-file: " + err.Error()}
-		}
-		tokText = string(b)
-	}
-	if tokText == "" && *server == "" {
-		tokText = getenv("EDGEAGENT_TOKEN")
-	}
-	if tokText != "" {
-		if *server != "" || *caPin != "" || *username != "" || *password != "" || *passwordFile != "" {
-			return usageError{"a token carries the server, CA pin and credentials: do not also give --server, --ca-pin, --username or --password"}
-		}
-		tok, err := token.Parse(tokText)
-		if err != nil {
-			return usageError{"--token: " + err.Error()}
-		}
-		opts.Token = &tok
-	} else {
-		if *server == "" {
-			return usageError{"give --token (or EDGEAGENT_TOKEN, --token-file), or --server with --ca-pin or --ca-bundle and --username/--password"}
-		}
-		if err := token.ValidateURL(*server); err != nil {
-			return usageError{"--server: " + err.Error()}
-		}
-		opts.Server = *server
-		if *caPin != "" {
-			p, err := token.ParsePin(*caPin)
-			if err != nil {
-				return usageError{"--ca-pin: " + err.Error()}
-			}
-			opts.CAPin = p
-		}
-		if *caPin == "" && *caBundle == "" {
-			return usageError{"--server needs --ca-pin or --ca-bundle to authenticate the EST server"}
-		}
-		opts.Username, opts.Password = *username, *password
-		if *passwordFile != "" {
-			if *password != "" {
-				return usageError{"give --password or --password-file, not both"}
-			}
-			b, err := agent.ReadSecretFile(*passwordFile)
-			if err != nil {
-				return usageError{"--password-file: " + err.Error()}
-			}
-			opts.Password = strings.TrimRight(string(b), "\r\n")
-		}
-		if opts.Username == "" || opts.Password == "" {
-			return usageError{"--server needs --username and --password (or --password-file)"}
-		}
-	}
-	if *caBundle != "" {
-		b, err := readSmallFile(*caBundle)
-		if err != nil {
-			return usageError{"--ca-bundle: " + err.Error()}
-		}
-		certs, err := agent.ParseCertsPEM(b)
-		if err != nil {
-			return usageError{"--ca-bundle: " + err.Error()}
-		}
-		opts.CABundle = certs
-		if opts.Token != nil {
-			// An operator-supplied bundle replaces the token's pin.
-			opts.Token.Pin = token.Pin{}
-		}
-	}
+	opts.Force, opts.Timeout = *force, *timeout
+	opts.CorrectClock, opts.BuildTime, opts.Logger = true, version.Built(), slog.New(slog.NewTextHandler(stderr, nil))
 	ks, err := ksFlags.open(*stateDir)
 	if err != nil {
 		return err
@@ -272,21 +269,4 @@ func (f ksFlagSet) open(stateDir string) (keystore.Keystore, error) {
 	cfg.Keystore, cfg.StateDir = *f.backend, stateDir
 	cfg.TPM.Device, cfg.TPM.Address = *f.device, *f.address
 	return agent.OpenKeystore(cfg)
-}
-
-// readSmallFile reads a CA bundle file, bounded.
-func readSmallFile(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, 1<<20+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(b) > 1<<20 {
-		return nil, fmt.Errorf("%s is over 1 MiB", path)
-	}
-	return b, nil
 }

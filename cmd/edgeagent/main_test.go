@@ -26,7 +26,8 @@ func TestUsageErrors(t *testing.T) {
 		{"unknown command", []string{"explode"}, "unknown command"},
 		{"unknown flag", []string{"enroll", "--tokn", "x"}, "tokn"},
 		{"extra argument", []string{"renew", "now"}, "unexpected argument"},
-		{"nothing to enroll with", []string{"enroll"}, "give --token"},
+		{"nothing to enroll with", []string{"enroll"}, "no enrollment token"},
+		{"empty token on stdin", []string{"enroll", "--token", "-"}, "--token -"},
 		{"bad token", []string{"enroll", "--token", "edgetok1.xyz"}, "--token"},
 		{"token and server", []string{"enroll", "--token", "x", "--server", "https://ca"}, "do not also give"},
 		{"http server", []string{"enroll", "--server", "http://ca", "--ca-pin", "x"}, "--server"},
@@ -72,6 +73,16 @@ func TestEnrollFromEnvAndRenew(t *testing.T) {
 	}
 	if !strings.HasPrefix(out.String(), "renewed device env-dev") {
 		t.Fatalf("renew printed %q", out.String())
+	}
+	// --token - reads the token from standard input (it stays out of ps);
+	// --force without --device-id keeps the device's id.
+	tok2 := c.Token(t, "env-dev")
+	out.Reset()
+	if err := runIO(context.Background(), []string{"enroll", "--state-dir", state, "--force", "--token", "-"}, strings.NewReader(tok2.String()+"\n"), &out, &errOut, env); err != nil {
+		t.Fatalf("enroll --token -: %v", err)
+	}
+	if !strings.Contains(out.String(), "enrolled device env-dev serial ") {
+		t.Fatalf("enroll --force --token -: %q", out.String())
 	}
 	// Enrolling again needs --force.
 	if err := run(context.Background(), []string{"enroll", "--state-dir", state, "--device-id", "env-dev"}, &out, &errOut, env); err == nil || !strings.Contains(err.Error(), "--force") {

@@ -34,7 +34,11 @@ func loadConfig(path string, explicit bool, getenv func(string) string) (config.
 			path = ""
 		}
 	}
-	return config.Load(path, environ(getenv))
+	cfg, err := config.Load(path, environ(getenv))
+	if err != nil {
+		return cfg, configError{err}
+	}
+	return cfg, nil
 }
 
 // environ rebuilds an environment list from getenv for the keys config
