@@ -71,14 +71,14 @@ type Daemon struct {
 	log   *slog.Logger
 	clock *lifecycle.Clock
 	ks    keystore.Keystore
+	// lock makes this daemon the state dir's one writer until close.
+	lock *StateLock
 
-	mu       sync.Mutex
-	ident    *Identity
-	renewal  renewalState
-	holder   *uplink.Identity
-	renewNow chan chan error
-	// reschedule wakes the renewal loop after a reload changed renew.*.
-	reschedule chan struct{}
+	// ren owns the identity and its renewal.
+	ren    *renewer
+	holder *uplink.Identity
+
+	mu sync.Mutex
 	// restart* hand reloaded components to their supervisors.
 	restartHTTPS, restartMQTT, restartCollector chan runner
 
@@ -141,15 +141,18 @@ func newDaemon(ctx context.Context, o Options) (*Daemon, error) {
 	}
 	d := &Daemon{
 		o: o, boot: cfg, cfg: cfg, log: o.Logger, clock: lifecycle.NewClock(o.Now),
-		renewNow:     make(chan chan error),
-		reschedule:   make(chan struct{}, 1),
 		restartHTTPS: make(chan runner), restartMQTT: make(chan runner), restartCollector: make(chan runner),
 		spools: map[string]*spool.Spool{},
 		hub:    localapi.NewHub(),
 	}
-	d.renewal.Renewals = map[string]uint64{}
+	lock, err := LockStateDir(cfg.StateDir)
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	d.lock = lock
 	ks, err := OpenKeystore(cfg)
 	if err != nil {
+		_ = lock.Unlock()
 		return nil, fmt.Errorf("agent: %w", err)
 	}
 	d.ks = ks
@@ -158,7 +161,7 @@ func newDaemon(ctx context.Context, o Options) (*Daemon, error) {
 		d.close()
 		return nil, err
 	}
-	d.ident = id
+	d.ren = d.newRenewer(id)
 	d.deviceID = id.DeviceID
 	d.idPrefix = id.DeviceID + "-" + hex.EncodeToString(nonce[:]) + "-"
 	// A restart without an RTC: learn the time before the uplinks need it
@@ -184,6 +187,7 @@ func (d *Daemon) close() {
 	if d.ks != nil {
 		_ = d.ks.Close()
 	}
+	_ = d.lock.Unlock()
 }
 
 // loadOrEnroll returns the stored identity, enrolling with the configured
@@ -436,7 +440,7 @@ func (d *Daemon) run(ctx context.Context) error {
 			return nil
 		})
 	}
-	g.Go(func() error { return d.renewLoop(soft) })
+	g.Go(func() error { return d.ren.Run(soft) })
 	g.Go(func() error { return d.reloadLoop(soft) })
 	g.Go(func() error {
 		<-soft.Done()
@@ -486,164 +490,17 @@ func (d *Daemon) run(ctx context.Context) error {
 	return err
 }
 
-// current returns the working identity.
+// current returns the working identity (nil before there is one).
 func (d *Daemon) current() *Identity {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.ident
+	if d.ren == nil {
+		return nil
+	}
+	return d.ren.Current()
 }
 
-// RenewNow renews immediately (local API POST /v1/renew) and returns the
-// result.
-func (d *Daemon) RenewNow(ctx context.Context) error {
-	res := make(chan error, 1)
-	select {
-	case d.renewNow <- res:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	select {
-	case err := <-res:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-// renewLoop renews at the scheduled time, retries with backoff until
-// expiry, follows the expired policy after it, and renews on demand. While
-// the clock is implausible it first asks the CA for the time.
-func (d *Daemon) renewLoop(ctx context.Context) error {
-	attempt := 0
-	var retryAt, due time.Time
-	var dueFor *Identity
-	var dueSettings config.Renew
-	backoff := func(now time.Time, notAfter time.Time) {
-		rs := d.renewSettings()
-		retryAt = lifecycle.NextRetry(now, notAfter, lifecycle.Backoff(attempt, rs.RetryMin, rs.RetryMax, d.o.Rand()))
-		attempt++
-	}
-	for {
-		id := d.current()
-		leaf := id.Leaf()
-		if !d.clockUsable(id) {
-			if err := d.calibrateClock(ctx, id, id.Server, id.Label, id.ESTPool(), token.Pin{}); err != nil {
-				if ctx.Err() != nil {
-					return nil
-				}
-				d.log.Error("cannot correct the clock; renewal waits for it", "err", err)
-				// The clock cannot say when the certificate is due, so
-				// retry on the backoff alone, measured on the system clock.
-				rs := d.renewSettings()
-				wait := lifecycle.Backoff(attempt, rs.RetryMin, rs.RetryMax, d.o.Rand())
-				attempt++
-				reply, why := d.waitRenew(ctx, d.clock.Now().Add(wait))
-				if why == wakeDone {
-					return nil
-				}
-				if reply != nil {
-					reply <- err
-				}
-				continue
-			}
-		}
-		rs := d.renewSettings()
-		// The jitter is drawn once per certificate (and renewal settings),
-		// so retries and status agree on when it was due.
-		if dueFor != id || dueSettings != rs {
-			due = lifecycle.Schedule(leaf.NotBefore, leaf.NotAfter, id.Obtained(), rs.Fraction, rs.Jitter, d.o.Rand())
-			dueFor, dueSettings = id, rs
-		}
-		next := due
-		if !retryAt.IsZero() {
-			next = retryAt
-		}
-		d.mu.Lock()
-		d.renewal.Next, d.renewal.Due = next, due
-		d.mu.Unlock()
-		reply, why := d.waitRenew(ctx, next)
-		switch why {
-		case wakeDone:
-			return nil
-		case wakeReschedule:
-			// New renew.* settings: recompute the schedule (dueSettings
-			// differs now) and wait again. Renewing here would have a
-			// fleet-wide config push send every device to the CA at once.
-			continue
-		}
-		err := d.renewOnce(ctx, id)
-		if reply != nil {
-			reply <- err
-		}
-		if err == nil {
-			attempt, retryAt = 0, time.Time{}
-			d.setExpired("")
-			continue
-		}
-		if ctx.Err() != nil {
-			return nil
-		}
-		now := d.clock.Now()
-		if lifecycle.PhaseAt(now, next, leaf.NotAfter) == lifecycle.Expired {
-			rs = d.renewSettings()
-			d.log.Error("certificate expired before it could be renewed", "device_id", id.DeviceID, "not_after", leaf.NotAfter, "policy", rs.ExpiredPolicy, "err", err)
-			if rs.ExpiredPolicy == "rebootstrap" {
-				d.setExpired("re-enrolling with the enrollment token (renew.expired_policy: rebootstrap)")
-				nid, berr := d.bootstrap(ctx, id.DeviceID)
-				if berr == nil {
-					d.log.Info("re-enrolled after expiry", "serial", nid.Serial(), "not_after", nid.NotAfter())
-					d.countRenewal("rebootstrap")
-					d.setIdentity(nid)
-					d.setExpired("")
-					attempt, retryAt = 0, time.Time{}
-					continue
-				}
-				d.log.Error("re-enrollment after expiry failed; will retry", "err", berr)
-				d.setExpired("re-enrollment failed, retrying with backoff (renew.expired_policy: rebootstrap): " + berr.Error())
-			} else {
-				d.setExpired("waiting for the operator or the CA; renewal retried with backoff (renew.expired_policy: wait)")
-			}
-		}
-		backoff(now, leaf.NotAfter)
-		d.log.Warn("renewal failed", "err", err, "retry_at", retryAt, "retryable", enroll.Retryable(err))
-	}
-}
-
-// wake says why waitRenew returned.
-type wake int
-
-const (
-	// wakeDone: ctx ended.
-	wakeDone wake = iota
-	// wakeDue: the time came (the timer fired).
-	wakeDue
-	// wakeDemand: a renewal on demand (the reply channel is set).
-	wakeDemand
-	// wakeReschedule: a reload changed renew.*; the caller recomputes the
-	// schedule and does not renew because of it.
-	wakeReschedule
-)
-
-// waitRenew waits until at (on the corrected clock), a renewal on demand or
-// a reload that changed the renewal settings.
-func (d *Daemon) waitRenew(ctx context.Context, at time.Time) (chan error, wake) {
-	wait := at.Sub(d.clock.Now())
-	if wait < 0 {
-		wait = 0
-	}
-	t := time.NewTimer(wait)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return nil, wakeDone
-	case reply := <-d.renewNow:
-		return reply, wakeDemand
-	case <-d.reschedule:
-		return nil, wakeReschedule
-	case <-t.C:
-		return nil, wakeDue
-	}
-}
+// RenewNow renews immediately (local API POST /v1/renew; concurrent asks
+// share one renewal) and returns the result.
+func (d *Daemon) RenewNow(ctx context.Context) error { return d.ren.RenewNow(ctx) }
 
 // renewSettings returns renew.* of the current config (SIGHUP may change
 // it).
@@ -653,44 +510,32 @@ func (d *Daemon) renewSettings() config.Renew {
 	return d.cfg.Renew
 }
 
-func (d *Daemon) setExpired(msg string) {
-	d.mu.Lock()
-	d.renewal.Expired = msg
-	d.mu.Unlock()
+// newRenewer builds the renewer of id on the daemon's clock, keystore and
+// config.
+func (d *Daemon) newRenewer(id *Identity) *renewer {
+	return newRenewer(renewerParts{
+		clock:  systemClock{d.clock.Now},
+		rand:   d.o.Rand,
+		log:    d.log,
+		policy: func() RenewPolicy { return PolicyOf(d.renewSettings()) },
+		renew: func(ctx context.Context, id *Identity, p RenewPolicy) (*Identity, error) {
+			return Renew(ctx, RenewOptions{StateDir: d.boot.StateDir, Keystore: d.ks, Rekey: p.Rekey, Current: id, Now: d.clock.Now,
+				OnResponse: d.observeDate, PostQuantumTLS: d.config().Enroll.PostQuantumTLS})
+		},
+		rebootstrap: func(ctx context.Context, id *Identity) (*Identity, error) { return d.bootstrap(ctx, id.DeviceID) },
+		clockReady: func(ctx context.Context, id *Identity) error {
+			if d.clockUsable(id) {
+				return nil
+			}
+			return d.calibrateClock(ctx, id, id.Server, id.Label, id.ESTPool(), token.Pin{})
+		},
+		install: d.install,
+	}, id)
 }
 
-func (d *Daemon) countRenewal(result string) {
-	d.mu.Lock()
-	d.renewal.Renewals[result]++
-	d.mu.Unlock()
-}
-
-func (d *Daemon) renewOnce(ctx context.Context, id *Identity) error {
-	rs := d.renewSettings()
-	nid, err := Renew(ctx, RenewOptions{StateDir: d.boot.StateDir, Keystore: d.ks, Rekey: rs.Rekey, Current: id, Now: d.clock.Now, OnResponse: d.observeDate,
-		PostQuantumTLS: d.config().Enroll.PostQuantumTLS})
-	d.mu.Lock()
-	d.renewal.LastAt = d.clock.Now()
-	if err != nil {
-		d.renewal.LastResult, d.renewal.LastError = "error", err.Error()
-		d.renewal.Renewals["error"]++
-		d.mu.Unlock()
-		return err
-	}
-	d.renewal.LastResult, d.renewal.LastError = "ok", ""
-	d.renewal.Renewals["ok"]++
-	d.mu.Unlock()
-	d.log.Info("certificate renewed", "serial", nid.Serial(), "not_before", nid.NotBefore(), "not_after", nid.NotAfter(), "rekey", rs.Rekey)
-	d.setIdentity(nid)
-	return nil
-}
-
-// setIdentity makes nid the working identity for every new handshake and
-// has the uplinks reconnect with it.
-func (d *Daemon) setIdentity(nid *Identity) {
-	d.mu.Lock()
-	d.ident = nid
-	d.mu.Unlock()
+// install makes nid the working identity for every new handshake and has
+// the uplinks reconnect with it.
+func (d *Daemon) install(nid *Identity) {
 	d.holder.Store(nid.TLSCertificate())
 	hs, mq := d.uplinks()
 	if hs != nil {

@@ -180,6 +180,9 @@ func readAll(t *testing.T, dir string) string {
 		t.Fatal(err)
 	}
 	for _, e := range entries {
+		if e.Name() == LockFile { // its content is the last holder's pid
+			continue
+		}
 		data, err := os.ReadFile(filepath.Join(dir, e.Name()))
 		if err != nil {
 			t.Fatal(err)

@@ -202,10 +202,7 @@ func (d *Daemon) Reload(ctx context.Context, n config.Config) {
 	d.cfg = next
 	d.mu.Unlock()
 	if next.Renew != old.Renew {
-		select {
-		case d.reschedule <- struct{}{}:
-		default:
-		}
+		d.ren.Reschedule()
 	}
 	for _, r := range restarts {
 		select {

@@ -126,7 +126,7 @@ func TestSubmitDuringReload(t *testing.T) {
 	}
 	defer sp.Close()
 	d := &Daemon{boot: cfg, cfg: cfg, log: slog.New(slog.DiscardHandler), clock: lifecycle.NewClock(nil),
-		spools: map[string]*spool.Spool{"mqtt": sp}, reschedule: make(chan struct{}, 1), idPrefix: "p-", deviceID: "reload-race"}
+		spools: map[string]*spool.Spool{"mqtt": sp}, ren: newRenewer(renewerParts{}, nil), idPrefix: "p-", deviceID: "reload-race"}
 	done := make(chan error, 1)
 	go func() {
 		for i := 0; i < 200; i++ {

@@ -69,13 +69,8 @@ type UplinkStats interface {
 
 // Status returns a snapshot.
 func (d *Daemon) Status() Status {
-	d.mu.Lock()
-	id, r := d.ident, d.renewal
-	counts := map[string]uint64{}
-	for k, v := range r.Renewals {
-		counts[k] = v
-	}
-	d.mu.Unlock()
+	id, r := d.ren.snapshot()
+	counts := r.Renewals
 	st := Status{
 		Now:              d.clock.Now().UTC().Round(0),
 		DeviceID:         id.DeviceID,

@@ -108,6 +108,9 @@ func snapshot(t *testing.T, dir string) string {
 	}
 	var b strings.Builder
 	for _, e := range entries {
+		if e.Name() == agent.LockFile { // its content is the last holder's pid
+			continue
+		}
 		fi, err := e.Info()
 		if err != nil {
 			t.Fatal(err)
@@ -192,7 +195,7 @@ func TestTokenEnrollRenewRekey(t *testing.T) {
 	if leaf.Subject.CommonName != "sensor-42" || len(leaf.URIs) != 1 || leaf.URIs[0].String() != "urn:edgeagent:device:sensor-42" {
 		t.Fatalf("leaf CN %q URIs %v", leaf.Subject.CommonName, leaf.URIs)
 	}
-	if got := fileNames(t, state); got != "ca.pem cert.pem identity.json key.pem server-ca.pem" {
+	if got := fileNames(t, state); got != "ca.pem cert.pem identity.json key.pem lock server-ca.pem" {
 		t.Fatalf("state dir holds %s", got)
 	}
 	for name, mode := range map[string]os.FileMode{"": 0o700, "key.pem": 0o600} {
@@ -227,7 +230,7 @@ func TestTokenEnrollRenewRekey(t *testing.T) {
 	if key1 == key0 || rekeyed.SerialNumber.Cmp(renewed.SerialNumber) == 0 {
 		t.Fatal("renew --rekey: want a new key and serial")
 	}
-	if got := fileNames(t, state); got != "ca.pem cert.pem identity.json key.pem server-ca.pem" {
+	if got := fileNames(t, state); got != "ca.pem cert.pem identity.json key.pem lock server-ca.pem" {
 		t.Fatalf("after rekey the state dir holds %s", got)
 	}
 	opensslVerify(t, state)

@@ -4,12 +4,15 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/signal"
 	"strings"
@@ -18,6 +21,7 @@ import (
 
 	"github.com/edgeagent/edgeagent/agent"
 	"github.com/edgeagent/edgeagent/agent/config"
+	"github.com/edgeagent/edgeagent/agent/localapi"
 	"github.com/edgeagent/edgeagent/enroll/token"
 	"github.com/edgeagent/edgeagent/internal/version"
 	"github.com/edgeagent/edgeagent/keystore"
@@ -96,7 +100,7 @@ func runIO(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 	case "enroll":
 		return cmdEnroll(ctx, args[1:], stdin, stdout, stderr, getenv)
 	case "renew":
-		return cmdRenew(ctx, args[1:], stdout, stderr)
+		return cmdRenew(ctx, args[1:], stdout, stderr, getenv)
 	case "run":
 		return cmdRun(ctx, args[1:], stderr, getenv)
 	case "status":
@@ -211,6 +215,11 @@ func cmdEnroll(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	}
 	opts.Force, opts.Timeout = *force, *timeout
 	opts.CorrectClock, opts.BuildTime, opts.Logger = true, version.Built(), slog.New(slog.NewTextHandler(stderr, nil))
+	lock, err := agent.LockStateDir(*stateDir)
+	if err != nil {
+		return err
+	}
+	defer lock.Unlock()
 	ks, err := ksFlags.open(*stateDir)
 	if err != nil {
 		return err
@@ -225,15 +234,33 @@ func cmdEnroll(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	return nil
 }
 
-func cmdRenew(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+func cmdRenew(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
 	fs := newFlagSet("renew", stderr)
 	stateDir := fs.String("state-dir", defaultStateDir, "where the key, certificate and CA bundle are kept")
 	rekey := fs.Bool("rekey", false, "make a new key for the new certificate")
 	ksFlags := keystoreFlags(fs)
 	timeout := fs.Duration("timeout", 30*time.Second, "timeout of each request to the EST server")
+	cfgPath, socket := socketFor(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
+	lock, err := agent.LockStateDir(*stateDir)
+	if errors.Is(err, agent.ErrStateLocked) {
+		// The daemon is the state dir's writer: it renews, and its
+		// uplinks reconnect with the new certificate.
+		if *rekey {
+			return fmt.Errorf("renew --rekey: %w; the running agent renews with renew.rekey from its config: set it there and SIGHUP the agent, or stop it first", err)
+		}
+		sock, serr := resolveSocket(*cfgPath, isSet(fs, "config"), *socket, getenv)
+		if serr != nil {
+			return fmt.Errorf("%w; and its API socket is unknown: %v", err, serr)
+		}
+		return renewThroughDaemon(ctx, sock, *timeout, stdout, stderr)
+	}
+	if err != nil {
+		return err
+	}
+	defer lock.Unlock()
 	ks, err := ksFlags.open(*stateDir)
 	if err != nil {
 		return err
@@ -245,6 +272,37 @@ func cmdRenew(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	fmt.Fprintln(stdout, "renewed", id.Summary())
+	return nil
+}
+
+// renewThroughDaemon asks the running agent to renew now (POST /v1/renew;
+// concurrent asks share one renewal) and prints the result.
+func renewThroughDaemon(ctx context.Context, sock string, timeout time.Duration, stdout, stderr io.Writer) error {
+	fmt.Fprintln(stderr, "edgeagent: the agent is running; asking it to renew through", sock)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://agent/v1/renew", nil)
+	// The daemon may retry a deferred enrollment (202 Retry-After) inside
+	// one renewal: allow a few request timeouts.
+	resp, err := localapi.Client(sock, 4*timeout).Do(req)
+	if err != nil {
+		return apiError("renew", err, sock)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		var e struct{ Error string }
+		if json.Unmarshal(body, &e) == nil && e.Error != "" {
+			return fmt.Errorf("renew (by the running agent): %s", e.Error)
+		}
+		return fmt.Errorf("renew (by the running agent): %s: %s", resp.Status, bytes.TrimSpace(body))
+	}
+	var st agent.Status
+	if err := json.Unmarshal(body, &st); err != nil {
+		return fmt.Errorf("renew: the agent's answer: %w", err)
+	}
+	fmt.Fprintf(stdout, "renewed device %s serial %s not-after %s\n", st.DeviceID, st.Serial, st.NotAfter.UTC().Format(time.RFC3339))
 	return nil
 }
 
