@@ -79,25 +79,18 @@ type Daemon struct {
 	holder *uplink.Identity
 
 	mu sync.Mutex
-	// restart* hand reloaded components to their supervisors.
-	restartHTTPS, restartMQTT, restartCollector chan runner
+	// uplinks are the configured uplinks (mqtt first), parts every
+	// component a reload can replace, by name; both are fixed at start.
+	uplinks []*part
+	parts   map[string]*part
 
 	spools map[string]*spool.Spool
-	https  *uhttps.Sender
-	mqtt   Uplink
 	hub    *localapi.Hub
 	// deviceID is the enrolled identity's (its certificate's CN), fixed
 	// for the run: renewals keep it, a re-enrollment asks for it again.
 	deviceID string
 	idPrefix string
 	seq      atomic.Uint64
-}
-
-// Uplink is a backend connection the daemon runs.
-type Uplink interface {
-	Run(ctx context.Context) error
-	// Reconnect re-establishes the connection with the current identity.
-	Reconnect()
 }
 
 type renewalState struct {
@@ -141,7 +134,7 @@ func newDaemon(ctx context.Context, o Options) (*Daemon, error) {
 	}
 	d := &Daemon{
 		o: o, boot: cfg, cfg: cfg, log: o.Logger, clock: lifecycle.NewClock(o.Now),
-		restartHTTPS: make(chan runner), restartMQTT: make(chan runner), restartCollector: make(chan runner),
+		parts:  map[string]*part{},
 		spools: map[string]*spool.Spool{},
 		hub:    localapi.NewHub(),
 	}
@@ -287,37 +280,54 @@ func (d *Daemon) openSpool(name string) (*spool.Spool, error) {
 	return sp, nil
 }
 
+// openUplinks opens each configured uplink's spool and builds the parts:
+// the uplinks (mqtt, https) and the collector.
 func (d *Daemon) openUplinks() error {
 	cfg := d.config()
-	if cfg.HTTPS.URL != "" {
-		sp, err := d.openSpool("https")
+	for _, u := range []struct {
+		name  string
+		on    bool
+		build func(config.Config, *spool.Spool) (Uplink, error)
+	}{
+		{"mqtt", cfg.MQTT.URL != "", func(c config.Config, sp *spool.Spool) (Uplink, error) { return d.newMQTT(c.MQTT, sp) }},
+		{"https", cfg.HTTPS.URL != "", func(c config.Config, sp *spool.Spool) (Uplink, error) { return d.newHTTPS(c.HTTPS, sp) }},
+	} {
+		if !u.on {
+			continue
+		}
+		sp, err := d.openSpool(u.name)
 		if err != nil {
 			return err
 		}
-		if d.https, err = d.newHTTPS(cfg.HTTPS, sp); err != nil {
-			return err
-		}
-	}
-	if cfg.MQTT.URL != "" {
-		sp, err := d.openSpool("mqtt")
+		build := u.build
+		p := newPart(u.name, sp, func(c config.Config) (runner, error) { return build(c, sp) })
+		first, err := p.build(cfg)
 		if err != nil {
 			return err
 		}
-		if d.mqtt, err = d.newMQTT(cfg.MQTT, sp); err != nil {
-			return err
-		}
+		p.set(first)
+		d.uplinks = append(d.uplinks, p)
+		d.parts[u.name] = p
 	}
+	col := newPart("collector", nil, func(c config.Config) (runner, error) { return d.newCollector(c.Collector), nil })
+	first, _ := col.build(cfg)
+	col.set(first)
+	d.parts["collector"] = col
 	return nil
 }
 
 // newHTTPS builds the HTTPS uplink from its config.
-func (d *Daemon) newHTTPS(c config.HTTPS, sp *spool.Spool) (*uhttps.Sender, error) {
+func (d *Daemon) newHTTPS(c config.HTTPS, sp *spool.Spool) (Uplink, error) {
 	roots, err := d.backendRoots(c.CABundle)
 	if err != nil {
 		return nil, fmt.Errorf("agent: https.ca_bundle: %w", err)
 	}
-	return uhttps.New(uhttps.Options{URL: c.URL, Spool: sp, BatchMax: c.BatchMax, Logger: d.log.With("uplink", "https"),
+	s, err := uhttps.New(uhttps.Options{URL: c.URL, Spool: sp, BatchMax: c.BatchMax, Logger: d.log.With("uplink", "https"),
 		TLS: uplink.ClientTLSConfig(uplink.TLSOptions{RootCAs: roots, Identity: d.holder, Time: d.clock.Now})})
+	if err != nil {
+		return nil, err
+	}
+	return httpsUplink{s}, nil
 }
 
 // Submit wraps each message in an envelope with a unique id and appends it
@@ -401,29 +411,12 @@ func (d *Daemon) run(ctx context.Context) error {
 	api := localapi.New(d, func() any { return d.Status() }, d.hub, d.log)
 	api.SetRenew(d.RenewNow)
 	g.Go(func() error { return api.Serve(soft, d.boot.API.Socket) })
-	if d.https != nil {
-		first := d.https
-		g.Go(func() error {
-			return d.supervise(gctx, "https", d.restartHTTPS, first, func(r runner) {
-				d.mu.Lock()
-				d.https = r.(*uhttps.Sender)
-				d.mu.Unlock()
-			})
-		})
+	for _, p := range d.uplinks {
+		g.Go(func() error { return d.supervise(gctx, p) })
 	}
-	if d.mqtt != nil {
-		first := d.mqtt
-		g.Go(func() error {
-			return d.supervise(gctx, "mqtt", d.restartMQTT, first, func(r runner) {
-				d.mu.Lock()
-				d.mqtt = r.(Uplink)
-				d.mu.Unlock()
-			})
-		})
-	}
-	g.Go(func() error {
-		return d.supervise(soft, "collector", d.restartCollector, d.newCollector(d.config().Collector), nil)
-	})
+	// The collector is intake: it stops with the local API, before the
+	// drain.
+	g.Go(func() error { return d.supervise(soft, d.parts["collector"]) })
 	if metricsLn != nil {
 		ln := metricsLn
 		srv := &http.Server{Handler: d.metricsHandler(), ReadHeaderTimeout: 5 * time.Second}
@@ -537,12 +530,10 @@ func (d *Daemon) newRenewer(id *Identity) *renewer {
 // the uplinks reconnect with it.
 func (d *Daemon) install(nid *Identity) {
 	d.holder.Store(nid.TLSCertificate())
-	hs, mq := d.uplinks()
-	if hs != nil {
-		hs.Reconnect()
-	}
-	if mq != nil {
-		mq.Reconnect()
+	for _, p := range d.uplinks {
+		if u := p.uplink(); u != nil {
+			u.Reconnect()
+		}
 	}
 }
 

@@ -18,7 +18,7 @@ func (d *Daemon) newMQTT(c config.MQTT, sp *spool.Spool) (Uplink, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent: mqtt.ca_bundle: %w", err)
 	}
-	return mqtt.New(mqtt.Options{
+	p, err := mqtt.New(mqtt.Options{
 		BrokerURL:      c.URL,
 		TLS:            uplink.ClientTLSConfig(uplink.TLSOptions{RootCAs: roots, Identity: d.holder, Time: d.clock.Now}),
 		ClientID:       d.deviceID,
@@ -38,4 +38,8 @@ func (d *Daemon) newMQTT(c config.MQTT, sp *spool.Spool) (Uplink, error) {
 			d.hub.Publish(localapi.Command{Topic: topic, Payload: raw, Time: d.clock.Now().UTC()})
 		},
 	})
+	if err != nil {
+		return nil, err
+	}
+	return mqttUplink{p}, nil
 }

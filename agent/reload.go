@@ -6,11 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"strings"
 	"time"
 
 	"github.com/edgeagent/edgeagent/agent/collector"
 	"github.com/edgeagent/edgeagent/agent/config"
-	uhttps "github.com/edgeagent/edgeagent/uplink/https"
 )
 
 // runner is a component the daemon can stop and replace on reload.
@@ -29,32 +29,24 @@ func (d *Daemon) config() config.Config {
 	return d.cfg
 }
 
-// uplinks returns the running uplinks (nil when not configured).
-func (d *Daemon) uplinks() (*uhttps.Sender, Uplink) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.https, d.mqtt
-}
-
-// supervise runs cur until ctx ends, replacing it with each runner that
-// arrives on restart (a reload): the old one is stopped first, its spool
-// rewound so what it had in flight is sent again by the new one (at least
-// once), then set records the new one. A nil runner is a disabled
-// component.
-func (d *Daemon) supervise(ctx context.Context, name string, restart <-chan runner, cur runner, set func(runner)) error {
+// supervise runs p's instance until ctx ends, replacing it with each one
+// that arrives on p.restart (a reload): the old one is stopped first, the
+// spool rewound so what it had in flight is sent again by the new one (at
+// least once). A nil instance is a disabled component.
+func (d *Daemon) supervise(ctx context.Context, p *part) error {
 	for {
+		cur := p.current()
 		rctx, cancel := context.WithCancel(ctx)
 		var errc chan error
 		if cur != nil {
 			errc = make(chan error, 1)
-			r := cur
-			go func() { errc <- r.Run(rctx) }()
+			go func() { errc <- cur.Run(rctx) }()
 		}
 		select {
 		case err := <-errc:
 			cancel()
 			if err != nil && ctx.Err() == nil {
-				return fmt.Errorf("agent: %s: %w", name, err)
+				return fmt.Errorf("agent: %s: %w", p.name, err)
 			}
 			return err
 		case <-ctx.Done():
@@ -63,21 +55,18 @@ func (d *Daemon) supervise(ctx context.Context, name string, restart <-chan runn
 				return <-errc
 			}
 			return nil
-		case next := <-restart:
+		case next := <-p.restart:
 			cancel()
 			if errc != nil {
 				if err := <-errc; err != nil && ctx.Err() == nil && !errors.Is(err, context.Canceled) {
-					d.log.Warn("stopping for reload", "component", name, "err", err)
+					d.log.Warn("stopping for reload", "component", p.name, "err", err)
 				}
 			}
-			if sp, ok := d.spools[name]; ok {
-				sp.Rewind()
+			if p.spool != nil {
+				p.spool.Rewind()
 			}
-			cur = next
-			if set != nil && next != nil {
-				set(next)
-			}
-			d.log.Info("restarted with the reloaded config", "component", name)
+			p.set(next)
+			d.log.Info("restarted with the reloaded config", "component", p.name)
 		}
 	}
 }
@@ -117,86 +106,124 @@ func (d *Daemon) reloadLoop(ctx context.Context) error {
 	}
 }
 
-// Reload applies what of n can change while running: renew.* and
-// shutdown.* at once, enroll.* for the next re-enrollment, collector.*,
-// mqtt.* and https.* by restarting that component (log.level is the
-// caller's: it owns the logger). Keys that need a restart are named in a
+// reloadAction is how a changed key takes effect on reload.
+type reloadAction int
+
+const (
+	// reloadNeedsRestart: the key keeps its running value until the agent
+	// restarts, and the reload names it in a warning. Every key not
+	// listed below is such, so a new key is never silently ignored.
+	reloadNeedsRestart reloadAction = iota
+	// reloadLive: the new value applies at once.
+	reloadLive
+	// reloadComponent: the component owning the key restarts with it.
+	reloadComponent
+)
+
+// reloadRule says how a change of key from old to n applies, and for
+// reloadComponent which component restarts. It is decided per key, from
+// the config's own key list (config.Diff), so a key added to the config
+// is covered without a change here.
+func reloadRule(key string, old, n config.Config) (reloadAction, string) {
+	section, _, _ := strings.Cut(key, ".")
+	switch {
+	case key == "log.level", section == "renew", section == "shutdown", section == "enroll":
+		return reloadLive, ""
+	case key == "mqtt.url" && (old.MQTT.URL == "") != (n.MQTT.URL == ""),
+		key == "https.url" && (old.HTTPS.URL == "") != (n.HTTPS.URL == ""):
+		// Enabling or disabling an uplink opens or closes a spool.
+		return reloadNeedsRestart, ""
+	case section == "mqtt", section == "https", section == "collector":
+		return reloadComponent, section
+	}
+	return reloadNeedsRestart, ""
+}
+
+// reloadPlan is what a reload from old to n does.
+type reloadPlan struct {
+	apply       []string // keys whose new value the running config takes
+	live        []string // sections applied at once
+	restart     []string // components to restart, in key order
+	needRestart []string // keys that keep their running value
+}
+
+// planReload is the pure decision of a reload: every changed key in
+// exactly one of live (with its section), a restarted component, or
+// needRestart.
+func planReload(old, n config.Config) reloadPlan {
+	var p reloadPlan
+	seen := map[string]bool{}
+	for _, key := range config.Diff(old, n) {
+		action, comp := reloadRule(key, old, n)
+		switch action {
+		case reloadNeedsRestart:
+			p.needRestart = append(p.needRestart, key)
+			continue
+		case reloadLive:
+			if section, _, _ := strings.Cut(key, "."); !seen[section] {
+				seen[section] = true
+				p.live = append(p.live, section)
+			}
+		case reloadComponent:
+			if !seen[comp] {
+				seen[comp] = true
+				p.restart = append(p.restart, comp)
+			}
+		}
+		p.apply = append(p.apply, key)
+	}
+	return p
+}
+
+// withKeys returns dst with the values of keys taken from src.
+func withKeys(dst, src config.Config, keys []string) config.Config {
+	vals := map[string]reflect.Value{}
+	config.Walk(&src, func(key string, f reflect.Value) { vals[key] = f })
+	want := map[string]bool{}
+	for _, k := range keys {
+		want[k] = true
+	}
+	config.Walk(&dst, func(key string, f reflect.Value) {
+		if want[key] {
+			f.Set(vals[key])
+		}
+	})
+	return dst
+}
+
+// Reload applies what of n can change while running (see reloadRule):
+// renew.*, shutdown.*, enroll.* and log.level at once (log.level is the
+// caller's: it owns the logger), collector.*, mqtt.* and https.* by
+// restarting that component. Keys that need a restart are named in a
 // warning and keep their running values. An invalid n, or one whose
-// uplinks cannot be built (say, an unreadable CA bundle), is refused as a
-// whole and logged at error level: the running configuration stays.
+// components cannot be built (say, an unreadable CA bundle), is refused as
+// a whole and logged at error level: the running configuration stays.
 func (d *Daemon) Reload(ctx context.Context, n config.Config) {
 	if err := n.Validate(); err != nil {
 		d.log.Error("reload refused: the new config is invalid; the running config stays", "err", err)
 		return
 	}
 	old := d.config()
-	next := old
-	var applied, needRestart []string
-	for _, k := range []struct {
-		key      string
-		old, new any
-	}{
-		{"device_id", old.DeviceID, n.DeviceID}, {"state_dir", old.StateDir, n.StateDir}, {"keystore", old.Keystore, n.Keystore},
-		{"key_algorithm", old.KeyAlgorithm, n.KeyAlgorithm}, {"tpm", old.TPM, n.TPM}, {"api", old.API, n.API},
-		{"metrics", old.Metrics, n.Metrics}, {"spool", old.Spool, n.Spool}, {"log.format", old.Log.Format, n.Log.Format},
-	} {
-		if !reflect.DeepEqual(k.old, k.new) {
-			needRestart = append(needRestart, k.key)
-		}
-	}
+	plan := planReload(old, n)
+	next := withKeys(old, n, plan.apply)
 	type restart struct {
 		ch chan runner
 		r  runner
 	}
 	var restarts []restart
-	if !reflect.DeepEqual(old.MQTT, n.MQTT) {
-		if (old.MQTT.URL == "") != (n.MQTT.URL == "") {
-			needRestart = append(needRestart, "mqtt.url (enabling or disabling an uplink)")
-		} else {
-			up, err := d.newMQTT(n.MQTT, d.spools["mqtt"])
-			if err != nil {
-				d.log.Error("reload refused: mqtt; the running config stays", "err", err)
-				return
-			}
-			next.MQTT = n.MQTT
-			restarts = append(restarts, restart{d.restartMQTT, up})
-			applied = append(applied, "mqtt")
+	for _, name := range plan.restart {
+		part, ok := d.parts[name]
+		if !ok {
+			// Not running (disabled at start): enabling it is a
+			// restart-only change, see reloadRule.
+			continue
 		}
-	}
-	if !reflect.DeepEqual(old.HTTPS, n.HTTPS) {
-		if (old.HTTPS.URL == "") != (n.HTTPS.URL == "") {
-			needRestart = append(needRestart, "https.url (enabling or disabling an uplink)")
-		} else {
-			up, err := d.newHTTPS(n.HTTPS, d.spools["https"])
-			if err != nil {
-				d.log.Error("reload refused: https; the running config stays", "err", err)
-				return
-			}
-			next.HTTPS = n.HTTPS
-			restarts = append(restarts, restart{d.restartHTTPS, up})
-			applied = append(applied, "https")
+		r, err := part.build(next)
+		if err != nil {
+			d.log.Error("reload refused: "+name+"; the running config stays", "err", err)
+			return
 		}
-	}
-	if !reflect.DeepEqual(old.Collector, n.Collector) {
-		next.Collector = n.Collector
-		restarts = append(restarts, restart{d.restartCollector, d.newCollector(n.Collector)})
-		applied = append(applied, "collector")
-	}
-	if old.Renew != n.Renew {
-		next.Renew = n.Renew
-		applied = append(applied, "renew")
-	}
-	if old.Shutdown != n.Shutdown {
-		next.Shutdown = n.Shutdown
-		applied = append(applied, "shutdown")
-	}
-	if old.Enroll != n.Enroll {
-		next.Enroll = n.Enroll
-		applied = append(applied, "enroll")
-	}
-	if old.Log.Level != n.Log.Level {
-		next.Log.Level = n.Log.Level
-		applied = append(applied, "log.level")
+		restarts = append(restarts, restart{part.restart, r})
 	}
 	d.mu.Lock()
 	d.cfg = next
@@ -211,13 +238,13 @@ func (d *Daemon) Reload(ctx context.Context, n config.Config) {
 			return
 		}
 	}
-	if len(needRestart) > 0 {
-		d.log.Warn("reload: these keys changed but apply only after a restart; their running values stay", "keys", needRestart)
+	if len(plan.needRestart) > 0 {
+		d.log.Warn("reload: these keys changed but apply only after a restart; their running values stay", "keys", plan.needRestart)
 	}
 	if d.o.Reloaded != nil {
 		d.o.Reloaded(next)
 	}
-	d.log.Info("config reloaded", "applied", applied)
+	d.log.Info("config reloaded", "applied", append(plan.live, plan.restart...))
 }
 
 // drain waits until every spool is empty (the uplinks keep running), or

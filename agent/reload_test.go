@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"log/slog"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -148,5 +149,83 @@ func TestSubmitDuringReload(t *testing.T) {
 	recs, err := sp.Next(context.Background(), 1)
 	if err != nil || len(recs) != 1 || !strings.Contains(string(recs[0].Payload), `"device_id":"reload-race"`) {
 		t.Fatalf("first record %v, %v", recs, err)
+	}
+}
+
+// TestPlanReloadWalksEveryKey changes each key of the config on its own
+// (config.Walk, so a key added later is walked too) and checks the plan
+// puts it in exactly one place: applied live, applied by restarting its
+// component, or named as needing a restart. None is silently ignored.
+func TestPlanReloadWalksEveryKey(t *testing.T) {
+	base := config.Default()
+	base.MQTT.URL, base.HTTPS.URL = "mqtts://broker:8883", "https://sink/ingest"
+	live := map[string]bool{"renew": true, "shutdown": true, "enroll": true, "log": true}
+	components := map[string]bool{"mqtt": true, "https": true, "collector": true}
+	keys := config.Keys()
+	if len(keys) < 30 {
+		t.Fatalf("only %d keys", len(keys))
+	}
+	for _, key := range keys {
+		n := base
+		// Copy the slices so changing n leaves base alone.
+		n.Collector.Disks = append([]string(nil), base.Collector.Disks...)
+		changed := false
+		config.Walk(&n, func(k string, f reflect.Value) {
+			if k != key {
+				return
+			}
+			changed = true
+			switch f.Kind() {
+			case reflect.String:
+				f.SetString(f.String() + "x")
+			case reflect.Bool:
+				f.SetBool(!f.Bool())
+			case reflect.Int, reflect.Int64:
+				f.SetInt(f.Int() + 1)
+			case reflect.Uint32:
+				f.SetUint(f.Uint() + 1)
+			case reflect.Float64:
+				f.SetFloat(f.Float() + 0.01)
+			case reflect.Slice:
+				f.Set(reflect.Append(f, reflect.ValueOf("/data")))
+			default:
+				t.Fatalf("%s: no way to change a %s", k, f.Type())
+			}
+		})
+		if !changed {
+			t.Fatalf("%s: not walked", key)
+		}
+		p := planReload(base, n)
+		if d := config.Diff(base, n); len(d) != 1 || d[0] != key {
+			t.Fatalf("%s: Diff says %v", key, d)
+		}
+		in := 0
+		section, _, _ := strings.Cut(key, ".")
+		for _, k := range p.needRestart {
+			if k == key {
+				in++
+			}
+		}
+		for _, k := range p.apply {
+			if k == key {
+				in++
+				if !(live[section] && len(p.live) == 1 && p.live[0] == section || components[section] && len(p.restart) == 1 && p.restart[0] == section) {
+					t.Errorf("%s: applied, but live %v restart %v", key, p.live, p.restart)
+				}
+				if got := withKeys(base, n, p.apply); len(config.Diff(got, n)) != 0 {
+					t.Errorf("%s: the running config does not take the new value", key)
+				}
+			}
+		}
+		if in != 1 {
+			t.Errorf("%s: in %d places of the plan %+v, want exactly one", key, in, p)
+		}
+		t.Logf("%-28s apply=%v live=%v restart=%v needs-restart=%v", key, p.apply, p.live, p.restart, p.needRestart)
+	}
+	// Enabling or disabling an uplink needs a restart.
+	n := base
+	n.MQTT.URL = ""
+	if p := planReload(base, n); len(p.needRestart) != 1 || p.needRestart[0] != "mqtt.url" || len(p.apply) != 0 {
+		t.Fatalf("disabling mqtt: %+v", p)
 	}
 }

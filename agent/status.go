@@ -52,19 +52,14 @@ type RenewStatus struct {
 
 // UplinkStatus is one backend's connection and spool.
 type UplinkStatus struct {
-	Connected    bool   `json:"connected"`
-	LastError    string `json:"last_error,omitempty"`
-	Acked        uint64 `json:"acked"`
+	Connected bool   `json:"connected"`
+	LastError string `json:"last_error,omitempty"`
+	Acked     uint64 `json:"acked"`
+	// Errors counts failed sends (HTTPS batches, MQTT connections lost).
+	Errors       uint64 `json:"errors"`
 	SpoolDepth   int    `json:"spool_depth"`
 	SpoolBytes   int64  `json:"spool_bytes"`
 	SpoolDropped uint64 `json:"spool_dropped"`
-}
-
-// UplinkStats is implemented by uplinks that report their connection.
-type UplinkStats interface {
-	Connected() bool
-	LastError() string
-	Acked() uint64
 }
 
 // Status returns a snapshot.
@@ -93,20 +88,14 @@ func (d *Daemon) Status() Status {
 	if m, ok := d.clock.Measured(); ok {
 		st.ClockMeasured = m.Round(time.Millisecond).String()
 	}
-	hsender, mq := d.uplinks()
-	for name, sp := range d.spools {
-		ss := sp.Stats()
+	for _, p := range d.uplinks {
+		ss := p.spool.Stats()
 		u := UplinkStatus{SpoolDepth: ss.Depth, SpoolBytes: ss.Bytes, SpoolDropped: ss.Dropped}
-		switch name {
-		case "https":
-			hs := hsender.Stats()
-			u.Connected, u.LastError, u.Acked = hs.Connected, hs.LastError, hs.Acked
-		case "mqtt":
-			if s, ok := mq.(UplinkStats); ok {
-				u.Connected, u.LastError, u.Acked = s.Connected(), s.LastError(), s.Acked()
-			}
+		if up := p.uplink(); up != nil {
+			s := up.State()
+			u.Connected, u.LastError, u.Acked, u.Errors = s.Connected, s.LastError, s.Acked, s.Errors
 		}
-		st.Uplinks[name] = u
+		st.Uplinks[p.name] = u
 	}
 	return st
 }

@@ -391,6 +391,24 @@ func walk(v reflect.Value, prefix string, fn func(key string, f reflect.Value)) 
 	}
 }
 
+// Walk calls fn for every key of cfg with its field, which fn may set.
+func Walk(cfg *Config, fn func(key string, f reflect.Value)) {
+	walk(reflect.ValueOf(cfg).Elem(), "", fn)
+}
+
+// Diff lists the keys whose values differ between a and b, in Keys order.
+func Diff(a, b Config) []string {
+	old := map[string]any{}
+	Walk(&a, func(key string, f reflect.Value) { old[key] = f.Interface() })
+	var out []string
+	Walk(&b, func(key string, f reflect.Value) {
+		if !reflect.DeepEqual(old[key], f.Interface()) {
+			out = append(out, key)
+		}
+	})
+	return out
+}
+
 // Keys lists every configuration key, for documentation and tests.
 func Keys() []string {
 	var out []string
