@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -74,9 +75,12 @@ type Daemon struct {
 	// lock makes this daemon the state dir's one writer until close.
 	lock *StateLock
 
-	// ren owns the identity and its renewal.
-	ren    *renewer
-	holder *uplink.Identity
+	// ren owns the identity and its renewal; health what the agent says
+	// about itself.
+	ren     *renewer
+	health  *health
+	started time.Time
+	holder  *uplink.Identity
 
 	mu sync.Mutex
 	// uplinks are the configured uplinks (mqtt first), parts every
@@ -134,7 +138,7 @@ func newDaemon(ctx context.Context, o Options) (*Daemon, error) {
 	}
 	d := &Daemon{
 		o: o, boot: cfg, cfg: cfg, log: o.Logger, clock: lifecycle.NewClock(o.Now),
-		parts:  map[string]*part{},
+		parts: map[string]*part{}, started: time.Now(),
 		spools: map[string]*spool.Spool{},
 		hub:    localapi.NewHub(),
 	}
@@ -155,6 +159,7 @@ func newDaemon(ctx context.Context, o Options) (*Daemon, error) {
 		return nil, err
 	}
 	d.ren = d.newRenewer(id)
+	d.health = newHealth(d.clock.Now, cfg.Health.StallAfter, d.Status)
 	d.deviceID = id.DeviceID
 	d.idPrefix = id.DeviceID + "-" + hex.EncodeToString(nonce[:]) + "-"
 	// A restart without an RTC: learn the time before the uplinks need it
@@ -408,7 +413,7 @@ func (d *Daemon) run(ctx context.Context) error {
 		}
 	}
 
-	api := localapi.New(d, func() any { return d.Status() }, d.hub, d.log)
+	api := localapi.New(d, func() any { return d.health.Snapshot() }, d.hub, d.log)
 	api.SetRenew(d.RenewNow)
 	g.Go(func() error { return api.Serve(soft, d.boot.API.Socket) })
 	for _, p := range d.uplinks {
@@ -418,20 +423,7 @@ func (d *Daemon) run(ctx context.Context) error {
 	// drain.
 	g.Go(func() error { return d.supervise(soft, d.parts["collector"]) })
 	if metricsLn != nil {
-		ln := metricsLn
-		srv := &http.Server{Handler: d.metricsHandler(), ReadHeaderTimeout: 5 * time.Second}
-		g.Go(func() error {
-			<-gctx.Done()
-			shut, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			defer cancel()
-			return srv.Shutdown(shut)
-		})
-		g.Go(func() error {
-			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-				return err
-			}
-			return nil
-		})
+		g.Go(func() error { return d.health.serveMetrics(gctx, metricsLn, d.metricFamilies) })
 	}
 	g.Go(func() error { return d.ren.Run(soft) })
 	g.Go(func() error { return d.reloadLoop(soft) })
@@ -444,24 +436,9 @@ func (d *Daemon) run(ctx context.Context) error {
 		return nil
 	})
 	if wd > 0 {
-		g.Go(func() error {
-			t := time.NewTicker(wd)
-			defer t.Stop()
-			for {
-				select {
-				case <-gctx.Done():
-					return nil
-				case <-t.C:
-					// The renewal loop and uplinks run on their own; the
-					// watchdog proves the process is scheduled and its
-					// state lock is not wedged.
-					st := d.Status()
-					_ = notify.Notify("WATCHDOG=1\nSTATUS=" + statusLine(st))
-				}
-			}
-		})
+		g.Go(func() error { return d.health.watchdog(gctx, notify, wd) })
 	}
-	if err := notify.Notify("READY=1\nSTATUS=" + statusLine(d.Status())); err != nil {
+	if err := notify.Notify("READY=1\nSTATUS=" + statusLine(d.health.Snapshot())); err != nil {
 		d.log.Warn("systemd notify", "err", err)
 	}
 	if d.o.Ready != nil {
@@ -540,6 +517,9 @@ func (d *Daemon) install(nid *Identity) {
 // statusLine is the one-line state systemd shows in `systemctl status`.
 func statusLine(st Status) string {
 	line := fmt.Sprintf("serial %s, expires %s", st.Serial, st.NotAfter.UTC().Format(time.RFC3339))
+	if len(st.Problems) > 0 {
+		line = "UNHEALTHY: " + strings.Join(st.Problems, "; ") + "; " + line
+	}
 	for _, name := range []string{"mqtt", "https"} {
 		if u, ok := st.Uplinks[name]; ok {
 			state := "down"

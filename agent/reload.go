@@ -160,9 +160,13 @@ func planReload(old, n config.Config) reloadPlan {
 			p.needRestart = append(p.needRestart, key)
 			continue
 		case reloadLive:
-			if section, _, _ := strings.Cut(key, "."); !seen[section] {
-				seen[section] = true
-				p.live = append(p.live, section)
+			name, _, _ := strings.Cut(key, ".")
+			if name == "log" {
+				name = key // the only live key of its section
+			}
+			if !seen[name] {
+				seen[name] = true
+				p.live = append(p.live, name)
 			}
 		case reloadComponent:
 			if !seen[comp] {
@@ -211,7 +215,8 @@ func (d *Daemon) Reload(ctx context.Context, n config.Config) {
 		r  runner
 	}
 	var restarts []restart
-	for _, name := range plan.restart {
+	var applied []string
+	for _, name := range d.partOrder(plan.restart) {
 		part, ok := d.parts[name]
 		if !ok {
 			// Not running (disabled at start): enabling it is a
@@ -224,6 +229,7 @@ func (d *Daemon) Reload(ctx context.Context, n config.Config) {
 			return
 		}
 		restarts = append(restarts, restart{part.restart, r})
+		applied = append(applied, name)
 	}
 	d.mu.Lock()
 	d.cfg = next
@@ -244,7 +250,23 @@ func (d *Daemon) Reload(ctx context.Context, n config.Config) {
 	if d.o.Reloaded != nil {
 		d.o.Reloaded(next)
 	}
-	d.log.Info("config reloaded", "applied", append(plan.live, plan.restart...))
+	d.log.Info("config reloaded", "applied", append(applied, plan.live...))
+}
+
+// partOrder returns names in the order the daemon runs its parts: the
+// uplinks, then the collector.
+func (d *Daemon) partOrder(names []string) []string {
+	want := map[string]bool{}
+	for _, n := range names {
+		want[n] = true
+	}
+	var out []string
+	for _, p := range append(append([]*part(nil), d.uplinks...), d.parts["collector"]) {
+		if p != nil && want[p.name] {
+			out = append(out, p.name)
+		}
+	}
+	return out
 }
 
 // drain waits until every spool is empty (the uplinks keep running), or

@@ -201,6 +201,10 @@ func TestPlanReloadWalksEveryKey(t *testing.T) {
 		}
 		in := 0
 		section, _, _ := strings.Cut(key, ".")
+		liveName := section
+		if section == "log" {
+			liveName = key
+		}
 		for _, k := range p.needRestart {
 			if k == key {
 				in++
@@ -209,7 +213,7 @@ func TestPlanReloadWalksEveryKey(t *testing.T) {
 		for _, k := range p.apply {
 			if k == key {
 				in++
-				if !(live[section] && len(p.live) == 1 && p.live[0] == section || components[section] && len(p.restart) == 1 && p.restart[0] == section) {
+				if !(live[section] && len(p.live) == 1 && p.live[0] == liveName || components[section] && len(p.restart) == 1 && p.restart[0] == section) {
 					t.Errorf("%s: applied, but live %v restart %v", key, p.live, p.restart)
 				}
 				if got := withKeys(base, n, p.apply); len(config.Diff(got, n)) != 0 {

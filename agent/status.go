@@ -1,13 +1,13 @@
 package agent
 
 import (
-	"fmt"
-	"net/http"
+	"runtime"
 	"sort"
 	"time"
 
 	"github.com/edgeagent/edgeagent/agent/lifecycle"
 	"github.com/edgeagent/edgeagent/agent/metrics"
+	"github.com/edgeagent/edgeagent/internal/version"
 )
 
 // Status is what `edgeagent status` and GET /v1/status report.
@@ -40,6 +40,10 @@ type Status struct {
 	Clock           string                  `json:"clock"`
 	Uplinks         map[string]UplinkStatus `json:"uplinks"`
 	CommandsDropped uint64                  `json:"commands_dropped"`
+	// Healthy is false when Problems lists why: /healthz answers 503
+	// and `edgeagent status` exits 1.
+	Healthy  bool     `json:"healthy"`
+	Problems []string `json:"problems,omitempty"`
 }
 
 // RenewStatus is the outcome of the last renewal attempt.
@@ -109,24 +113,6 @@ func phaseOf(now, next, notAfter time.Time) string {
 	return lifecycle.PhaseAt(now, next, notAfter).String()
 }
 
-// metricsHandler serves /healthz and /metrics (Prometheus text format).
-func (d *Daemon) metricsHandler() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		st := d.Status()
-		if d.clock.Now().After(st.NotAfter) {
-			http.Error(w, "certificate expired", http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ok")
-	})
-	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
-		_ = metrics.Write(w, d.metricFamilies())
-	})
-	return mux
-}
-
 func b2f(b bool) float64 {
 	if b {
 		return 1
@@ -134,8 +120,8 @@ func b2f(b bool) float64 {
 	return 0
 }
 
-func (d *Daemon) metricFamilies() []metrics.Family {
-	st := d.Status()
+// metricFamilies are the series of st (a health snapshot).
+func (d *Daemon) metricFamilies(st Status) []metrics.Family {
 	now := d.clock.Now()
 	skew, ok := d.clock.Measured()
 	if !ok {
@@ -157,6 +143,12 @@ func (d *Daemon) metricFamilies() []metrics.Family {
 			Samples: []metrics.Sample{{Value: st.ClockSkewSeconds}}},
 		{Name: "edgeagent_cert_expired", Help: "1 when the device certificate has expired (see the expired policy).", Type: metrics.Gauge,
 			Samples: []metrics.Sample{{Value: b2f(!now.Before(st.NotAfter))}}},
+		{Name: "edgeagent_cert_not_after_timestamp_seconds", Help: "When the device certificate expires, in seconds since the epoch.", Type: metrics.Gauge,
+			Samples: []metrics.Sample{{Value: float64(st.NotAfter.Unix())}}},
+		{Name: "edgeagent_healthy", Help: "1 when the agent is healthy (see /healthz for why not).", Type: metrics.Gauge,
+			Samples: []metrics.Sample{{Value: b2f(st.Healthy)}}},
+		{Name: "edgeagent_build_info", Help: "The agent's version; always 1.", Type: metrics.Gauge,
+			Samples: []metrics.Sample{{Labels: map[string]string{"version": version.Version, "commit": version.Commit, "goversion": runtime.Version()}, Value: 1}}},
 	}
 	names := make([]string, 0, len(st.Uplinks))
 	for n := range st.Uplinks {
@@ -167,6 +159,7 @@ func (d *Daemon) metricFamilies() []metrics.Family {
 	acked := metrics.Family{Name: "edgeagent_messages_total", Help: "Messages by uplink and result.", Type: metrics.Counter}
 	depth := metrics.Family{Name: "edgeagent_spool_messages", Help: "Messages waiting in the spool.", Type: metrics.Gauge}
 	bytes := metrics.Family{Name: "edgeagent_spool_bytes", Help: "Bytes on disk in the spool.", Type: metrics.Gauge}
+	sendErrs := metrics.Family{Name: "edgeagent_uplink_send_errors_total", Help: "Failed sends by uplink (HTTPS batches that failed, MQTT connections lost).", Type: metrics.Counter}
 	for _, n := range names {
 		u := st.Uplinks[n]
 		l := map[string]string{"uplink": n}
@@ -176,6 +169,8 @@ func (d *Daemon) metricFamilies() []metrics.Family {
 			metrics.Sample{Labels: map[string]string{"uplink": n, "result": "dropped"}, Value: float64(u.SpoolDropped)})
 		depth.Samples = append(depth.Samples, metrics.Sample{Labels: l, Value: float64(u.SpoolDepth)})
 		bytes.Samples = append(bytes.Samples, metrics.Sample{Labels: l, Value: float64(u.SpoolBytes)})
+		sendErrs.Samples = append(sendErrs.Samples, metrics.Sample{Labels: l, Value: float64(u.Errors)})
 	}
-	return append(fams, up, acked, depth, bytes)
+	fams = append(fams, up, acked, depth, bytes, sendErrs)
+	return append(fams, processFamilies(d.started)...)
 }

@@ -29,6 +29,14 @@ func WriteStatus(w io.Writer, st Status, now time.Time) error {
 			last += ": " + st.LastRenew.Error
 		}
 	}
+	health := "ok"
+	if !st.Healthy {
+		health = "UNHEALTHY"
+		if len(st.Problems) > 0 {
+			health += ": " + strings.Join(st.Problems, "; ")
+		}
+	}
+	fmt.Fprintf(tw, "health\t%s\n", health)
 	fmt.Fprintf(tw, "device\t%s\n", st.DeviceID)
 	ks := st.Keystore
 	keys := make([]string, 0, len(st.KeystoreInfo))

@@ -40,7 +40,15 @@ type Config struct {
 	HTTPS     HTTPS     `yaml:"https"`
 	Spool     Spool     `yaml:"spool"`
 	Shutdown  Shutdown  `yaml:"shutdown"`
+	Health    Health    `yaml:"health"`
 	Log       Log       `yaml:"log"`
+}
+
+// Health says when the agent calls itself unhealthy (/healthz, status).
+type Health struct {
+	// StallAfter: an uplink that delivered nothing for this long while
+	// messages wait in its spool makes the agent unhealthy; 0 disables.
+	StallAfter time.Duration `yaml:"stall_after"`
 }
 
 // Shutdown says how SIGTERM/SIGINT stop the agent.
@@ -147,6 +155,7 @@ func Default() Config {
 		HTTPS:    HTTPS{BatchMax: 500},
 		Spool:    Spool{MaxBytes: 64 << 20, Sync: "always"},
 		Shutdown: Shutdown{DrainTimeout: 10 * time.Second},
+		Health:   Health{StallAfter: 10 * time.Minute},
 		Log:      Log{Level: "info", Format: "text"},
 	}
 }
@@ -295,6 +304,9 @@ func (c Config) Validate() error {
 	}
 	if c.Shutdown.DrainTimeout < 0 {
 		bad("shutdown.drain_timeout", "%v: must not be negative (0 exits without draining)", c.Shutdown.DrainTimeout)
+	}
+	if c.Health.StallAfter < 0 {
+		bad("health.stall_after", "%v: must not be negative (0 disables the check)", c.Health.StallAfter)
 	}
 	if c.Collector.Interval < 0 || (c.Collector.Interval > 0 && c.Collector.Interval < time.Second) {
 		bad("collector.interval", "%v: 0 disables, otherwise at least 1s", c.Collector.Interval)

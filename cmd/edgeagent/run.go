@@ -176,21 +176,40 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer, get
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("status: %s: %s", resp.Status, bytes.TrimSpace(body))
 	}
-	if *asJSON {
-		_, err = stdout.Write(body)
-		return err
-	}
 	var st agent.Status
 	if err := json.Unmarshal(body, &st); err != nil {
 		return fmt.Errorf("status: %w", err)
 	}
-	// Relative times count from the agent's clock, which may be
-	// corrected while the system clock is not.
-	now := st.Now
-	if now.IsZero() {
-		now = time.Now()
+	if *asJSON {
+		if _, err = stdout.Write(body); err != nil {
+			return err
+		}
+	} else {
+		// Relative times count from the agent's clock, which may be
+		// corrected while the system clock is not.
+		now := st.Now
+		if now.IsZero() {
+			now = time.Now()
+		}
+		if err := agent.WriteStatus(stdout, st, now); err != nil {
+			return err
+		}
 	}
-	return agent.WriteStatus(stdout, st, now)
+	if !st.Healthy {
+		return unhealthyError{st.Problems}
+	}
+	return nil
+}
+
+// unhealthyError makes `edgeagent status` exit 1 after printing the
+// status of an agent that is unhealthy.
+type unhealthyError struct{ problems []string }
+
+func (e unhealthyError) Error() string {
+	if len(e.problems) == 0 {
+		return "status: the agent is unhealthy"
+	}
+	return "status: the agent is unhealthy: " + strings.Join(e.problems, "; ")
 }
 
 func cmdSend(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {

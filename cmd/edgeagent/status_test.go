@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"flag"
 	"os"
 	"path/filepath"
@@ -50,6 +51,7 @@ func TestStatusGolden(t *testing.T) {
 			"mqtt":  {Connected: true, Acked: 120433, SpoolDepth: 3, SpoolBytes: 4096},
 			"https": {Connected: true, Acked: 120436},
 		},
+		Healthy: true,
 	}
 	troubled := agent.Status{
 		Now: now, DeviceID: "sensor-18", Keystore: "file",
@@ -65,6 +67,8 @@ func TestStatusGolden(t *testing.T) {
 			"mqtt": {LastError: "network Error : dial tcp 127.0.0.1:8883: connect:\nconnection refused", Acked: 52, SpoolDepth: 1800, SpoolBytes: 262144, SpoolDropped: 12},
 		},
 		CommandsDropped: 1,
+		Problems: []string{"the certificate expired at 2026-11-23T09:50:00Z",
+			"uplink mqtt delivered nothing for 12m0s while 1800 messages wait (health.stall_after 10m0s)"},
 	}
 	for _, c := range []struct {
 		name string
@@ -90,8 +94,9 @@ func TestStatusGolden(t *testing.T) {
 			for {
 				out.Reset()
 				err := run(context.Background(), []string{"status", "--socket", sock}, &out, &errOut, env)
-				if err == nil {
-					break
+				var ue unhealthyError
+				if err == nil && c.st.Healthy || errors.As(err, &ue) && !c.st.Healthy {
+					break // an unhealthy agent's status exits 1
 				}
 				if time.Now().After(deadline) {
 					t.Fatalf("status: %v", err)
@@ -100,8 +105,9 @@ func TestStatusGolden(t *testing.T) {
 			}
 			golden(t, "status-"+c.name+".golden", out.Bytes())
 			out.Reset()
-			if err := run(context.Background(), []string{"status", "--socket", sock, "--json"}, &out, &errOut, env); err != nil {
-				t.Fatal(err)
+			err := run(context.Background(), []string{"status", "--socket", sock, "--json"}, &out, &errOut, env)
+			if (err == nil) != c.st.Healthy || exitCode(err) != map[bool]int{true: 0, false: 1}[c.st.Healthy] {
+				t.Fatalf("status --json of a healthy=%v agent: %v (exit %d)", c.st.Healthy, err, exitCode(err))
 			}
 			golden(t, "status-"+c.name+".json.golden", out.Bytes())
 		})
