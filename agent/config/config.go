@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"reflect"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -207,12 +208,19 @@ func decodeNode(n *yaml.Node, v reflect.Value, key string) error {
 			return &FieldError{Key: orTop(key), Msg: fmt.Sprintf("line %d: want a mapping of keys", n.Line)}
 		}
 		t := v.Type()
+		seen := map[string]int{}
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			name := n.Content[i].Value
 			sub := name
 			if key != "" {
 				sub = key + "." + name
 			}
+			// A key given twice: YAML says the document is invalid, and
+			// silently taking one of them hides a mistake.
+			if line, dup := seen[name]; dup {
+				return &FieldError{Key: sub, Msg: fmt.Sprintf("line %d: given twice (first on line %d)", n.Content[i].Line, line)}
+			}
+			seen[name] = n.Content[i].Line
 			idx := -1
 			for j := 0; j < t.NumField(); j++ {
 				if strings.Split(t.Field(j).Tag.Get("yaml"), ",")[0] == name {
@@ -227,6 +235,17 @@ func decodeNode(n *yaml.Node, v reflect.Value, key string) error {
 				return err
 			}
 		}
+		return nil
+	}
+	if v.Type() == reflect.TypeOf(time.Duration(0)) {
+		if n.Kind != yaml.ScalarNode {
+			return &FieldError{Key: key, Msg: fmt.Sprintf("line %d: %s", n.Line, durationHint(n.Value))}
+		}
+		d, err := parseDuration(n.Value)
+		if err != nil {
+			return &FieldError{Key: key, Msg: fmt.Sprintf("line %d: %v", n.Line, err)}
+		}
+		v.SetInt(int64(d))
 		return nil
 	}
 	if err := n.Decode(v.Addr().Interface()); err != nil {
@@ -358,6 +377,29 @@ func (c Config) Validate() error {
 // EnvPrefix starts every environment override.
 const EnvPrefix = "EDGEAGENT_"
 
+// UnknownEnv lists the EDGEAGENT_* variables in env (os.Environ() form)
+// that name no config key, sorted: a typo (EDGEAGENT_MQTT_ULR) would
+// otherwise be silently ignored.
+func UnknownEnv(env []string) []string {
+	known := map[string]bool{}
+	for _, k := range Keys() {
+		known[EnvName(k)] = true
+	}
+	var out []string
+	for _, kv := range env {
+		k, _, _ := strings.Cut(kv, "=")
+		// EDGEAGENT_TOKEN is no key: the token is read where it is used.
+		if strings.HasPrefix(k, EnvPrefix) && !known[k] && k != "EDGEAGENT_TOKEN" {
+			out = append(out, k)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// EnvName is the environment variable that overrides key.
+func EnvName(key string) string { return EnvPrefix + strings.ToUpper(strings.ReplaceAll(key, ".", "_")) }
+
 // applyEnv sets fields from EDGEAGENT_* variables. EDGEAGENT_TOKEN is not a
 // key (the token is read where it is used) and is skipped here.
 func applyEnv(cfg *Config, env []string) error {
@@ -370,7 +412,7 @@ func applyEnv(cfg *Config, env []string) error {
 	}
 	var errs []error
 	walk(reflect.ValueOf(cfg).Elem(), "", func(key string, f reflect.Value) {
-		name := EnvPrefix + strings.ToUpper(strings.ReplaceAll(key, ".", "_"))
+		name := EnvName(key)
 		v, ok := vars[name]
 		if !ok {
 			return
@@ -431,7 +473,7 @@ func Keys() []string {
 
 func setFromString(f reflect.Value, s string) error {
 	if f.Type() == reflect.TypeOf(time.Duration(0)) {
-		d, err := time.ParseDuration(s)
+		d, err := parseDuration(s)
 		if err != nil {
 			return err
 		}
@@ -487,6 +529,23 @@ func setFromString(f reflect.Value, s string) error {
 	return nil
 }
 
+// parseDuration reads a duration as Go writes them; a bare 0 is zero.
+func parseDuration(s string) (time.Duration, error) {
+	s = strings.TrimSpace(s)
+	if s == "0" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, errors.New(durationHint(s))
+	}
+	return d, nil
+}
+
+func durationHint(s string) string {
+	return fmt.Sprintf("%q is not a duration: write a number with a unit, such as 30s, 30m, 1h30m or 0", s)
+}
+
 // ByteSize is a size in bytes that also reads "64MiB", "512KiB", "1GiB".
 type ByteSize int64
 
@@ -509,6 +568,67 @@ func (b *ByteSize) UnmarshalText(text []byte) error {
 	}
 	*b = ByteSize(n * mult)
 	return nil
+}
+
+// Format writes cfg as YAML, every key in Keys order: the effective
+// configuration, which Parse reads back to cfg.
+func Format(cfg Config) []byte {
+	var b strings.Builder
+	section := ""
+	Walk(&cfg, func(key string, f reflect.Value) {
+		sec, name, nested := strings.Cut(key, ".")
+		if !nested {
+			name, sec = key, ""
+		}
+		if sec != section {
+			if sec != "" {
+				fmt.Fprintf(&b, "%s:\n", sec)
+			}
+			section = sec
+		}
+		indent := ""
+		if sec != "" {
+			indent = "  "
+		}
+		fmt.Fprintf(&b, "%s%s: %s\n", indent, name, formatValue(f))
+	})
+	return []byte(b.String())
+}
+
+func formatValue(f reflect.Value) string {
+	switch {
+	case f.Type() == reflect.TypeOf(time.Duration(0)):
+		return time.Duration(f.Int()).String()
+	case f.Kind() == reflect.String:
+		return yamlString(f.String())
+	case f.Kind() == reflect.Bool:
+		return strconv.FormatBool(f.Bool())
+	case f.Kind() == reflect.Int, f.Kind() == reflect.Int64:
+		return strconv.FormatInt(f.Int(), 10)
+	case f.Kind() == reflect.Uint32:
+		return strconv.FormatUint(f.Uint(), 10)
+	case f.Kind() == reflect.Float64:
+		return strconv.FormatFloat(f.Float(), 'g', -1, 64)
+	case f.Kind() == reflect.Slice:
+		parts := make([]string, f.Len())
+		for i := range parts {
+			parts[i] = yamlString(f.Index(i).String())
+		}
+		return "[" + strings.Join(parts, ", ") + "]"
+	}
+	return fmt.Sprint(f.Interface())
+}
+
+// yamlString quotes s when YAML would read it as something else.
+func yamlString(s string) string {
+	if s == "" {
+		return `""`
+	}
+	b, err := yaml.Marshal(s)
+	if err != nil {
+		return strconv.Quote(s)
+	}
+	return strings.TrimSuffix(string(b), "\n")
 }
 
 // ExpandTopic replaces {device_id} in an MQTT topic template.

@@ -183,3 +183,59 @@ func FuzzParse(f *testing.F) {
 		_ = c.Validate() // must not panic
 	})
 }
+
+// TestFormatReadsBack: the effective config printed by `config check`
+// parses back to the same config, for the defaults and for a config with
+// every kind of value set.
+func TestFormatReadsBack(t *testing.T) {
+	full := Default()
+	full.DeviceID, full.MQTT.URL, full.Enroll.CAPin = "dev-1", "mqtts://broker:8883", "sha256:"+strings.Repeat("ab", 32)
+	full.Collector.Disks = []string{"/", "/data", "yes"}
+	full.Renew.Rekey, full.TPM.PersistentHandle, full.Collector.Interval = true, 0x81010001, 0
+	full.Log.Level = "debug"
+	for _, cfg := range []Config{Default(), full} {
+		var got Config
+		if err := Parse(Format(cfg), &got); err != nil {
+			t.Fatalf("%v\n%s", err, Format(cfg))
+		}
+		if d := Diff(cfg, got); len(d) != 0 {
+			t.Fatalf("keys %v differ after Format and Parse:\n%s", d, Format(cfg))
+		}
+	}
+}
+
+// TestConfigMistakesNamed: duplicate keys, bad durations and unknown
+// EDGEAGENT_ variables are named.
+func TestConfigMistakesNamed(t *testing.T) {
+	for _, c := range []struct {
+		name, yml string
+		want      []string
+	}{
+		{"duplicate top-level key", "device_id: a\ndevice_id: b\n", []string{"device_id", "line 2", "given twice", "line 1"}},
+		{"duplicate nested key", "mqtt:\n  url: mqtts://a:1\n  keepalive: 5s\n  url: mqtts://b:1\n", []string{"mqtt.url", "given twice"}},
+		{"duplicate section", "mqtt:\n  url: mqtts://a:1\nmqtt:\n  keepalive: 5s\n", []string{"mqtt", "given twice"}},
+		{"bad duration", "renew:\n  retry_max: 30 minutes\n", []string{"renew.retry_max", `"30 minutes" is not a duration`, "30m"}},
+		{"duration as a list", "renew:\n  retry_max: [1]\n", []string{"renew.retry_max", "not a duration"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg := Default()
+			err := Parse([]byte(c.yml), &cfg)
+			for _, w := range c.want {
+				if err == nil || !strings.Contains(err.Error(), w) {
+					t.Fatalf("Parse: %v, want it to mention %q", err, w)
+				}
+			}
+		})
+	}
+	if _, err := Load("", []string{"EDGEAGENT_RENEW_RETRY_MAX=soon"}); err == nil || !strings.Contains(err.Error(), "30m") {
+		t.Fatalf("bad duration from the environment: %v", err)
+	}
+	cfg := Default()
+	if err := Parse([]byte("collector:\n  interval: 0\n"), &cfg); err != nil || cfg.Collector.Interval != 0 || cfg.Validate() != nil {
+		t.Fatalf("collector.interval 0 (disables): %v, %v", err, cfg.Collector.Interval)
+	}
+	got := UnknownEnv([]string{"EDGEAGENT_MQTT_ULR=x", "EDGEAGENT_MQTT_URL=y", "EDGEAGENT_TOKEN=t", "HOME=/", "EDGEAGENT_A=1"})
+	if !reflect.DeepEqual(got, []string{"EDGEAGENT_A", "EDGEAGENT_MQTT_ULR"}) {
+		t.Fatalf("UnknownEnv: %v", got)
+	}
+}

@@ -34,7 +34,8 @@ commands:
   status    show identity, renewal, uplinks and spools of the running agent
   send      queue one telemetry message (a JSON object) with the running agent
   enroll    enroll this device with a CA (EST simpleenroll) using a token
-  renew     renew the certificate now (EST simplereenroll over mutual TLS)
+  renew     renew the certificate now (EST simplereenroll over mutual TLS; through the agent when it runs)
+  config check  validate the config file and the environment, print the effective config
   install   install the agent as a system service (--config FILE; systemd: hardened unit)
   uninstall, start, stop, restart   manage that service
   version   print the version
@@ -107,6 +108,8 @@ func runIO(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 		return cmdStatus(ctx, args[1:], stdout, stderr, getenv)
 	case "send":
 		return cmdSend(ctx, args[1:], stdout, stderr, getenv)
+	case "config":
+		return cmdConfig(args[1:], stdout, stderr, getenv)
 	case "install", "uninstall", "start", "stop", "restart":
 		return cmdService(args[0], args[1:], stdout, stderr)
 	case "version", "--version", "-version":

@@ -89,3 +89,40 @@ func TestEnrollFromEnvAndRenew(t *testing.T) {
 		t.Fatalf("re-enroll without --force: %v", err)
 	}
 }
+
+// TestConfigCheck: `config check` prints the effective config (file,
+// environment, defaults) and exits 78 on a bad file or an unknown
+// EDGEAGENT_ variable, naming it.
+func TestConfigCheck(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.yaml")
+	if err := os.WriteFile(good, []byte("mqtt:\n  url: mqtts://broker:8883\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dup := filepath.Join(dir, "dup.yaml")
+	if err := os.WriteFile(dup, []byte("mqtt:\n  url: mqtts://broker:8883\n  url: mqtts://other:8883\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := func(k string) string { return map[string]string{"EDGEAGENT_RENEW_RETRY_MAX": "5m"}[k] }
+	out, errOut, err := edgeagentEnv(t, env, "config", "check", "--config", good)
+	if err != nil || !strings.Contains(out, "  url: mqtts://broker:8883\n") || !strings.Contains(out, "  retry_max: 5m0s\n") || !strings.Contains(errOut, "config ok") {
+		t.Fatalf("config check: %v\nstdout:\n%s\nstderr: %s", err, out, errOut)
+	}
+	if _, _, err := edgeagentEnv(t, env, "config", "check", "--config", dup); exitCode(err) != exitNeedsOperator || !strings.Contains(err.Error(), "mqtt.url") {
+		t.Fatalf("duplicate key: exit %d, %v", exitCode(err), err)
+	}
+	t.Setenv("EDGEAGENT_MQTT_ULR", "mqtts://typo:8883")
+	if _, _, err := edgeagentEnv(t, env, "config", "check", "--config", good); exitCode(err) != exitNeedsOperator || !strings.Contains(err.Error(), "EDGEAGENT_MQTT_ULR") {
+		t.Fatalf("unknown variable: exit %d, %v", exitCode(err), err)
+	}
+	if _, _, err := edgeagentEnv(t, env, "config"); exitCode(err) != 2 {
+		t.Fatalf("config without check: %v", err)
+	}
+}
+
+func edgeagentEnv(t *testing.T, getenv func(string) string, args ...string) (string, string, error) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	err := run(context.Background(), args, &out, &errOut, getenv)
+	return out.String(), errOut.String(), err
+}

@@ -94,6 +94,9 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer, getenv func(st
 	setLevel(&level, cfg)
 	log := newLoggerAt(cfg, stderr, &level)
 	log.Info("edgeagent starting", "version", version.String())
+	if unknown := config.UnknownEnv(os.Environ()); len(unknown) > 0 {
+		log.Warn("these EDGEAGENT_ variables name no config key and are ignored (see 'edgeagent config check')", "vars", unknown)
+	}
 	// SIGHUP re-reads the config file: a valid one is handed to the
 	// daemon (which applies what it can live), a bad one is logged and
 	// the running config stays. SIGTERM/SIGINT end ctx (main): the daemon
@@ -131,6 +134,36 @@ func cmdRun(ctx context.Context, args []string, stderr io.Writer, getenv func(st
 	defer cancel()
 	return agent.Run(ctx, agent.Options{Config: cfg, Getenv: getenv, Logger: log, BuildTime: version.Built(), Reload: reload,
 		Reloaded: func(c config.Config) { setLevel(&level, c) }})
+}
+
+// cmdConfig is `edgeagent config check`: load the config as run would,
+// print the effective config, and fail on anything run would refuse or
+// ignore.
+func cmdConfig(args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+	if len(args) == 0 || args[0] != "check" {
+		return usageError{"usage: edgeagent config check [--config FILE]"}
+	}
+	fs := newFlagSet("config check", stderr)
+	cfgPath := configFlag(fs)
+	if err := parse(fs, args[1:]); err != nil {
+		return err
+	}
+	cfg, err := loadConfig(*cfgPath, isSet(fs, "config"), getenv)
+	if err != nil {
+		return err
+	}
+	if unknown := config.UnknownEnv(os.Environ()); len(unknown) > 0 {
+		return configError{fmt.Errorf("config: these EDGEAGENT_ variables name no config key: %s (keys: see %s)", strings.Join(unknown, ", "), *cfgPath)}
+	}
+	if _, err := stdout.Write(config.Format(cfg)); err != nil {
+		return err
+	}
+	src := *cfgPath
+	if _, err := os.Stat(src); err != nil && !isSet(fs, "config") {
+		src = "defaults (no " + src + ")"
+	}
+	fmt.Fprintf(stderr, "edgeagent: config ok: %s and the environment\n", src)
+	return nil
 }
 
 func socketFor(fs *flag.FlagSet) (*string, *string) {
