@@ -398,7 +398,9 @@ func UnknownEnv(env []string) []string {
 }
 
 // EnvName is the environment variable that overrides key.
-func EnvName(key string) string { return EnvPrefix + strings.ToUpper(strings.ReplaceAll(key, ".", "_")) }
+func EnvName(key string) string {
+	return EnvPrefix + strings.ToUpper(strings.ReplaceAll(key, ".", "_"))
+}
 
 // applyEnv sets fields from EDGEAGENT_* variables. EDGEAGENT_TOKEN is not a
 // key (the token is read where it is used) and is skipped here.
