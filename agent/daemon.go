@@ -53,6 +53,10 @@ type Options struct {
 	// Reload delivers new configurations to apply while running (SIGHUP);
 	// see Daemon.Reload.
 	Reload <-chan config.Config
+	// EchoGrace is how long the MQTT uplink's own retained status may
+	// take to come back before the broker is said to drop its publishes;
+	// 0 means 15s.
+	EchoGrace time.Duration
 	// Reloaded, if set, is called with the configuration now running
 	// after a reload was applied (the caller applies log.level).
 	Reloaded func(config.Config)

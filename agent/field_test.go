@@ -6,11 +6,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/edgeagent/edgeagent/agent/config"
 	"github.com/edgeagent/edgeagent/agent/localapi"
@@ -120,9 +122,15 @@ func TestPackageFlowPublishesAsEnrolledDevice(t *testing.T) {
 		t.Fatalf("the packaged config sets device_id %q; this test is about a config that does not", cfg.DeviceID)
 	}
 	var logs syncbuf.Buffer
-	api := startDaemon(t, Options{Config: cfg, Logger: newTestLogger(&logs)})
+	// No grace for the status echo: "not dropping" then means the
+	// agent's own retained status came back through the broker.
+	api := startDaemon(t, Options{Config: cfg, Logger: newTestLogger(&logs), EchoGrace: time.Nanosecond})
 	ids := postTelemetry(t, api, 20)
 	eventually(t, "every message at the subscriber", func() bool { return broker.has(ids...) })
+	eventually(t, "the status echo and a healthy agent", func() bool {
+		st := fetchStatus(t, api)
+		return st.Healthy && !st.Uplinks["mqtt"].Dropping
+	})
 	if st := fetchStatus(t, api); st.DeviceID != "sensor-0001" {
 		t.Fatalf("status device %q", st.DeviceID)
 	}
@@ -133,6 +141,55 @@ func TestPackageFlowPublishesAsEnrolledDevice(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), `msg="agent running" device_id=sensor-0001`) {
 		t.Fatalf("log does not say it runs as sensor-0001:\n%s", logs.String())
+	}
+}
+
+// TestBrokerDroppingPublishesIsLoud: a broker whose ACL denies the
+// device's topics still acknowledges every publish (MQTT 3.1.1), so the
+// acked count climbs while nothing arrives. The agent notices that its own
+// retained status never comes back and says so in status, health and
+// metrics.
+func TestBrokerDroppingPublishesIsLoud(t *testing.T) {
+	c := testca.Start(t, testca.Options{})
+	broker := startTestBroker(t, c)
+	dir := t.TempDir()
+	tokFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokFile, []byte(c.Token(t, "denied-1").String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testDaemonConfig(dir, "denied-1")
+	cfg.Enroll.TokenFile = tokFile
+	cfg.MQTT.URL, cfg.MQTT.CABundle = broker.URL(), broker.caFile
+	// The broker's ACL allows devices/<CN>/# only.
+	cfg.MQTT.TelemetryTopic, cfg.MQTT.StatusTopic = "elsewhere/{device_id}/telemetry", "elsewhere/{device_id}/status"
+	cfg.Spool.Sync = "never"
+	cfg.Metrics.Listen = freeAddr(t)
+	api := startDaemon(t, Options{Config: cfg, EchoGrace: time.Nanosecond})
+	ids := postTelemetry(t, api, 5)
+	var st Status
+	eventually(t, "the broker's acks and the dropping noticed", func() bool {
+		st = fetchStatus(t, api)
+		u := st.Uplinks["mqtt"]
+		return u.Acked >= uint64(len(ids)) && u.Dropping && !st.Healthy
+	})
+	if broker.has(ids[0]) {
+		t.Fatal("the broker delivered a message its ACL denies: this test proves nothing")
+	}
+	if len(st.Problems) == 0 || !strings.Contains(st.Problems[0], "does not deliver") {
+		t.Fatalf("problems %q", st.Problems)
+	}
+	resp, err := http.Get("http://" + cfg.Metrics.Listen + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), `edgeagent_uplink_broker_dropping{uplink="mqtt"} 1`) {
+		t.Fatalf("metrics:\n%s", body)
+	}
+	var text bytes.Buffer
+	if err := WriteStatus(&text, st, st.Now); err != nil || !strings.Contains(text.String(), "THE BROKER DROPS") {
+		t.Fatalf("status text: %v\n%s", err, text.String())
 	}
 }
 

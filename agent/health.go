@@ -82,6 +82,10 @@ func healthProblems(st Status, progress map[string]time.Time, now time.Time, sta
 	sort.Strings(names)
 	for _, n := range names {
 		u := st.Uplinks[n]
+		if u.Dropping {
+			out = append(out, fmt.Sprintf("uplink %s: the broker acknowledges but does not deliver this device's messages "+
+				"(its own retained status never came back): check the broker's ACL for the device's topics", n))
+		}
 		if since, ok := progress[n]; ok && stallAfter > 0 && u.SpoolDepth > 0 && now.Sub(since) >= stallAfter {
 			out = append(out, fmt.Sprintf("uplink %s delivered nothing for %s while %d messages wait (health.stall_after %s)",
 				n, now.Sub(since).Round(time.Second), u.SpoolDepth, stallAfter))

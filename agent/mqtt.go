@@ -3,6 +3,7 @@ package agent
 import (
 	"encoding/json"
 	"fmt"
+	"time"
 
 	"github.com/edgeagent/edgeagent/agent/config"
 	"github.com/edgeagent/edgeagent/agent/localapi"
@@ -18,7 +19,13 @@ func (d *Daemon) newMQTT(c config.MQTT, sp *spool.Spool) (Uplink, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent: mqtt.ca_bundle: %w", err)
 	}
+	var pub *mqtt.Publisher
+	echo := &statusEcho{now: d.clock.Now, grace: d.o.EchoGrace, conns: func() uint64 { return pub.Stats().Reconnects }}
+	if echo.grace <= 0 {
+		echo.grace = defaultEchoGrace
+	}
 	p, err := mqtt.New(mqtt.Options{
+		OnStatusEcho:   echo.saw,
 		BrokerURL:      c.URL,
 		TLS:            uplink.ClientTLSConfig(uplink.TLSOptions{RootCAs: roots, Identity: d.holder, Time: d.clock.Now}),
 		ClientID:       d.deviceID,
@@ -41,5 +48,10 @@ func (d *Daemon) newMQTT(c config.MQTT, sp *spool.Spool) (Uplink, error) {
 	if err != nil {
 		return nil, err
 	}
-	return mqttUplink{p}, nil
+	pub = p
+	return mqttUplink{Publisher: p, echo: echo}, nil
 }
+
+// defaultEchoGrace is how long the MQTT uplink's own retained status may
+// take to come back before the broker is deemed to drop its publishes.
+const defaultEchoGrace = 15 * time.Second

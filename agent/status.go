@@ -60,7 +60,11 @@ type UplinkStatus struct {
 	LastError string `json:"last_error,omitempty"`
 	Acked     uint64 `json:"acked"`
 	// Errors counts failed sends (HTTPS batches, MQTT connections lost).
-	Errors       uint64 `json:"errors"`
+	Errors uint64 `json:"errors"`
+	// Dropping: the backend acknowledges messages it does not deliver
+	// (MQTT: the agent's own retained status never came back), so Acked
+	// proves nothing.
+	Dropping     bool   `json:"dropping,omitempty"`
 	SpoolDepth   int    `json:"spool_depth"`
 	SpoolBytes   int64  `json:"spool_bytes"`
 	SpoolDropped uint64 `json:"spool_dropped"`
@@ -97,7 +101,7 @@ func (d *Daemon) Status() Status {
 		u := UplinkStatus{SpoolDepth: ss.Depth, SpoolBytes: ss.Bytes, SpoolDropped: ss.Dropped}
 		if up := p.uplink(); up != nil {
 			s := up.State()
-			u.Connected, u.LastError, u.Acked, u.Errors = s.Connected, s.LastError, s.Acked, s.Errors
+			u.Connected, u.LastError, u.Acked, u.Errors, u.Dropping = s.Connected, s.LastError, s.Acked, s.Errors, s.Dropping
 		}
 		st.Uplinks[p.name] = u
 	}
@@ -159,6 +163,7 @@ func (d *Daemon) metricFamilies(st Status) []metrics.Family {
 	acked := metrics.Family{Name: "edgeagent_messages_total", Help: "Messages by uplink and result.", Type: metrics.Counter}
 	depth := metrics.Family{Name: "edgeagent_spool_messages", Help: "Messages waiting in the spool.", Type: metrics.Gauge}
 	bytes := metrics.Family{Name: "edgeagent_spool_bytes", Help: "Bytes on disk in the spool.", Type: metrics.Gauge}
+	drops := metrics.Family{Name: "edgeagent_uplink_broker_dropping", Help: "1 when the backend acknowledges messages it does not deliver (MQTT: the agent's own retained status did not come back).", Type: metrics.Gauge}
 	sendErrs := metrics.Family{Name: "edgeagent_uplink_send_errors_total", Help: "Failed sends by uplink (HTTPS batches that failed, MQTT connections lost).", Type: metrics.Counter}
 	for _, n := range names {
 		u := st.Uplinks[n]
@@ -170,7 +175,8 @@ func (d *Daemon) metricFamilies(st Status) []metrics.Family {
 		depth.Samples = append(depth.Samples, metrics.Sample{Labels: l, Value: float64(u.SpoolDepth)})
 		bytes.Samples = append(bytes.Samples, metrics.Sample{Labels: l, Value: float64(u.SpoolBytes)})
 		sendErrs.Samples = append(sendErrs.Samples, metrics.Sample{Labels: l, Value: float64(u.Errors)})
+		drops.Samples = append(drops.Samples, metrics.Sample{Labels: l, Value: b2f(u.Dropping)})
 	}
-	fams = append(fams, up, acked, depth, bytes, sendErrs)
+	fams = append(fams, up, acked, depth, bytes, sendErrs, drops)
 	return append(fams, processFamilies(d.started)...)
 }

@@ -86,6 +86,9 @@ func WriteStatus(w io.Writer, st Status, now time.Time) error {
 		if u.Connected {
 			state = "connected"
 		}
+		if u.Dropping {
+			state += " but THE BROKER DROPS THIS DEVICE'S MESSAGES (acks prove nothing)"
+		}
 		line := fmt.Sprintf("%s, %d acked, spool %d messages (%d bytes), %d dropped", state, u.Acked, u.SpoolDepth, u.SpoolBytes, u.SpoolDropped)
 		if u.LastError != "" {
 			line += ", last error: " + strings.ReplaceAll(u.LastError, "\n", " ")

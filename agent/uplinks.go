@@ -2,6 +2,7 @@ package agent
 
 import (
 	"sync"
+	"time"
 
 	"github.com/edgeagent/edgeagent/agent/config"
 	uhttps "github.com/edgeagent/edgeagent/uplink/https"
@@ -17,6 +18,9 @@ type UplinkState struct {
 	// Errors counts failed sends: HTTPS batches that failed, MQTT
 	// connections lost.
 	Errors uint64
+	// Dropping: the backend acknowledges what it does not deliver (MQTT:
+	// the agent's own retained status did not come back).
+	Dropping bool
 }
 
 // Uplink is a backend connection the daemon runs, MQTT and HTTPS alike:
@@ -28,11 +32,66 @@ type Uplink interface {
 	State() UplinkState
 }
 
-type mqttUplink struct{ *mqtt.Publisher }
+type mqttUplink struct {
+	*mqtt.Publisher
+	echo *statusEcho
+}
 
 func (u mqttUplink) State() UplinkState {
 	s := u.Stats()
-	return UplinkState{Connected: s.Connected, LastError: s.LastError, Acked: s.Acked, Errors: s.Reconnects}
+	st := UplinkState{Connected: s.Connected, LastError: s.LastError, Acked: s.Acked, Errors: s.Reconnects}
+	if u.echo != nil {
+		st.Dropping = u.echo.dropping(s.Connected, s.Reconnects)
+	}
+	return st
+}
+
+// statusEcho watches the MQTT uplink's own retained status come back
+// (mqtt.Options.OnStatusEcho). Each connection publishes "online"; when
+// it does not return within grace of the connection being first seen,
+// the broker takes the publishes without delivering them (an ACL that
+// denies the topic: MQTT 3.1.1 still sends PUBACK), and the acked count
+// means nothing.
+type statusEcho struct {
+	now   func() time.Time
+	grace time.Duration
+	// conns returns the publisher's connection count (Stats.Reconnects),
+	// which tells the connections apart.
+	conns func() uint64
+
+	mu       sync.Mutex
+	echoConn uint64 // connection on which "online" last came back
+	echoed   bool
+	seenConn uint64 // connection last seen by dropping, and when
+	seenAt   time.Time
+	seen     bool
+}
+
+func (e *statusEcho) saw(payload []byte) {
+	if string(payload) != "online" {
+		return // a stale retained "offline" proves nothing
+	}
+	n := e.conns()
+	e.mu.Lock()
+	e.echoConn, e.echoed = n, true
+	e.mu.Unlock()
+}
+
+// dropping reports whether the current connection's "online" failed to
+// come back within grace.
+func (e *statusEcho) dropping(connected bool, conn uint64) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if !connected {
+		return false
+	}
+	if !e.seen || e.seenConn != conn {
+		e.seenConn, e.seenAt, e.seen = conn, e.now(), true
+	}
+	if e.echoed && e.echoConn == conn {
+		return false
+	}
+	return e.now().Sub(e.seenAt) >= e.grace
 }
 
 type httpsUplink struct{ *uhttps.Sender }

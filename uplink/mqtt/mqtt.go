@@ -59,6 +59,11 @@ type Options struct {
 	// default 500.
 	InFlight  int
 	OnCommand func(topic string, payload []byte)
+	// OnStatusEcho, with StatusTopic, subscribes to the status topic and
+	// sees every message on it: the retained "online" published at each
+	// connect coming back proves the broker takes this client's
+	// publishes (an MQTT 3.1.1 broker acknowledges one its ACL denies).
+	OnStatusEcho func(payload []byte)
 	// Identity, when set, is watched: every Store switches to a new
 	// connection (make-before-break) so the broker sees the renewed
 	// certificate. TLS should serve the same Identity
@@ -365,7 +370,7 @@ func (p *Publisher) connect(ctx context.Context) (paho.Client, <-chan error, err
 			default:
 			}
 		})
-	if p.o.CommandTopic != "" && p.o.OnCommand != nil {
+	if p.o.CommandTopic != "" && p.o.OnCommand != nil || p.o.StatusTopic != "" && p.o.OnStatusEcho != nil {
 		// The session is persistent: commands queued while the device was
 		// away arrive right after CONNACK, before our SUBSCRIBE is
 		// acknowledged, and would otherwise find no handler.
@@ -385,6 +390,12 @@ func (p *Publisher) connect(ctx context.Context) (paho.Client, <-chan error, err
 			return nil, nil, fmt.Errorf("publish status to %s: %w", p.o.StatusTopic, err)
 		}
 	}
+	if p.o.StatusTopic != "" && p.o.OnStatusEcho != nil {
+		if err := waitSetup(ctx, c.Subscribe(p.o.StatusTopic, 1, p.onMessage), lost); err != nil {
+			c.Disconnect(0)
+			return nil, nil, fmt.Errorf("subscribe %s: %w", p.o.StatusTopic, err)
+		}
+	}
 	if p.o.CommandTopic != "" && p.o.OnCommand != nil {
 		if err := waitSetup(ctx, c.Subscribe(p.o.CommandTopic, 1, p.onMessage), lost); err != nil {
 			c.Disconnect(0)
@@ -396,7 +407,17 @@ func (p *Publisher) connect(ctx context.Context) (paho.Client, <-chan error, err
 }
 
 func (p *Publisher) onMessage(_ paho.Client, m paho.Message) {
-	p.o.OnCommand(m.Topic(), m.Payload())
+	// The persistent session may deliver status messages before the
+	// SUBSCRIBE that names their handler: sort them by topic.
+	if m.Topic() == p.o.StatusTopic {
+		if p.o.OnStatusEcho != nil {
+			p.o.OnStatusEcho(m.Payload())
+		}
+		return
+	}
+	if p.o.OnCommand != nil {
+		p.o.OnCommand(m.Topic(), m.Payload())
+	}
 }
 
 func (p *Publisher) goOffline(c paho.Client) {
