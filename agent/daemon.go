@@ -163,7 +163,7 @@ func newDaemon(ctx context.Context, o Options) (*Daemon, error) {
 		return nil, err
 	}
 	d.ren = d.newRenewer(id)
-	d.health = newHealth(d.clock.Now, cfg.Health.StallAfter, d.Status)
+	d.health = newHealth(d.clock.Now, cfg.Health.StallAfter, d.Status, d.log)
 	d.deviceID = id.DeviceID
 	d.idPrefix = id.DeviceID + "-" + hex.EncodeToString(nonce[:]) + "-"
 	// A restart without an RTC: learn the time before the uplinks need it
@@ -419,18 +419,34 @@ func (d *Daemon) run(ctx context.Context) error {
 
 	api := localapi.New(d, func() any { return d.health.Snapshot() }, d.hub, d.log)
 	api.SetRenew(d.RenewNow)
-	g.Go(func() error { return api.Serve(soft, d.boot.API.Socket) })
+	// What the agent is: its parts, each a Run that stops with its
+	// context. Intake stops when ctx ends (no new messages, renewals or
+	// reloads); delivery runs on through the drain.
+	tasks := []task{
+		{"local API", intake, func(ctx context.Context) error { return api.Serve(ctx, d.boot.API.Socket) }},
+		{"collector", intake, func(ctx context.Context) error { return d.supervise(ctx, d.parts["collector"]) }},
+		{"renewer", intake, d.ren.Run},
+		{"reload", intake, d.reloadLoop},
+		{"health", delivery, d.health.Run},
+	}
 	for _, p := range d.uplinks {
-		g.Go(func() error { return d.supervise(gctx, p) })
+		tasks = append(tasks, task{"uplink " + p.name, delivery, func(ctx context.Context) error { return d.supervise(ctx, p) }})
 	}
-	// The collector is intake: it stops with the local API, before the
-	// drain.
-	g.Go(func() error { return d.supervise(soft, d.parts["collector"]) })
 	if metricsLn != nil {
-		g.Go(func() error { return d.health.serveMetrics(gctx, metricsLn, d.metricFamilies) })
+		tasks = append(tasks, task{"metrics", delivery, func(ctx context.Context) error { return d.health.serveMetrics(ctx, metricsLn, d.metricFamilies) }})
 	}
-	g.Go(func() error { return d.ren.Run(soft) })
-	g.Go(func() error { return d.reloadLoop(soft) })
+	if wd > 0 {
+		tasks = append(tasks, task{"watchdog", delivery, func(ctx context.Context) error { return d.health.watchdog(ctx, notify, wd) }})
+	}
+	for _, t := range tasks {
+		tctx := gctx
+		if t.phase == intake {
+			tctx = soft
+		}
+		g.Go(func() error { return t.run(tctx) })
+	}
+	// The drain: once intake stopped, the uplinks send what is spooled,
+	// then delivery ends.
 	g.Go(func() error {
 		<-soft.Done()
 		defer hardCancel()
@@ -439,9 +455,6 @@ func (d *Daemon) run(ctx context.Context) error {
 		}
 		return nil
 	})
-	if wd > 0 {
-		g.Go(func() error { return d.health.watchdog(gctx, notify, wd) })
-	}
 	if err := notify.Notify("READY=1\nSTATUS=" + statusLine(d.health.Snapshot())); err != nil {
 		d.log.Warn("systemd notify", "err", err)
 	}
@@ -463,6 +476,23 @@ func (d *Daemon) run(ctx context.Context) error {
 	}
 	return err
 }
+
+// task is one part's Run and the phase it belongs to.
+type task struct {
+	name  string
+	phase phase
+	run   func(ctx context.Context) error
+}
+
+// phase says when a task stops.
+type phase int
+
+const (
+	// intake stops when the agent is told to stop.
+	intake phase = iota
+	// delivery stops after the drain (or when a task fails).
+	delivery
+)
 
 // current returns the working identity (nil before there is one).
 func (d *Daemon) current() *Identity {

@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"runtime"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -25,8 +27,11 @@ type health struct {
 	now        func() time.Time
 	stallAfter time.Duration
 	status     func() Status
+	log        *slog.Logger
 
 	mu sync.Mutex
+	// reported are the problems logged and not yet cleared.
+	reported map[string]bool
 	// progress is, per uplink, the acked count last seen and when it
 	// last changed (or the spool was last seen empty).
 	progress map[string]uplinkProgress
@@ -37,8 +42,57 @@ type uplinkProgress struct {
 	at    time.Time
 }
 
-func newHealth(now func() time.Time, stallAfter time.Duration, status func() Status) *health {
-	return &health{now: now, stallAfter: stallAfter, status: status, progress: map[string]uplinkProgress{}}
+func newHealth(now func() time.Time, stallAfter time.Duration, status func() Status, log *slog.Logger) *health {
+	return &health{now: now, stallAfter: stallAfter, status: status, log: log, progress: map[string]uplinkProgress{}, reported: map[string]bool{}}
+}
+
+// healthInterval is how often Run samples health to log its changes.
+const healthInterval = 5 * time.Second
+
+// Run samples the health every healthInterval until ctx ends, so that a
+// problem is logged (at error level, once, and again when it clears) even
+// when nobody asks /healthz or status.
+func (h *health) Run(ctx context.Context) error {
+	t := time.NewTicker(healthInterval)
+	defer t.Stop()
+	for {
+		h.Snapshot()
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// report logs problems that appeared and cleared since the last sample.
+// Each problem's text names its subject first; it is keyed by that
+// subject so that a growing duration in the text is not a new problem.
+func (h *health) report(problems []string) {
+	now := map[string]string{}
+	for _, p := range problems {
+		key := p
+		if i := strings.Index(p, " for "); i > 0 {
+			key = p[:i]
+		}
+		now[key] = p
+	}
+	for key, p := range now {
+		if !h.reported[key] {
+			h.reported[key] = true
+			if h.log != nil {
+				h.log.Error("UNHEALTHY: "+p, "problem", key)
+			}
+		}
+	}
+	for key := range h.reported {
+		if _, ok := now[key]; !ok {
+			delete(h.reported, key)
+			if h.log != nil {
+				h.log.Info("health: resolved", "problem", key)
+			}
+		}
+	}
 }
 
 // observe records each uplink's progress in st and returns st with its
@@ -61,6 +115,7 @@ func (h *health) observe(st Status) Status {
 	}
 	st.Problems = healthProblems(st, progress, now, h.stallAfter)
 	st.Healthy = len(st.Problems) == 0
+	h.report(st.Problems)
 	return st
 }
 

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgeagent/edgeagent/internal/syncbuf"
 	"github.com/edgeagent/edgeagent/internal/testca"
 )
 
@@ -60,7 +61,8 @@ func TestHealthObserveCountsProgress(t *testing.T) {
 	clk := newFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	var st Status
 	st.NotAfter = clk.Now().Add(24 * time.Hour)
-	h := newHealth(clk.Now, time.Minute, func() Status { return st })
+	var logs syncbuf.Buffer
+	h := newHealth(clk.Now, time.Minute, func() Status { return st }, newTestLogger(&logs))
 	step := func(acked uint64, depth int, after time.Duration) Status {
 		clk.mu.Lock()
 		clk.now = clk.now.Add(after)
@@ -85,6 +87,14 @@ func TestHealthObserveCountsProgress(t *testing.T) {
 		if got := step(c.acked, c.depth, c.after); got.Healthy != c.healthy {
 			t.Fatalf("step %d: healthy %v, want %v (%q)", i, got.Healthy, c.healthy, got.Problems)
 		}
+	}
+	// Each stall was logged once when it began and once when it cleared,
+	// although it was sampled as its duration grew.
+	if n := strings.Count(logs.String(), "level=ERROR msg=\"UNHEALTHY: uplink mqtt delivered nothing"); n != 2 {
+		t.Fatalf("%d error lines for two stalls:\n%s", n, logs.String())
+	}
+	if n := strings.Count(logs.String(), "health: resolved"); n != 2 {
+		t.Fatalf("%d resolved lines for two stalls:\n%s", n, logs.String())
 	}
 }
 
