@@ -3,7 +3,8 @@ SHELL := /bin/bash
 GO ?= go
 export CGO_ENABLED := 0
 
-VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+# One version for the binaries and the packages (scripts/version.sh).
+VERSION ?= $(shell bash scripts/version.sh)
 COMMIT ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 # Build time from the commit, so two builds of one commit are identical.
 BUILD_TIME ?= $(shell git log -1 --format=%cI 2>/dev/null || echo 1970-01-01T00:00:00Z)
@@ -77,7 +78,7 @@ cross:
 # .deb, .rpm and .apk of edgeagent and edgeca for every architecture, in
 # dist/packages (nfpm, pinned in the script).
 package: cross
-	bash scripts/package.sh
+	PKG_VERSION=$(VERSION) bash scripts/package.sh
 
 clean:
 	rm -rf bin dist .demo

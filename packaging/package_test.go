@@ -67,7 +67,9 @@ func TestPackages(t *testing.T) {
 	pkg := func(version, formats string) string {
 		out := filepath.Join(dir, version)
 		cmd := exec.Command("bash", "../scripts/package.sh")
-		cmd.Env = append(os.Environ(), "ARCHS=amd64", "FORMATS="+formats, "DIST="+dist, "OUT="+out, "PKG_VERSION="+version)
+		cmd.Env = append(os.Environ(), "ARCHS=amd64", "FORMATS="+formats, "DIST="+dist, "OUT="+out, "PKG_VERSION="+version,
+			// One binary packaged as two versions, for the upgrade test.
+			"PKG_ALLOW_VERSION_MISMATCH=1")
 		if b, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("scripts/package.sh: %v\n%s", err, b)
 		}

@@ -16,15 +16,9 @@ PROGRAMS=${PROGRAMS:-edgeagent edgeca}
 DIST=${DIST:-dist}
 OUT=${OUT:-dist/packages}
 export PKG_MAINTAINER=${PKG_MAINTAINER:-edgeagent maintainers <maintainers@edgeagent.example.org>}
-if [ -z "${PKG_VERSION:-}" ]; then
-	# A release tag vX.Y.Z gives X.Y.Z; otherwise 0.0.<commits>, which
-	# every package manager orders correctly.
-	if tag=$(git describe --tags --exact-match --match 'v[0-9]*' 2>/dev/null); then
-		PKG_VERSION=${tag#v}
-	else
-		PKG_VERSION=0.0.$(git rev-list --count HEAD 2>/dev/null || echo 0)
-	fi
-fi
+# The version `make cross` gave the binaries (scripts/version.sh), checked
+# against each binary below.
+PKG_VERSION=${PKG_VERSION:-$(bash scripts/version.sh)}
 export PKG_VERSION
 
 # nfpm is built once per run, outside go.mod (a packaging tool, not a
@@ -53,7 +47,32 @@ for arch in $ARCHS; do
 	for prog in $PROGRAMS; do
 		export BIN=$DIST/$prog-linux-$arch CHANGELOG=$tools/$prog.changelog.Debian.gz
 		[ -x "$BIN" ] || { echo "package: $BIN missing: run make cross" >&2; exit 1; }
+		# The package version and `PROGRAM version` must agree: ask the
+		# binary (natively, or under qemu-user for another arch).
+		if [ "${PKG_ALLOW_VERSION_MISMATCH:-}" != 1 ]; then
+			case $arch in
+			amd64) emu=() ;;
+			arm64) emu=(qemu-aarch64-static) ;;
+			*) emu=(qemu-arm-static) ;;
+			esac
+			if [ "$(uname -m)" = x86_64 ] && { [ ${#emu[@]} -eq 0 ] || command -v "${emu[0]}" >/dev/null; }; then
+				got=$("${emu[@]}" "$BIN" version | awk '{print $2}')
+				if [ "$got" != "$PKG_VERSION" ]; then
+					echo "package: $BIN says version $got, the package would be $PKG_VERSION; run make cross, or make package VERSION=$PKG_VERSION" >&2
+					exit 1
+				fi
+			else
+				echo "package: WARNING: cannot run $BIN here (no ${emu[*]:-native amd64}) to check that its version is $PKG_VERSION" >&2
+			fi
+		fi
 		for fmt in $FORMATS; do
+			# One armhf .deb: Debian's armhf and Raspberry Pi OS's are
+			# the same dpkg architecture, so an armv7 and an armv6
+			# package would share name, version and architecture. The
+			# armv6 build runs on every armhf board.
+			if [ "$fmt" = deb ] && [ "$arch" = armv7 ] && [[ " $ARCHS " == *" armv6 "* ]]; then
+				continue
+			fi
 			target=$OUT/${prog}_${PKG_VERSION}_$arch.$fmt
 			"$tools/nfpm" package --config packaging/nfpm/$prog.yaml --packager "$fmt" --target "$target" >"$tools/log" || { cat "$tools/log" >&2; exit 1; }
 			printf '%-44s %9d bytes\n' "$target" "$(stat -c %s "$target")"
