@@ -204,6 +204,17 @@ func (d *Daemon) loadOrEnroll(ctx context.Context) (*Identity, error) {
 		d.log.Info("identity loaded", "device_id", id.DeviceID, "serial", id.Serial(), "not_after", id.Leaf().NotAfter)
 		return id, nil
 	}
+	if errors.Is(err, ErrDamagedIdentity) && d.config().Enroll.DamagedIdentity == "reenroll" {
+		// The operator's policy: enroll again, under the device's id,
+		// with nothing destroyed.
+		deviceID, _ := FirstDeviceID(d.boot.DeviceID, d.boot.StateDir)
+		aside, merr := moveIdentityAside(d.boot.StateDir, d.clock.Now())
+		if merr != nil {
+			return nil, fmt.Errorf("agent: %w; and moving it aside failed: %v", err, merr)
+		}
+		d.log.Error("the identity is damaged; enrolling again (enroll.damaged_identity: reenroll)", "err", err, "moved_to", aside, "device_id", deviceID)
+		return d.bootstrap(ctx, deviceID)
+	}
 	if !errors.Is(err, ErrNoIdentity) {
 		return nil, fmt.Errorf("agent: %w", err)
 	}

@@ -423,3 +423,37 @@ func TestFirstDeviceID(t *testing.T) {
 func testTokenString() string {
 	return token.Token{URL: "https://ca.example:8443", Pin: token.Pin{1, 2, 3}, ID: "tok-1", Secret: strings.Repeat("s", 30)}.String()
 }
+
+// TestDamagedIdentityPolicyReenroll: with enroll.damaged_identity:
+// reenroll the daemon moves the damaged files aside (nothing is deleted)
+// and enrolls again with its token under the device's id, keeping the key.
+func TestDamagedIdentityPolicyReenroll(t *testing.T) {
+	c := testca.Start(t, testca.Options{})
+	dir, ks, old := enrolled(t, c, "dmg-policy")
+	_ = ks.Close()
+	if err := os.Remove(filepath.Join(dir, CertFile)); err != nil {
+		t.Fatal(err)
+	}
+	tokFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokFile, []byte(c.Token(t, "dmg-policy").String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testDaemonConfig(t.TempDir(), "")
+	cfg.StateDir, cfg.Enroll.TokenFile, cfg.Enroll.DamagedIdentity = dir, tokFile, "reenroll"
+	st := fetchStatus(t, startDaemon(t, Options{Config: cfg}))
+	if st.DeviceID != "dmg-policy" || st.Serial == old.Serial() {
+		t.Fatalf("after re-enrolling: device %q serial %s (was %s)", st.DeviceID, st.Serial, old.Serial())
+	}
+	aside, _ := filepath.Glob(filepath.Join(dir, "damaged-*", IdentityFile))
+	if len(aside) != 1 {
+		t.Fatalf("the damaged identity was not kept aside: %v", aside)
+	}
+	ks2, err := file.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ks2.Close()
+	if k, err := ks2.Current(); err != nil || !samePublic(k.Public(), old.Key.Public()) {
+		t.Fatalf("the key changed: %v", err)
+	}
+}

@@ -138,6 +138,22 @@ func damaged(dir, what string) error {
 		"(keeps the key and the device id; needs a token or credentials)", ErrDamagedIdentity, what))
 }
 
+// moveIdentityAside moves the identity files of dir (not the key) into a
+// new directory dir/damaged-<time>, which it returns: a re-enrollment over
+// a damaged identity keeps what was there for the operator to look at.
+func moveIdentityAside(dir string, now time.Time) (string, error) {
+	aside := filepath.Join(dir, "damaged-"+now.UTC().Format("20060102T150405Z"))
+	if err := os.Mkdir(aside, 0o700); err != nil {
+		return "", err
+	}
+	for _, f := range []string{CertFile, IdentityFile, CAFile, ServerCAFile} {
+		if err := os.Rename(filepath.Join(dir, f), filepath.Join(aside, f)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return aside, err
+		}
+	}
+	return aside, atomicfile.SyncDir(dir)
+}
+
 // readMeta reads identity.json.
 func readMeta(dir string) (Meta, error) {
 	var meta Meta

@@ -79,6 +79,11 @@ type Enroll struct {
 	// PostQuantumTLS offers the EST server hybrid post-quantum key
 	// exchanges (X25519MLKEM768); off by default, as in edgeca.
 	PostQuantumTLS bool `yaml:"post_quantum_tls"`
+	// DamagedIdentity is what run does with a state dir that holds part
+	// of an identity: refuse (the default: stop and say how to recover)
+	// or reenroll (move the damaged files aside and enroll again with
+	// the token, keeping the key and the device id).
+	DamagedIdentity string `yaml:"damaged_identity"`
 }
 
 // Renew is the renewal policy.
@@ -143,6 +148,7 @@ func Default() Config {
 		Keystore:     "file",
 		KeyAlgorithm: string(keystore.DefaultAlgorithm),
 		TPM:          TPM{Device: "/dev/tpmrm0"},
+		Enroll:       Enroll{DamagedIdentity: "refuse"},
 		Renew:        Renew{Fraction: 0.66, Jitter: 0.05, RetryMin: 10 * time.Second, RetryMax: 30 * time.Minute, ExpiredPolicy: "rebootstrap"},
 		API:          API{Socket: "/run/edgeagent/api.sock"},
 		Metrics:      Metrics{Listen: "127.0.0.1:9810"},
@@ -303,6 +309,11 @@ func (c Config) Validate() error {
 		if _, err := token.ParsePin(c.Enroll.CAPin); err != nil {
 			bad("enroll.ca_pin", "%v", err)
 		}
+	}
+	switch c.Enroll.DamagedIdentity {
+	case "refuse", "reenroll":
+	default:
+		bad("enroll.damaged_identity", "%q: use refuse or reenroll", c.Enroll.DamagedIdentity)
 	}
 	if c.Renew.Fraction <= 0.1 || c.Renew.Fraction >= 0.95 {
 		bad("renew.fraction", "%v: must be between 0.1 and 0.95 of the certificate lifetime", c.Renew.Fraction)
