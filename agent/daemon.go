@@ -97,8 +97,9 @@ type Daemon struct {
 	// deviceID is the enrolled identity's (its certificate's CN), fixed
 	// for the run: renewals keep it, a re-enrollment asks for it again.
 	deviceID string
-	idPrefix string
-	seq      atomic.Uint64
+	// intake owns the path from local apps and the collector to the
+	// spools.
+	intake *intake
 }
 
 type renewalState struct {
@@ -165,7 +166,7 @@ func newDaemon(ctx context.Context, o Options) (*Daemon, error) {
 	d.ren = d.newRenewer(id)
 	d.health = newHealth(d.clock.Now, cfg.Health.StallAfter, d.Status, d.log)
 	d.deviceID = id.DeviceID
-	d.idPrefix = id.DeviceID + "-" + hex.EncodeToString(nonce[:]) + "-"
+	d.intake = &intake{now: d.clock.Now, deviceID: id.DeviceID, idPrefix: id.DeviceID + "-" + hex.EncodeToString(nonce[:]) + "-", spools: d.spools}
 	// A restart without an RTC: learn the time before the uplinks need it
 	// to check their servers' certificates. If the CA is unreachable the
 	// renewal loop keeps trying.
@@ -350,20 +351,33 @@ func (d *Daemon) newHTTPS(c config.HTTPS, sp *spool.Spool) (Uplink, error) {
 	return httpsUplink{s}, nil
 }
 
+// intake takes messages from local apps (the local API) and the
+// collector into every uplink's spool, each in an envelope with the
+// device id and a unique message id. It owns the id sequence.
+type intake struct {
+	now      func() time.Time
+	deviceID string
+	// idPrefix makes ids unique across restarts: the device id and a
+	// random nonce drawn at start.
+	idPrefix string
+	seq      atomic.Uint64
+	spools   map[string]*spool.Spool
+}
+
 // Submit wraps each message in an envelope with a unique id and appends it
 // to every uplink's spool; it returns once they are stored.
-func (d *Daemon) Submit(_ context.Context, msgs []json.RawMessage) ([]string, error) {
-	if len(d.spools) == 0 {
+func (in *intake) Submit(_ context.Context, msgs []json.RawMessage) ([]string, error) {
+	if len(in.spools) == 0 {
 		return nil, errors.New("no uplink configured (set mqtt.url or https.url)")
 	}
-	now := d.clock.Now().UTC().Format(time.RFC3339Nano)
+	now := in.now().UTC().Format(time.RFC3339Nano)
 	ids := make([]string, len(msgs))
 	payloads := make([][]byte, len(msgs))
 	for i, m := range msgs {
-		ids[i] = d.idPrefix + strconv.FormatUint(d.seq.Add(1), 10)
-		payloads[i] = appendEnvelope(nil, ids[i], d.deviceID, now, m)
+		ids[i] = in.idPrefix + strconv.FormatUint(in.seq.Add(1), 10)
+		payloads[i] = appendEnvelope(nil, ids[i], in.deviceID, now, m)
 	}
-	for name, sp := range d.spools {
+	for name, sp := range in.spools {
 		if _, err := sp.AppendBatch(payloads); err != nil {
 			return nil, fmt.Errorf("spool %s: %w", name, err)
 		}
@@ -428,30 +442,30 @@ func (d *Daemon) run(ctx context.Context) error {
 		}
 	}
 
-	api := localapi.New(d, func() any { return d.health.Snapshot() }, d.hub, d.log)
+	api := localapi.New(d.intake, func() any { return d.health.Snapshot() }, d.hub, d.log)
 	api.SetRenew(d.RenewNow)
 	// What the agent is: its parts, each a Run that stops with its
 	// context. Intake stops when ctx ends (no new messages, renewals or
 	// reloads); delivery runs on through the drain.
 	tasks := []task{
-		{"local API", intake, func(ctx context.Context) error { return api.Serve(ctx, d.boot.API.Socket) }},
-		{"collector", intake, func(ctx context.Context) error { return d.supervise(ctx, d.parts["collector"]) }},
-		{"renewer", intake, d.ren.Run},
-		{"reload", intake, d.reloadLoop},
-		{"health", delivery, d.health.Run},
+		{"local API", phaseIntake, func(ctx context.Context) error { return api.Serve(ctx, d.boot.API.Socket) }},
+		{"collector", phaseIntake, func(ctx context.Context) error { return d.supervise(ctx, d.parts["collector"]) }},
+		{"renewer", phaseIntake, d.ren.Run},
+		{"reload", phaseIntake, d.reloadLoop},
+		{"health", phaseDelivery, d.health.Run},
 	}
 	for _, p := range d.uplinks {
-		tasks = append(tasks, task{"uplink " + p.name, delivery, func(ctx context.Context) error { return d.supervise(ctx, p) }})
+		tasks = append(tasks, task{"uplink " + p.name, phaseDelivery, func(ctx context.Context) error { return d.supervise(ctx, p) }})
 	}
 	if metricsLn != nil {
-		tasks = append(tasks, task{"metrics", delivery, func(ctx context.Context) error { return d.health.serveMetrics(ctx, metricsLn, d.metricFamilies) }})
+		tasks = append(tasks, task{"metrics", phaseDelivery, func(ctx context.Context) error { return d.health.serveMetrics(ctx, metricsLn, d.metricFamilies) }})
 	}
 	if wd > 0 {
-		tasks = append(tasks, task{"watchdog", delivery, func(ctx context.Context) error { return d.health.watchdog(ctx, notify, wd) }})
+		tasks = append(tasks, task{"watchdog", phaseDelivery, func(ctx context.Context) error { return d.health.watchdog(ctx, notify, wd) }})
 	}
 	for _, t := range tasks {
 		tctx := gctx
-		if t.phase == intake {
+		if t.phase == phaseIntake {
 			tctx = soft
 		}
 		g.Go(func() error { return t.run(tctx) })
@@ -499,10 +513,10 @@ type task struct {
 type phase int
 
 const (
-	// intake stops when the agent is told to stop.
-	intake phase = iota
-	// delivery stops after the drain (or when a task fails).
-	delivery
+	// phaseIntake stops when the agent is told to stop.
+	phaseIntake phase = iota
+	// phaseDelivery stops after the drain (or when a task fails).
+	phaseDelivery
 )
 
 // current returns the working identity (nil before there is one).

@@ -83,7 +83,7 @@ func (d *Daemon) newCollector(c config.Collector) runner {
 			if err != nil {
 				return err
 			}
-			ids, err := d.Submit(ctx, []json.RawMessage{b})
+			ids, err := d.intake.Submit(ctx, []json.RawMessage{b})
 			if err != nil {
 				d.log.Warn("collector: queue sample", "err", err)
 				return nil

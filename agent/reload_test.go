@@ -127,11 +127,12 @@ func TestSubmitDuringReload(t *testing.T) {
 	}
 	defer sp.Close()
 	d := &Daemon{boot: cfg, cfg: cfg, log: slog.New(slog.DiscardHandler), clock: lifecycle.NewClock(nil),
-		spools: map[string]*spool.Spool{"mqtt": sp}, ren: newRenewer(renewerParts{}, nil), idPrefix: "p-", deviceID: "reload-race"}
+		ren:    newRenewer(renewerParts{}, nil),
+		intake: &intake{now: time.Now, deviceID: "reload-race", idPrefix: "p-", spools: map[string]*spool.Spool{"mqtt": sp}}}
 	done := make(chan error, 1)
 	go func() {
 		for i := 0; i < 200; i++ {
-			if _, err := d.Submit(context.Background(), []json.RawMessage{json.RawMessage(`{"i":1}`)}); err != nil {
+			if _, err := d.intake.Submit(context.Background(), []json.RawMessage{json.RawMessage(`{"i":1}`)}); err != nil {
 				done <- err
 				return
 			}
