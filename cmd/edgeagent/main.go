@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -186,15 +187,40 @@ func cmdEnroll(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	force := fs.Bool("force", false, "enroll again even if this device has an identity, whole or damaged (the key is kept)")
 	ksFlags := keystoreFlags(fs)
 	timeout := fs.Duration("timeout", 30*time.Second, "timeout of each request to the EST server")
+	cfgPath := fs.String("config", "", "start from this config file (the daemon's: state_dir, keystore, tpm, device_id, enroll.*); flags given override it")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
 	// Flags are config keys: the identity source applies the same rules
-	// to them as to the daemon's config.
-	cfg := config.Default()
-	cfg.DeviceID, cfg.StateDir, cfg.KeyAlgorithm = *deviceID, *stateDir, *keyAlg
-	cfg.Enroll = config.Enroll{TokenFile: *tokenFile, Server: *server, Label: *label, CAPin: *caPin, CABundle: *caBundle,
-		Username: *username, PasswordFile: *passwordFile}
+	// to them as to the daemon's config. With --config they override
+	// only what they name.
+	cfg, fromFile, err := baseConfig(fs, *cfgPath, getenv)
+	if err != nil {
+		return err
+	}
+	set := func(name string) bool { return !fromFile || isSet(fs, name) }
+	if set("device-id") {
+		cfg.DeviceID = *deviceID
+	}
+	if set("state-dir") {
+		cfg.StateDir = *stateDir
+	}
+	if set("key-alg") {
+		cfg.KeyAlgorithm = *keyAlg
+	}
+	if set("label") {
+		cfg.Enroll.Label = *label
+	}
+	if set("ca-bundle") {
+		cfg.Enroll.CABundle = *caBundle
+	}
+	credFlags := []string{"token", "token-file", "server", "ca-pin", "username", "password", "password-file"}
+	if !fromFile || slices.ContainsFunc(credFlags, func(f string) bool { return isSet(fs, f) }) {
+		// Credentials on the command line replace the config's.
+		cfg.Enroll.TokenFile, cfg.Enroll.Server, cfg.Enroll.CAPin = *tokenFile, *server, *caPin
+		cfg.Enroll.Username, cfg.Enroll.PasswordFile = *username, *passwordFile
+	}
+	ksFlags.apply(fs, &cfg, fromFile)
 	sec := agent.Secrets{Token: *tokenStr, TokenFrom: "--token", Password: *password}
 	if *tokenStr == "-" {
 		if stdin == nil {
@@ -209,7 +235,7 @@ func cmdEnroll(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 			return usageError{"--token -: standard input is empty"}
 		}
 	}
-	if sec.Token == "" && *tokenFile == "" && *server == "" {
+	if sec.Token == "" && cfg.Enroll.TokenFile == "" && cfg.Enroll.Server == "" {
 		sec.Token, sec.TokenFrom = getenv("EDGEAGENT_TOKEN"), "EDGEAGENT_TOKEN"
 	}
 	opts, err := agent.PlanEnrollment(cfg, sec)
@@ -218,12 +244,12 @@ func cmdEnroll(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	}
 	opts.Force, opts.Timeout = *force, *timeout
 	opts.CorrectClock, opts.BuildTime, opts.Logger = true, version.Built(), slog.New(slog.NewTextHandler(stderr, nil))
-	lock, err := agent.LockStateDir(*stateDir)
+	lock, err := agent.LockStateDir(cfg.StateDir)
 	if err != nil {
 		return err
 	}
 	defer lock.Unlock()
-	ks, err := ksFlags.open(*stateDir)
+	ks, err := agent.OpenKeystore(cfg)
 	if err != nil {
 		return err
 	}
@@ -247,7 +273,15 @@ func cmdRenew(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	lock, err := agent.LockStateDir(*stateDir)
+	cfg, fromFile, err := baseConfig(fs, *cfgPath, getenv)
+	if err != nil {
+		return err
+	}
+	if !fromFile || isSet(fs, "state-dir") {
+		cfg.StateDir = *stateDir
+	}
+	ksFlags.apply(fs, &cfg, fromFile)
+	lock, err := agent.LockStateDir(cfg.StateDir)
 	if errors.Is(err, agent.ErrStateLocked) {
 		// The daemon is the state dir's writer: it renews, and its
 		// uplinks reconnect with the new certificate.
@@ -264,12 +298,12 @@ func cmdRenew(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 		return err
 	}
 	defer lock.Unlock()
-	ks, err := ksFlags.open(*stateDir)
+	ks, err := agent.OpenKeystore(cfg)
 	if err != nil {
 		return err
 	}
 	defer ks.Close()
-	id, err := agent.Renew(ctx, agent.RenewOptions{StateDir: *stateDir, Keystore: ks, Rekey: *rekey, Timeout: *timeout,
+	id, err := agent.Renew(ctx, agent.RenewOptions{StateDir: cfg.StateDir, Keystore: ks, Rekey: *rekey, Timeout: *timeout,
 		CorrectClock: true, BuildTime: version.Built(), Logger: slog.New(slog.NewTextHandler(stderr, nil))})
 	if err != nil {
 		return err
@@ -322,12 +356,26 @@ func keystoreFlags(fs *flag.FlagSet) ksFlagSet {
 	}
 }
 
-func (f ksFlagSet) open(stateDir string) (keystore.Keystore, error) {
-	if *f.backend != "file" && *f.backend != "tpm" {
-		return nil, usageError{fmt.Sprintf("--keystore %q: use file or tpm", *f.backend)}
+// apply sets the keystore keys of cfg from the flags: all of them, or
+// with a config file only those given.
+func (f ksFlagSet) apply(fs *flag.FlagSet, cfg *config.Config, fromFile bool) {
+	if !fromFile || isSet(fs, "keystore") {
+		cfg.Keystore = *f.backend
 	}
-	cfg := config.Default()
-	cfg.Keystore, cfg.StateDir = *f.backend, stateDir
-	cfg.TPM.Device, cfg.TPM.Address = *f.device, *f.address
-	return agent.OpenKeystore(cfg)
+	if !fromFile || isSet(fs, "tpm-device") {
+		cfg.TPM.Device = *f.device
+	}
+	if !fromFile || isSet(fs, "tpm-address") {
+		cfg.TPM.Address = *f.address
+	}
+}
+
+// baseConfig is what enroll and renew start from: the file given with
+// --config (as run reads it, environment included), or the defaults.
+func baseConfig(fs *flag.FlagSet, path string, getenv func(string) string) (config.Config, bool, error) {
+	if !isSet(fs, "config") || path == "" {
+		return config.Default(), false, nil
+	}
+	cfg, err := loadConfig(path, true, getenv)
+	return cfg, true, err
 }

@@ -126,3 +126,40 @@ func edgeagentEnv(t *testing.T, getenv func(string) string, args ...string) (str
 	err := run(context.Background(), args, &out, &errOut, getenv)
 	return out.String(), errOut.String(), err
 }
+
+// TestEnrollAndRenewWithTheDaemonsConfig: `enroll --config` and `renew
+// --config` take state_dir, the keystore, device_id and enroll.* from the
+// daemon's config file, so a hand enrollment cannot land elsewhere than
+// where `run` looks; flags given override only what they name.
+func TestEnrollAndRenewWithTheDaemonsConfig(t *testing.T) {
+	c := testca.Start(t, testca.Options{})
+	dir := t.TempDir()
+	state := filepath.Join(dir, "state")
+	tokFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokFile, []byte(c.Token(t, "cfg-dev").String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfgFile := filepath.Join(dir, "edgeagent.yaml")
+	if err := os.WriteFile(cfgFile, []byte("device_id: cfg-dev\nstate_dir: "+state+"\nenroll:\n  token_file: "+tokFile+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, err := edgeagentEnv(t, func(string) string { return "" }, "enroll", "--config", cfgFile)
+	if err != nil || !strings.HasPrefix(out, "enrolled device cfg-dev ") {
+		t.Fatalf("enroll --config: %v %q\n%s", err, out, errOut)
+	}
+	if _, err := os.Stat(filepath.Join(state, "cert.pem")); err != nil {
+		t.Fatalf("not enrolled in the config's state_dir: %v", err)
+	}
+	out, errOut, err = edgeagentEnv(t, func(string) string { return "" }, "renew", "--config", cfgFile)
+	if err != nil || !strings.HasPrefix(out, "renewed device cfg-dev ") {
+		t.Fatalf("renew --config: %v %q\n%s", err, out, errOut)
+	}
+	// A flag overrides its key: another device id with a token for it.
+	other := filepath.Join(dir, "other")
+	tok2 := c.Token(t, "cfg-other")
+	out, errOut, err = edgeagentEnv(t, func(k string) string { return map[string]string{"EDGEAGENT_TOKEN": tok2.String()}[k] },
+		"enroll", "--config", cfgFile, "--state-dir", other, "--device-id", "cfg-other", "--token", tok2.String())
+	if err != nil || !strings.HasPrefix(out, "enrolled device cfg-other ") {
+		t.Fatalf("enroll --config with overrides: %v %q\n%s", err, out, errOut)
+	}
+}
