@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -109,6 +108,9 @@ type renewCall struct {
 	err  error
 	// waiters counts the asks that joined it (status, tests).
 	waiters int
+	// abandoned: its asker gave up before the renewer took it, so no
+	// renewal was made (set before done is closed).
+	abandoned bool
 }
 
 func newRenewer(p renewerParts, id *Identity) *renewer {
@@ -175,13 +177,14 @@ func (r *renewer) RenewNow(ctx context.Context) error {
 			case <-ctx.Done():
 				// Nobody took it: end it for whoever joined, who
 				// then asks again.
+				c.abandoned = true
 				r.finish(c, ctx.Err())
 				return ctx.Err()
 			}
 		}
 		select {
 		case <-c.done:
-			if !mine && errors.Is(c.err, context.Canceled) && ctx.Err() == nil {
+			if !mine && c.abandoned && ctx.Err() == nil {
 				continue // the asker it was made for gave up before it started
 			}
 			return c.err
