@@ -71,7 +71,9 @@ type Daemon struct {
 	// goroutine.
 	boot config.Config
 	// cfg is the running configuration; Reload replaces it under mu, so
-	// read it through config() or renewSettings().
+	// read it through config() or renewSettings(). mu guards nothing
+	// else: each part owns its own state.
+	mu    sync.Mutex
 	cfg   config.Config
 	log   *slog.Logger
 	clock *lifecycle.Clock
@@ -86,7 +88,6 @@ type Daemon struct {
 	started time.Time
 	holder  *uplink.Identity
 
-	mu sync.Mutex
 	// uplinks are the configured uplinks (mqtt first), parts every
 	// component a reload can replace, by name; both are fixed at start.
 	uplinks []*part
@@ -100,20 +101,6 @@ type Daemon struct {
 	// intake owns the path from local apps and the collector to the
 	// spools.
 	intake *intake
-}
-
-type renewalState struct {
-	Next       time.Time
-	LastResult string
-	LastError  string
-	LastAt     time.Time
-	Renewals   map[string]uint64 // by result
-	// Due is the scheduled renewal point of the current certificate; Next
-	// is when the loop acts (Due, or a retry after a failure).
-	Due time.Time
-	// Expired, when set, says the certificate expired and what the
-	// expired policy is doing about it.
-	Expired string
 }
 
 // Run starts the agent and blocks until ctx ends or a component fails.

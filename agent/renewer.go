@@ -102,6 +102,21 @@ type renewer struct {
 	call  *renewCall // the renewal on demand being made, shared by every asker
 }
 
+// renewalState is the renewer's record, for status.
+type renewalState struct {
+	Next       time.Time
+	LastResult string
+	LastError  string
+	LastAt     time.Time
+	Renewals   map[string]uint64 // by result
+	// Due is the scheduled renewal point of the current certificate; Next
+	// is when the loop acts (Due, or a retry after a failure).
+	Due time.Time
+	// Expired, when set, says the certificate expired and what the
+	// expired policy is doing about it.
+	Expired string
+}
+
 // renewCall is one renewal on demand and its result.
 type renewCall struct {
 	done chan struct{}
