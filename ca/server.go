@@ -240,7 +240,10 @@ func (c *CA) enroll(w http.ResponseWriter, r *http.Request, op string) {
 		writeError(w, e)
 		return
 	}
-	der, err := est.EncodeCertsOnly([]*x509.Certificate{cert, c.auth.intermediate})
+	// Only the issued certificate (RFC 7030 §4.2.3): a conforming client
+	// refuses an answer with more ("2 certificates returned"); the chain
+	// is what /cacerts is for.
+	der, err := est.EncodeCertsOnly([]*x509.Certificate{cert})
 	if err != nil {
 		// The certificate is recorded as issued; the client will retry.
 		c.log.Error("encode response", "op", op, "device", a.deviceID, "err", err)

@@ -45,8 +45,8 @@ func TestEnrollIssuesDeviceIdentity(t *testing.T) {
 				t.Errorf("Content-Transfer-Encoding %q", cte)
 			}
 			certs := resp.certs(t)
-			if len(certs) != 2 || !certs[1].Equal(s.ca.Intermediate()) {
-				t.Fatalf("response holds %d certificates, want leaf and intermediate", len(certs))
+			if len(certs) != 1 {
+				t.Fatalf("response holds %d certificates, want the issued one only (RFC 7030 §4.2.3)", len(certs))
 			}
 			leaf := certs[0]
 			if leaf.Subject.CommonName != id || len(leaf.URIs) != 1 || leaf.URIs[0].String() != DeviceURIPrefix+id {
@@ -71,7 +71,7 @@ func TestEnrollIssuesDeviceIdentity(t *testing.T) {
 				t.Errorf("serial %x has %d bits: not a 128-bit random serial", leaf.SerialNumber, leaf.SerialNumber.BitLen())
 			}
 			inter := x509.NewCertPool()
-			inter.AddCert(certs[1])
+			inter.AddCert(s.ca.Intermediate())
 			if _, err := leaf.Verify(x509.VerifyOptions{Roots: s.roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 				t.Errorf("leaf does not verify against the root: %v", err)
 			}
