@@ -10,6 +10,7 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/tls"
+	"crypto/x509/pkix"
 	"math/big"
 	"net/http"
 	"reflect"
@@ -33,6 +34,8 @@ func TestBadInput(t *testing.T) {
 	good := csrFor(t, key, "dev-1")
 
 	sign := func(k crypto.Signer, cn string) []byte { return csrFor(t, k, cn) }
+	// renewal is a CSR that copies an edgeca certificate's identity.
+	renewal := func(k crypto.Signer, id string) []byte { return csrFor(t, k, id, DeviceURIPrefix+id) }
 	rsaKey := func(bits int) crypto.Signer {
 		k, err := rsa.GenerateKey(rand.Reader, bits)
 		if err != nil {
@@ -187,7 +190,7 @@ func TestBadInput(t *testing.T) {
 			return req{op: est.OpSimpleReenroll, body: sign(devKey, "dev-2"), cert: otherCert}
 		}, 0, 401, est.CodeClientCertRequired, "unknown authority", ""},
 		{"reenroll of a revoked device", func() req {
-			return req{op: est.OpSimpleReenroll, body: sign(revokedDevKey, "gone-1"), cert: revokedDevCert}
+			return req{op: est.OpSimpleReenroll, body: renewal(revokedDevKey, "gone-1"), cert: revokedDevCert}
 		}, 0, 403, est.CodeDeviceRevoked, "revoked", "gone-1"},
 		{"reenroll with a CSR for another device", func() req {
 			return req{op: est.OpSimpleReenroll, body: sign(devKey, "dev-3"), cert: devCert}
@@ -195,6 +198,15 @@ func TestBadInput(t *testing.T) {
 		{"reenroll with an expired certificate", func() req {
 			return req{op: est.OpSimpleReenroll, body: sign(expKey, "dev-exp"), cert: expCert}
 		}, 2 * time.Hour, 401, est.CodeClientCertRequired, "expired", ""},
+		{"reenroll CSR without the certificate's SAN", func() req {
+			return req{op: est.OpSimpleReenroll, body: sign(devKey, "dev-2"), cert: devCert}
+		}, 0, 400, est.CodeIdentityMismatch, "SubjectAltName", "dev-2"},
+		{"reenroll CSR with another Subject", func() req {
+			return req{op: est.OpSimpleReenroll, body: csrWith(t, devKey, pkix.Name{CommonName: "dev-2", Organization: []string{"Evil"}}, DeviceURIPrefix+"dev-2"), cert: devCert}
+		}, 0, 400, est.CodeIdentityMismatch, "O=Evil", "dev-2"},
+		{"reenroll CSR with an extra DNS name", func() req {
+			return req{op: est.OpSimpleReenroll, body: csrWith(t, devKey, pkix.Name{CommonName: "dev-2"}, DeviceURIPrefix+"dev-2", "dns:admin.example"), cert: devCert}
+		}, 0, 400, est.CodeIdentityMismatch, "DNS:admin.example", "dev-2"},
 		{"reenroll with a bad CSR", func() req {
 			return req{op: est.OpSimpleReenroll, body: est.EncodeBase64(badSig), cert: devCert}
 		}, 0, 400, est.CodeBadCSR, "signature", "dev-2"},
@@ -225,6 +237,10 @@ func TestBadInput(t *testing.T) {
 
 			if resp.status != tc.status || errCode(resp.body) != tc.code {
 				t.Fatalf("got %d %q, want %d %s", resp.status, resp.body, tc.status, tc.code)
+			}
+			if got := resp.header.Get("WWW-Authenticate"); (resp.status == http.StatusUnauthorized) != (got != "") ||
+				got != "" && !strings.HasPrefix(got, `Basic realm="edgeca"`) {
+				t.Errorf("status %d with WWW-Authenticate %q: every 401 and only a 401 carries Basic realm=\"edgeca\"", resp.status, got)
 			}
 			if ct := resp.header.Get("Content-Type"); !strings.HasPrefix(ct, "text/plain") {
 				t.Errorf("error Content-Type %q, want text/plain", ct)
@@ -275,7 +291,7 @@ func TestRSAKeySizes(t *testing.T) {
 func TestErrorCodesParse(t *testing.T) {
 	for _, c := range []est.Code{est.CodeTokenInvalid, est.CodeAuthRequired, est.CodeClientCertRequired, est.CodeDeviceRevoked,
 		est.CodeDeviceNotAllowed, est.CodeBadBase64, est.CodeBadCSR, est.CodeKeyNotAllowed, est.CodeBodyTooLarge,
-		est.CodeWrongContentType, est.CodeNotFound, est.CodeMethodNotAllowed, est.CodeInternal} {
+		est.CodeWrongContentType, est.CodeNotFound, est.CodeMethodNotAllowed, est.CodeInternal, est.CodeIdentityMismatch, est.CodeRateLimited} {
 		if got, msg := est.ParseErrorBody(est.ErrorBody(c, "some: text")); got != c || msg != "some: text" {
 			t.Errorf("%s parses as %q, %q", c, got, msg)
 		}

@@ -68,14 +68,15 @@ func DefaultHostnames() []string {
 
 // CA is an open CA directory.
 type CA struct {
-	dir     string
-	auth    *authority
-	st      store.Store
-	ttl     time.Duration
-	hosts   []string
-	now     func() time.Time
-	log     *slog.Logger
-	cacerts []byte // the cacerts response body, computed once
+	dir      string
+	auth     *authority
+	st       store.Store
+	ttl      time.Duration
+	hosts    []string
+	now      func() time.Time
+	log      *slog.Logger
+	cacerts  []byte // the cacerts response body, computed once
+	csrattrs []byte // the csrattrs response body, computed once
 
 	// clientRoots anchors client certificate verification at the
 	// intermediate: a certificate another intermediate under the same root
@@ -136,6 +137,10 @@ func Open(ctx context.Context, dir string, opts Options) (*CA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open CA %s: %w", dir, err)
 	}
+	attrs, err := csrAttrs()
+	if err != nil {
+		return nil, fmt.Errorf("open CA %s: %w", dir, err)
+	}
 	st := opts.Store
 	if st == nil {
 		s, err := store.Open(ctx, filepath.Join(dir, DBFile))
@@ -155,6 +160,7 @@ func Open(ctx context.Context, dir string, opts Options) (*CA, error) {
 		now:         opts.Now,
 		log:         opts.Logger,
 		cacerts:     est.EncodeBase64(der),
+		csrattrs:    attrs,
 		clientRoots: pool,
 		postQuantum: opts.PostQuantumTLS,
 	}, nil

@@ -145,8 +145,10 @@ func (c *CA) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		if !allowMethod(w, r, http.MethodGet) {
 			return
 		}
-		// No attributes required (RFC 7030 §4.5.2: 204 when none).
-		w.WriteHeader(http.StatusNoContent)
+		w.Header().Set("Content-Type", est.MediaCSRAttrs)
+		w.Header().Set("Content-Transfer-Encoding", est.TransferEncoding)
+		w.Header().Set("Content-Length", strconv.Itoa(len(c.csrattrs)))
+		_, _ = w.Write(c.csrattrs)
 	case est.OpSimpleEnroll, est.OpSimpleReenroll:
 		if !allowMethod(w, r, http.MethodPost) {
 			return
@@ -204,9 +206,10 @@ func writeError(w http.ResponseWriter, e *Error) {
 	h.Set("X-Content-Type-Options", "nosniff")
 	switch e.Status {
 	case http.StatusUnauthorized:
-		if e.Code != est.CodeClientCertRequired {
-			h.Set("WWW-Authenticate", `Basic realm="edgeca EST", charset="UTF-8"`)
-		}
+		// RFC 9110 §11.6.1: a 401 carries a challenge. Basic is the only
+		// scheme EST defines (§3.2.3); a client refused for its
+		// certificate gets it too, and edgeca ignores Basic there.
+		h.Set("WWW-Authenticate", AuthChallenge)
 	}
 	w.WriteHeader(e.Status)
 	_, _ = io.WriteString(w, est.ErrorBody(e.Code, e.Msg))
@@ -438,6 +441,10 @@ func (c *CA) simpleReenroll(w http.ResponseWriter, r *http.Request, a *attempt) 
 	if csr.DeviceID != certID {
 		return nil, &Error{Status: http.StatusForbidden, Code: est.CodeDeviceNotAllowed,
 			Msg: fmt.Sprintf("the CSR names device %q but the client certificate is for %q", csr.DeviceID, certID)}
+	}
+	if err := sameIdentity(csr.Request, peer); err != nil {
+		return nil, &Error{Status: http.StatusBadRequest, Code: est.CodeIdentityMismatch,
+			Msg: "a reenrollment CSR must copy the Subject and SubjectAltName of the certificate being renewed (RFC 7030 §4.2.2): " + err.Error()}
 	}
 	peerSerial := SerialHex(peer.SerialNumber)
 	check := func(_ *store.Token, dev *store.Device) error {

@@ -7,6 +7,7 @@ import (
 	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/asn1"
 	"net/http"
 	"testing"
 	"time"
@@ -121,13 +122,13 @@ func TestReenrollRenewsAndRekeys(t *testing.T) {
 	// Rekey: authenticate with the current certificate, CSR with a new key.
 	cur := tlsCert(certs, key)
 	newK := newKey(t)
-	rekeyed := s.client(cur).reenroll(t, csrFor(t, newK, id)).certs(t)[0]
+	rekeyed := s.client(cur).reenroll(t, csrFor(t, newK, id, DeviceURIPrefix+id)).certs(t)[0]
 	if !rekeyed.PublicKey.(interface{ Equal(crypto.PublicKey) bool }).Equal(newK.Public()) {
 		t.Fatal("rekey: certificate does not carry the CSR's new key")
 	}
 
 	// The first certificate is now two generations old: superseded.
-	resp := s.client(cert).reenroll(t, csrFor(t, key, id))
+	resp := s.client(cert).reenroll(t, csrFor(t, key, id, DeviceURIPrefix+id))
 	if resp.status != http.StatusUnauthorized || errCode(resp.body) != est.CodeClientCertRequired {
 		t.Fatalf("renewal with a superseded certificate: %d %s", resp.status, resp.body)
 	}
@@ -182,8 +183,6 @@ func TestCACertsAndServerChain(t *testing.T) {
 		status       int
 		code         est.Code
 	}{
-		{http.MethodGet, est.Path("", est.OpCSRAttrs), http.StatusNoContent, ""},
-		{http.MethodGet, est.Path("x", est.OpCSRAttrs), http.StatusNoContent, ""},
 		{http.MethodGet, est.Path("", "serverkeygen"), http.StatusNotFound, est.CodeNotFound},
 		{http.MethodGet, "/.well-known/est/a/b/cacerts", http.StatusNotFound, est.CodeNotFound},
 		{http.MethodGet, "/.well-known/est/bad label/cacerts", http.StatusNotFound, est.CodeNotFound},
@@ -194,6 +193,36 @@ func TestCACertsAndServerChain(t *testing.T) {
 		resp := c.do(t, tc.method, tc.path, "", nil, "", "")
 		if resp.status != tc.status || errCode(resp.body) != tc.code {
 			t.Errorf("%s %s: %d %q, want %d %q", tc.method, tc.path, resp.status, resp.body, tc.status, tc.code)
+		}
+	}
+}
+
+// TestCSRAttrs checks /csrattrs says what edgeca wants: the subject CN and
+// an ECDSA P-256 key signed with SHA-256, in the RFC 7030 §4.5.2 encoding.
+func TestCSRAttrs(t *testing.T) {
+	s := newTestServer(t, Options{})
+	for _, p := range []string{est.Path("", est.OpCSRAttrs), est.Path("x", est.OpCSRAttrs)} {
+		resp := s.client(nil).do(t, http.MethodGet, p, "", nil, "", "")
+		if resp.status != http.StatusOK || resp.header.Get("Content-Type") != est.MediaCSRAttrs || resp.header.Get("Content-Transfer-Encoding") != "base64" {
+			t.Fatalf("GET %s: %d %v %q", p, resp.status, resp.header, resp.body)
+		}
+		der, err := est.DecodeBase64([]byte(resp.body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		attrs, err := est.DecodeCSRAttrs(der)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(attrs.OIDs) != 2 || !attrs.OIDs[0].Equal(oidCommonName) || !attrs.OIDs[1].Equal(oidECDSAWithSHA256) {
+			t.Errorf("OIDs %v", attrs.OIDs)
+		}
+		if len(attrs.Attributes) != 1 || !attrs.Attributes[0].Type.Equal(oidECPublicKey) || len(attrs.Attributes[0].Values) != 1 {
+			t.Fatalf("attributes %+v", attrs.Attributes)
+		}
+		var curve asn1.ObjectIdentifier
+		if _, err := asn1.Unmarshal(attrs.Attributes[0].Values[0].FullBytes, &curve); err != nil || !curve.Equal(oidP256) {
+			t.Errorf("curve %v %v", curve, err)
 		}
 	}
 }
