@@ -51,6 +51,10 @@ type Options struct {
 	Now func() time.Time
 	// Logger gets request and lifecycle logs; slog.Default() when nil.
 	Logger *slog.Logger
+	// RenewGrace is how long after expiry a device's certificate still
+	// renews (see DefaultRenewGrace); zero: not at all. At most
+	// MaxRenewGrace.
+	RenewGrace time.Duration
 	// PostQuantumTLS makes the EST server use a hybrid post-quantum key
 	// exchange (X25519MLKEM768 and the other hybrids Go supports) with
 	// every client that offers one. Off by default; see keyExchanges.
@@ -84,6 +88,7 @@ type CA struct {
 	clientRoots *x509.CertPool
 
 	postQuantum bool
+	renewGrace  time.Duration
 
 	tlsMu       sync.Mutex
 	tlsCert     *tls.Certificate // leaf and intermediate
@@ -102,6 +107,9 @@ func Open(ctx context.Context, dir string, opts Options) (*CA, error) {
 	}
 	if opts.CertTTL < opts.MinTTL {
 		return nil, fmt.Errorf("certificate lifetime %s is too short: the minimum is %s", opts.CertTTL, opts.MinTTL)
+	}
+	if opts.RenewGrace < 0 || opts.RenewGrace > MaxRenewGrace {
+		return nil, fmt.Errorf("renewal grace %s: must be between 0 and %s", opts.RenewGrace, MaxRenewGrace)
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
@@ -163,6 +171,7 @@ func Open(ctx context.Context, dir string, opts Options) (*CA, error) {
 		csrattrs:    attrs,
 		clientRoots: pool,
 		postQuantum: opts.PostQuantumTLS,
+		renewGrace:  opts.RenewGrace,
 	}, nil
 }
 

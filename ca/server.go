@@ -232,6 +232,11 @@ func (c *CA) enroll(w http.ResponseWriter, r *http.Request, op string) {
 	a := attempt{op: op, peer: r.RemoteAddr, expected: c.st.Expect()}
 	defer a.expected()
 	cert, err := c.enrollChecked(w, r, op, &a)
+	var rp *replay
+	if errors.As(err, &rp) {
+		cert, err = rp.cert, nil
+		c.recordReplay(r.Context(), a, rp)
+	}
 	if err != nil {
 		var e *Error
 		if !errors.As(err, &e) {
@@ -261,6 +266,18 @@ func (c *CA) enroll(w http.ResponseWriter, r *http.Request, op string) {
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(body)
 	c.log.Info("certificate issued", "op", op, "peer", a.peer, "device", a.deviceID, "token", a.tokenID, "serial", SerialHex(cert.SerialNumber), "not_after", cert.NotAfter)
+}
+
+// recordReplay writes the audit record of a retry answered with the
+// certificate already issued.
+func (c *CA) recordReplay(ctx context.Context, a attempt, rp *replay) {
+	rec := store.AuditRecord{
+		Time: c.now(), Op: a.op, Peer: a.peer, TokenID: a.tokenID, DeviceID: a.deviceID,
+		Result: store.ResultOK, Reason: rp.reason, Serial: SerialHex(rp.cert.SerialNumber),
+	}
+	if err := c.st.AddAudit(context.WithoutCancel(ctx), rec); err != nil {
+		c.log.Error("write audit record", "err", err, "op", a.op, "device", a.deviceID, "reason", rp.reason)
+	}
 }
 
 func (c *CA) recordFailure(ctx context.Context, a attempt, e *Error) {
@@ -336,7 +353,11 @@ func (c *CA) simpleEnroll(w http.ResponseWriter, r *http.Request, a *attempt) (*
 	a.deviceID = csr.DeviceID
 	now := c.now()
 	secretHash := sha256.Sum256([]byte(pass))
+	keyHash := sha256.Sum256(csr.Request.RawSubjectPublicKeyInfo)
 	check := func(tok *store.Token, dev *store.Device) error {
+		if rp := enrollReplay(tok, dev, secretHash, keyHash, now); rp != nil {
+			return rp
+		}
 		if err := checkToken(tok, secretHash, csr.DeviceID, now); err != nil {
 			return err
 		}
@@ -375,7 +396,8 @@ func (c *CA) issue(ctx context.Context, req store.IssueRequest, csr *CSR, check 
 	if err != nil {
 		return nil, err
 	}
-	req.Issuance = store.Issuance{Serial: SerialHex(cert.SerialNumber), NotAfter: cert.NotAfter}
+	req.Issuance = store.Issuance{Serial: SerialHex(cert.SerialNumber), NotAfter: cert.NotAfter,
+		DER: cert.Raw, KeyHash: sha256.Sum256(cert.RawSubjectPublicKeyInfo)}
 	arrived()
 	if err := c.st.Issue(ctx, req, check); err != nil {
 		return nil, err
@@ -447,29 +469,20 @@ func (c *CA) simpleReenroll(w http.ResponseWriter, r *http.Request, a *attempt) 
 			Msg: "a reenrollment CSR must copy the Subject and SubjectAltName of the certificate being renewed (RFC 7030 §4.2.2): " + err.Error()}
 	}
 	peerSerial := SerialHex(peer.SerialNumber)
+	keyHash := sha256.Sum256(csr.Request.RawSubjectPublicKeyInfo)
 	check := func(_ *store.Token, dev *store.Device) error {
-		switch {
-		case dev == nil:
-			return &Error{Status: http.StatusForbidden, Code: est.CodeDeviceNotAllowed,
-				Msg: fmt.Sprintf("device %s is not registered with this CA: enroll it with a token", certID)}
-		case dev.Status == store.StatusRevoked:
-			return &Error{Status: http.StatusForbidden, Code: est.CodeDeviceRevoked,
-				Msg: fmt.Sprintf("device %s is revoked", certID), Reason: "reenroll of a revoked device"}
-		case peerSerial != dev.Serial && peerSerial != dev.PrevSerial:
-			// Only the newest certificate (or the one before it, in case
-			// the device never received the newest) may renew, so an old
-			// leaked key stops being useful once the device has renewed.
-			return &Error{Status: http.StatusUnauthorized, Code: est.CodeClientCertRequired,
-				Msg:    "the client certificate has been superseded by a newer one: renew with the current certificate",
-				Reason: fmt.Sprintf("certificate serial %s is neither the current (%s) nor the previous (%s)", peerSerial, dev.Serial, dev.PrevSerial)}
-		}
-		return nil
+		return reenrollDecision(dev, certID, peerSerial, keyHash, now)
+	}
+	reason := "renewed with certificate " + peerSerial
+	if late := now.Sub(peer.NotAfter); late > 0 {
+		reason += fmt.Sprintf(", %s after it expired (grace %s)", late.Round(time.Second), c.renewGrace)
 	}
 	req := store.IssueRequest{
-		DeviceID: certID,
-		Time:     now,
+		DeviceID:  certID,
+		Time:      now,
+		Presented: peerSerial,
 		Audit: store.AuditRecord{Time: now, Op: a.op, Peer: a.peer, DeviceID: certID,
-			Result: store.ResultOK, Reason: "renewed with certificate " + peerSerial},
+			Result: store.ResultOK, Reason: reason},
 	}
 	return c.issue(r.Context(), req, csr, check, a.expected)
 }
@@ -486,16 +499,24 @@ func (c *CA) verifyClientCert(r *http.Request, now time.Time) (*x509.Certificate
 	for _, ic := range r.TLS.PeerCertificates[1:] {
 		inter.AddCert(ic)
 	}
+	at := now
+	if late := now.Sub(leaf.NotAfter); late > 0 && late <= c.renewGrace {
+		// Expired within the grace period: the handshake proved the
+		// device holds the key, and the store still checks it is the
+		// device's newest (or confirmed) certificate, so verify it as of
+		// its last valid moment.
+		at = leaf.NotAfter
+	}
 	if _, err := leaf.Verify(x509.VerifyOptions{
 		Roots:         c.clientRoots,
 		Intermediates: inter,
-		CurrentTime:   now,
+		CurrentTime:   at,
 		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}); err != nil {
 		msg := "the client certificate was not issued by this CA"
 		var inv x509.CertificateInvalidError
 		if errors.As(err, &inv) && inv.Reason == x509.Expired {
-			msg = "the client certificate has expired or is not yet valid: enroll again with a token"
+			msg = fmt.Sprintf("the client certificate has expired (renewal grace %s) or is not yet valid: enroll again with a token", c.renewGrace)
 		}
 		return nil, &Error{Status: http.StatusUnauthorized, Code: est.CodeClientCertRequired, Msg: msg,
 			Reason: fmt.Sprintf("client certificate %q serial %s: %v", leaf.Subject, SerialHex(leaf.SerialNumber), err)}

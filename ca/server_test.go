@@ -132,7 +132,7 @@ func TestReenrollRenewsAndRekeys(t *testing.T) {
 	if resp.status != http.StatusUnauthorized || errCode(resp.body) != est.CodeClientCertRequired {
 		t.Fatalf("renewal with a superseded certificate: %d %s", resp.status, resp.body)
 	}
-	mustContain(t, "audit reason", s.lastAudit(t).Reason, "neither the current")
+	mustContain(t, "audit reason", s.lastAudit(t).Reason, "neither the newest")
 }
 
 func TestCACertsAndServerChain(t *testing.T) {
