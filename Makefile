@@ -44,6 +44,7 @@ test-deps:
 RACE_PKGS = $(shell $(GO) list ./... | grep -v -E '/internal/(e2e|demo)(/|$$)|/packaging$$|/cmd/')
 test: test-deps lint
 	$(GO) test -count=1 -timeout 30m ./...
+	cd ca/interop && $(GO) vet ./... && GO=$(GO) $(GO) test -count=1 -timeout 10m ./...   # own module: globalsign/est needs go-tpm v0.3
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 20m $(RACE_PKGS)
 	FUZZTIME=$(FUZZTIME) bash scripts/fuzz.sh
 
