@@ -108,6 +108,9 @@ func Open(ctx context.Context, dir string, opts Options) (*CA, error) {
 	if opts.CertTTL < opts.MinTTL {
 		return nil, fmt.Errorf("certificate lifetime %s is too short: the minimum is %s", opts.CertTTL, opts.MinTTL)
 	}
+	if opts.CertTTL > MaxCertTTL {
+		return nil, fmt.Errorf("certificate lifetime %s is too long for a short-lived device certificate: the maximum is %s", opts.CertTTL, MaxCertTTL)
+	}
 	if opts.RenewGrace < 0 || opts.RenewGrace > MaxRenewGrace {
 		return nil, fmt.Errorf("renewal grace %s: must be between 0 and %s", opts.RenewGrace, MaxRenewGrace)
 	}

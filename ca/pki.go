@@ -50,9 +50,17 @@ func LeafBackdate(ttl time.Duration) time.Duration {
 	return min(Backdate, ttl/4)
 }
 
-// MinCertTTL and DefaultCertTTL bound device certificate lifetimes.
+// MinCertTTL and MaxCertTTL bound device certificate lifetimes.
+//
+// MaxCertTTL is 30 days. A short lifetime is what bounds a leaked key that
+// nobody revoked, and what keeps the CRL short (a revoked serial stays
+// listed until its certificate would have expired); past a month a device
+// certificate is a long-lived credential that revocation alone must
+// police. A month still covers a device that renews at two thirds of its
+// lifetime and then stays offline for ten days, plus the renewal grace.
 const (
 	MinCertTTL     = time.Minute
+	MaxCertTTL     = 30 * 24 * time.Hour
 	DefaultCertTTL = 24 * time.Hour
 )
 

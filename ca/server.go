@@ -38,6 +38,9 @@ func (c *CA) TLSConfig() (*tls.Config, error) {
 	}
 	return &tls.Config{
 		MinVersion: tls.VersionTLS12,
+		// TLS 1.2: ECDHE key exchange (forward secrecy) with AEAD ciphers
+		// only; no CBC, no RSA key transport. TLS 1.3 suites are all AEAD.
+		CipherSuites: tls12Suites,
 		// The root goes only to clients that ask for it. Every other
 		// client has it already (it is the trust anchor), and Go's
 		// verifier, finding it among the presented certificates as well
@@ -58,6 +61,16 @@ func (c *CA) TLSConfig() (*tls.Config, error) {
 		SessionTicketsDisabled: true,
 		CurvePreferences:       keyExchanges(c.postQuantum),
 	}, nil
+}
+
+// tls12Suites are the TLS 1.2 cipher suites the EST server accepts.
+var tls12Suites = []uint16{
+	tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+	tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+	tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+	tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+	tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+	tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
 }
 
 // keyExchanges is the server's TLS key exchange preference.

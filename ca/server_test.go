@@ -173,9 +173,31 @@ func TestCACertsAndServerChain(t *testing.T) {
 	if chain[0].PublicKeyAlgorithm != x509.ECDSA {
 		t.Errorf("server key %v, want ECDSA", chain[0].PublicKeyAlgorithm)
 	}
-	// TLS 1.1 is refused.
-	if _, err := tls.Dial("tcp", s.url[len("https://"):], &tls.Config{RootCAs: s.roots, ServerName: "localhost", MaxVersion: tls.VersionTLS11}); err == nil {
-		t.Error("TLS 1.1 handshake succeeded")
+	// TLS 1.1 is refused; TLS 1.2 only with ECDHE and an AEAD.
+	for _, tc := range []struct {
+		name  string
+		max   uint16
+		suite uint16
+		ok    bool
+	}{
+		{"TLS 1.1", tls.VersionTLS11, 0, false},
+		{"TLS 1.2 ECDHE AES-GCM", tls.VersionTLS12, tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, true},
+		{"TLS 1.2 ECDHE ChaCha20-Poly1305", tls.VersionTLS12, tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, true},
+		{"TLS 1.2 ECDHE CBC", tls.VersionTLS12, tls.TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA, false},
+		{"TLS 1.2 ECDHE CBC-SHA256", tls.VersionTLS12, tls.TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256, false},
+		{"TLS 1.2 RSA key transport AES-GCM", tls.VersionTLS12, tls.TLS_RSA_WITH_AES_128_GCM_SHA256, false},
+	} {
+		cfg := &tls.Config{RootCAs: s.roots, ServerName: "localhost", MaxVersion: tc.max}
+		if tc.suite != 0 {
+			cfg.CipherSuites = []uint16{tc.suite}
+		}
+		conn, err := tls.Dial("tcp", s.url[len("https://"):], cfg)
+		if (err == nil) != tc.ok {
+			t.Errorf("%s: handshake err = %v, want ok=%v", tc.name, err, tc.ok)
+		}
+		if conn != nil {
+			conn.Close()
+		}
 	}
 
 	for _, tc := range []struct {
@@ -244,6 +266,9 @@ func TestCertTTLMinimum(t *testing.T) {
 	}
 	if _, err := Open(context.Background(), dir, Options{CertTTL: 59 * time.Second}); err == nil {
 		t.Fatal("Open accepted a 59s certificate lifetime")
+	}
+	if _, err := Open(context.Background(), dir, Options{CertTTL: MaxCertTTL + time.Hour}); err == nil {
+		t.Fatal("Open accepted a certificate lifetime over the maximum")
 	}
 	c, err := Open(context.Background(), dir, Options{CertTTL: time.Minute})
 	if err != nil {

@@ -199,7 +199,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	cfg := ca.ServeConfig{}
 	fs.StringVar(&cfg.Listen, "listen", "127.0.0.1:8443", "address to listen on (port 0: any free port)")
 	hostnames := fs.String("hostname", "", "comma-separated DNS names and IPs of the TLS server certificate (default localhost,127.0.0.1,::1,$(hostname) and the listen host)")
-	fs.DurationVar(&cfg.CertTTL, "cert-ttl", ca.DefaultCertTTL, "lifetime of device certificates (at least 1m)")
+	fs.DurationVar(&cfg.CertTTL, "cert-ttl", ca.DefaultCertTTL, "lifetime of device certificates (1m to 720h)")
 	fs.DurationVar(&cfg.RenewGrace, "renew-grace", ca.DefaultRenewGrace, "renew a device certificate up to this long after it expired (0: never; at most 720h): a device whose certificate ran out while the CA was down recovers without a new token")
 	fs.StringVar(&cfg.AddrFile, "addr-file", "", "write the bound address (host:port) to this file once listening")
 	fs.BoolVar(&cfg.PostQuantumTLS, "tls-post-quantum", false, "use a hybrid post-quantum TLS key exchange (X25519MLKEM768) with clients that offer one; off by default because EST traffic holds no secret that outlives its token")
@@ -210,6 +210,9 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	if cfg.CertTTL < ca.MinCertTTL {
 		return fmt.Errorf("%w: --cert-ttl %s is below the minimum of %s", errUsage, cfg.CertTTL, ca.MinCertTTL)
+	}
+	if cfg.CertTTL > ca.MaxCertTTL {
+		return fmt.Errorf("%w: --cert-ttl %s is above the maximum of %s (720h): device certificates are short-lived", errUsage, cfg.CertTTL, ca.MaxCertTTL)
 	}
 	if cfg.RenewGrace < 0 || cfg.RenewGrace > ca.MaxRenewGrace {
 		return fmt.Errorf("%w: --renew-grace %s: must be between 0 and %s", errUsage, cfg.RenewGrace, ca.MaxRenewGrace)
