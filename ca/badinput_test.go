@@ -27,7 +27,8 @@ import (
 // that each gets its 4xx and stable code, leaves an audit record saying
 // precisely what was wrong, and changes no token and no device.
 func TestBadInput(t *testing.T) {
-	s := newTestServer(t, Options{CertTTL: time.Hour})
+	// Every refusal audited: the table checks each record.
+	s := newTestServer(t, Options{CertTTL: time.Hour, AuditRefusalsPerMinute: -1})
 	ctx := context.Background()
 	other := newTestServer(t, Options{}) // another CA
 	key := newKey(t)

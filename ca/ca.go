@@ -55,6 +55,15 @@ type Options struct {
 	// renews (see DefaultRenewGrace); zero: not at all. At most
 	// MaxRenewGrace.
 	RenewGrace time.Duration
+	// AuditMaxRows is the most audit records kept: the server deletes the
+	// oldest beyond it every minute. DefaultAuditMaxRows when zero; no
+	// maximum when negative.
+	AuditMaxRows int
+	// AuditRefusalsPerMinute is how many refusals of one peer a minute
+	// get an audit record and a log line each; the rest are counted in
+	// one summary record. DefaultRefusalsPerMinute when zero; all when
+	// negative.
+	AuditRefusalsPerMinute int
 	// PostQuantumTLS makes the EST server use a hybrid post-quantum key
 	// exchange (X25519MLKEM768 and the other hybrids Go supports) with
 	// every client that offers one. Off by default; see keyExchanges.
@@ -90,6 +99,9 @@ type CA struct {
 	postQuantum bool
 	renewGrace  time.Duration
 
+	sampler      *refusalSampler
+	auditMaxRows int
+
 	tlsMu       sync.Mutex
 	tlsCert     *tls.Certificate // leaf and intermediate
 	tlsCertRoot *tls.Certificate // the same with the root, for pin bootstrap
@@ -113,6 +125,12 @@ func Open(ctx context.Context, dir string, opts Options) (*CA, error) {
 	}
 	if opts.RenewGrace < 0 || opts.RenewGrace > MaxRenewGrace {
 		return nil, fmt.Errorf("renewal grace %s: must be between 0 and %s", opts.RenewGrace, MaxRenewGrace)
+	}
+	if opts.AuditMaxRows == 0 {
+		opts.AuditMaxRows = DefaultAuditMaxRows
+	}
+	if opts.AuditRefusalsPerMinute == 0 {
+		opts.AuditRefusalsPerMinute = DefaultRefusalsPerMinute
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
@@ -175,6 +193,9 @@ func Open(ctx context.Context, dir string, opts Options) (*CA, error) {
 		clientRoots: pool,
 		postQuantum: opts.PostQuantumTLS,
 		renewGrace:  opts.RenewGrace,
+
+		sampler:      newRefusalSampler(opts.AuditRefusalsPerMinute),
+		auditMaxRows: opts.AuditMaxRows,
 	}, nil
 }
 
@@ -371,6 +392,17 @@ func (c *CA) Device(ctx context.Context, id string) (store.Device, error) {
 // with a token.
 func (c *CA) RevokeDevice(ctx context.Context, id string) error {
 	return c.st.RevokeDevice(ctx, id, c.now())
+}
+
+// DefaultAuditMaxRows is the default maximum of audit records: about
+// 250 MB of database, a year of a 2,000-device fleet renewing daily plus
+// its sampled refusals.
+const DefaultAuditMaxRows = 1_000_000
+
+// PruneAudit deletes audit records older than before (unless zero) and all
+// but the newest keep (unless keep <= 0).
+func (c *CA) PruneAudit(ctx context.Context, before time.Time, keep int) (int64, error) {
+	return c.st.PruneAudit(ctx, before, keep)
 }
 
 // Audit returns the newest limit audit records (all when limit <= 0).

@@ -19,10 +19,12 @@ type ServeConfig struct {
 	Listen    string        // host:port; port 0 picks a free one
 	Hostnames []string      // TLS server certificate names; DefaultHostnames() plus the listen host when empty
 	CertTTL   time.Duration // device certificate lifetime
-	// RenewGrace: see Options.RenewGrace.
-	RenewGrace time.Duration
-	AddrFile   string // if set, the bound address is written here after listening
-	Logger     *slog.Logger
+	// RenewGrace, AuditMaxRows, AuditRefusalsPerMinute: see Options.
+	RenewGrace             time.Duration
+	AuditMaxRows           int
+	AuditRefusalsPerMinute int
+	AddrFile               string // if set, the bound address is written here after listening
+	Logger                 *slog.Logger
 	// PostQuantumTLS: see Options.PostQuantumTLS.
 	PostQuantumTLS bool
 }
@@ -44,7 +46,7 @@ func Run(ctx context.Context, cfg ServeConfig) error {
 			}
 		}
 	}
-	c, err := Open(ctx, cfg.Dir, Options{CertTTL: cfg.CertTTL, RenewGrace: cfg.RenewGrace, Hostnames: hosts, Logger: log, PostQuantumTLS: cfg.PostQuantumTLS})
+	c, err := Open(ctx, cfg.Dir, Options{CertTTL: cfg.CertTTL, RenewGrace: cfg.RenewGrace, AuditMaxRows: cfg.AuditMaxRows, AuditRefusalsPerMinute: cfg.AuditRefusalsPerMinute, Hostnames: hosts, Logger: log, PostQuantumTLS: cfg.PostQuantumTLS})
 	if err != nil {
 		return err
 	}

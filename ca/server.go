@@ -116,6 +116,10 @@ func (c *CA) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(tls.NewListener(ln, cfg)) }()
+	mctx, stopMaintain := context.WithCancel(context.WithoutCancel(ctx))
+	maintained := make(chan struct{})
+	go func() { defer close(maintained); c.maintain(mctx) }()
+	defer func() { stopMaintain(); <-maintained }()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("serve EST: %w", err)
@@ -284,15 +288,25 @@ func (c *CA) enroll(w http.ResponseWriter, r *http.Request, op string) {
 // recordReplay writes the audit record of a retry answered with the
 // certificate already issued.
 func (c *CA) recordReplay(ctx context.Context, a attempt, rp *replay) {
-	rec := store.AuditRecord{
+	c.writeAudit(ctx, store.AuditRecord{
 		Time: c.now(), Op: a.op, Peer: a.peer, TokenID: a.tokenID, DeviceID: a.deviceID,
 		Result: store.ResultOK, Reason: rp.reason, Serial: SerialHex(rp.cert.SerialNumber),
-	}
+	})
+}
+
+// writeAudit appends a record with every string made printable and
+// bounded; it is written even if the client has gone away.
+func (c *CA) writeAudit(ctx context.Context, rec store.AuditRecord) {
+	rec.Op, rec.Peer, rec.TokenID, rec.DeviceID = Printable(rec.Op, maxFieldLen), Printable(rec.Peer, maxFieldLen), Printable(rec.TokenID, maxFieldLen), Printable(rec.DeviceID, maxFieldLen)
+	rec.Code, rec.Reason, rec.Serial = Printable(rec.Code, maxFieldLen), Printable(rec.Reason, maxReasonLen), Printable(rec.Serial, maxFieldLen)
 	if err := c.st.AddAudit(context.WithoutCancel(ctx), rec); err != nil {
-		c.log.Error("write audit record", "err", err, "op", a.op, "device", a.deviceID, "reason", rp.reason)
+		c.log.Error("write audit record", "err", err, "op", rec.Op, "device", rec.DeviceID, "reason", rec.Reason)
 	}
 }
 
+// recordFailure audits and logs a refusal, sampled per peer (see
+// refusalSampler): a peer without credentials cannot grow the audit log
+// or the server log by more than a few records a minute.
 func (c *CA) recordFailure(ctx context.Context, a attempt, e *Error) {
 	result := store.ResultDenied
 	if e.Status >= 500 {
@@ -302,15 +316,60 @@ func (c *CA) recordFailure(ctx context.Context, a attempt, e *Error) {
 	if reason == "" {
 		reason = e.Msg
 	}
-	rec := store.AuditRecord{
-		Time: c.now(), Op: a.op, Peer: a.peer, TokenID: a.tokenID, DeviceID: a.deviceID,
+	now := c.now()
+	record, summary := c.sampler.note(peerIP(a.peer), string(e.Code), now)
+	if summary != nil {
+		c.writeSummary(ctx, *summary)
+	}
+	if !record && result != store.ResultError {
+		return
+	}
+	reason = Printable(reason, maxReasonLen)
+	c.writeAudit(ctx, store.AuditRecord{
+		Time: now, Op: a.op, Peer: a.peer, TokenID: a.tokenID, DeviceID: a.deviceID,
 		Result: result, Code: string(e.Code), Reason: reason,
-	}
-	// The audit must be written even if the client has gone away.
-	if err := c.st.AddAudit(context.WithoutCancel(ctx), rec); err != nil {
-		c.log.Error("write audit record", "err", err, "op", a.op, "device", a.deviceID, "reason", reason)
-	}
+	})
 	c.log.Info("enrollment refused", "op", a.op, "peer", a.peer, "token", a.tokenID, "device", a.deviceID, "code", e.Code, "reason", reason)
+}
+
+func (c *CA) writeSummary(ctx context.Context, rec store.AuditRecord) {
+	c.writeAudit(ctx, rec)
+	c.log.Info("enrollment refusals summarized", "peer", rec.Peer, "reason", rec.Reason)
+}
+
+// maintain runs until ctx is done: it writes the summaries of closed
+// refusal windows and keeps the audit log within its maximum.
+func (c *CA) maintain(ctx context.Context) {
+	tick := time.NewTicker(refusalWindow)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			// Whatever was counted is summarized before the server ends.
+			for _, r := range c.sampler.flush(c.now().Add(refusalWindow)) {
+				c.writeSummary(ctx, r)
+			}
+			return
+		case <-tick.C:
+		}
+		for _, r := range c.sampler.flush(c.now()) {
+			c.writeSummary(ctx, r)
+		}
+		c.pruneAudit(ctx)
+	}
+}
+
+// pruneAudit enforces the configured maximum number of audit records.
+func (c *CA) pruneAudit(ctx context.Context) {
+	if c.auditMaxRows <= 0 {
+		return
+	}
+	n, err := c.st.PruneAudit(ctx, time.Time{}, c.auditMaxRows)
+	if err != nil {
+		c.log.Error("prune audit log", "err", err)
+	} else if n > 0 {
+		c.log.Info("audit log pruned to its maximum", "deleted", n, "max_rows", c.auditMaxRows)
+	}
 }
 
 // drain reads and discards what is left of a refused body, up to a bound,
@@ -356,9 +415,9 @@ func (c *CA) simpleEnroll(w http.ResponseWriter, r *http.Request, a *attempt) (*
 		return nil, refuse(http.StatusUnauthorized, est.CodeAuthRequired, "simpleenroll needs HTTP Basic credentials: the token id as user name and its secret as password")
 	}
 	if len(user) > 64 {
-		user = user[:64]
+		user = user[:64] // no token id is longer
 	}
-	a.tokenID = user
+	a.tokenID = Printable(user, maxFieldLen)
 	csr, err := readCSR(w, r)
 	if err != nil {
 		return nil, err
@@ -393,7 +452,7 @@ func (c *CA) simpleEnroll(w http.ResponseWriter, r *http.Request, a *attempt) (*
 		TokenID:  user,
 		DeviceID: csr.DeviceID,
 		Time:     now,
-		Audit: store.AuditRecord{Time: now, Op: a.op, Peer: a.peer, TokenID: user, DeviceID: csr.DeviceID,
+		Audit: store.AuditRecord{Time: now, Op: a.op, Peer: a.peer, TokenID: a.tokenID, DeviceID: csr.DeviceID,
 			Result: store.ResultOK, Reason: "enrolled with token"},
 	}
 	return c.issue(r.Context(), req, csr, check, a.expected)

@@ -500,6 +500,29 @@ func (s *SQLite) Audit(ctx context.Context, limit int) ([]AuditRecord, error) {
 	return out, nil
 }
 
+// PruneAudit implements AuditLog. seq keeps growing after a prune (the
+// newest row is never deleted while keep > 0), so listings stay in order.
+func (s *SQLite) PruneAudit(ctx context.Context, before time.Time, keep int) (int64, error) {
+	var total int64
+	if !before.IsZero() {
+		res, err := s.w.ExecContext(ctx, `DELETE FROM audit WHERE time < ?`, unixNano(before))
+		if err != nil {
+			return 0, fmt.Errorf("prune audit log: %w", err)
+		}
+		n, _ := res.RowsAffected()
+		total += n
+	}
+	if keep > 0 {
+		res, err := s.w.ExecContext(ctx, `DELETE FROM audit WHERE seq < (SELECT seq FROM audit ORDER BY seq DESC LIMIT 1 OFFSET ?)`, keep-1)
+		if err != nil {
+			return total, fmt.Errorf("prune audit log: %w", err)
+		}
+		n, _ := res.RowsAffected()
+		total += n
+	}
+	return total, nil
+}
+
 // Setting returns a setting, "" when unset.
 func (s *SQLite) Setting(ctx context.Context, key string) (string, error) {
 	var v string

@@ -293,3 +293,46 @@ func TestMigrationKeepsRenewals(t *testing.T) {
 		t.Fatalf("%+v %v", d, err)
 	}
 }
+
+func TestPruneAudit(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, filepath.Join(t.TempDir(), "db"))
+	base := time.Now().UTC().Add(-10 * time.Hour)
+	for i := range 10 { // one record an hour, seq 1..10
+		if err := s.AddAudit(ctx, AuditRecord{Time: base.Add(time.Duration(i) * time.Hour), Op: "x", Result: ResultDenied, Reason: fmt.Sprint(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		name      string
+		before    time.Time
+		keep      int
+		deleted   int64
+		oldestNow string
+	}{
+		{"nothing to do", time.Time{}, 0, 0, "0"},
+		{"keep more than there are", time.Time{}, 100, 0, "0"},
+		{"older than 3h into the log", base.Add(150 * time.Minute), 0, 3, "3"},
+		{"keep the newest 5", time.Time{}, 5, 2, "5"},
+		{"both", base.Add(7 * time.Hour), 2, 3, "8"},
+	} {
+		n, err := s.PruneAudit(ctx, tc.before, tc.keep)
+		if err != nil || n != tc.deleted {
+			t.Fatalf("%s: deleted %d %v, want %d", tc.name, n, err, tc.deleted)
+		}
+		recs, err := s.Audit(ctx, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if recs[len(recs)-1].Reason != tc.oldestNow || recs[0].Reason != "9" {
+			t.Fatalf("%s: oldest left %q, newest %q", tc.name, recs[len(recs)-1].Reason, recs[0].Reason)
+		}
+	}
+	// New records still sort after the kept ones.
+	if err := s.AddAudit(ctx, AuditRecord{Time: time.Now(), Op: "x", Result: ResultOK, Reason: "new"}); err != nil {
+		t.Fatal(err)
+	}
+	if recs, _ := s.Audit(ctx, 1); recs[0].Reason != "new" {
+		t.Fatalf("newest after prune: %+v", recs)
+	}
+}

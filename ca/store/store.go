@@ -129,6 +129,10 @@ type AuditLog interface {
 	AddAudit(ctx context.Context, r AuditRecord) error
 	// Audit returns the newest limit records, newest first.
 	Audit(ctx context.Context, limit int) ([]AuditRecord, error)
+	// PruneAudit deletes the records older than before (unless zero) and
+	// all but the newest keep records (unless keep <= 0), and returns how
+	// many it deleted.
+	PruneAudit(ctx context.Context, before time.Time, keep int) (int64, error)
 }
 
 // Store is everything edgeca keeps.

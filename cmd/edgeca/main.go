@@ -30,7 +30,8 @@ commands:
             [--import-root-cert F [--import-root-key F]
              [--import-intermediate-cert F --import-intermediate-key F]]
   serve     --dir DIR [--listen 127.0.0.1:8443] [--hostname name,ip,...]
-            [--cert-ttl 24h] [--renew-grace 72h] [--addr-file F] [--log-format text|json] [--log-level info]
+            [--cert-ttl 24h] [--renew-grace 72h] [--audit-max-rows 1000000]
+            [--audit-refusals-per-minute 10] [--addr-file F] [--log-format text|json] [--log-level info]
   token create --dir DIR [--url URL] [--device ID | --pattern 'sensor-*'] [--uses 1] [--ttl 24h]
   token list   --dir DIR [--json]
   token revoke --dir DIR ID
@@ -38,6 +39,7 @@ commands:
   device show   --dir DIR [--json] ID
   device revoke --dir DIR ID
   audit     --dir DIR [--json] [--limit 100]
+  audit prune --dir DIR [--older-than 2160h] [--keep N]
   version
 
 --dir defaults to $EDGECA_DIR, else /var/lib/edgeca.
@@ -115,6 +117,9 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		return fmt.Errorf("%w: unknown command device %q", errUsage, s)
 	case "audit":
+		if len(rest) > 0 && rest[0] == "prune" {
+			return cmdAuditPrune(ctx, rest[1:], stderr)
+		}
 		return cmdAudit(ctx, rest, stdout)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "edgeca", version.String())
@@ -201,6 +206,8 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	hostnames := fs.String("hostname", "", "comma-separated DNS names and IPs of the TLS server certificate (default localhost,127.0.0.1,::1,$(hostname) and the listen host)")
 	fs.DurationVar(&cfg.CertTTL, "cert-ttl", ca.DefaultCertTTL, "lifetime of device certificates (1m to 720h)")
 	fs.DurationVar(&cfg.RenewGrace, "renew-grace", ca.DefaultRenewGrace, "renew a device certificate up to this long after it expired (0: never; at most 720h): a device whose certificate ran out while the CA was down recovers without a new token")
+	fs.IntVar(&cfg.AuditMaxRows, "audit-max-rows", ca.DefaultAuditMaxRows, "keep at most this many audit records, deleting the oldest every minute (-1: no maximum)")
+	fs.IntVar(&cfg.AuditRefusalsPerMinute, "audit-refusals-per-minute", ca.DefaultRefusalsPerMinute, "refusals of one peer a minute audited and logged one by one; the rest go into one summary record (-1: all)")
 	fs.StringVar(&cfg.AddrFile, "addr-file", "", "write the bound address (host:port) to this file once listening")
 	fs.BoolVar(&cfg.PostQuantumTLS, "tls-post-quantum", false, "use a hybrid post-quantum TLS key exchange (X25519MLKEM768) with clients that offer one; off by default because EST traffic holds no secret that outlives its token")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
@@ -486,11 +493,46 @@ func cmdAudit(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "TIME\tOP\tPEER\tTOKEN\tDEVICE\tRESULT\tCODE\tREASON")
+	// Every field is escaped again on output: a record written by an
+	// older edgeca may hold raw control characters.
 	for _, a := range recs {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.Time.Local().Format(time.RFC3339), a.Op, a.Peer,
-			dash(a.TokenID), dash(a.DeviceID), a.Result, dash(a.Code), a.Reason)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.Time.Local().Format(time.RFC3339), p(a.Op), p(a.Peer),
+			dash(p(a.TokenID)), dash(p(a.DeviceID)), p(a.Result), dash(p(a.Code)), pr(a.Reason))
 	}
 	return tw.Flush()
+}
+
+func p(s string) string  { return ca.Printable(s, 128) }
+func pr(s string) string { return ca.Printable(s, 512) }
+
+func cmdAuditPrune(ctx context.Context, args []string, stderr io.Writer) error {
+	fs, dir := newFlags("audit prune")
+	olderThan := fs.Duration("older-than", 0, "delete records older than this (e.g. 2160h for 90 days)")
+	keep := fs.Int("keep", 0, "keep only the newest N records")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	if *olderThan < 0 || *keep < 0 {
+		return fmt.Errorf("%w: audit prune: --older-than and --keep must not be negative", errUsage)
+	}
+	if *olderThan == 0 && *keep == 0 {
+		return fmt.Errorf("%w: audit prune: give --older-than or --keep", errUsage)
+	}
+	c, err := open(ctx, *dir)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	var before time.Time
+	if *olderThan > 0 {
+		before = time.Now().Add(-*olderThan)
+	}
+	n, err := c.PruneAudit(ctx, before, *keep)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "%d audit records deleted\n", n)
+	return nil
 }
 
 func dash(s string) string {

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/edgeagent/edgeagent/ca"
+	"github.com/edgeagent/edgeagent/ca/store"
 	"github.com/edgeagent/edgeagent/enroll/est"
 	"github.com/edgeagent/edgeagent/enroll/token"
 )
@@ -233,5 +234,50 @@ func TestCLIErrors(t *testing.T) {
 	}
 	if code, out, _ := edgeca(t, "help"); code != 0 || !strings.Contains(out, "token create") {
 		t.Fatalf("help: %d %s", code, out)
+	}
+}
+
+// TestAuditEscapesAndPrunes stores records with raw control characters
+// (as an older edgeca could have) and checks `edgeca audit` prints each on
+// one line with them escaped, then prunes them.
+func TestAuditEscapesAndPrunes(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "ca")
+	mustRun(t, "init", "--dir", dir)
+	ctx := context.Background()
+	st, err := store.Open(ctx, filepath.Join(dir, ca.DBFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-100 * 24 * time.Hour)
+	for _, r := range []store.AuditRecord{
+		{Time: old, Op: "simpleenroll", Peer: "10.0.0.1:1", TokenID: "t\x1b[2J\r\n2026-01-01 simpleenroll ok", Result: "denied", Reason: "old"},
+		{Time: time.Now(), Op: "simpleenroll", Peer: "10.0.0.1:2", TokenID: "x", Result: "denied", Reason: "line one\nFAKE ok"},
+	} {
+		if err := st.AddAudit(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st.Close()
+	out := mustRun(t, "audit", "--dir", dir)
+	if strings.Count(out, "\n") != 3 || strings.ContainsAny(out, "\x1b\r") || !strings.Contains(out, `t\x1b[2J\r\n2026`) || !strings.Contains(out, `line one\nFAKE`) {
+		t.Fatalf("audit output:\n%q", out)
+	}
+	for _, tc := range []struct {
+		args []string
+		code int
+		has  string
+	}{
+		{[]string{"audit", "prune", "--dir", dir}, 2, "--older-than or --keep"},
+		{[]string{"audit", "prune", "--dir", dir, "--keep", "-1"}, 2, "negative"},
+		{[]string{"audit", "prune", "--dir", dir, "--older-than", "2160h"}, 0, "1 audit records deleted"},
+		{[]string{"audit", "prune", "--dir", dir, "--keep", "5"}, 0, "0 audit records deleted"},
+	} {
+		code, _, errOut := edgeca(t, tc.args...)
+		if code != tc.code || !strings.Contains(errOut, tc.has) {
+			t.Errorf("edgeca %v: exit %d %q, want %d %q", tc.args, code, errOut, tc.code, tc.has)
+		}
+	}
+	if out := mustRun(t, "audit", "--dir", dir); strings.Count(out, "\n") != 2 || !strings.Contains(out, "FAKE") {
+		t.Fatalf("after prune:\n%s", out)
 	}
 }
