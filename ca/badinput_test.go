@@ -157,6 +157,12 @@ func TestBadInput(t *testing.T) {
 		{"unknown token", func() req {
 			return req{op: est.OpSimpleEnroll, body: good, user: "tdeadbeefdeadbeef", pass: strings.Repeat("x", 43)}
 		}, 0, 401, est.CodeTokenInvalid, "unknown token", "dev-1"},
+		{"user name with terminal escapes and line breaks", func() req {
+			return req{op: est.OpSimpleEnroll, body: good, user: "t\x1b[2J\r\n2026-12-01 simpleenroll ok dev-9", pass: "x"}
+		}, 0, 401, est.CodeTokenInvalid, "unknown token", "dev-1"},
+		{"user name of 10 KB", func() req {
+			return req{op: est.OpSimpleEnroll, body: good, user: strings.Repeat("u", 10<<10), pass: "x"}
+		}, 0, 401, est.CodeTokenInvalid, "unknown token", "dev-1"},
 		{"wrong secret", func() req {
 			tk := fresh()
 			tk.Secret = strings.Repeat("A", 43)
@@ -215,7 +221,7 @@ func TestBadInput(t *testing.T) {
 			return req{op: est.OpSimpleReenroll, contentType: "application/octet-stream", body: sign(devKey, "dev-2"), cert: devCert}
 		}, 0, 415, est.CodeWrongContentType, "octet-stream", "dev-2"},
 	}
-	for _, tc := range cases {
+	for i, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			r := tc.req()
 			ct := est.MediaPKCS10
@@ -233,7 +239,8 @@ func TestBadInput(t *testing.T) {
 			before := s.state(t)
 			n := s.auditLen(t)
 			s.clock.Set(tc.clock)
-			resp := s.client(r.cert).do(t, http.MethodPost, est.Path("", r.op), ct, r.body, user, pass)
+			// Each case from a peer of its own: token failures slow a peer down.
+			resp := s.client(r.cert).from(100+i).do(t, http.MethodPost, est.Path("", r.op), ct, r.body, user, pass)
 			s.clock.Set(0)
 
 			if resp.status != tc.status || errCode(resp.body) != tc.code {
@@ -263,8 +270,12 @@ func TestBadInput(t *testing.T) {
 			if tc.wantDevice != "" && a.DeviceID != tc.wantDevice {
 				t.Errorf("audit device %q, want %q", a.DeviceID, tc.wantDevice)
 			}
-			if user != "" && a.TokenID != user {
-				t.Errorf("audit token %q, want %q", a.TokenID, user)
+			// Client strings are stored escaped and cut to a bound.
+			if want := Printable(user[:min(len(user), 64)], maxFieldLen); user != "" && a.TokenID != want {
+				t.Errorf("audit token %q, want %q", a.TokenID, want)
+			}
+			if strings.ContainsAny(a.TokenID+a.Reason, "\x1b\r\n") {
+				t.Errorf("audit record holds raw control characters: %+v", a)
 			}
 			if after := s.state(t); !reflect.DeepEqual(before, after) {
 				t.Errorf("state changed:\nbefore %+v\nafter  %+v", before, after)

@@ -23,6 +23,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/edgeagent/edgeagent/ca/store"
@@ -64,6 +65,9 @@ type Options struct {
 	// one summary record. DefaultRefusalsPerMinute when zero; all when
 	// negative.
 	AuditRefusalsPerMinute int
+	// MaxConnsPerPeer and MaxConns bound open connections per peer IP and
+	// in total: DefaultMaxConnsPerPeer and DefaultMaxConns when zero.
+	MaxConnsPerPeer, MaxConns int
 	// PostQuantumTLS makes the EST server use a hybrid post-quantum key
 	// exchange (X25519MLKEM768 and the other hybrids Go supports) with
 	// every client that offers one. Off by default; see keyExchanges.
@@ -102,6 +106,11 @@ type CA struct {
 	sampler      *refusalSampler
 	auditMaxRows int
 
+	maxConnsPerPeer, maxConns int
+	inFlight                  atomic.Int64
+	// Token guessing: failures slow down the peer and the token id.
+	peerGuesses, tokenGuesses *guessLimiter
+
 	tlsMu       sync.Mutex
 	tlsCert     *tls.Certificate // leaf and intermediate
 	tlsCertRoot *tls.Certificate // the same with the root, for pin bootstrap
@@ -128,6 +137,12 @@ func Open(ctx context.Context, dir string, opts Options) (*CA, error) {
 	}
 	if opts.AuditMaxRows == 0 {
 		opts.AuditMaxRows = DefaultAuditMaxRows
+	}
+	if opts.MaxConnsPerPeer <= 0 {
+		opts.MaxConnsPerPeer = DefaultMaxConnsPerPeer
+	}
+	if opts.MaxConns <= 0 {
+		opts.MaxConns = DefaultMaxConns
 	}
 	if opts.AuditRefusalsPerMinute == 0 {
 		opts.AuditRefusalsPerMinute = DefaultRefusalsPerMinute
@@ -196,6 +211,11 @@ func Open(ctx context.Context, dir string, opts Options) (*CA, error) {
 
 		sampler:      newRefusalSampler(opts.AuditRefusalsPerMinute),
 		auditMaxRows: opts.AuditMaxRows,
+
+		maxConnsPerPeer: opts.MaxConnsPerPeer,
+		maxConns:        opts.MaxConns,
+		peerGuesses:     newGuessLimiter(peerFreeGuesses, time.Second, peerMaxBackoff),
+		tokenGuesses:    newGuessLimiter(tokenFreeGuesses, time.Second, tokenMaxBackoff),
 	}, nil
 }
 

@@ -23,6 +23,8 @@ type ServeConfig struct {
 	RenewGrace             time.Duration
 	AuditMaxRows           int
 	AuditRefusalsPerMinute int
+	MaxConnsPerPeer        int
+	MaxConns               int
 	AddrFile               string // if set, the bound address is written here after listening
 	Logger                 *slog.Logger
 	// PostQuantumTLS: see Options.PostQuantumTLS.
@@ -46,7 +48,8 @@ func Run(ctx context.Context, cfg ServeConfig) error {
 			}
 		}
 	}
-	c, err := Open(ctx, cfg.Dir, Options{CertTTL: cfg.CertTTL, RenewGrace: cfg.RenewGrace, AuditMaxRows: cfg.AuditMaxRows, AuditRefusalsPerMinute: cfg.AuditRefusalsPerMinute, Hostnames: hosts, Logger: log, PostQuantumTLS: cfg.PostQuantumTLS})
+	c, err := Open(ctx, cfg.Dir, Options{CertTTL: cfg.CertTTL, RenewGrace: cfg.RenewGrace, AuditMaxRows: cfg.AuditMaxRows, AuditRefusalsPerMinute: cfg.AuditRefusalsPerMinute,
+		MaxConnsPerPeer: cfg.MaxConnsPerPeer, MaxConns: cfg.MaxConns, Hostnames: hosts, Logger: log, PostQuantumTLS: cfg.PostQuantumTLS})
 	if err != nil {
 		return err
 	}

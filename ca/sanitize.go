@@ -16,14 +16,15 @@ const (
 
 // Printable returns s safe to store and to print on one line: every byte
 // that is not printable UTF-8 (ESC, CR, LF, other controls, invalid
-// encodings) and every backslash is written as a Go escape (\x1b, \r, \n,
-// \\), so no client string can forge a line or a terminal sequence in
-// `edgeca audit`; and it is cut to at most max bytes of output, saying how
-// long it was.
+// encodings) is written as a Go escape (\x1b, \r, \n), so no client
+// string can forge a line or a terminal sequence in `edgeca audit`; and it
+// is cut to at most max bytes of output, saying how long it was. A
+// backslash stays as it is, so that cleaning twice changes nothing: a
+// client can write a literal "\n", never a line break.
 func Printable(s string, max int) string {
 	clean := true
 	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c == 0x7f || c == '\\' || c >= 0x80 {
+		if c := s[i]; c < 0x20 || c == 0x7f || c >= 0x80 {
 			clean = false
 			break
 		}
@@ -38,8 +39,6 @@ func Printable(s string, max int) string {
 		switch {
 		case r == utf8.RuneError && n <= 1:
 			piece = fmt.Sprintf(`\x%02x`, s[i])
-		case r == '\\':
-			piece = `\\`
 		case r == '\n':
 			piece = `\n`
 		case r == '\r':

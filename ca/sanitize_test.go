@@ -14,7 +14,7 @@ func TestPrintable(t *testing.T) {
 		{"", "", 64},
 		{"a\x1b[31mRED", `a\x1b[31mRED`, 64},
 		{"x\r\n2026-12-01T00:00:00Z simpleenroll ok", `x\r\n2026-12-01T00:00:00Z simpleenroll ok`, 64},
-		{`back\slash`, `back\\slash`, 64},
+		{`back\slash`, `back\slash`, 64},
 		{"bad \xff utf8", `bad \xff utf8`, 64},
 		{"tab\there", `tab\there`, 64},
 		{"del\x7f", `del\x7f`, 64},
@@ -40,6 +40,9 @@ func FuzzPrintable(f *testing.F) {
 			return
 		}
 		got := Printable(s, max)
+		if again := Printable(got, len(got)); again != got {
+			t.Fatalf("Printable is not idempotent: %q then %q", got, again)
+		}
 		for _, c := range []byte(got) {
 			if c < 0x20 || c == 0x7f {
 				t.Fatalf("Printable(%q) = %q keeps byte %#x", s, got, c)

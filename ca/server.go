@@ -105,17 +105,21 @@ func (c *CA) Serve(ctx context.Context, ln net.Listener) error {
 		return err
 	}
 	srv := &http.Server{
-		Handler:           c.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       30 * time.Second,
+		Handler: c.Handler(),
+		// The TLS handshake gets the shortest of these (net/http), so a
+		// connection that never completes one is closed after
+		// headerTimeout.
+		ReadHeaderTimeout: headerTimeout,
+		ReadTimeout:       headerTimeout + bodyTimeout,
 		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       60 * time.Second,
+		IdleTimeout:       idleTimeout,
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          slog.NewLogLogger(c.log.Handler(), slog.LevelDebug),
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(tls.NewListener(ln, cfg)) }()
+	limited := newLimitListener(ln, c.maxConnsPerPeer, c.maxConns, c.log)
+	go func() { errc <- srv.Serve(tls.NewListener(limited, cfg)) }()
 	mctx, stopMaintain := context.WithCancel(context.WithoutCancel(ctx))
 	maintained := make(chan struct{})
 	go func() { defer close(maintained); c.maintain(mctx) }()
@@ -228,6 +232,9 @@ func writeError(w http.ResponseWriter, e *Error) {
 		// certificate gets it too, and edgeca ignores Basic there.
 		h.Set("WWW-Authenticate", AuthChallenge)
 	}
+	if e.RetryAfter > 0 {
+		h.Set("Retry-After", strconv.Itoa(int((e.RetryAfter+time.Second-1)/time.Second)))
+	}
 	w.WriteHeader(e.Status)
 	_, _ = io.WriteString(w, est.ErrorBody(e.Code, e.Msg))
 }
@@ -248,6 +255,18 @@ func (c *CA) enroll(w http.ResponseWriter, r *http.Request, op string) {
 	// withdraws it as it calls Issue, a refusal before that here.
 	a := attempt{op: op, peer: r.RemoteAddr, expected: c.st.Expect()}
 	defer a.expected()
+	if n := c.inFlight.Add(1); n > maxInFlight {
+		c.inFlight.Add(-1)
+		e := &Error{Status: http.StatusServiceUnavailable, Code: est.CodeRateLimited, Msg: "the CA is busy: retry later",
+			Reason: fmt.Sprintf("over %d enrollments in flight", maxInFlight), RetryAfter: time.Second}
+		c.recordFailure(r.Context(), a, e)
+		writeError(w, e)
+		return
+	}
+	defer c.inFlight.Add(-1)
+	// The body must arrive soon after the headers, whatever the client
+	// does before any token or certificate is looked at.
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(bodyTimeout))
 	cert, err := c.enrollChecked(w, r, op, &a)
 	var rp *replay
 	if errors.As(err, &rp) {
@@ -352,9 +371,12 @@ func (c *CA) maintain(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
-		for _, r := range c.sampler.flush(c.now()) {
+		now := c.now()
+		for _, r := range c.sampler.flush(now) {
 			c.writeSummary(ctx, r)
 		}
+		c.peerGuesses.sweep(now)
+		c.tokenGuesses.sweep(now)
 		c.pruneAudit(ctx)
 	}
 }
@@ -418,13 +440,30 @@ func (c *CA) simpleEnroll(w http.ResponseWriter, r *http.Request, a *attempt) (*
 		user = user[:64] // no token id is longer
 	}
 	a.tokenID = Printable(user, maxFieldLen)
+	now := c.now()
+	peer := peerIP(r.RemoteAddr)
+	if wait := max(c.peerGuesses.wait(peer, now), c.tokenGuesses.wait(user, now)); wait > 0 {
+		return nil, &Error{Status: http.StatusTooManyRequests, Code: est.CodeRateLimited, RetryAfter: wait,
+			Msg:    "too many failed token checks: retry after the time in Retry-After",
+			Reason: fmt.Sprintf("token guessing backoff: %s to wait", wait.Round(time.Millisecond))}
+	}
 	csr, err := readCSR(w, r)
 	if err != nil {
 		return nil, err
 	}
 	a.deviceID = csr.DeviceID
-	now := c.now()
 	secretHash := sha256.Sum256([]byte(pass))
+	// The token is checked before anything is signed: a guess costs a
+	// read and a hash, and counts against the peer and the token id.
+	if err := c.precheckToken(r.Context(), user, secretHash, now); err != nil {
+		var e *Error
+		if errors.As(err, &e) && e.Code == est.CodeTokenInvalid {
+			c.peerGuesses.fail(peer, now)
+			c.tokenGuesses.fail(user, now)
+		}
+		return nil, err
+	}
+	c.tokenGuesses.reset(user)
 	keyHash := sha256.Sum256(csr.Request.RawSubjectPublicKeyInfo)
 	check := func(tok *store.Token, dev *store.Device) error {
 		if rp := enrollReplay(tok, dev, secretHash, keyHash, now); rp != nil {
@@ -477,9 +516,25 @@ func (c *CA) issue(ctx context.Context, req store.IssueRequest, csr *CSR, check 
 	return cert, nil
 }
 
-// checkToken decides whether tok lets deviceID enroll now. tok is nil for an
-// unknown token id.
-func checkToken(tok *store.Token, secretHash [32]byte, deviceID string, now time.Time) error {
+// precheckToken refuses an unknown, wrong, revoked or expired token before
+// the CSR is signed. Uses are counted, and checked again, in Issue's
+// transaction.
+func (c *CA) precheckToken(ctx context.Context, id string, secretHash [32]byte, now time.Time) error {
+	tok, err := c.st.Token(ctx, id)
+	var tp *store.Token
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+	case err != nil:
+		return fmt.Errorf("read token: %w", err)
+	default:
+		tp = &tok
+	}
+	return checkTokenSecret(tp, secretHash, now)
+}
+
+// checkTokenSecret is the part of checkToken that does not depend on uses
+// or on the device.
+func checkTokenSecret(tok *store.Token, secretHash [32]byte, now time.Time) error {
 	invalid := func(reason string) error {
 		return &Error{Status: http.StatusUnauthorized, Code: est.CodeTokenInvalid, Msg: tokenInvalidMsg, Reason: reason}
 	}
@@ -498,8 +553,18 @@ func checkToken(tok *store.Token, secretHash [32]byte, deviceID string, now time
 	if !now.Before(tok.ExpiresAt) {
 		return invalid("token expired at " + tok.ExpiresAt.Format(time.RFC3339))
 	}
+	return nil
+}
+
+// checkToken decides whether tok lets deviceID enroll now. tok is nil for an
+// unknown token id.
+func checkToken(tok *store.Token, secretHash [32]byte, deviceID string, now time.Time) error {
+	if err := checkTokenSecret(tok, secretHash, now); err != nil {
+		return err
+	}
 	if tok.Uses >= tok.MaxUses {
-		return invalid(fmt.Sprintf("token used up (%d of %d uses)", tok.Uses, tok.MaxUses))
+		return &Error{Status: http.StatusUnauthorized, Code: est.CodeTokenInvalid, Msg: tokenInvalidMsg,
+			Reason: fmt.Sprintf("token used up (%d of %d uses)", tok.Uses, tok.MaxUses)}
 	}
 	if tok.Device != "" && deviceID != tok.Device {
 		return &Error{Status: http.StatusForbidden, Code: est.CodeDeviceNotAllowed,

@@ -36,7 +36,7 @@ type SQLite struct {
 	w, r *sql.DB
 
 	getToken, getDevice, useToken, upsertDevice, addAudit *sql.Stmt // on w
-	readDevice                                            *sql.Stmt // on r
+	readDevice, readToken                                 *sql.Stmt // on r
 
 	jobs       chan *issueJob // unbuffered: a sent job is always taken by the writer
 	toSync     chan committed // groups committed, waiting for their fsync
@@ -147,7 +147,7 @@ func (s *SQLite) Close() error {
 	if s.wal != nil {
 		s.wal.Close()
 	}
-	for _, st := range []*sql.Stmt{s.getToken, s.getDevice, s.useToken, s.upsertDevice, s.addAudit, s.readDevice} {
+	for _, st := range []*sql.Stmt{s.getToken, s.getDevice, s.useToken, s.upsertDevice, s.addAudit, s.readDevice, s.readToken} {
 		if st != nil {
 			st.Close()
 		}
@@ -265,6 +265,7 @@ func (s *SQLite) prepare(ctx context.Context) error {
 		query string
 	}{
 		{&s.readDevice, `SELECT ` + deviceCols + ` FROM devices WHERE id = ?`},
+		{&s.readToken, `SELECT ` + tokenCols + ` FROM tokens WHERE id = ?`},
 		{&s.getToken, `SELECT ` + tokenCols + ` FROM tokens WHERE id = ?`},
 		{&s.getDevice, `SELECT ` + deviceCols + ` FROM devices WHERE id = ?`},
 		{&s.useToken, `UPDATE tokens SET uses = uses + 1, last_used_at = ? WHERE id = ? AND uses < max_uses`},
@@ -290,7 +291,7 @@ func (s *SQLite) prepare(ctx context.Context) error {
 		{&s.addAudit, `INSERT INTO audit (time, op, peer, token_id, device_id, result, code, reason, serial) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`},
 	} {
 		db := s.w
-		if p.dst == &s.readDevice {
+		if p.dst == &s.readDevice || p.dst == &s.readToken {
 			db = s.r
 		}
 		st, err := db.PrepareContext(ctx, p.query)
@@ -395,6 +396,18 @@ func (s *SQLite) Tokens(ctx context.Context) ([]Token, error) {
 		return nil, fmt.Errorf("list tokens: %w", err)
 	}
 	return out, nil
+}
+
+// Token implements TokenStore, on the read pool.
+func (s *SQLite) Token(ctx context.Context, id string) (Token, error) {
+	t, err := scanToken(s.readToken.QueryRowContext(ctx, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return Token{}, fmt.Errorf("token %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return Token{}, fmt.Errorf("token %s: %w", id, err)
+	}
+	return t, nil
 }
 
 // RevokeToken marks a token revoked. Revoking twice keeps the first time.

@@ -111,6 +111,9 @@ type IssueRequest struct {
 type TokenStore interface {
 	CreateToken(ctx context.Context, t Token) error
 	Tokens(ctx context.Context) ([]Token, error)
+	// Token returns one token, or ErrNotFound. It may lag a concurrent
+	// Issue: decisions that count uses belong in Issue's check.
+	Token(ctx context.Context, id string) (Token, error)
 	// RevokeToken marks a token revoked; ErrNotFound if there is none.
 	RevokeToken(ctx context.Context, id string, at time.Time) error
 }

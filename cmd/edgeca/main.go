@@ -31,7 +31,8 @@ commands:
              [--import-intermediate-cert F --import-intermediate-key F]]
   serve     --dir DIR [--listen 127.0.0.1:8443] [--hostname name,ip,...]
             [--cert-ttl 24h] [--renew-grace 72h] [--audit-max-rows 1000000]
-            [--audit-refusals-per-minute 10] [--addr-file F] [--log-format text|json] [--log-level info]
+            [--audit-refusals-per-minute 10] [--max-conns-per-peer 64] [--max-conns 4096]
+            [--addr-file F] [--log-format text|json] [--log-level info]
   token create --dir DIR [--url URL] [--device ID | --pattern 'sensor-*'] [--uses 1] [--ttl 24h]
   token list   --dir DIR [--json]
   token revoke --dir DIR ID
@@ -208,6 +209,8 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.DurationVar(&cfg.RenewGrace, "renew-grace", ca.DefaultRenewGrace, "renew a device certificate up to this long after it expired (0: never; at most 720h): a device whose certificate ran out while the CA was down recovers without a new token")
 	fs.IntVar(&cfg.AuditMaxRows, "audit-max-rows", ca.DefaultAuditMaxRows, "keep at most this many audit records, deleting the oldest every minute (-1: no maximum)")
 	fs.IntVar(&cfg.AuditRefusalsPerMinute, "audit-refusals-per-minute", ca.DefaultRefusalsPerMinute, "refusals of one peer a minute audited and logged one by one; the rest go into one summary record (-1: all)")
+	fs.IntVar(&cfg.MaxConnsPerPeer, "max-conns-per-peer", ca.DefaultMaxConnsPerPeer, "open connections allowed from one IP address")
+	fs.IntVar(&cfg.MaxConns, "max-conns", ca.DefaultMaxConns, "open connections allowed in total")
 	fs.StringVar(&cfg.AddrFile, "addr-file", "", "write the bound address (host:port) to this file once listening")
 	fs.BoolVar(&cfg.PostQuantumTLS, "tls-post-quantum", false, "use a hybrid post-quantum TLS key exchange (X25519MLKEM768) with clients that offer one; off by default because EST traffic holds no secret that outlives its token")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
