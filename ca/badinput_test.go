@@ -142,6 +142,22 @@ func TestBadInput(t *testing.T) {
 			tk := fresh()
 			return req{op: est.OpSimpleEnroll, body: sign(key, "dev/../1"), tok: &tk}
 		}, 0, 400, est.CodeBadCSR, "only letters", ""},
+		{"CSR with a device id starting with '-'", func() req {
+			tk := fresh()
+			return req{op: est.OpSimpleEnroll, body: sign(key, "-rf"), tok: &tk}
+		}, 0, 400, est.CodeBadCSR, "start with", ""},
+		{"CSR with device id '..'", func() req {
+			tk := fresh()
+			return req{op: est.OpSimpleEnroll, body: sign(key, ".."), tok: &tk}
+		}, 0, 400, est.CodeBadCSR, "start with", ""},
+		{"CSR with a device id with a terminal escape", func() req {
+			tk := fresh()
+			return req{op: est.OpSimpleEnroll, body: sign(key, "dev\x1b[2J"), tok: &tk}
+		}, 0, 400, est.CodeBadCSR, `\x1b`, ""},
+		{"claim token for an enrolled device spelled in another case", func() req {
+			tk := s.token(t, TokenOptions{Pattern: "dev-*"})
+			return req{op: est.OpSimpleEnroll, body: sign(key, "DEV-2"), tok: &tk}
+		}, 0, 403, est.CodeDeviceNotAllowed, "already enrolled", "DEV-2"},
 		{"CSR whose CN and SAN disagree", func() req {
 			tk := fresh()
 			return req{op: est.OpSimpleEnroll, body: csrFor(t, key, "dev-1", DeviceURIPrefix+"dev-9"), tok: &tk}

@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/edgeagent/edgeagent/ca/store"
+	"github.com/edgeagent/edgeagent/deviceid"
 	"github.com/edgeagent/edgeagent/enroll/est"
 	"github.com/edgeagent/edgeagent/enroll/token"
 )
@@ -305,6 +306,8 @@ func (c *CA) CreateToken(ctx context.Context, o TokenOptions) (token.Token, stor
 			return token.Token{}, store.Token{}, fmt.Errorf("create token: --pattern: %w", err)
 		}
 	}
+	// Bindings and patterns match canonical (lower-case) device ids.
+	o.Device, o.Pattern = deviceid.Canonical(o.Device), deviceid.Canonical(o.Pattern)
 	u, err := c.tokenURL(ctx, o.URL)
 	if err != nil {
 		return token.Token{}, store.Token{}, fmt.Errorf("create token: %w", err)
@@ -403,15 +406,22 @@ func (c *CA) RevokeToken(ctx context.Context, id string) error {
 // Devices lists all devices.
 func (c *CA) Devices(ctx context.Context) ([]store.Device, error) { return c.st.Devices(ctx) }
 
-// Device returns one device; it wraps store.ErrNotFound for an unknown id.
+// Device returns one device by any spelling of its id; it wraps
+// store.ErrNotFound for an unknown id.
 func (c *CA) Device(ctx context.Context, id string) (store.Device, error) {
-	return c.st.Device(ctx, id)
+	if err := deviceid.Validate(id); err != nil {
+		return store.Device{}, err
+	}
+	return c.st.Device(ctx, deviceid.Canonical(id))
 }
 
-// RevokeDevice revokes a device: it can no longer renew, nor enroll again
-// with a token.
+// RevokeDevice revokes a device (any spelling of its id): it can no longer
+// renew, nor enroll again with a token.
 func (c *CA) RevokeDevice(ctx context.Context, id string) error {
-	return c.st.RevokeDevice(ctx, id, c.now())
+	if err := deviceid.Validate(id); err != nil {
+		return err
+	}
+	return c.st.RevokeDevice(ctx, deviceid.Canonical(id), c.now())
 }
 
 // DefaultAuditMaxRows is the default maximum of audit records: about

@@ -20,6 +20,8 @@ import (
 	"net/url"
 	"os"
 	"time"
+
+	"github.com/edgeagent/edgeagent/deviceid"
 )
 
 // Files in a CA directory.
@@ -67,20 +69,9 @@ const (
 // ErrKeyPermissions is wrapped when a key file is readable by group or others.
 var ErrKeyPermissions = errors.New("key file is readable by group or others")
 
-// ValidateDeviceID checks a device id: 1 to 64 of [A-Za-z0-9._-], the same
-// alphabet as token ids, so it is safe in a certificate CN, a URI, an MQTT
-// user name and a file name.
-func ValidateDeviceID(id string) error {
-	if id == "" || len(id) > 64 {
-		return fmt.Errorf("device id must be 1 to 64 characters, got %d", len(id))
-	}
-	for _, c := range id {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
-			return fmt.Errorf("device id %q: only letters, digits, '.', '_' and '-' are allowed", id)
-		}
-	}
-	return nil
-}
+// ValidateDeviceID checks a device id against the one grammar
+// (package deviceid).
+func ValidateDeviceID(id string) error { return deviceid.Validate(id) }
 
 // DeviceURI returns the SAN URI naming device id.
 func DeviceURI(id string) *url.URL {

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/edgeagent/edgeagent/ca/store"
+	"github.com/edgeagent/edgeagent/deviceid"
 	"github.com/edgeagent/edgeagent/enroll/est"
 )
 
@@ -477,7 +478,7 @@ func (c *CA) simpleEnroll(w http.ResponseWriter, r *http.Request, a *attempt) (*
 				return &Error{Status: http.StatusForbidden, Code: est.CodeDeviceRevoked,
 					Msg: fmt.Sprintf("device %s is revoked", csr.DeviceID), Reason: "enroll of a revoked device"}
 			}
-			if tok.Device != csr.DeviceID {
+			if tok.Device != deviceid.Canonical(csr.DeviceID) {
 				// A claim token (pattern or open) must not take over an
 				// identity that is already enrolled.
 				return &Error{Status: http.StatusForbidden, Code: est.CodeDeviceNotAllowed,
@@ -489,7 +490,7 @@ func (c *CA) simpleEnroll(w http.ResponseWriter, r *http.Request, a *attempt) (*
 	}
 	req := store.IssueRequest{
 		TokenID:  user,
-		DeviceID: csr.DeviceID,
+		DeviceID: deviceid.Canonical(csr.DeviceID),
 		Time:     now,
 		Audit: store.AuditRecord{Time: now, Op: a.op, Peer: a.peer, TokenID: a.tokenID, DeviceID: csr.DeviceID,
 			Result: store.ResultOK, Reason: "enrolled with token"},
@@ -503,7 +504,9 @@ func (c *CA) simpleEnroll(w http.ResponseWriter, r *http.Request, a *attempt) (*
 // ECDSA signature on a refused request, less than the CSR check every
 // request costs anyway, and saves a read of the state on every accepted one.
 func (c *CA) issue(ctx context.Context, req store.IssueRequest, csr *CSR, check func(*store.Token, *store.Device) error, arrived func()) (*x509.Certificate, error) {
-	cert, err := c.auth.issueLeaf(csr.Request.PublicKey, req.DeviceID, c.ttl, req.Time)
+	// The certificate keeps the device's spelling of its id; the
+	// registry is keyed by the canonical form (req.DeviceID).
+	cert, err := c.auth.issueLeaf(csr.Request.PublicKey, csr.DeviceID, c.ttl, req.Time)
 	if err != nil {
 		return nil, err
 	}
@@ -566,13 +569,13 @@ func checkToken(tok *store.Token, secretHash [32]byte, deviceID string, now time
 		return &Error{Status: http.StatusUnauthorized, Code: est.CodeTokenInvalid, Msg: tokenInvalidMsg,
 			Reason: fmt.Sprintf("token used up (%d of %d uses)", tok.Uses, tok.MaxUses)}
 	}
-	if tok.Device != "" && deviceID != tok.Device {
+	if tok.Device != "" && !deviceid.Equal(deviceID, tok.Device) {
 		return &Error{Status: http.StatusForbidden, Code: est.CodeDeviceNotAllowed,
 			Msg:    fmt.Sprintf("this token does not allow device id %q", deviceID),
 			Reason: fmt.Sprintf("token is bound to device %q, CSR names %q", tok.Device, deviceID)}
 	}
 	if tok.Pattern != "" {
-		if ok, _ := path.Match(tok.Pattern, deviceID); !ok {
+		if ok, _ := path.Match(deviceid.Canonical(tok.Pattern), deviceid.Canonical(deviceID)); !ok {
 			return &Error{Status: http.StatusForbidden, Code: est.CodeDeviceNotAllowed,
 				Msg:    fmt.Sprintf("this token does not allow device id %q", deviceID),
 				Reason: fmt.Sprintf("device id %q does not match the token pattern %q", deviceID, tok.Pattern)}
@@ -597,7 +600,7 @@ func (c *CA) simpleReenroll(w http.ResponseWriter, r *http.Request, a *attempt) 
 	if err != nil {
 		return nil, err
 	}
-	if csr.DeviceID != certID {
+	if !deviceid.Equal(csr.DeviceID, certID) {
 		return nil, &Error{Status: http.StatusForbidden, Code: est.CodeDeviceNotAllowed,
 			Msg: fmt.Sprintf("the CSR names device %q but the client certificate is for %q", csr.DeviceID, certID)}
 	}
@@ -615,7 +618,7 @@ func (c *CA) simpleReenroll(w http.ResponseWriter, r *http.Request, a *attempt) 
 		reason += fmt.Sprintf(", %s after it expired (grace %s)", late.Round(time.Second), c.renewGrace)
 	}
 	req := store.IssueRequest{
-		DeviceID:  certID,
+		DeviceID:  deviceid.Canonical(certID),
 		Time:      now,
 		Presented: peerSerial,
 		Audit: store.AuditRecord{Time: now, Op: a.op, Peer: a.peer, DeviceID: certID,

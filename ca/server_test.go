@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"encoding/asn1"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -275,4 +276,42 @@ func TestCertTTLMinimum(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Close()
+}
+
+// TestDeviceIDCase: ids that differ in case only name one device. The
+// registry finds it by any spelling, a device-bound token matches any
+// spelling, and the certificate keeps the spelling the CSR used.
+func TestDeviceIDCase(t *testing.T) {
+	s := newTestServer(t, Options{})
+	ctx := context.Background()
+	cert, key := s.enrolled(t, "DEVA")
+	if cert.Leaf.Subject.CommonName != "DEVA" {
+		t.Fatalf("CN %q, want the CSR's spelling", cert.Leaf.Subject.CommonName)
+	}
+	for _, spelling := range []string{"DEVA", "devA", "deva"} {
+		d, err := s.ca.Device(ctx, spelling)
+		if err != nil || d.ID != "deva" {
+			t.Fatalf("Device(%q) = %+v, %v", spelling, d, err)
+		}
+	}
+	// Renewal with the certificate: same device, same spelling.
+	renewed := s.client(cert).reenroll(t, csrFor(t, key, "DEVA", DeviceURIPrefix+"DEVA")).certs(t)[0]
+	if renewed.Subject.CommonName != "DEVA" {
+		t.Fatalf("renewed CN %q", renewed.Subject.CommonName)
+	}
+	// A token made for "devA" re-enrolls the same device.
+	tok := s.token(t, TokenOptions{Device: "devA"})
+	if r := s.client(nil).enroll(t, csrFor(t, newKey(t), "deVa"), tok); r.status != http.StatusOK {
+		t.Fatalf("token for devA, CSR deVa: %d %s", r.status, r.body)
+	}
+	devs, err := s.ca.Devices(ctx)
+	if err != nil || len(devs) != 1 || devs[0].Enrollments != 3 {
+		t.Fatalf("devices %+v %v", devs, err)
+	}
+	if err := s.ca.RevokeDevice(ctx, "DeVa"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.ca.Device(ctx, "-x"); err == nil || !strings.Contains(err.Error(), "start with") {
+		t.Fatalf("Device(-x): %v", err)
+	}
 }

@@ -213,6 +213,13 @@ var migrations = []string{
 	ALTER TABLE devices ADD COLUMN cert_token TEXT NOT NULL DEFAULT '';
 	ALTER TABLE devices ADD COLUMN confirmed_serial TEXT NOT NULL DEFAULT '';
 	UPDATE devices SET confirmed_serial = prev_serial;`,
+	// Device ids are case-insensitive (package deviceid): the registry,
+	// token bindings and patterns are keyed by the lower-case form. Two
+	// devices whose ids differed in case only (the bug this fixes) keep
+	// the lower-case one under it; the other keeps its old key, listed
+	// but no longer found by id.
+	`UPDATE OR IGNORE devices SET id = lower(id) WHERE id <> lower(id);
+	UPDATE tokens SET device = lower(device), pattern = lower(pattern);`,
 }
 
 // SchemaVersion is the schema version this code writes.

@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -279,5 +280,56 @@ func TestAuditEscapesAndPrunes(t *testing.T) {
 	}
 	if out := mustRun(t, "audit", "--dir", dir); strings.Count(out, "\n") != 2 || !strings.Contains(out, "FAKE") {
 		t.Fatalf("after prune:\n%s", out)
+	}
+}
+
+// TestDeviceShowRevokeEveryID: `edgeca device show` and `revoke` take any
+// valid device id, by any spelling of its case, and refuse invalid ones
+// with the grammar's reason.
+func TestDeviceShowRevokeEveryID(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "ca")
+	mustRun(t, "init", "--dir", dir)
+	ctx := context.Background()
+	ids := []string{"a", "0", "a.b", "a..b", "x_y-z", "UPPER-Case", "trailing.", strings.Repeat("z", 64)}
+	st, err := store.Open(ctx, filepath.Join(dir, ca.DBFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, id := range ids {
+		err := st.Issue(ctx, store.IssueRequest{DeviceID: strings.ToLower(id), Time: time.Now(),
+			Issuance: store.Issuance{Serial: fmt.Sprintf("%02x", i), NotAfter: time.Now().Add(time.Hour)}},
+			func(*store.Token, *store.Device) error { return nil })
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	st.Close()
+	for _, id := range ids {
+		if out := mustRun(t, "device", "show", "--dir", dir, id); !strings.Contains(out, strings.ToLower(id)) {
+			t.Errorf("device show %s:\n%s", id, out)
+		}
+		mustRun(t, "device", "revoke", id, "--dir", dir)
+		if out := mustRun(t, "device", "show", "--dir", dir, strings.ToUpper(id)); !strings.Contains(out, "revoked") {
+			t.Errorf("device show %s after revoke:\n%s", strings.ToUpper(id), out)
+		}
+	}
+	for _, tc := range []struct {
+		id   string
+		code int
+		has  string
+	}{
+		{"..", 1, "start with"},
+		{".", 1, "start with"},
+		{"a/b", 1, "only letters"},
+		{"-rf", 2, "-rf"}, // read as a flag: no valid id starts with '-'
+		{"a\x1b[2J", 1, `\x1b`},
+		{strings.Repeat("z", 65), 1, "1 to 64"},
+	} {
+		for _, cmd := range []string{"show", "revoke"} {
+			code, _, errOut := edgeca(t, "device", cmd, "--dir", dir, tc.id)
+			if code != tc.code || !strings.Contains(errOut, tc.has) || strings.Contains(errOut, "\x1b") {
+				t.Errorf("device %s %q: exit %d %q, want %d %q", cmd, tc.id, code, errOut, tc.code, tc.has)
+			}
+		}
 	}
 }
