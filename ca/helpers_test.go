@@ -47,10 +47,16 @@ type testServer struct {
 func newTestServer(t testing.TB, opts Options) *testServer {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "ca")
-	ctx := context.Background()
-	if err := Init(ctx, dir, InitOptions{}); err != nil {
+	if err := Init(context.Background(), dir, InitOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	return serveDir(t, dir, opts)
+}
+
+// serveDir opens the CA in dir and serves it until the test ends.
+func serveDir(t testing.TB, dir string, opts Options) *testServer {
+	t.Helper()
+	ctx := context.Background()
 	clk := &testClock{}
 	if opts.Now == nil {
 		opts.Now = clk.Now

@@ -70,6 +70,9 @@ func Run(ctx context.Context, cfg ServeConfig) error {
 			return fmt.Errorf("serve: --addr-file: %w", err)
 		}
 	}
+	if _, err := os.Stat(filepath.Join(cfg.Dir, RootKeyFile)); err == nil {
+		log.Warn("the root CA key is on this server; serve never reads it: move it offline (see README, Root key offline)", "file", filepath.Join(cfg.Dir, RootKeyFile))
+	}
 	log.Info("edgeca serving EST", "addr", addr, "hostnames", hosts, "cert_ttl", c.CertTTL().String(), "renew_grace", cfg.RenewGrace.String(),
 		"root_pin", c.Pin().String(), "dir", cfg.Dir, "tls_post_quantum", cfg.PostQuantumTLS)
 	err = c.Serve(ctx, ln)

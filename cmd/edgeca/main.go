@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -26,7 +27,7 @@ import (
 const usage = `usage: edgeca COMMAND [flags]
 
 commands:
-  init      --dir DIR [--url https://HOST:PORT] [--name NAME]
+  init      --dir DIR [--url https://HOST:PORT] [--name NAME] [--root-key-out FILE]
             [--import-root-cert F [--import-root-key F]
              [--import-intermediate-cert F --import-intermediate-key F]]
   serve     --dir DIR [--listen 127.0.0.1:8443] [--hostname name,ip,...]
@@ -184,6 +185,7 @@ func cmdInit(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&o.ImportRootKey, "import-root-key", "", "import this root key (PEM, mode 0600)")
 	fs.StringVar(&o.ImportIntermediateCert, "import-intermediate-cert", "", "import this issuing certificate (PEM)")
 	fs.StringVar(&o.ImportIntermediateKey, "import-intermediate-key", "", "import this issuing key (PEM, mode 0600)")
+	fs.StringVar(&o.RootKeyOut, "root-key-out", "", "write the root key to this file (e.g. on removable media) instead of the CA directory: serve never reads it")
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
@@ -197,6 +199,14 @@ func cmdInit(ctx context.Context, args []string, stderr io.Writer) error {
 	defer c.Close()
 	fmt.Fprintf(stderr, "CA initialized in %s\nroot:         %s\nintermediate: %s\nroot pin:     %s\n",
 		*dir, c.Root().Subject, c.Intermediate().Subject, c.Pin())
+	switch {
+	case o.RootKeyOut != "":
+		fmt.Fprintf(stderr, "root key:     %s (not in the CA directory: keep it offline)\n", o.RootKeyOut)
+	case o.ImportRootCert != "" && o.ImportRootKey == "":
+		fmt.Fprintf(stderr, "root key:     not imported (stays offline)\n")
+	default:
+		fmt.Fprintf(stderr, "root key:     %s (serve never reads it: move it off the server)\n", filepath.Join(*dir, ca.RootKeyFile))
+	}
 	return nil
 }
 

@@ -333,3 +333,20 @@ func TestDeviceShowRevokeEveryID(t *testing.T) {
 		}
 	}
 }
+
+func TestInitRootKeyOut(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "ca")
+	out := filepath.Join(t.TempDir(), "root-key.pem")
+	code, _, errOut := edgeca(t, "init", "--dir", dir, "--root-key-out", out)
+	if code != 0 || !strings.Contains(errOut, "keep it offline") {
+		t.Fatalf("init --root-key-out: %d %s", code, errOut)
+	}
+	if _, err := os.Stat(filepath.Join(dir, ca.RootKeyFile)); !os.IsNotExist(err) {
+		t.Fatalf("root key left in the CA directory: %v", err)
+	}
+	if fi, err := os.Stat(out); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("root key out: %v %v", fi, err)
+	}
+	// The CA works without it.
+	mustRun(t, "token", "create", "--dir", dir, "--url", "https://ca.example:8443")
+}
