@@ -24,11 +24,12 @@ import (
 )
 
 // dropProxy is a TCP proxy in front of edgeca that swallows the answer of
-// the next n connections: it passes the TLS 1.2 handshake both ways, reads
-// the first application data record edgeca writes (the HTTP answer, sent
-// after the enrollment was committed) and closes both sides instead of
-// forwarding it. Clients must use TLS 1.2, whose handshake records are not
-// application data.
+// the next n connections: it reads TLS records both ways and, once the
+// client has sent application data (its request; in TLS 1.3 also its
+// Finished), takes the next application data record edgeca writes (the
+// HTTP answer, sent after the enrollment was committed) and closes both
+// sides instead of forwarding it. edgeca sends no session tickets, so in
+// TLS 1.2 and 1.3 alike that record is the answer.
 type dropProxy struct {
 	ln      net.Listener
 	target  string
@@ -67,6 +68,31 @@ func (p *dropProxy) accept() {
 	}
 }
 
+const recordAppData = 23 // TLS ContentType application_data
+
+// copyRecords forwards TLS records from src to dst; seen, when not nil, is
+// called before each record is forwarded and may stop the copy by
+// returning false.
+func copyRecords(dst, src net.Conn, seen func(typ byte) bool) {
+	for {
+		var hdr [5]byte
+		if _, err := io.ReadFull(src, hdr[:]); err != nil {
+			return
+		}
+		rec := make([]byte, 5+int(binary.BigEndian.Uint16(hdr[3:])))
+		copy(rec, hdr[:])
+		if _, err := io.ReadFull(src, rec[5:]); err != nil {
+			return
+		}
+		if seen != nil && !seen(hdr[0]) {
+			return
+		}
+		if _, err := dst.Write(rec); err != nil {
+			return
+		}
+	}
+}
+
 func (p *dropProxy) serve(client net.Conn) {
 	defer client.Close()
 	server, err := net.Dial("tcp", p.target)
@@ -78,28 +104,27 @@ func (p *dropProxy) serve(client net.Conn) {
 	if !drop {
 		p.drop.Add(1)
 	}
-	go func() { _, _ = io.Copy(server, client); server.Close() }()
-	for {
-		var hdr [5]byte
-		if _, err := io.ReadFull(server, hdr[:]); err != nil {
-			return
-		}
-		body := make([]byte, binary.BigEndian.Uint16(hdr[3:]))
-		if _, err := io.ReadFull(server, body); err != nil {
-			return
-		}
-		if hdr[0] == 23 && drop { // application data: the answer
+	var requested atomic.Bool
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		copyRecords(server, client, func(typ byte) bool {
+			if typ == recordAppData {
+				requested.Store(true)
+			}
+			return true
+		})
+		server.Close()
+	}()
+	copyRecords(client, server, func(typ byte) bool {
+		if drop && typ == recordAppData && requested.Load() {
 			p.dropped.Add(1)
-			return
+			return false
 		}
-		if _, err := client.Write(append(hdr[:], body...)); err != nil {
-			return
-		}
-		if hdr[0] == 23 {
-			_, _ = io.Copy(client, server)
-			return
-		}
-	}
+		return true
+	})
+	client.Close()
+	<-done
 }
 
 // try is estClient.do that returns transport errors instead of failing.
@@ -124,12 +149,12 @@ func (e *estClient) try(method, path string, body []byte, user, pass string) (re
 	return response{status: resp.StatusCode, header: resp.Header, body: string(b)}, nil
 }
 
-// via returns a TLS 1.2 client of s that goes through proxy p.
-func (s *testServer) via(p *dropProxy, cert *tls.Certificate) *estClient {
+// via returns a client of s that goes through proxy p, with TLS 1.2 or
+// 1.3 at most.
+func (s *testServer) via(p *dropProxy, cert *tls.Certificate, maxVersion uint16) *estClient {
 	c := s.client(cert)
 	c.url = p.url()
-	tr := c.http.Transport.(*http.Transport)
-	tr.TLSClientConfig.MaxVersion = tls.VersionTLS12
+	c.http.Transport.(*http.Transport).TLSClientConfig.MaxVersion = maxVersion
 	return c
 }
 
@@ -139,6 +164,15 @@ func (s *testServer) via(p *dropProxy, cert *tls.Certificate) *estClient {
 // shows one use, the device's previous certificate keeps working until the
 // device has used the new one, and the audit log says what happened.
 func TestLostAnswers(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		max  uint16
+	}{{"TLS 1.2", tls.VersionTLS12}, {"TLS 1.3", tls.VersionTLS13}} {
+		t.Run(tc.name, func(t *testing.T) { testLostAnswers(t, tc.max) })
+	}
+}
+
+func testLostAnswers(t *testing.T, maxVersion uint16) {
 	s := newTestServer(t, Options{CertTTL: time.Hour})
 	ctx := context.Background()
 	p := newDropProxy(t, strings.TrimPrefix(s.url, "https://"))
@@ -190,7 +224,7 @@ func TestLostAnswers(t *testing.T) {
 	var leaf *x509.Certificate
 	t.Run("enroll", func(t *testing.T) {
 		r, failed := attempt(t, func() (response, error) {
-			return s.via(p, nil).try(http.MethodPost, est.Path("", est.OpSimpleEnroll), csrFor(t, key, id), tok.ID, tok.Secret)
+			return s.via(p, nil, maxVersion).try(http.MethodPost, est.Path("", est.OpSimpleEnroll), csrFor(t, key, id), tok.ID, tok.Secret)
 		})
 		leaf = r.certs(t)[0]
 		d := current(t)
@@ -213,7 +247,7 @@ func TestLostAnswers(t *testing.T) {
 	var renewed *x509.Certificate
 	t.Run("reenroll", func(t *testing.T) {
 		r, _ := attempt(t, func() (response, error) {
-			return s.via(p, first).try(http.MethodPost, est.Path("", est.OpSimpleReenroll), csrFor(t, key, id, DeviceURIPrefix+id), "", "")
+			return s.via(p, first, maxVersion).try(http.MethodPost, est.Path("", est.OpSimpleReenroll), csrFor(t, key, id, DeviceURIPrefix+id), "", "")
 		})
 		renewed = r.certs(t)[0]
 		d := current(t)
@@ -231,7 +265,7 @@ func TestLostAnswers(t *testing.T) {
 		var last *ecdsa.PrivateKey
 		r, _ := attempt(t, func() (response, error) {
 			last = newKey(t)
-			return s.via(p, second).try(http.MethodPost, est.Path("", est.OpSimpleReenroll), csrFor(t, last, id, DeviceURIPrefix+id), "", "")
+			return s.via(p, second, maxVersion).try(http.MethodPost, est.Path("", est.OpSimpleReenroll), csrFor(t, last, id, DeviceURIPrefix+id), "", "")
 		})
 		rekeyed := r.certs(t)[0]
 		if !rekeyed.PublicKey.(interface{ Equal(crypto.PublicKey) bool }).Equal(last.Public()) {
