@@ -371,6 +371,7 @@ type deviceJSON struct {
 	ID          string    `json:"id"`
 	Status      string    `json:"status"`
 	Serial      string    `json:"serial"`
+	Confirmed   string    `json:"confirmed_serial,omitempty"`
 	NotAfter    time.Time `json:"not_after"`
 	FirstSeen   time.Time `json:"first_seen"`
 	LastSeen    time.Time `json:"last_seen"`
@@ -380,7 +381,7 @@ type deviceJSON struct {
 }
 
 func toDeviceJSON(d store.Device) deviceJSON {
-	return deviceJSON{ID: d.ID, Status: d.Status, Serial: d.Serial, NotAfter: d.NotAfter, FirstSeen: d.FirstSeen,
+	return deviceJSON{ID: d.ID, Status: d.Status, Serial: d.Serial, Confirmed: d.Confirmed, NotAfter: d.NotAfter, FirstSeen: d.FirstSeen,
 		LastSeen: d.LastSeen, TokenID: d.TokenID, Enrollments: d.Enrollments, RevokedAt: d.RevokedAt}
 }
 
@@ -438,6 +439,9 @@ func cmdDeviceShow(ctx context.Context, args []string, stdout io.Writer) error {
 	row("device", d.ID)
 	row("status", d.Status)
 	row("serial", d.Serial)
+	// The newest certificate the device renewed with: it stays good for
+	// renewal until the device renews with a newer one.
+	row("confirmed serial", dash(d.Confirmed))
 	row("not after", d.NotAfter.Local().Format(time.RFC3339))
 	row("first seen", d.FirstSeen.Local().Format(time.RFC3339))
 	row("last seen", d.LastSeen.Local().Format(time.RFC3339))
