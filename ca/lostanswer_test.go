@@ -24,9 +24,9 @@ import (
 )
 
 // dropProxy is a TCP proxy in front of edgeca that swallows the answer of
-// the next n connections: it reads TLS records both ways and, once the
-// client has sent application data (its request; in TLS 1.3 also its
-// Finished), takes the next application data record edgeca writes (the
+// the next n enrollments: it reads TLS records both ways and, once the
+// client has sent an application data record as large as an enrollment
+// request, takes the next application data record edgeca writes (the
 // HTTP answer, sent after the enrollment was committed) and closes both
 // sides instead of forwarding it. edgeca sends no session tickets, so in
 // TLS 1.2 and 1.3 alike that record is the answer.
@@ -68,12 +68,15 @@ func (p *dropProxy) accept() {
 	}
 }
 
-const recordAppData = 23 // TLS ContentType application_data
+const (
+	recordAppData    = 23 // TLS ContentType application_data
+	minRequestRecord = 400
+)
 
 // copyRecords forwards TLS records from src to dst; seen, when not nil, is
 // called before each record is forwarded and may stop the copy by
 // returning false.
-func copyRecords(dst, src net.Conn, seen func(typ byte) bool) {
+func copyRecords(dst, src net.Conn, seen func(typ byte, n int) bool) {
 	for {
 		var hdr [5]byte
 		if _, err := io.ReadFull(src, hdr[:]); err != nil {
@@ -84,7 +87,7 @@ func copyRecords(dst, src net.Conn, seen func(typ byte) bool) {
 		if _, err := io.ReadFull(src, rec[5:]); err != nil {
 			return
 		}
-		if seen != nil && !seen(hdr[0]) {
+		if seen != nil && !seen(hdr[0], len(rec)) {
 			return
 		}
 		if _, err := dst.Write(rec); err != nil {
@@ -100,27 +103,32 @@ func (p *dropProxy) serve(client net.Conn) {
 		return
 	}
 	defer server.Close()
-	drop := p.drop.Add(-1) >= 0
-	if !drop {
-		p.drop.Add(1)
-	}
 	var requested atomic.Bool
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		copyRecords(server, client, func(typ byte) bool {
-			if typ == recordAppData {
+		copyRecords(server, client, func(typ byte, n int) bool {
+			// A request with a CSR (or, in TLS 1.3, a client certificate
+			// before it) fills a record of hundreds of bytes; a GET
+			// cacerts or a Finished does not, and its answer passes.
+			if typ == recordAppData && n >= minRequestRecord {
 				requested.Store(true)
 			}
 			return true
 		})
 		server.Close()
 	}()
-	copyRecords(client, server, func(typ byte) bool {
-		if drop && typ == recordAppData && requested.Load() {
+	decided := false // the first enrollment answer on a connection only
+	copyRecords(client, server, func(typ byte, _ int) bool {
+		if decided || typ != recordAppData || !requested.Load() {
+			return true
+		}
+		decided = true
+		if p.drop.Add(-1) >= 0 {
 			p.dropped.Add(1)
 			return false
 		}
+		p.drop.Add(1)
 		return true
 	})
 	client.Close()
