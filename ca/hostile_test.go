@@ -280,9 +280,29 @@ func TestGarbageIsBounded(t *testing.T) {
 	if grown > 1<<20 {
 		t.Fatalf("%d garbage requests grew the database and the log by %d bytes, over 1 MB", requests, grown)
 	}
+	// Close the window: the summary accounts for every refusal not
+	// recorded one by one.
+	for _, r := range s.ca.sampler.flush(s.clock.Now().Add(refusalWindow)) {
+		s.ca.writeSummary(context.Background(), r)
+	}
 	recs, err := s.ca.Audit(context.Background(), 0)
 	if err != nil {
 		t.Fatal(err)
+	}
+	accounted := 0
+	for _, r := range recs {
+		if r.Code == "sampled" {
+			n, err := strconv.Atoi(strings.Fields(r.Reason)[0])
+			if err != nil {
+				t.Fatalf("summary %q", r.Reason)
+			}
+			accounted += n
+		} else {
+			accounted++
+		}
+	}
+	if accounted != requests || len(recs) > 2*DefaultRefusalsPerMinute {
+		t.Fatalf("%d audit records account for %d refusals, want %d", len(recs), accounted, requests)
 	}
 	for _, r := range recs {
 		for _, f := range []string{r.Op, r.Peer, r.TokenID, r.DeviceID, r.Code, r.Reason} {

@@ -336,3 +336,20 @@ func TestPruneAudit(t *testing.T) {
 		t.Fatalf("newest after prune: %+v", recs)
 	}
 }
+
+func TestTokenByID(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, filepath.Join(t.TempDir(), "db"))
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	want := Token{ID: "t1", SecretHash: [32]byte{9}, Device: "d", MaxUses: 1, CreatedAt: now, ExpiresAt: now.Add(time.Hour)}
+	if err := s.CreateToken(ctx, want); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Token(ctx, "t1")
+	if err != nil || got != want {
+		t.Fatalf("Token(t1) = %+v, %v; want %+v", got, err, want)
+	}
+	if _, err := s.Token(ctx, "nope"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Token(nope): %v", err)
+	}
+}
