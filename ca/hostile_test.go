@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgeagent/edgeagent/ca/store"
 	"github.com/edgeagent/edgeagent/enroll/est"
 	"github.com/edgeagent/edgeagent/enroll/token"
 )
@@ -357,5 +358,111 @@ func TestFDExhaustionLogged(t *testing.T) {
 	}
 	if n := strings.Count(buf.String(), "level=ERROR"); n != 1 || !strings.Contains(buf.String(), "out of file descriptors") {
 		t.Fatalf("log:\n%s", buf.String())
+	}
+}
+
+// TestLimitListener: connections over the per-peer or the total limit are
+// closed at accept; closing one frees its slot.
+func TestLimitListener(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := newLimitListener(ln, 2, 3, slog.New(slog.DiscardHandler))
+	defer l.Close()
+	for _, tc := range []struct {
+		ip   string
+		ok   bool
+		note string
+	}{
+		{"127.0.0.2", true, ""},
+		{"127.0.0.2", true, ""},
+		{"127.0.0.2", false, "third from one peer"},
+		{"127.0.0.3", true, ""},
+		{"127.0.0.4", false, "fourth in total"},
+	} {
+		if got := l.acquire(tc.ip); got != tc.ok {
+			t.Fatalf("acquire %s: %v, want %v (%s)", tc.ip, got, tc.ok, tc.note)
+		}
+	}
+	l.release("127.0.0.2")
+	if !l.acquire("127.0.0.4") {
+		t.Fatal("a freed slot was not reused")
+	}
+	// Through Accept: a conn over the limit is closed, the next one served.
+	l2 := newLimitListener(ln, 1, 10, slog.New(slog.DiscardHandler))
+	accepted := make(chan net.Conn, 2)
+	go func() {
+		for {
+			c, err := l2.Accept()
+			if err != nil {
+				close(accepted)
+				return
+			}
+			accepted <- c
+		}
+	}()
+	first, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	held := <-accepted
+	second, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	_ = second.SetReadDeadline(time.Now().Add(10 * time.Second)) // a hang guard, not a bound
+	if _, err := second.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatal("second connection from one peer was not closed")
+	}
+	held.Close() // frees the slot
+	third, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer third.Close()
+	if c := <-accepted; c == nil {
+		t.Fatal("the connection after a freed slot was not accepted")
+	} else {
+		c.Close()
+	}
+	if l2.refused.Load() != 1 {
+		t.Fatalf("%d refused, want 1", l2.refused.Load())
+	}
+}
+
+// TestGuessLimiterBounds: unknown keys beyond maxGuessKeys share one
+// entry, and sweep forgets quiet keys.
+func TestGuessLimiterBounds(t *testing.T) {
+	g := newGuessLimiter(0, time.Second, time.Minute)
+	now := time.Now()
+	for i := range maxGuessKeys + 100 {
+		g.fail(fmt.Sprint("k", i), now)
+	}
+	if len(g.entries) != maxGuessKeys+1 || g.entries["*"] == nil || g.entries["*"].failures != 100 {
+		t.Fatalf("%d entries", len(g.entries))
+	}
+	if g.wait("k1", now) != time.Second {
+		t.Fatalf("wait %s", g.wait("k1", now))
+	}
+	g.sweep(now.Add(3 * time.Minute))
+	if len(g.entries) != 0 {
+		t.Fatalf("%d entries after sweep", len(g.entries))
+	}
+}
+
+// TestAuditMaxRows: the server keeps the audit log within its maximum.
+func TestAuditMaxRows(t *testing.T) {
+	s := newTestServer(t, Options{AuditMaxRows: 3})
+	ctx := context.Background()
+	for i := range 10 {
+		s.ca.writeAudit(ctx, store.AuditRecord{Time: time.Now(), Op: "x", Result: store.ResultDenied, Reason: fmt.Sprint(i)})
+	}
+	s.ca.pruneAudit(ctx)
+	recs, err := s.ca.Audit(ctx, 0)
+	if err != nil || len(recs) != 3 || recs[0].Reason != "9" || recs[2].Reason != "7" {
+		t.Fatalf("after prune: %+v %v", recs, err)
 	}
 }
