@@ -108,16 +108,17 @@ func Enroll(ctx context.Context, o EnrollOptions) (*Identity, error) {
 		}
 		o.Now = now
 	}
+	var inter []*x509.Certificate // a leaf-only server's chain (RFC 7030 §4.1.1)
 	if roots == nil {
-		pinned, err := enroll.FetchPinnedAt(ctx, o.Server, o.CAPin, o.Timeout, o.Now)
+		pinned, err := enroll.FetchPinnedCA(ctx, enroll.PinOptions{Server: o.Server, Label: o.Label, Pin: o.CAPin, Timeout: o.Timeout, Now: o.Now})
 		if err != nil {
 			return nil, err
 		}
 		roots = x509.NewCertPool()
-		roots.AddCert(pinned)
-		serverRoots = []*x509.Certificate{pinned}
+		roots.AddCert(pinned.Anchor)
+		serverRoots, inter = []*x509.Certificate{pinned.Anchor}, pinned.CACerts
 	}
-	client, err := enroll.New(enroll.Options{Server: o.Server, Label: o.Label, Roots: roots, Timeout: o.Timeout, Time: o.Now, OnResponse: o.OnResponse, PostQuantumTLS: o.PostQuantumTLS})
+	client, err := enroll.New(enroll.Options{Server: o.Server, Label: o.Label, Roots: roots, Intermediates: inter, Timeout: o.Timeout, Time: o.Now, OnResponse: o.OnResponse, PostQuantumTLS: o.PostQuantumTLS})
 	if err != nil {
 		return nil, err
 	}
@@ -233,6 +234,7 @@ func Renew(ctx context.Context, o RenewOptions) (*Identity, error) {
 		Server:         cur.Server,
 		Label:          cur.Label,
 		Roots:          cur.ESTPool(),
+		Intermediates:  cur.CABundle,
 		Certificate:    func() *tls.Certificate { return tlsCert },
 		Timeout:        o.Timeout,
 		Time:           o.Now,

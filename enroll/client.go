@@ -34,6 +34,10 @@ type Options struct {
 	// Roots authenticates the server. Required: see FetchPinnedRoots for
 	// bootstrapping it from a pin.
 	Roots *x509.CertPool
+	// Intermediates are CA certificates (the /cacerts answer, the CA
+	// bundle) through which a server that presents only its own
+	// certificate chains to Roots; those that do are trusted as well.
+	Intermediates []*x509.Certificate
 	// Certificate returns the client certificate for simplereenroll; nil
 	// for enrollment with a token.
 	Certificate func() *tls.Certificate
@@ -109,7 +113,7 @@ func New(o Options) (*Client, error) {
 	}
 	tc := &tls.Config{
 		MinVersion:       tls.VersionTLS12,
-		RootCAs:          o.Roots,
+		RootCAs:          anchorsWith(o.Roots, o.Intermediates, o.Time()),
 		Time:             o.Time,
 		CurvePreferences: KeyExchanges(o.PostQuantumTLS),
 	}
