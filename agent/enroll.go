@@ -134,11 +134,12 @@ func Enroll(ctx context.Context, o EnrollOptions) (*Identity, error) {
 	}
 	o.Logger.Info("EST server authenticated", "server", o.Server, "ca_certs", len(bundle))
 
-	key, err := keystore.LoadOrCreate(o.Keystore, o.KeyAlg)
+	plan := client.CSRPlan(ctx, o.Logger) // RFC 7030 §4.5
+	key, err := keystore.LoadOrCreate(o.Keystore, keystore.Algorithm(plan.Algorithm(string(o.KeyAlg))))
 	if err != nil {
 		return nil, fmt.Errorf("enroll: device key: %w", err)
 	}
-	csr, err := enroll.BuildCSR(key, o.DeviceID)
+	csr, err := enroll.BuildEnrollCSR(key, o.DeviceID, plan)
 	if err != nil {
 		return nil, err
 	}
@@ -246,6 +247,7 @@ func Renew(ctx context.Context, o RenewOptions) (*Identity, error) {
 	}
 	defer client.CloseIdleConnections()
 
+	plan := client.CSRPlan(ctx, o.Logger) // RFC 7030 §4.5
 	key := cur.Key
 	var rot keystore.Rotation
 	if o.Rekey {
@@ -253,6 +255,7 @@ func Renew(ctx context.Context, o RenewOptions) (*Identity, error) {
 		if alg == "" {
 			alg = algorithmOf(cur.Key)
 		}
+		alg = keystore.Algorithm(plan.Algorithm(string(alg)))
 		if rot, err = o.Keystore.BeginRotate(alg); err != nil {
 			return nil, fmt.Errorf("renew: new key: %w", err)
 		}
@@ -264,15 +267,21 @@ func Renew(ctx context.Context, o RenewOptions) (*Identity, error) {
 		}
 		return nil, err
 	}
-	csr, err := enroll.BuildCSR(key, cur.DeviceID)
+	csr, err := enroll.BuildRenewalCSR(key, cur.Leaf(), plan) // RFC 7030 §4.2.2
 	if err != nil {
 		return abort(err)
+	}
+	// The chain comes from /cacerts (RFC 7030 §4.2.3), fetched now so a
+	// rotated intermediate or root reaches the device.
+	fresh, err := client.CACerts(ctx)
+	if err != nil {
+		o.Logger.Warn("renew: cannot refresh the CA certificates; checking against the current bundle", "err", err)
 	}
 	certs, err := client.SimpleReenroll(ctx, csr)
 	if err != nil {
 		return abort(err)
 	}
-	chain, err := enroll.CheckIssued(certs, key.Public(), cur.DeviceID, cur.CABundle, o.Now())
+	chain, bundle, err := enroll.CheckIssuedWith(certs, key.Public(), cur.DeviceID, fresh, cur.CABundle, o.Now())
 	if err != nil {
 		return abort(err)
 	}
@@ -280,7 +289,7 @@ func Renew(ctx context.Context, o RenewOptions) (*Identity, error) {
 	meta.RenewedAt = o.Now().UTC()
 	// A crash after this write and before Commit is finished by
 	// LoadIdentity, which finds the certificate matches the pending key.
-	if err := saveIdentity(o.StateDir, meta, chain, cur.CABundle, cur.ServerRoots); err != nil {
+	if err := saveIdentity(o.StateDir, meta, chain, bundle, cur.ServerRoots); err != nil {
 		if rot == nil {
 			return nil, fmt.Errorf("renew: store identity: %w", err)
 		}
@@ -297,5 +306,5 @@ func Renew(ctx context.Context, o RenewOptions) (*Identity, error) {
 			return nil, fmt.Errorf("renew: commit new key: %w", err)
 		}
 	}
-	return &Identity{Meta: meta, Key: key, Chain: chain, CABundle: cur.CABundle, ServerRoots: cur.ServerRoots}, nil
+	return &Identity{Meta: meta, Key: key, Chain: chain, CABundle: bundle, ServerRoots: cur.ServerRoots}, nil
 }

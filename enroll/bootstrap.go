@@ -3,12 +3,8 @@ package enroll
 import (
 	"context"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/rand"
-	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"io"
@@ -358,44 +354,26 @@ func findPinned(ctx context.Context, o PinOptions, at func(presented []*x509.Cer
 	return pinned, presented, extra, host, nil
 }
 
-// DeviceURIPrefix starts the SAN URI that names a device.
-const DeviceURIPrefix = "urn:edgeagent:device:"
-
-// BuildCSR makes a PKCS#10 request for deviceID signed by key: subject CN
-// and SAN URI name the device.
-func BuildCSR(key crypto.Signer, deviceID string) ([]byte, error) {
-	if err := token.ValidateID(deviceID); err != nil {
-		return nil, fmt.Errorf("enroll: device id: %w", err)
-	}
-	uri, err := url.Parse(DeviceURIPrefix + deviceID)
-	if err != nil {
-		return nil, fmt.Errorf("enroll: device URI: %w", err)
-	}
-	tmpl := &x509.CertificateRequest{
-		Subject: pkix.Name{CommonName: deviceID},
-		URIs:    []*url.URL{uri},
-	}
-	switch key.Public().(type) {
-	case *ecdsa.PublicKey:
-		tmpl.SignatureAlgorithm = x509.ECDSAWithSHA256
-	case *rsa.PublicKey:
-		tmpl.SignatureAlgorithm = x509.SHA256WithRSA
-	default:
-		return nil, fmt.Errorf("enroll: unsupported key type %T", key.Public())
-	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
-	if err != nil {
-		return nil, fmt.Errorf("enroll: sign CSR: %w", err)
-	}
-	return der, nil
-}
-
 // CheckIssued verifies what the server issued: the first certificate is for
 // key, names deviceID, allows clientAuth and chains to the CA bundle. It
 // returns the chain to present in TLS (leaf and intermediates, no root).
+// The answer may hold the leaf only (RFC 7030 §4.2.3: the chain is what
+// /cacerts is for) or the leaf and its chain.
 func CheckIssued(certs []*x509.Certificate, key crypto.PublicKey, deviceID string, caBundle []*x509.Certificate, now time.Time) ([]*x509.Certificate, error) {
+	chain, _, err := CheckIssuedWith(certs, key, deviceID, caBundle, nil, now)
+	return chain, err
+}
+
+// CheckIssuedWith is CheckIssued for a renewal: fresh is the /cacerts
+// answer just fetched over the authenticated connection, current the CA
+// bundle the device had. The issued certificate may chain through either
+// (a rotated intermediate is only in fresh; a root the server does not
+// publish only in current). It returns the TLS chain and the CA bundle to
+// keep: fresh, ending with the chain's trust anchor when fresh lacks it,
+// or current when fresh is empty.
+func CheckIssuedWith(certs []*x509.Certificate, key crypto.PublicKey, deviceID string, fresh, current []*x509.Certificate, now time.Time) (chain, bundle []*x509.Certificate, err error) {
 	if len(certs) == 0 {
-		return nil, fmt.Errorf("enroll: %w: no certificate issued", ErrResponse)
+		return nil, nil, fmt.Errorf("enroll: %w: no certificate issued", ErrResponse)
 	}
 	var leaf *x509.Certificate
 	for _, c := range certs {
@@ -405,13 +383,13 @@ func CheckIssued(certs []*x509.Certificate, key crypto.PublicKey, deviceID strin
 		}
 	}
 	if leaf == nil {
-		return nil, fmt.Errorf("enroll: %w: the issued certificate is not for this device's key", ErrResponse)
+		return nil, nil, fmt.Errorf("enroll: %w: the issued certificate is not for this device's key", ErrResponse)
 	}
 	if leaf.Subject.CommonName != deviceID {
-		return nil, fmt.Errorf("enroll: %w: issued for %q, want %q", ErrResponse, leaf.Subject.CommonName, deviceID)
+		return nil, nil, fmt.Errorf("enroll: %w: issued for %q, want %q", ErrResponse, leaf.Subject.CommonName, deviceID)
 	}
 	roots, inter := x509.NewCertPool(), x509.NewCertPool()
-	for _, c := range caBundle {
+	for _, c := range append(append([]*x509.Certificate(nil), fresh...), current...) {
 		if isSelfSigned(c) {
 			roots.AddCert(c)
 		} else {
@@ -425,10 +403,20 @@ func CheckIssued(certs []*x509.Certificate, key crypto.PublicKey, deviceID strin
 	}
 	chains, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
 	if err != nil {
-		return nil, fmt.Errorf("enroll: %w: the issued certificate does not verify against the CA bundle: %v", ErrResponse, err)
+		return nil, nil, fmt.Errorf("enroll: %w: the issued certificate does not verify against the CA bundle: %v", ErrResponse, err)
 	}
-	chain := chains[0]
-	return chain[:len(chain)-1], nil
+	full := chains[0]
+	if len(fresh) == 0 {
+		return full[:len(full)-1], current, nil
+	}
+	bundle = append([]*x509.Certificate(nil), fresh...)
+	anchor := full[len(full)-1]
+	for _, c := range fresh {
+		if c.Equal(anchor) {
+			return full[:len(full)-1], bundle, nil
+		}
+	}
+	return full[:len(full)-1], append(bundle, anchor), nil
 }
 
 func isSelfSigned(c *x509.Certificate) bool {
