@@ -8,8 +8,11 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
+	"strings"
 	"time"
 
+	"github.com/edgeagent/edgeagent/agent/config"
 	"github.com/edgeagent/edgeagent/enroll"
 	"github.com/edgeagent/edgeagent/enroll/token"
 	"github.com/edgeagent/edgeagent/keystore"
@@ -204,6 +207,25 @@ type RenewOptions struct {
 	OnResponse func(enroll.Response)
 	// PostQuantumTLS: see EnrollOptions.PostQuantumTLS.
 	PostQuantumTLS bool
+	// Username and Password answer a server that wants HTTP Basic on
+	// reenroll as well as the certificate (enroll.Options.Username).
+	Username, Password string
+}
+
+// renewCredentials are the HTTP Basic credentials configured for a server
+// that wants them on reenroll too (enroll.username, enroll.password_file);
+// none when not configured or unreadable (logged: the renewal may not need
+// them).
+func renewCredentials(ec config.Enroll, log *slog.Logger) (user, pass string) {
+	if ec.Username == "" || ec.PasswordFile == "" {
+		return "", ""
+	}
+	b, err := ReadSecretFile(ec.PasswordFile)
+	if err != nil {
+		log.Warn("renew: cannot read enroll.password_file; renewing without HTTP Basic credentials", "err", err)
+		return "", ""
+	}
+	return ec.Username, strings.TrimRight(string(b), "\r\n")
 }
 
 // Renew re-enrolls over mutual TLS with the current certificate. The new
@@ -241,6 +263,8 @@ func Renew(ctx context.Context, o RenewOptions) (*Identity, error) {
 		Time:           o.Now,
 		OnResponse:     o.OnResponse,
 		PostQuantumTLS: o.PostQuantumTLS,
+		Username:       o.Username,
+		Password:       o.Password,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("renew: %w", err)
@@ -284,6 +308,9 @@ func Renew(ctx context.Context, o RenewOptions) (*Identity, error) {
 	chain, bundle, err := enroll.CheckIssuedWith(certs, key.Public(), cur.DeviceID, fresh, cur.CABundle, o.Now())
 	if err != nil {
 		return abort(err)
+	}
+	if err := enroll.CheckExtended(cur.Leaf(), slices.Concat(chain, bundle)); err != nil {
+		o.Logger.Warn("renew: kept the new certificate, but " + strings.TrimPrefix(err.Error(), "enroll: "))
 	}
 	meta := cur.Meta
 	meta.RenewedAt = o.Now().UTC()
