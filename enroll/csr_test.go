@@ -2,17 +2,21 @@ package enroll
 
 import (
 	"bytes"
+	"context"
 	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
+	"log/slog"
 	"net"
+	"net/http"
 	"net/url"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/edgeagent/edgeagent/enroll/est"
 )
@@ -123,7 +127,9 @@ func TestPlanCSR(t *testing.T) {
 		{name: "RSA 4096", attrs: est.CSRAttrs{Attributes: []est.Attribute{{Type: oidRSAEncryption, Values: []asn1.RawValue{mustRaw(t, 4096)}}}}, preferred: algRSA2048, wantAlg: algRSA2048, unhonour: []string{"4096-bit"}},
 		{name: "ECDSA from RSA", attrs: est.CSRAttrs{OIDs: []asn1.ObjectIdentifier{oidECPublicKey}}, preferred: algRSA2048, wantAlg: algECDSAP256},
 		{name: "bare P-256 curve", attrs: est.CSRAttrs{OIDs: []asn1.ObjectIdentifier{{1, 2, 840, 10045, 3, 1, 7}}}, preferred: algRSA2048, wantAlg: algECDSAP256},
-		{name: "both key types", attrs: est.CSRAttrs{OIDs: []asn1.ObjectIdentifier{oidECPublicKey, oidRSAEncryption}}, preferred: algRSA2048, wantAlg: algECDSAP256, unhonour: []string{"both"}},
+		{name: "either key type, keeps a preferred RSA", attrs: est.CSRAttrs{OIDs: []asn1.ObjectIdentifier{oidECPublicKey, oidRSAEncryption}}, preferred: algRSA2048, wantAlg: algRSA2048},
+		{name: "either key type, keeps a preferred ECDSA", attrs: est.CSRAttrs{OIDs: []asn1.ObjectIdentifier{oidRSAEncryption, oidECPublicKey}}, preferred: algECDSAP256, wantAlg: algECDSAP256},
+		{name: "P-384 or RSA", attrs: est.CSRAttrs{OIDs: []asn1.ObjectIdentifier{{1, 3, 132, 0, 34}, oidRSAEncryption}}, preferred: algECDSAP256, wantAlg: algRSA2048, unhonour: []string{"P-384"}},
 		{name: "bad RSA size", attrs: est.CSRAttrs{Attributes: []est.Attribute{{Type: oidRSAEncryption, Values: []asn1.RawValue{mustRaw(t, "big")}}}}, preferred: algECDSAP256, wantAlg: algRSA2048, unhonour: []string{"INTEGER"}},
 		{
 			name:      "extension request, SAN refused",
@@ -176,7 +182,7 @@ func TestCSRHonoursPlan(t *testing.T) {
 		want x509.SignatureAlgorithm
 	}{
 		{"SHA-384 asked", CSRPlan{SignatureAlgorithm: x509.ECDSAWithSHA384, Extensions: []pkix.Extension{ext}}, x509.ECDSAWithSHA384},
-		{"RSA signature for an ECDSA key", CSRPlan{SignatureAlgorithm: x509.SHA384WithRSA, KeyType: "rsa"}, x509.ECDSAWithSHA256},
+		{"RSA signature for an ECDSA key", CSRPlan{SignatureAlgorithm: x509.SHA384WithRSA, KeyTypes: []string{"rsa"}}, x509.ECDSAWithSHA256},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			der, err := BuildEnrollCSR(mustKey(t), "dev-1", c.plan)
@@ -226,4 +232,79 @@ func FuzzPlanCSR(f *testing.F) {
 			t.Fatalf("CSR from a plan: %v", err)
 		}
 	})
+}
+
+// TestClientCSRPlan: /csrattrs as a server answers it. Nothing asked (204,
+// 404) is the zero plan; an error or an unreadable answer is logged and
+// is the zero plan too (not fatal); what cannot be honoured is logged, at
+// once and when a CSR is built for a key that does not fit.
+func TestClientCSRPlan(t *testing.T) {
+	p := newPKI(t, "127.0.0.1")
+	example, err := est.EncodeCSRAttrs(est.CSRAttrs{
+		OIDs:       []asn1.ObjectIdentifier{oidChallengePassword},
+		Attributes: []est.Attribute{{Type: oidECPublicKey, Values: []asn1.RawValue{mustRaw(t, asn1.ObjectIdentifier{1, 2, 840, 10045, 3, 1, 7})}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name    string
+		status  int
+		body    []byte
+		wantKey []string
+		wantLog []string // substrings of the log, in order
+	}{
+		{name: "204", status: http.StatusNoContent},
+		{name: "404", status: http.StatusNotFound},
+		{name: "500", status: http.StatusInternalServerError, wantLog: []string{"cannot read what the server wants"}},
+		{name: "garbage", status: http.StatusOK, body: []byte("bm90IGRlcg=="), wantLog: []string{"cannot read what the server wants"}},
+		{name: "P-256 and a challenge password", status: http.StatusOK, body: est.EncodeBase64(example), wantKey: []string{"ecdsa"},
+			wantLog: []string{"challengePassword", "asks for an ecdsa P-256 key"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			srv := serveTLS(t, p, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path != "/.well-known/est/csrattrs" {
+					http.NotFound(w, r)
+					return
+				}
+				w.Header().Set("Content-Type", est.MediaCSRAttrs)
+				w.WriteHeader(c.status)
+				w.Write(c.body)
+			}))
+			cl, err := New(Options{Server: srv.URL, Roots: p.pool(), Timeout: 5 * time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cl.CloseIdleConnections()
+			var buf bytes.Buffer
+			log := slog.New(slog.NewTextHandler(&buf, nil))
+			plan := cl.CSRPlan(context.Background(), log)
+			if !slices.Equal(plan.KeyTypes, c.wantKey) {
+				t.Fatalf("key types %q, want %q", plan.KeyTypes, c.wantKey)
+			}
+			// An RSA key (a renewal without rekey keeps it) against a
+			// server that wants ECDSA: built, and logged.
+			uri, _ := url.Parse(DeviceURIPrefix + "dev-1")
+			cur := issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "dev-1"}, URIs: []*url.URL{uri}}, p.inter, &rsaKey.PublicKey, p.interKey)
+			if _, err := BuildRenewalCSR(rsaKey, cur, plan); err != nil {
+				t.Fatal(err)
+			}
+			out := buf.String()
+			for _, w := range c.wantLog {
+				i := strings.Index(out, w)
+				if i < 0 {
+					t.Fatalf("log lacks %q:\n%s", w, out)
+				}
+				out = out[i+len(w):]
+			}
+			if len(c.wantLog) == 0 && buf.Len() != 0 {
+				t.Fatalf("logged for nothing asked:\n%s", buf.String())
+			}
+		})
+	}
 }

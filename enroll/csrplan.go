@@ -11,6 +11,8 @@ import (
 	"encoding/asn1"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strings"
 
 	"github.com/edgeagent/edgeagent/enroll/est"
 )
@@ -50,8 +52,9 @@ const (
 // what the server asked that the agent does not do; none of it is fatal,
 // the CA decides. The zero CSRPlan asks for nothing.
 type CSRPlan struct {
-	// KeyType is "ecdsa" or "rsa" when the server names one.
-	KeyType string
+	// KeyTypes are the key types the server names ("ecdsa", "rsa"), in
+	// its order: any of them will do.
+	KeyTypes []string
 	// Curve is the named curve the server wants ("P-256"...), if any.
 	Curve string
 	// RSABits is the RSA modulus size the server wants, if any.
@@ -136,29 +139,35 @@ func PlanCSR(a est.CSRAttrs) CSRPlan {
 }
 
 func (p *CSRPlan) wantKey(t string) {
-	if p.KeyType != "" && p.KeyType != t {
-		p.Unhonoured = append(p.Unhonoured, fmt.Sprintf("both %s and %s keys asked for; using %s", p.KeyType, t, p.KeyType))
-		return
+	if !slices.Contains(p.KeyTypes, t) {
+		p.KeyTypes = append(p.KeyTypes, t)
 	}
-	p.KeyType = t
 }
 
 // Algorithm is the key algorithm (a keystore.Algorithm name) to make a
-// new key with: preferred when it fits what the server asks, otherwise the
-// smallest the agent makes that does, otherwise preferred.
+// new key with: preferred when it is of a type the server names and fits
+// its curve or size, otherwise the first type named that the agent can
+// make (the smallest size that fits), otherwise preferred.
 func (p CSRPlan) Algorithm(preferred string) string {
-	switch p.KeyType {
-	case "ecdsa":
-		if p.Curve == "" || p.Curve == "P-256" {
-			return algECDSAP256
+	if len(p.KeyTypes) == 0 {
+		return preferred
+	}
+	prefType := "rsa"
+	if preferred == algECDSAP256 {
+		prefType = "ecdsa"
+	}
+	for _, t := range append([]string{prefType}, p.KeyTypes...) {
+		if !slices.Contains(p.KeyTypes, t) {
+			continue
 		}
-	case "rsa":
 		switch {
-		case p.RSABits <= 2048 && (preferred == algRSA2048 || preferred == algRSA3072):
+		case t == "ecdsa" && (p.Curve == "" || p.Curve == "P-256"):
+			return algECDSAP256
+		case t == "rsa" && p.RSABits <= 2048 && (preferred == algRSA2048 || preferred == algRSA3072):
 			return preferred
-		case p.RSABits <= 2048:
+		case t == "rsa" && p.RSABits <= 2048:
 			return algRSA2048
-		case p.RSABits <= 3072:
+		case t == "rsa" && p.RSABits <= 3072:
 			return algRSA3072
 		}
 	}
@@ -167,13 +176,16 @@ func (p CSRPlan) Algorithm(preferred string) string {
 
 // fits says whether pub is the key the server asks for.
 func (p CSRPlan) fits(pub crypto.PublicKey) bool {
+	if len(p.KeyTypes) == 0 {
+		return true
+	}
 	switch k := pub.(type) {
 	case *ecdsa.PublicKey:
-		return p.KeyType != "rsa" && (p.Curve == "" || k.Curve == curveByName(p.Curve))
+		return slices.Contains(p.KeyTypes, "ecdsa") && (p.Curve == "" || k.Curve == curveByName(p.Curve))
 	case *rsa.PublicKey:
-		return p.KeyType != "ecdsa" && k.N.BitLen() >= p.RSABits
+		return slices.Contains(p.KeyTypes, "rsa") && k.N.BitLen() >= p.RSABits
 	}
-	return p.KeyType == ""
+	return false
 }
 
 func curveByName(n string) elliptic.Curve {
@@ -190,11 +202,11 @@ func curveByName(n string) elliptic.Curve {
 
 func (p CSRPlan) noteKey(pub crypto.PublicKey) {
 	if !p.fits(pub) {
-		want := p.KeyType
-		switch {
-		case p.Curve != "":
+		want := strings.Join(p.KeyTypes, " or ")
+		if p.Curve != "" {
 			want += " " + p.Curve
-		case p.RSABits > 0:
+		}
+		if p.RSABits > 0 {
 			want += fmt.Sprintf(" %d-bit", p.RSABits)
 		}
 		p.note("the server asks for an %s key; this CSR is for the key the device has (%T): a rekey makes a key that fits when the agent can", want, pub)
