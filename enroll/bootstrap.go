@@ -103,10 +103,16 @@ func FetchPinnedCA(ctx context.Context, o PinOptions) (*PinnedCA, error) {
 		return nil, err
 	}
 	if pinned, err := pinnedIn(presented, o.Pin); err == nil {
-		if err := verifyServer(presented, nil, pinned, host, o.Now()); err != nil {
+		err := verifyServer(presented, nil, pinned, host, o.Now())
+		if err == nil {
+			return &PinnedCA{Anchor: pinned}, nil
+		}
+		// A chain with the pinned CA but not the intermediate between
+		// (leaf and root only) may still verify through /cacerts.
+		var uae x509.UnknownAuthorityError
+		if !errors.As(err, &uae) {
 			return nil, fmt.Errorf("enroll: %s's certificate does not verify against the pinned CA: %w", o.Server, explainTLS(err))
 		}
-		return &PinnedCA{Anchor: pinned}, nil
 	} else if !errors.Is(err, ErrPinMismatch) {
 		return nil, err
 	}

@@ -112,6 +112,7 @@ func TestPinWithLeafOnlyChain(t *testing.T) {
 		{name: "full chain, pin the root", pki: real, chain: []*x509.Certificate{realLeaf, real.inter, real.root}, cacerts: []*x509.Certificate{real.inter, real.root}, pin: real.root},
 		{name: "full chain, no cacerts needed", pki: real, chain: []*x509.Certificate{realLeaf, real.inter, real.root}, cacerts: nil, pin: real.root},
 		{name: "leaf and intermediate, pin the root", pki: real, chain: []*x509.Certificate{realLeaf, real.inter}, cacerts: []*x509.Certificate{real.inter, real.root}, pin: real.root, provSeen: true},
+		{name: "leaf and root, no intermediate", pki: real, chain: []*x509.Certificate{realLeaf, real.root}, cacerts: []*x509.Certificate{real.inter, real.root}, pin: real.root, provSeen: true},
 		{name: "leaf only, pin the root", pki: real, chain: []*x509.Certificate{realLeaf}, cacerts: []*x509.Certificate{real.inter, real.root}, pin: real.root, provSeen: true},
 		{name: "leaf only, pin the intermediate", pki: real, chain: []*x509.Certificate{realLeaf}, cacerts: []*x509.Certificate{real.inter, real.root}, pin: real.inter, provSeen: true},
 		{name: "leaf only, cacerts without the pin", pki: real, chain: []*x509.Certificate{realLeaf}, cacerts: []*x509.Certificate{real.inter}, pin: real.root, wantErr: "pin mismatch"},
