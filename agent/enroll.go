@@ -112,6 +112,12 @@ func Enroll(ctx context.Context, o EnrollOptions) (*Identity, error) {
 		o.Now = now
 	}
 	var inter []*x509.Certificate // a leaf-only server's chain (RFC 7030 §4.1.1)
+	if roots != nil {
+		var err error
+		if inter, err = enroll.ServerIntermediates(ctx, enroll.PinOptions{Server: o.Server, Label: o.Label, Timeout: o.Timeout, Now: o.Now}, roots); err != nil {
+			return nil, err
+		}
+	}
 	if roots == nil {
 		pinned, err := enroll.FetchPinnedCA(ctx, enroll.PinOptions{Server: o.Server, Label: o.Label, Pin: o.CAPin, Timeout: o.Timeout, Now: o.Now})
 		if err != nil {

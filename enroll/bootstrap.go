@@ -102,7 +102,8 @@ func FetchPinnedCA(ctx context.Context, o PinOptions) (*PinnedCA, error) {
 	if err != nil {
 		return nil, err
 	}
-	if pinned, err := pinnedIn(presented, o.Pin); err == nil {
+	pinned, chainErr := pinnedIn(presented, o.Pin)
+	if chainErr == nil {
 		err := verifyServer(presented, nil, pinned, host, o.Now())
 		if err == nil {
 			return &PinnedCA{Anchor: pinned}, nil
@@ -113,14 +114,17 @@ func FetchPinnedCA(ctx context.Context, o PinOptions) (*PinnedCA, error) {
 		if !errors.As(err, &uae) {
 			return nil, fmt.Errorf("enroll: %s's certificate does not verify against the pinned CA: %w", o.Server, explainTLS(err))
 		}
-	} else if !errors.Is(err, ErrPinMismatch) {
-		return nil, err
+	} else if !errors.Is(chainErr, ErrPinMismatch) {
+		return nil, chainErr
 	}
 	cacerts, peer, err := provisionalCACerts(ctx, o, presented, host)
 	if err != nil {
+		if chainErr != nil {
+			return nil, fmt.Errorf("enroll: %s: %w; nor could its /cacerts be read (RFC 7030 §4.1.1): %v", o.Server, chainErr, err)
+		}
 		return nil, err
 	}
-	pinned, err := pinnedIn(cacerts, o.Pin)
+	pinned, err = pinnedIn(cacerts, o.Pin)
 	if err != nil {
 		return nil, fmt.Errorf("enroll: %s: neither its TLS chain nor its /cacerts answer holds the pinned CA: %w", o.Server, err)
 	}
@@ -156,11 +160,54 @@ func anchorsWith(roots *x509.CertPool, extra []*x509.Certificate, now time.Time)
 	return out
 }
 
+// ServerIntermediates authenticates an EST server by explicit trust
+// anchors (a CA bundle) before anything is sent to it. When the chain it
+// presents verifies to roots, it returns nil. When it does not for want
+// of an intermediate (a server that presents only its own certificate),
+// it fetches /cacerts over a provisional connection as FetchPinnedCA does
+// and returns that answer if the server's chain verifies to roots through
+// it: pass it as Options.Intermediates. o.Pin is not used.
+func ServerIntermediates(ctx context.Context, o PinOptions, roots *x509.CertPool) ([]*x509.Certificate, error) {
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.proxy == nil {
+		o.proxy = proxyFromEnvironment
+	}
+	if roots == nil {
+		return nil, errors.New("enroll: no trust anchors for the EST server")
+	}
+	presented, host, err := presentedChain(ctx, o.Server, o.Timeout, o.proxy)
+	if err != nil {
+		return nil, err
+	}
+	err = verifyServerTo(presented, nil, roots, host, o.Now())
+	var uae x509.UnknownAuthorityError
+	switch {
+	case err == nil:
+		return nil, nil
+	case !errors.As(err, &uae):
+		return nil, fmt.Errorf("enroll: %s: %w", o.Server, explainTLS(err))
+	}
+	cacerts, peer, err := provisionalCACerts(ctx, o, presented, host)
+	if err != nil {
+		return nil, err
+	}
+	if err := verifyServerTo(peer, cacerts, roots, host, o.Now()); err != nil {
+		return nil, fmt.Errorf("enroll: GET cacerts (provisional, RFC 7030 §4.1.1): %s's certificate does not verify to the CA bundle, even through the CA certificates it publishes: %w", o.Server, explainTLS(err))
+	}
+	return cacerts, nil
+}
+
 // verifyServer verifies a server's chain (leaf first) and host name
 // against anchor alone, with extra as possible intermediates.
 func verifyServer(chain, extra []*x509.Certificate, anchor *x509.Certificate, host string, now time.Time) error {
 	roots := x509.NewCertPool()
 	roots.AddCert(anchor)
+	return verifyServerTo(chain, extra, roots, host, now)
+}
+
+func verifyServerTo(chain, extra []*x509.Certificate, roots *x509.CertPool, host string, now time.Time) error {
 	inter := x509.NewCertPool()
 	for _, c := range chain[1:] {
 		inter.AddCert(c)
@@ -222,7 +269,7 @@ func provisionalCACerts(ctx context.Context, o PinOptions, presented []*x509.Cer
 		return nil, nil, fmt.Errorf("enroll: %s: provisional GET cacerts: read: %w", o.Server, err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, nil, fmt.Errorf("enroll: %s: provisional GET cacerts: %w: %s (the pinned CA is not in the server's TLS chain, so it must be in /cacerts)", o.Server, ErrPinMismatch, resp.Status)
+		return nil, nil, fmt.Errorf("enroll: %s: provisional GET cacerts: %s (its TLS chain does not lead to the trust anchor, so /cacerts must)", o.Server, resp.Status)
 	}
 	if len(body) > est.MaxBodyBytes {
 		return nil, nil, fmt.Errorf("enroll: %s: provisional GET cacerts: %w: response over %d bytes", o.Server, ErrResponse, est.MaxBodyBytes)
@@ -349,10 +396,11 @@ func findPinned(ctx context.Context, o PinOptions, at func(presented []*x509.Cer
 	if err == nil || !errors.Is(err, ErrPinMismatch) {
 		return pinned, presented, nil, host, err
 	}
+	chainErr := err
 	o.Now = func() time.Time { return at(presented) }
 	extra, _, err = provisionalCACerts(ctx, o, presented, host)
 	if err != nil {
-		return nil, nil, nil, "", err
+		return nil, nil, nil, "", fmt.Errorf("enroll: %s: %w; nor could its /cacerts be read (RFC 7030 §4.1.1): %v", o.Server, chainErr, err)
 	}
 	if pinned, err = pinnedIn(extra, o.Pin); err != nil {
 		return nil, nil, nil, "", fmt.Errorf("enroll: %s: neither its TLS chain nor its /cacerts answer holds the pinned CA: %w", o.Server, err)

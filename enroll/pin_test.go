@@ -214,3 +214,60 @@ func TestClientNeedsIntermediatesForLeafOnly(t *testing.T) {
 		})
 	}
 }
+
+// TestServerIntermediates: a server authenticated by a CA bundle that
+// holds the root only, and which presents only its own certificate, is
+// verified through its /cacerts; a look-alike is refused, with nothing but
+// GET cacerts sent to it.
+func TestServerIntermediates(t *testing.T) {
+	real := newPKI(t, "127.0.0.1")
+	fake := newPKI(t, "127.0.0.1")
+	realLeaf, fakeLeaf := leafOf(t, real), leafOf(t, fake)
+	cases := []struct {
+		name     string
+		pki      *testPKI
+		chain    []*x509.Certificate
+		cacerts  []*x509.Certificate
+		wantErr  string
+		wantInts int // certificates returned
+	}{
+		{name: "full chain", pki: real, chain: []*x509.Certificate{realLeaf, real.inter}, cacerts: []*x509.Certificate{real.inter, real.root}, wantInts: 0},
+		{name: "leaf only", pki: real, chain: []*x509.Certificate{realLeaf}, cacerts: []*x509.Certificate{real.inter, real.root}, wantInts: 2},
+		{name: "leaf only, no cacerts", pki: real, chain: []*x509.Certificate{realLeaf}, wantErr: "404"},
+		{name: "look-alike, full chain", pki: fake, chain: []*x509.Certificate{fakeLeaf, fake.inter, fake.root}, cacerts: []*x509.Certificate{fake.inter, real.root}, wantErr: "does not verify to the CA bundle"},
+		{name: "look-alike, leaf only", pki: fake, chain: []*x509.Certificate{fakeLeaf}, cacerts: []*x509.Certificate{fake.inter, real.inter, real.root}, wantErr: "does not verify to the CA bundle"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			s := startPinServer(t, c.pki, c.chain, c.cacerts)
+			got, err := ServerIntermediates(context.Background(), PinOptions{Server: s.srv.URL, Timeout: 5 * time.Second}, real.pool())
+			for _, r := range s.requests() {
+				if r != "GET /.well-known/est/cacerts" {
+					t.Fatalf("request %q before the server was authenticated", r)
+				}
+			}
+			if c.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), c.wantErr) {
+					t.Fatalf("err = %v, want one saying %q", err, c.wantErr)
+				}
+				return
+			}
+			if err != nil || len(got) != c.wantInts {
+				t.Fatalf("got %d certificates, %v; want %d", len(got), err, c.wantInts)
+			}
+			cl, err := New(Options{Server: s.srv.URL, Roots: real.pool(), Intermediates: got, Timeout: 5 * time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cl.CloseIdleConnections()
+			if _, err := cl.CACerts(context.Background()); err != nil {
+				t.Fatalf("client after authentication: %v", err)
+			}
+		})
+	}
+	s := startPinServer(t, real, []*x509.Certificate{realLeaf}, []*x509.Certificate{real.inter, real.root})
+	u := strings.Replace(s.srv.URL, "127.0.0.1", "localhost", 1)
+	if _, err := ServerIntermediates(context.Background(), PinOptions{Server: u, Timeout: 5 * time.Second}, real.pool()); err == nil || !strings.Contains(err.Error(), "host name") {
+		t.Fatalf("host name mismatch: %v", err)
+	}
+}

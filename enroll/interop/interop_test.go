@@ -431,9 +431,13 @@ func TestEdgeagentAgainstGlobalSignEST(t *testing.T) {
 		// wantRSA is the RSA key size csrattrs asked for (0: ECDSA P-256,
 		// the agent's default).
 		wantRSA int
+		// bundle: the server is authenticated by a CA bundle of the root
+		// alone (--ca-bundle), not by a pin.
+		bundle bool
 	}{
 		{name: "full TLS chain", srv: serverOptions{}},
 		{name: "leaf-only TLS chain, pin of the root", srv: serverOptions{leafOnly: true}},
+		{name: "leaf-only TLS chain, CA bundle of the root", srv: serverOptions{leafOnly: true}, bundle: true},
 		{name: "Basic required on reenroll", srv: serverOptions{leafOnly: true, basicOnReenroll: true}},
 		{name: "CA rewrites the subject", srv: serverOptions{leafOnly: true}, rewrite: true},
 		{name: "csrattrs asks for RSA-3072", srv: serverOptions{leafOnly: true},
@@ -452,8 +456,14 @@ func TestEdgeagentAgainstGlobalSignEST(t *testing.T) {
 				t.Fatal(err)
 			}
 
-			out := mustEdgeagent(t, "enroll", "--state-dir", state, "--device-id", "dev-1", "--server", s.url,
-				"--ca-pin", pinOf(ca.root), "--username", user, "--password-file", pw, "--timeout", "20s")
+			trust := []string{"--ca-pin", pinOf(ca.root)}
+			if c.bundle {
+				bundle := filepath.Join(dir, "root.pem")
+				writePEM(t, bundle, ca.root)
+				trust = []string{"--ca-bundle", bundle}
+			}
+			out := mustEdgeagent(t, append([]string{"enroll", "--state-dir", state, "--device-id", "dev-1", "--server", s.url,
+				"--username", user, "--password-file", pw, "--timeout", "20s"}, trust...)...)
 			if !strings.Contains(out, "enrolled device dev-1") {
 				t.Fatalf("enroll said %q", out)
 			}
