@@ -143,7 +143,10 @@ func Enroll(ctx context.Context, o EnrollOptions) (*Identity, error) {
 	}
 	o.Logger.Info("EST server authenticated", "server", o.Server, "ca_certs", len(bundle))
 
-	plan := client.CSRPlan(ctx, o.Logger) // RFC 7030 §4.5
+	plan, err := client.CSRPlan(ctx, o.Logger) // RFC 7030 §4.5
+	if err != nil {
+		return nil, err
+	}
 	key, err := keystore.LoadOrCreate(o.Keystore, keystore.Algorithm(plan.Algorithm(string(o.KeyAlg))))
 	if err != nil {
 		return nil, fmt.Errorf("enroll: device key: %w", err)
@@ -277,7 +280,10 @@ func Renew(ctx context.Context, o RenewOptions) (*Identity, error) {
 	}
 	defer client.CloseIdleConnections()
 
-	plan := client.CSRPlan(ctx, o.Logger) // RFC 7030 §4.5
+	plan, err := client.CSRPlan(ctx, o.Logger) // RFC 7030 §4.5
+	if err != nil {
+		return nil, fmt.Errorf("renew: %w", err)
+	}
 	key := cur.Key
 	var rot keystore.Rotation
 	if o.Rekey {
@@ -304,7 +310,9 @@ func Renew(ctx context.Context, o RenewOptions) (*Identity, error) {
 	// The chain comes from /cacerts (RFC 7030 §4.2.3), fetched now so a
 	// rotated intermediate or root reaches the device.
 	fresh, err := client.CACerts(ctx)
-	if err != nil {
+	if enroll.Unreachable(err) {
+		return abort(err)
+	} else if err != nil {
 		o.Logger.Warn("renew: cannot refresh the CA certificates; checking against the current bundle", "err", err)
 	}
 	certs, err := client.SimpleReenroll(ctx, csr)

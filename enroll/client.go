@@ -249,6 +249,13 @@ func Retryable(err error) bool {
 	return err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, ErrResponse)
 }
 
+// Unreachable reports whether err is a failure to reach or talk to the
+// server (network, TLS, timeout), not an answer from it.
+func Unreachable(err error) bool {
+	var se *ServerError
+	return err != nil && !errors.As(err, &se) && !errors.Is(err, ErrResponse)
+}
+
 // ErrResponse is wrapped when a 2xx answer cannot be understood.
 var ErrResponse = errors.New("unusable response")
 

@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -283,7 +284,10 @@ func TestClientCSRPlan(t *testing.T) {
 			defer cl.CloseIdleConnections()
 			var buf bytes.Buffer
 			log := slog.New(slog.NewTextHandler(&buf, nil))
-			plan := cl.CSRPlan(context.Background(), log)
+			plan, err := cl.CSRPlan(context.Background(), log)
+			if err != nil {
+				t.Fatal(err)
+			}
 			if !slices.Equal(plan.KeyTypes, c.wantKey) {
 				t.Fatalf("key types %q, want %q", plan.KeyTypes, c.wantKey)
 			}
@@ -306,5 +310,34 @@ func TestClientCSRPlan(t *testing.T) {
 				t.Fatalf("logged for nothing asked:\n%s", buf.String())
 			}
 		})
+	}
+}
+
+// TestCSRPlanUnreachable: a server that cannot be reached fails the
+// enrollment or renewal at once (Unreachable), before a key is made.
+func TestCSRPlanUnreachable(t *testing.T) {
+	p := newPKI(t, "127.0.0.1")
+	srv := serveTLS(t, p, http.NotFoundHandler())
+	url := srv.URL
+	srv.Close()
+	cl, err := New(Options{Server: url, Roots: p.pool(), Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.CSRPlan(context.Background(), nil); !Unreachable(err) {
+		t.Fatalf("err = %v, want Unreachable", err)
+	}
+	for _, c := range []struct {
+		err  error
+		want bool
+	}{
+		{nil, false},
+		{&ServerError{Status: 500}, false},
+		{fmt.Errorf("enroll: GET csrattrs: %w: bad", ErrResponse), false},
+		{fmt.Errorf("enroll: GET csrattrs: %w", context.DeadlineExceeded), true},
+	} {
+		if got := Unreachable(c.err); got != c.want {
+			t.Errorf("Unreachable(%v) = %v, want %v", c.err, got, c.want)
+		}
 	}
 }

@@ -220,23 +220,28 @@ func (p CSRPlan) note(format string, args ...any) {
 }
 
 // CSRPlan asks the server's /csrattrs (RFC 7030 §4.5: a client SHOULD)
-// and returns what it asks for. None (204, 404) is the zero plan; an
-// error or an answer that cannot be read is logged and also gives the
-// zero plan: the CA may still accept the CSR, and says so if not. What
-// cannot be honoured is logged on log, now and when the CSR is built.
-func (c *Client) CSRPlan(ctx context.Context, log *slog.Logger) CSRPlan {
+// and returns what it asks for. None (204, 404) is the zero plan; an error
+// answer, or one that cannot be read, is logged and also gives the zero
+// plan: the CA may still accept the CSR, and says so if not. What cannot
+// be honoured is logged on log, now and when the CSR is built. The error
+// is only for a server that could not be reached (Unreachable): the
+// enrollment or renewal would fail the same way, so it fails now.
+func (c *Client) CSRPlan(ctx context.Context, log *slog.Logger) (CSRPlan, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	attrs, err := c.CSRAttrs(ctx)
+	if Unreachable(err) {
+		return CSRPlan{}, err
+	}
 	if err != nil {
 		log.Warn("csrattrs: cannot read what the server wants in the CSR; building it without", "err", err)
-		return CSRPlan{log: log}
+		return CSRPlan{log: log}, nil
 	}
 	p := PlanCSR(attrs)
 	p.log = log
 	for _, u := range p.Unhonoured {
 		log.Warn("csrattrs: not honoured", "what", u)
 	}
-	return p
+	return p, nil
 }

@@ -136,3 +136,15 @@ func TestCheckExtended(t *testing.T) {
 		})
 	}
 }
+
+func FuzzWantsBasic(f *testing.F) {
+	f.Add(`Basic realm="est"`)
+	f.Add(`Bearer realm="x", Basic realm="a, b", charset="UTF-8"`)
+	f.Add("")
+	f.Fuzz(func(t *testing.T, challenge string) {
+		got := wantsBasic(&ServerError{Status: http.StatusUnauthorized, Challenge: challenge})
+		if got && !strings.Contains(strings.ToLower(challenge), "basic") {
+			t.Fatalf("%q taken for a Basic challenge", challenge)
+		}
+	})
+}
