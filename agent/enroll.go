@@ -57,9 +57,10 @@ type EnrollOptions struct {
 // holds an identity and Force is not set.
 var ErrIdentityExists = errors.New("this device is already enrolled")
 
-// Enroll authenticates the EST server (by pin or bundle), fetches the CA
-// certificates, creates or loads the device key, sends a CSR with the
-// enrollment credentials and stores the result atomically.
+// Enroll authenticates the EST server (by pin or bundle, through /cacerts
+// when its TLS chain holds only its own certificate), fetches the CA
+// certificates, asks /csrattrs, creates or loads the device key, sends a
+// CSR with the enrollment credentials and stores the result atomically.
 func Enroll(ctx context.Context, o EnrollOptions) (*Identity, error) {
 	if o.Now == nil {
 		o.Now = time.Now
@@ -237,7 +238,9 @@ func renewCredentials(ec config.Enroll, log *slog.Logger) (user, pass string) {
 	return ec.Username, strings.TrimRight(string(b), "\r\n")
 }
 
-// Renew re-enrolls over mutual TLS with the current certificate. The new
+// Renew re-enrolls over mutual TLS with the current certificate: a CSR
+// with its Subject and SubjectAltName, what /csrattrs asks where it can,
+// the chain and CA bundle from a fresh /cacerts. The new
 // certificate is stored before a new key becomes current, and nothing of the
 // working identity is touched unless the renewal succeeded.
 func Renew(ctx context.Context, o RenewOptions) (*Identity, error) {
