@@ -102,7 +102,7 @@ func FetchPinnedCA(ctx context.Context, o PinOptions) (*PinnedCA, error) {
 	if err != nil {
 		return nil, err
 	}
-	pinned, chainErr := pinnedIn(presented, o.Pin)
+	pinned, chainErr := pinnedIn(presented, o.Pin, "the server presented")
 	if chainErr == nil {
 		err := verifyServer(presented, nil, pinned, host, o.Now())
 		if err == nil {
@@ -124,9 +124,9 @@ func FetchPinnedCA(ctx context.Context, o PinOptions) (*PinnedCA, error) {
 		}
 		return nil, err
 	}
-	pinned, err = pinnedIn(cacerts, o.Pin)
+	pinned, err = pinnedIn(cacerts, o.Pin, "its TLS chain lacks it and its /cacerts holds")
 	if err != nil {
-		return nil, fmt.Errorf("enroll: %s: neither its TLS chain nor its /cacerts answer holds the pinned CA: %w", o.Server, err)
+		return nil, fmt.Errorf("enroll: %s: %w", o.Server, err)
 	}
 	if err := verifyServer(peer, cacerts, pinned, host, o.Now()); err != nil {
 		return nil, fmt.Errorf("enroll: %s's certificate does not verify against the pinned CA found in its /cacerts: %w", o.Server, explainTLS(err))
@@ -357,7 +357,7 @@ func fetchPinned(ctx context.Context, server string, pin token.Pin, timeout time
 
 // pinnedIn finds the pinned CA certificate among certs. The fingerprint
 // match does not depend on the clock.
-func pinnedIn(certs []*x509.Certificate, pin token.Pin) (*x509.Certificate, error) {
+func pinnedIn(certs []*x509.Certificate, pin token.Pin, where string) (*x509.Certificate, error) {
 	var pinned *x509.Certificate
 	for _, c := range certs {
 		if pin.Matches(c) {
@@ -370,8 +370,8 @@ func pinnedIn(certs []*x509.Certificate, pin token.Pin) (*x509.Certificate, erro
 		for i, c := range certs {
 			fps[i] = fmt.Sprintf("%s (%s)", token.PinOf(c), c.Subject.CommonName)
 		}
-		return nil, fmt.Errorf("%w: the server presented %s, none is the pinned %s; check that the token belongs to this CA, or pass the CA bundle with --ca-bundle",
-			ErrPinMismatch, strings.Join(fps, ", "), pin)
+		return nil, fmt.Errorf("%w: %s %s, none is the pinned %s; check that the token belongs to this CA, or pass the CA bundle with --ca-bundle",
+			ErrPinMismatch, where, strings.Join(fps, ", "), pin)
 	}
 	if !pinned.IsCA || !pinned.BasicConstraintsValid {
 		return nil, fmt.Errorf("enroll: the pinned certificate %q is not a CA certificate", pinned.Subject.CommonName)
@@ -392,7 +392,7 @@ func findPinned(ctx context.Context, o PinOptions, at func(presented []*x509.Cer
 	if err != nil {
 		return nil, nil, nil, "", err
 	}
-	pinned, err = pinnedIn(presented, o.Pin)
+	pinned, err = pinnedIn(presented, o.Pin, "the server presented")
 	if err == nil || !errors.Is(err, ErrPinMismatch) {
 		return pinned, presented, nil, host, err
 	}
@@ -402,8 +402,8 @@ func findPinned(ctx context.Context, o PinOptions, at func(presented []*x509.Cer
 	if err != nil {
 		return nil, nil, nil, "", fmt.Errorf("enroll: %s: %w; nor could its /cacerts be read (RFC 7030 §4.1.1): %v", o.Server, chainErr, err)
 	}
-	if pinned, err = pinnedIn(extra, o.Pin); err != nil {
-		return nil, nil, nil, "", fmt.Errorf("enroll: %s: neither its TLS chain nor its /cacerts answer holds the pinned CA: %w", o.Server, err)
+	if pinned, err = pinnedIn(extra, o.Pin, "its TLS chain lacks it and its /cacerts holds"); err != nil {
+		return nil, nil, nil, "", fmt.Errorf("enroll: %s: %w", o.Server, err)
 	}
 	return pinned, presented, extra, host, nil
 }
