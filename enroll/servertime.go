@@ -93,6 +93,16 @@ func ServerTime(ctx context.Context, o TimeOptions) (TimeSample, error) {
 			return TimeSample{}, err
 		}
 		presented, host, extra = chain, h, o.Intermediates
+		// A server that presents only its own certificate, with no CA
+		// bundle to complete its chain: through /cacerts (§4.1.1).
+		var uae x509.UnknownAuthorityError
+		probe := latestNotBefore(presented)
+		if err := verifyServerTo(presented, extra, roots, host, probe); errors.As(err, &uae) {
+			po := PinOptions{Server: o.Server, Label: o.Label, Timeout: o.Timeout, Now: func() time.Time { return probe }, proxy: proxyFromEnvironment}
+			if cacerts, _, err := provisionalCACerts(ctx, po, presented, host); err == nil {
+				extra = append(extra, cacerts...)
+			}
+		}
 	}
 	// A moment at which every certificate the server presents is valid,
 	// if there is one: the latest NotBefore.

@@ -124,9 +124,10 @@ func TestServerTimeLeafOnly(t *testing.T) {
 	}{
 		{"by the pin of the root", TimeOptions{Pin: token.PinOf(p.root)}, ""},
 		{"by the roots and the CA bundle", TimeOptions{Roots: p.pool(), Intermediates: []*x509.Certificate{p.inter, p.root}}, ""},
-		{"by the roots alone", TimeOptions{Roots: p.pool()}, "not signed by a trusted CA"},
+		{"by the roots alone, through /cacerts", TimeOptions{Roots: p.pool()}, ""},
+		{"by roots of another CA", TimeOptions{Roots: other.pool()}, "not signed by a trusted CA"},
 		{"by a pin of another CA", TimeOptions{Pin: token.PinOf(other.root)}, "CA pin mismatch"},
-		{"by the roots and a look-alike bundle", TimeOptions{Roots: p.pool(), Intermediates: []*x509.Certificate{other.inter}}, "not signed by a trusted CA"},
+		{"by the roots and a look-alike bundle, through /cacerts", TimeOptions{Roots: p.pool(), Intermediates: []*x509.Certificate{other.inter}}, ""},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			o := c.o
