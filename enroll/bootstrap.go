@@ -181,17 +181,17 @@ func ServerIntermediates(ctx context.Context, o PinOptions, roots *x509.CertPool
 	if err != nil {
 		return nil, err
 	}
-	err = verifyServerTo(presented, nil, roots, host, o.Now())
+	verr := verifyServerTo(presented, nil, roots, host, o.Now())
 	var uae x509.UnknownAuthorityError
 	switch {
-	case err == nil:
+	case verr == nil:
 		return nil, nil
-	case !errors.As(err, &uae):
-		return nil, fmt.Errorf("enroll: %s: %w", o.Server, explainTLS(err))
+	case !errors.As(verr, &uae):
+		return nil, fmt.Errorf("enroll: %s: %w", o.Server, explainTLS(verr))
 	}
 	cacerts, peer, err := provisionalCACerts(ctx, o, presented, host)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("enroll: %s: %w; nor could its /cacerts complete the chain (RFC 7030 §4.1.1): %v", o.Server, explainTLS(verr), err)
 	}
 	if err := verifyServerTo(peer, cacerts, roots, host, o.Now()); err != nil {
 		return nil, fmt.Errorf("enroll: GET cacerts (provisional, RFC 7030 §4.1.1): %s's certificate does not verify to the CA bundle, even through the CA certificates it publishes: %w", o.Server, explainTLS(err))
