@@ -630,6 +630,11 @@ func (d *Daemon) renewLoop(ctx context.Context) error {
 				d.setExpired("waiting for the operator or the CA; renewal retried with backoff (renew.expired_policy: wait)")
 			}
 		}
+		if enroll.IsNotExtended(err) {
+			// The CA answers the same until it is renewed itself: wait the
+			// longest backoff, not the renewal schedule (due at once).
+			attempt = max(attempt, 62)
+		}
 		backoff(now, leaf.NotAfter)
 		d.log.Warn("renewal failed", "err", err, "retry_at", retryAt, "retryable", enroll.Retryable(err))
 	}
@@ -693,22 +698,29 @@ func (d *Daemon) countRenewal(result string) {
 
 func (d *Daemon) renewOnce(ctx context.Context, id *Identity) error {
 	rs := d.renewSettings()
+	user, pass := renewCredentials(d.config().Enroll, d.log)
 	nid, err := Renew(ctx, RenewOptions{StateDir: d.boot.StateDir, Keystore: d.ks, Rekey: rs.Rekey, Current: id, Now: d.clock.Now, OnResponse: d.observeDate,
-		PostQuantumTLS: d.config().Enroll.PostQuantumTLS})
+		PostQuantumTLS: d.config().Enroll.PostQuantumTLS, Username: user, Password: pass})
+	if err == nil {
+		d.log.Info("certificate renewed", "serial", nid.Serial(), "not_before", nid.NotBefore(), "not_after", nid.NotAfter(), "rekey", rs.Rekey)
+		d.setIdentity(nid)
+		// Stored and in use; but a CA that caps at its own expiry answers
+		// the same until it is renewed itself (renewLoop backs off).
+		err = enroll.CheckExtended(id.Leaf(), nid.Chain)
+	}
+	res, msg := "ok", ""
+	switch {
+	case enroll.IsNotExtended(err):
+		res, msg = "not_extended", err.Error()
+	case err != nil:
+		res, msg = "error", err.Error()
+	}
 	d.mu.Lock()
 	d.renewal.LastAt = d.clock.Now()
-	if err != nil {
-		d.renewal.LastResult, d.renewal.LastError = "error", err.Error()
-		d.renewal.Renewals["error"]++
-		d.mu.Unlock()
-		return err
-	}
-	d.renewal.LastResult, d.renewal.LastError = "ok", ""
-	d.renewal.Renewals["ok"]++
+	d.renewal.LastResult, d.renewal.LastError = res, msg
+	d.renewal.Renewals[res]++
 	d.mu.Unlock()
-	d.log.Info("certificate renewed", "serial", nid.Serial(), "not_before", nid.NotBefore(), "not_after", nid.NotAfter(), "rekey", rs.Rekey)
-	d.setIdentity(nid)
-	return nil
+	return err
 }
 
 // setIdentity makes nid the working identity for every new handshake and

@@ -158,7 +158,7 @@ func (d *Daemon) metricFamilies() []metrics.Family {
 		skew = d.clock.Offset()
 	}
 	renewals := metrics.Family{Name: "edgeagent_renewals_total", Help: "Certificate renewals by result.", Type: metrics.Counter}
-	for _, res := range []string{"ok", "error", "rebootstrap"} {
+	for _, res := range []string{"ok", "error", "rebootstrap", "not_extended"} {
 		renewals.Samples = append(renewals.Samples, metrics.Sample{Labels: map[string]string{"result": res}, Value: float64(st.LastRenew.Counts[res])})
 	}
 	fams := []metrics.Family{

@@ -55,6 +55,9 @@ func WriteStatus(w io.Writer, st Status, now time.Time) error {
 	if n := st.LastRenew.Counts["rebootstrap"]; n > 0 {
 		renewals += fmt.Sprintf(", re-enrolled after expiry %d", n)
 	}
+	if n := st.LastRenew.Counts["not_extended"]; n > 0 {
+		renewals += fmt.Sprintf(", not extended by the CA %d", n)
+	}
 	fmt.Fprintf(tw, "renewals\t%s\n", renewals)
 	skew := "correction " + st.ClockSkew
 	if st.ClockMeasured != "" {

@@ -234,8 +234,21 @@ func cmdRenew(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	rekey := fs.Bool("rekey", false, "make a new key for the new certificate")
 	ksFlags := keystoreFlags(fs)
 	timeout := fs.Duration("timeout", 30*time.Second, "timeout of each request to the EST server")
+	username := fs.String("username", "", "HTTP Basic user name for a server that wants it on reenroll too (sent only after its 401)")
+	passwordFile := fs.String("password-file", "", "read that HTTP Basic password from this file")
 	if err := parse(fs, args); err != nil {
 		return err
+	}
+	var password string
+	if (*username == "") != (*passwordFile == "") {
+		return usageError{"give --username and --password-file together"}
+	}
+	if *passwordFile != "" {
+		b, err := agent.ReadSecretFile(*passwordFile)
+		if err != nil {
+			return usageError{"--password-file: " + err.Error()}
+		}
+		password = strings.TrimRight(string(b), "\r\n")
 	}
 	ks, err := ksFlags.open(*stateDir)
 	if err != nil {
@@ -243,7 +256,7 @@ func cmdRenew(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	defer ks.Close()
 	id, err := agent.Renew(ctx, agent.RenewOptions{StateDir: *stateDir, Keystore: ks, Rekey: *rekey, Timeout: *timeout,
-		CorrectClock: true, BuildTime: version.Built(), Logger: slog.New(slog.NewTextHandler(stderr, nil))})
+		CorrectClock: true, BuildTime: version.Built(), Logger: slog.New(slog.NewTextHandler(stderr, nil)), Username: *username, Password: password})
 	if err != nil {
 		return err
 	}
