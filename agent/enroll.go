@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/edgeagent/edgeagent/agent/config"
+	"github.com/edgeagent/edgeagent/deviceid"
 	"github.com/edgeagent/edgeagent/enroll"
 	"github.com/edgeagent/edgeagent/enroll/token"
 	"github.com/edgeagent/edgeagent/keystore"
@@ -79,8 +80,8 @@ func Enroll(ctx context.Context, o EnrollOptions) (*Identity, error) {
 	case o.Username == "" || o.Password == "":
 		return nil, errors.New("enroll: no enrollment credentials: give a token, or a username and password")
 	}
-	if err := token.ValidateID(o.DeviceID); err != nil {
-		return nil, fmt.Errorf("enroll: device id %q: use 1 to 64 letters, digits, '.', '_' or '-'", o.DeviceID)
+	if err := deviceid.Validate(o.DeviceID); err != nil {
+		return nil, fmt.Errorf("enroll: %w", err)
 	}
 	if HasIdentity(o.StateDir) && !o.Force {
 		return nil, fmt.Errorf("enroll: %w (state in %s); use --force to enroll again", ErrIdentityExists, o.StateDir)

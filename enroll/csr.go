@@ -11,7 +11,7 @@ import (
 	"fmt"
 	"net/url"
 
-	"github.com/edgeagent/edgeagent/enroll/token"
+	"github.com/edgeagent/edgeagent/deviceid"
 )
 
 // DeviceURIPrefix starts the SAN URI that names a device.
@@ -29,8 +29,8 @@ func BuildCSR(key crypto.Signer, deviceID string) ([]byte, error) {
 // BuildEnrollCSR is BuildCSR with what the server asked in /csrattrs
 // (see CSRPlan) that the agent can honour.
 func BuildEnrollCSR(key crypto.Signer, deviceID string, plan CSRPlan) ([]byte, error) {
-	if err := token.ValidateID(deviceID); err != nil {
-		return nil, fmt.Errorf("enroll: device id: %w", err)
+	if err := deviceid.Validate(deviceID); err != nil {
+		return nil, fmt.Errorf("enroll: %w", err)
 	}
 	uri, err := url.Parse(DeviceURIPrefix + deviceID)
 	if err != nil {
