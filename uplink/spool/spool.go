@@ -20,7 +20,10 @@
 // as there is space. Delivery of what is spooled does not depend on
 // writes working. Acked space is given back within a bound: a segment
 // goes when all its records are acked, and the active segment is closed
-// and removed once everything in it is acked and it holds reclaimBytes.
+// and removed once everything in it is acked and it holds reclaimBytes
+// (at most once per CheckpointEvery), so acked data on disk stays under
+// one segment (MaxBytes/64 by default) plus what one CheckpointEvery of
+// traffic writes.
 //
 // The total size is bounded; when full, the oldest segment is dropped and
 // its unacknowledged messages counted. Delivery is at-least-once: after a
@@ -74,7 +77,9 @@ const (
 	minSegmentBytes  = 64 << 10
 	segmentExtension = ".seg"
 	// reclaimBytes: a fully acked active segment this big is replaced by
-	// a new one, so acked data on disk stays below one segment plus this.
+	// a new one (at most once per CheckpointEvery, which bounds the cost
+	// of creating segments under steady traffic), so acked data does not
+	// wait for the segment to fill before its space is given back.
 	reclaimBytes = 64 << 10
 )
 
@@ -161,6 +166,7 @@ type Spool struct {
 	mark      *markStore
 	savedLWM  uint64
 	lastSave  time.Time
+	lastRoll  time.Time
 	markErr   bool  // the last mark save failed (logged once)
 	dirtyTail int64 // >= 0: a rolled-back batch still to be cut off the active segment at this size
 }
@@ -729,6 +735,7 @@ func (s *Spool) rollLocked() error {
 	s.segs = append(s.segs, &segment{first: s.nextSeq, last: s.nextSeq - 1, path: path})
 	s.active = f
 	s.w.Reset(f)
+	s.lastRoll = time.Now()
 	return nil
 }
 
@@ -989,7 +996,7 @@ func (s *Spool) Ack(seqs ...uint64) error {
 // appended.
 func (s *Spool) reclaimActiveLocked() {
 	seg := s.segs[len(s.segs)-1]
-	if seg.size < reclaimBytes || s.lwm < s.nextSeq || !s.appendMu.TryLock() {
+	if seg.size < reclaimBytes || s.lwm < s.nextSeq || time.Since(s.lastRoll) < s.opts.CheckpointEvery || !s.appendMu.TryLock() {
 		return
 	}
 	defer s.appendMu.Unlock()
