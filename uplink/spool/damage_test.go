@@ -3,12 +3,14 @@ package spool
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"hash/crc32"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -372,5 +374,46 @@ func TestAckedSpaceIsReclaimedBeforeSegmentFills(t *testing.T) {
 	}
 	if onDisk > reclaimBytes+int64(len(payload)+headerLen) {
 		t.Fatalf("%d bytes of acked segments on disk", onDisk)
+	}
+}
+
+// TestGroupIsAllOrNothing: when one spool of a group cannot take a batch
+// the others give it back, and concurrent callers all get their batch in
+// every spool.
+func TestGroupIsAllOrNothing(t *testing.T) {
+	a, b := open(t, t.TempDir(), Options{}), open(t, t.TempDir(), Options{})
+	g := NewGroup([]string{"a", "b"}, []*Spool{a, b})
+	const callers, each = 8, 50
+	var wg sync.WaitGroup
+	for c := 0; c < callers; c++ {
+		wg.Add(1)
+		go func(c int) {
+			defer wg.Done()
+			for i := 0; i < each; i++ {
+				if err := g.Append([][]byte{[]byte(fmt.Sprintf("%d-%d", c, i))}); err != nil {
+					t.Error(err)
+				}
+			}
+		}(c)
+	}
+	wg.Wait()
+	for _, s := range []*Spool{a, b} {
+		if st := s.Stats(); st.Depth != callers*each {
+			t.Fatalf("depth %d, want %d", st.Depth, callers*each)
+		}
+	}
+	next(t, a, callers*each)
+	_ = b.Close() // b now refuses: a must give the batch back
+	err := g.Append([][]byte{[]byte("refused")})
+	if !errors.Is(err, ErrClosed) || !strings.Contains(err.Error(), "spool b") {
+		t.Fatalf("append with b closed: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if recs, _ := a.Next(ctx, 1); len(recs) != 0 {
+		t.Fatalf("a delivered %q from a refused batch", recs[0].Payload)
+	}
+	if st := a.Stats(); st.Refused != 1 || st.Depth != callers*each {
+		t.Fatalf("a after the refusal: %+v", st)
 	}
 }
