@@ -78,6 +78,11 @@ type scanner struct {
 	skipped int64 // bytes passed over as damage before end
 	damaged []uint64
 	stopped bool // v1: damage ends the segment
+	// The last damaged record: where it ends, and whether its payload
+	// ends in a zero byte (as a write into a preallocated tail that a
+	// crash cut short does).
+	lastDamagedEnd     int64
+	lastDamagedZeroEnd bool
 }
 
 func newScanner(r io.Reader, first, limit uint64, v1 bool) *scanner {
@@ -102,6 +107,10 @@ func (sc *scanner) next() (uint64, []byte, error) {
 			}
 			return 0, nil, err
 		}
+		if h[0] == 0 {
+			sc.skipZeros() // a preallocated tail, or zeroed damage
+			continue
+		}
 		length := binary.LittleEndian.Uint32(h[4:8])
 		seq := binary.LittleEndian.Uint64(h[8:16])
 		if binary.LittleEndian.Uint32(h[0:4]) != recordMagic ||
@@ -117,7 +126,7 @@ func (sc *scanner) next() (uint64, []byte, error) {
 			copy(p, buf[headerLen:])
 			sc.discardRecord(headerLen + int64(length))
 			if crc32.Checksum(p, crcTable) != pcrc {
-				sc.damaged = append(sc.damaged, seq)
+				sc.damagedRecord(seq, p)
 				sc.skipped += headerLen + int64(length)
 				sc.prev = seq
 				continue
@@ -141,7 +150,7 @@ func (sc *scanner) next() (uint64, []byte, error) {
 		}
 		sc.prev = seq
 		if crc32.Checksum(p, crcTable) != pcrc {
-			sc.damaged = append(sc.damaged, seq)
+			sc.damagedRecord(seq, p)
 			sc.skipped += headerLen + int64(length)
 			continue
 		}
@@ -149,6 +158,30 @@ func (sc *scanner) next() (uint64, []byte, error) {
 		return seq, p, nil
 	}
 	return 0, nil, io.EOF
+}
+
+func (sc *scanner) damagedRecord(seq uint64, p []byte) {
+	sc.damaged = append(sc.damaged, seq)
+	sc.lastDamagedEnd = sc.off
+	sc.lastDamagedZeroEnd = len(p) > 0 && p[len(p)-1] == 0
+}
+
+// skipZeros passes over a run of zero bytes (no record starts with one).
+func (sc *scanner) skipZeros() {
+	for {
+		if _, err := sc.r.Peek(1); err != nil {
+			return
+		}
+		buf, _ := sc.r.Peek(sc.r.Buffered())
+		i := 0
+		for i < len(buf) && buf[i] == 0 {
+			i++
+		}
+		sc.discard(i)
+		if i < len(buf) {
+			return
+		}
+	}
 }
 
 func (sc *scanner) discard(n int) {

@@ -35,6 +35,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
 	"os"
@@ -221,7 +222,26 @@ type scanned struct {
 	skipped    int64    // damaged bytes before the last valid record
 	tail       int64    // bytes after the last valid record
 	maxSeq     uint64   // highest seq named by an intact header
+	zeroTail   bool     // zeros from the last record to the end: preallocated
 	appendable bool
+}
+
+// zerosFrom reports whether f holds only zero bytes in [from, to).
+func zerosFrom(f *os.File, from, to int64) bool {
+	buf := make([]byte, 64<<10)
+	for off := from; off < to; {
+		n, err := f.ReadAt(buf[:min(int64(len(buf)), to-off)], off)
+		for _, c := range buf[:n] {
+			if c != 0 {
+				return false
+			}
+		}
+		if err != nil && n == 0 {
+			return false
+		}
+		off += int64(n)
+	}
+	return true
 }
 
 func scanSegmentFile(path string, first, limit uint64) (*scanned, error) {
@@ -270,6 +290,17 @@ func scanSegmentFile(path string, first, limit uint64) (*scanned, error) {
 	res.seg.size = sc.end
 	res.skipped = skippedAtEnd
 	res.tail = size - sc.end
+	if n := len(sc.damaged); n > 0 && sc.damaged[n-1] > res.seg.last && sc.lastDamagedZeroEnd && zerosFrom(f, sc.lastDamagedEnd, size) {
+		// The last record was being written into the preallocated tail
+		// when the agent died: a torn write, never acknowledged, not a
+		// loss. (A flipped byte leaves the payload's last byte, '}' for
+		// JSON, as it was.)
+		sc.damaged = sc.damaged[:n-1]
+	}
+	if res.tail > 0 && zerosFrom(f, sc.end, size) {
+		res.tail = 0 // the preallocated rest of the segment
+		res.zeroTail = true
+	}
 	res.damaged = sc.damaged
 	res.maxSeq = res.seg.last
 	for _, d := range sc.damaged {
@@ -491,11 +522,11 @@ func (s *Spool) openActiveLocked(last *scanned) error {
 				return fmt.Errorf("spool: cut the torn tail of %s: %w", seg.path, err)
 			}
 		}
-		f, err := os.OpenFile(seg.path, os.O_WRONLY|os.O_APPEND, 0o600)
+		f, err := os.OpenFile(seg.path, os.O_WRONLY, 0o600)
 		if err != nil {
 			return fmt.Errorf("spool: open segment for append: %w", err)
 		}
-		s.active, s.w = f, bufio.NewWriterSize(f, 64<<10)
+		s.active, s.w = f, bufio.NewWriterSize(io.NewOffsetWriter(f, seg.size), 64<<10)
 		return nil
 	}
 	path := s.segPath(s.nextSeq)
@@ -513,16 +544,26 @@ func (s *Spool) openActiveLocked(last *scanned) error {
 		return err
 	}
 	s.segs = append(s.segs, &segment{first: s.nextSeq, last: s.nextSeq - 1, path: path})
-	s.active, s.w = f, bufio.NewWriterSize(f, 64<<10)
+	s.active, s.w = f, bufio.NewWriterSize(io.NewOffsetWriter(f, 0), 64<<10)
 	return nil
 }
 
+// createSegment makes a new segment file. Under SyncAlways it is filled
+// with zeros to SegmentBytes first (a zero tail reads as the clean end of
+// a segment), so that appends overwrite allocated blocks and the per-batch
+// fdatasync flushes data only; on a full disk this is where a new segment
+// fails, before anything of a batch is written.
 func (s *Spool) createSegment(path string) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY|os.O_APPEND, 0o600)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("spool: create segment: %w", err)
 	}
 	if s.opts.Sync == SyncAlways {
+		if err := zeroFill(f, s.opts.SegmentBytes); err != nil {
+			f.Close()
+			_ = os.Remove(path)
+			return nil, fmt.Errorf("spool: preallocate segment: %w", err)
+		}
 		if err := atomicfile.SyncDir(s.dir); err != nil {
 			f.Close()
 			_ = os.Remove(path)
@@ -621,7 +662,7 @@ func (s *Spool) Prepare(payloads [][]byte) (*Pending, error) {
 	if s.opts.Sync == SyncAlways {
 		// appendMu keeps s.active in place; readers and acks go on.
 		s.mu.Unlock()
-		err := s.active.Sync()
+		err := syncData(s.active)
 		s.mu.Lock()
 		if err != nil {
 			s.rollbackLocked(p)
@@ -675,9 +716,10 @@ func (s *Spool) rollbackLocked(p *Pending) {
 		s.dirtyTail = p.start
 		s.log.Error("spool: cut off a refused batch; retrying before the next write", "segment", filepath.Base(seg.path), "err", err)
 	} else if s.opts.Sync == SyncAlways {
-		_ = s.active.Sync()
+		_ = syncData(s.active)
 	}
-	s.w.Reset(s.active) // a failed bufio.Writer keeps its error for ever
+	// A failed bufio.Writer keeps its error for ever: a new one.
+	s.w.Reset(io.NewOffsetWriter(s.active, p.start))
 	s.stats.Bytes -= seg.size - p.start
 	s.stats.Appended -= n
 	s.stats.Depth -= int(n)
@@ -729,13 +771,39 @@ func (s *Spool) rollLocked() error {
 	if err != nil {
 		return err
 	}
-	if err := s.active.Close(); err != nil {
-		s.log.Warn("spool: close segment", "err", err)
-	}
+	s.closeActiveLocked()
 	s.segs = append(s.segs, &segment{first: s.nextSeq, last: s.nextSeq - 1, path: path})
 	s.active = f
-	s.w.Reset(f)
+	s.w.Reset(io.NewOffsetWriter(f, 0))
 	s.lastRoll = time.Now()
+	return nil
+}
+
+// closeActiveLocked gives the active segment's zero tail back and closes
+// it (already flushed and synced by the batches written to it).
+func (s *Spool) closeActiveLocked() error {
+	seg := s.segs[len(s.segs)-1]
+	if err := s.active.Truncate(seg.size); err != nil {
+		s.log.Warn("spool: cut the preallocated tail", "segment", filepath.Base(seg.path), "err", err)
+	} else if s.opts.Sync == SyncAlways {
+		_ = syncData(s.active)
+	}
+	if err := s.active.Close(); err != nil {
+		return fmt.Errorf("spool: close segment: %w", err)
+	}
+	return nil
+}
+
+// zeroFill writes n zero bytes at the start of the empty file f.
+func zeroFill(f *os.File, n int64) error {
+	zeros := make([]byte, min(n, 256<<10))
+	for off := int64(0); off < n; {
+		w, err := f.WriteAt(zeros[:min(int64(len(zeros)), n-off)], off)
+		if err != nil {
+			return err
+		}
+		off += int64(w)
+	}
 	return nil
 }
 
@@ -879,7 +947,7 @@ func (s *Spool) readAtLocked(seq uint64) (uint64, []byte, bool) {
 		if i+1 < len(s.segs) {
 			limit = s.segs[i+1].first
 		}
-		r = &segReader{f: f, seg: seg, sc: newScanner(f, seg.first, limit, seg.v1)}
+		r = &segReader{f: f, seg: seg, sc: newScanner(&upToEnd{f: f, seg: seg}, seg.first, limit, seg.v1)}
 		s.reader = r
 	}
 	for {
@@ -945,6 +1013,28 @@ type segReader struct {
 	f   *os.File
 	sc  *scanner
 	seg *segment
+}
+
+// upToEnd reads a segment file up to the end of what has been written to
+// it (read under Spool.mu, as seg.size changes). Reading further would
+// buffer zeros of the preallocated tail that appends then overwrite.
+type upToEnd struct {
+	f   *os.File
+	seg *segment
+	off int64
+}
+
+func (u *upToEnd) Read(p []byte) (int, error) {
+	left := u.seg.size - u.off
+	if left <= 0 {
+		return 0, io.EOF
+	}
+	n, err := u.f.ReadAt(p[:min(int64(len(p)), left)], u.off)
+	u.off += int64(n)
+	if err == io.EOF && n > 0 {
+		err = nil
+	}
+	return n, err
 }
 
 func (s *Spool) closeReaderLocked() {
@@ -1123,10 +1213,7 @@ func (s *Spool) Close() error {
 	if err := s.w.Flush(); err != nil {
 		errs = append(errs, err)
 	}
-	if err := s.active.Sync(); err != nil {
-		errs = append(errs, err)
-	}
-	if err := s.active.Close(); err != nil {
+	if err := s.closeActiveLocked(); err != nil {
 		errs = append(errs, err)
 	}
 	if err := s.saveLWMLocked(); err != nil {
