@@ -416,6 +416,14 @@ func TestGroupIsAllOrNothing(t *testing.T) {
 	if st := a.Stats(); st.Refused != 1 || st.Depth != callers*each {
 		t.Fatalf("a after the refusal: %+v", st)
 	}
+	// Refused counts the same on every spool, whichever failed first.
+	g = NewGroup([]string{"b", "a"}, []*Spool{b, a})
+	if err := g.Append([][]byte{[]byte("refused")}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("append with b first and closed: %v", err)
+	}
+	if st := a.Stats(); st.Refused != 2 {
+		t.Fatalf("a counted %d refused, want 2", st.Refused)
+	}
 }
 
 // TestPreallocatedTailAfterCrash: under SyncAlways segments are filled

@@ -95,7 +95,10 @@ func (g *Group) write(reqs []*groupReq) error {
 		p, err := s.Prepare(all)
 		if err != nil {
 			for _, q := range pending {
-				q.Abort()
+				q.Abort() // counts the batch refused
+			}
+			for _, later := range g.spools[i+1:] {
+				later.countRefused(len(all)) // refused for every uplink alike
 			}
 			return fmt.Errorf("spool %s: %w", g.names[i], err)
 		}

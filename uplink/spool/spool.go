@@ -742,6 +742,14 @@ func (s *Spool) noteWriteOKLocked() {
 	s.stats.WriteError, s.stats.WriteFailingSince = "", time.Time{}
 }
 
+// countRefused counts messages refused without a try on this spool
+// (another spool of the Group could not store them).
+func (s *Spool) countRefused(n int) {
+	s.mu.Lock()
+	s.stats.Refused += uint64(n)
+	s.mu.Unlock()
+}
+
 // Append stores payload and returns its sequence number. Under SyncAlways
 // the record is on stable storage when Append returns.
 func (s *Spool) Append(payload []byte) (uint64, error) {
