@@ -150,26 +150,29 @@ type Spool struct {
 	// Abort, so a failed batch is always the tail and can be cut off.
 	appendMu sync.Mutex
 
-	mu        sync.Mutex
-	cond      chan struct{} // closed and replaced when records arrive
-	segs      []*segment
-	active    *os.File
-	w         *bufio.Writer
-	nextSeq   uint64
-	visible   uint64              // seqs below it are committed: deliverable
-	lwm       uint64              // every seq < lwm is acked, dropped or lost
-	acked     map[uint64]struct{} // acked seqs >= lwm
-	holes     []span              // seqs >= lwm lost to damage, sorted, disjoint
-	cursor    uint64              // next seq to hand to the consumer
-	reader    *segReader
-	stats     Stats
-	closed    bool
-	mark      *markStore
-	savedLWM  uint64
-	lastSave  time.Time
-	lastRoll  time.Time
-	markErr   bool  // the last mark save failed (logged once)
-	dirtyTail int64 // >= 0: a rolled-back batch still to be cut off the active segment at this size
+	mu       sync.Mutex
+	cond     chan struct{} // closed and replaced when records arrive
+	segs     []*segment
+	active   *os.File
+	w        *bufio.Writer
+	nextSeq  uint64
+	visible  uint64              // seqs below it are committed: deliverable
+	lwm      uint64              // every seq < lwm is acked, dropped or lost
+	acked    map[uint64]struct{} // acked seqs >= lwm
+	holes    []span              // seqs >= lwm lost to damage, sorted, disjoint
+	cursor   uint64              // next seq to hand to the consumer
+	reader   *segReader
+	stats    Stats
+	closed   bool
+	mark     *markStore
+	savedLWM uint64
+	lastSave time.Time
+	lastRoll time.Time
+	// lastFailLog and failLogged rate-limit the storing-fails log lines.
+	lastFailLog time.Time
+	failLogged  bool
+	markErr     bool  // the last mark save failed (logged once)
+	dirtyTail   int64 // >= 0: a rolled-back batch still to be cut off the active segment at this size
 }
 
 // Open opens (creating if needed) the spool in dir, recovering what is
@@ -726,16 +729,25 @@ func (s *Spool) rollbackLocked(p *Pending) {
 	seg.size, seg.last, s.nextSeq = p.start, p.first-1, p.first
 }
 
+// failLogEvery bounds the log lines about storing failing and working
+// again: a disk that is nearly full can flip between the two with every
+// request.
+const failLogEvery = time.Minute
+
 func (s *Spool) noteWriteErrLocked(err error) {
 	s.stats.WriteError = err.Error()
 	if s.stats.WriteFailingSince.IsZero() {
 		s.stats.WriteFailingSince = time.Now()
-		s.log.Error("spool: cannot store messages; refusing new ones, still delivering what is spooled", "err", err)
+		s.failLogged = time.Since(s.lastFailLog) >= failLogEvery
+		if s.failLogged {
+			s.lastFailLog = time.Now()
+			s.log.Error("spool: cannot store messages; refusing new ones, still delivering what is spooled", "err", err, "refused", s.stats.Refused)
+		}
 	}
 }
 
 func (s *Spool) noteWriteOKLocked() {
-	if !s.stats.WriteFailingSince.IsZero() {
+	if !s.stats.WriteFailingSince.IsZero() && s.failLogged {
 		s.log.Info("spool: storing messages again", "failing_for", time.Since(s.stats.WriteFailingSince).Round(time.Millisecond),
 			"refused", s.stats.Refused)
 	}
