@@ -402,7 +402,9 @@ func (s *Spool) recover() error {
 			end = scans[i+1].seg.first - 1
 		}
 		tailLost := span{sc.seg.last + 1, end}
-		clean := sc.tail == 0 && len(sc.damaged) == 0
+		// The file ends with an intact record: a gap after it is a
+		// missing file, not damage at this one's end.
+		clean := sc.tail == 0 && sc.maxSeq == sc.seg.last
 		if i+1 < len(scans) && clean && tailLost.from <= tailLost.to {
 			// The file ends cleanly, yet seqs are missing before the next
 			// one: a whole segment between them is gone.
