@@ -40,7 +40,13 @@ type markStore struct {
 func openMark(dir string, sync bool) (ms *markStore, mark uint64, ok, damaged bool, err error) {
 	path := filepath.Join(dir, markFile)
 	if _, serr := os.Stat(path); errors.Is(serr, os.ErrNotExist) {
-		if err := atomicfile.Write(path, make([]byte, 2*markSlot), 0o600); err != nil {
+		write := atomicfile.Write
+		if !sync {
+			// A torn creation reads as no mark (deliver everything
+			// again), which is safe; the fsyncs are for power loss.
+			write = os.WriteFile
+		}
+		if err := write(path, make([]byte, 2*markSlot), 0o600); err != nil {
 			return nil, 0, false, false, fmt.Errorf("spool: create ack mark: %w", err)
 		}
 	}
