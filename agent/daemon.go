@@ -83,6 +83,7 @@ type Daemon struct {
 	restartHTTPS, restartMQTT, restartCollector chan runner
 
 	spools   map[string]*spool.Spool
+	intake   *spool.Group // appends to every spool or none (intake.go)
 	https    *uhttps.Sender
 	mqtt     Uplink
 	hub      *localapi.Hub
@@ -329,6 +330,7 @@ func (d *Daemon) openUplinks() error {
 			return err
 		}
 	}
+	d.intake = spoolGroup(d.spools)
 	return nil
 }
 
@@ -355,10 +357,12 @@ func (d *Daemon) Submit(_ context.Context, msgs []json.RawMessage) ([]string, er
 		ids[i] = d.idPrefix + strconv.FormatUint(d.seq.Add(1), 10)
 		payloads[i] = appendEnvelope(nil, ids[i], d.boot.DeviceID, now, m)
 	}
-	for name, sp := range d.spools {
-		if _, err := sp.AppendBatch(payloads); err != nil {
-			return nil, fmt.Errorf("spool %s: %w", name, err)
-		}
+	g := d.intake
+	if g == nil { // a Daemon built without openUplinks (tests)
+		g = spoolGroup(d.spools)
+	}
+	if err := g.Append(payloads); err != nil {
+		return nil, err
 	}
 	return ids, nil
 }

@@ -58,6 +58,9 @@ type UplinkStatus struct {
 	SpoolDepth   int    `json:"spool_depth"`
 	SpoolBytes   int64  `json:"spool_bytes"`
 	SpoolDropped uint64 `json:"spool_dropped"`
+	SpoolLost    uint64 `json:"spool_lost"`            // records lost to damage on disk, since start
+	SpoolRefused uint64 `json:"spool_refused"`         // messages refused because they could not be stored
+	SpoolError   string `json:"spool_error,omitempty"` // set while storing fails (a full disk, say)
 }
 
 // UplinkStats is implemented by uplinks that report their connection.
@@ -101,7 +104,10 @@ func (d *Daemon) Status() Status {
 	hsender, mq := d.uplinks()
 	for name, sp := range d.spools {
 		ss := sp.Stats()
-		u := UplinkStatus{SpoolDepth: ss.Depth, SpoolBytes: ss.Bytes, SpoolDropped: ss.Dropped}
+		u := UplinkStatus{SpoolDepth: ss.Depth, SpoolBytes: ss.Bytes, SpoolDropped: ss.Dropped, SpoolLost: ss.Lost, SpoolRefused: ss.Refused}
+		if ss.WriteError != "" {
+			u.SpoolError = fmt.Sprintf("cannot store messages since %s: %s", ss.WriteFailingSince.UTC().Format(time.RFC3339), ss.WriteError)
+		}
 		switch name {
 		case "https":
 			hs := hsender.Stats()
@@ -132,6 +138,10 @@ func (d *Daemon) metricsHandler() http.Handler {
 		st := d.Status()
 		if d.clock.Now().After(st.NotAfter) {
 			http.Error(w, "certificate expired", http.StatusServiceUnavailable)
+			return
+		}
+		if msg := spoolHealth(st.Uplinks); msg != "" {
+			http.Error(w, msg, http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ok")
@@ -183,15 +193,19 @@ func (d *Daemon) metricFamilies() []metrics.Family {
 	acked := metrics.Family{Name: "edgeagent_messages_total", Help: "Messages by uplink and result.", Type: metrics.Counter}
 	depth := metrics.Family{Name: "edgeagent_spool_messages", Help: "Messages waiting in the spool.", Type: metrics.Gauge}
 	bytes := metrics.Family{Name: "edgeagent_spool_bytes", Help: "Bytes on disk in the spool.", Type: metrics.Gauge}
+	failing := metrics.Family{Name: "edgeagent_spool_write_failing", Help: "1 while the spool cannot store messages (the local API refuses them).", Type: metrics.Gauge}
 	for _, n := range names {
 		u := st.Uplinks[n]
 		l := map[string]string{"uplink": n}
 		up.Samples = append(up.Samples, metrics.Sample{Labels: l, Value: b2f(u.Connected)})
 		acked.Samples = append(acked.Samples,
 			metrics.Sample{Labels: map[string]string{"uplink": n, "result": "acked"}, Value: float64(u.Acked)},
-			metrics.Sample{Labels: map[string]string{"uplink": n, "result": "dropped"}, Value: float64(u.SpoolDropped)})
+			metrics.Sample{Labels: map[string]string{"uplink": n, "result": "dropped"}, Value: float64(u.SpoolDropped)},
+			metrics.Sample{Labels: map[string]string{"uplink": n, "result": "lost"}, Value: float64(u.SpoolLost)},
+			metrics.Sample{Labels: map[string]string{"uplink": n, "result": "refused"}, Value: float64(u.SpoolRefused)})
+		failing.Samples = append(failing.Samples, metrics.Sample{Labels: l, Value: b2f(u.SpoolError != "")})
 		depth.Samples = append(depth.Samples, metrics.Sample{Labels: l, Value: float64(u.SpoolDepth)})
 		bytes.Samples = append(bytes.Samples, metrics.Sample{Labels: l, Value: float64(u.SpoolBytes)})
 	}
-	return append(fams, up, acked, depth, bytes)
+	return append(fams, up, acked, depth, bytes, failing)
 }

@@ -82,6 +82,15 @@ func WriteStatus(w io.Writer, st Status, now time.Time) error {
 			state = "connected"
 		}
 		line := fmt.Sprintf("%s, %d acked, spool %d messages (%d bytes), %d dropped", state, u.Acked, u.SpoolDepth, u.SpoolBytes, u.SpoolDropped)
+		if u.SpoolLost > 0 {
+			line += fmt.Sprintf(", %d lost to disk damage", u.SpoolLost)
+		}
+		if u.SpoolRefused > 0 {
+			line += fmt.Sprintf(", %d refused", u.SpoolRefused)
+		}
+		if u.SpoolError != "" {
+			line += ", " + u.SpoolError
+		}
 		if u.LastError != "" {
 			line += ", last error: " + strings.ReplaceAll(u.LastError, "\n", " ")
 		}
