@@ -321,6 +321,7 @@ func (d *Daemon) openUplinks() error {
 	first, _ := col.build(cfg)
 	col.set(first)
 	d.parts["collector"] = col
+	d.intake.group = spoolGroup(d.spools)
 	return nil
 }
 
@@ -349,6 +350,9 @@ type intake struct {
 	idPrefix string
 	seq      atomic.Uint64
 	spools   map[string]*spool.Spool
+	// group writes a batch to every spool or to none (intake.go); set once
+	// the uplinks are open.
+	group *spool.Group
 }
 
 // Submit wraps each message in an envelope with a unique id and appends it
@@ -364,10 +368,12 @@ func (in *intake) Submit(_ context.Context, msgs []json.RawMessage) ([]string, e
 		ids[i] = in.idPrefix + strconv.FormatUint(in.seq.Add(1), 10)
 		payloads[i] = appendEnvelope(nil, ids[i], in.deviceID, now, m)
 	}
-	for name, sp := range in.spools {
-		if _, err := sp.AppendBatch(payloads); err != nil {
-			return nil, fmt.Errorf("spool %s: %w", name, err)
-		}
+	g := in.group
+	if g == nil { // an intake built without openUplinks (tests)
+		g = spoolGroup(in.spools)
+	}
+	if err := g.Append(payloads); err != nil {
+		return nil, err
 	}
 	return ids, nil
 }
@@ -535,8 +541,10 @@ func (d *Daemon) newRenewer(id *Identity) *renewer {
 		log:    d.log,
 		policy: func() RenewPolicy { return PolicyOf(d.renewSettings()) },
 		renew: func(ctx context.Context, id *Identity, p RenewPolicy) (*Identity, error) {
+			ec := d.config().Enroll
+			user, pass := renewCredentials(ec, d.log)
 			return Renew(ctx, RenewOptions{StateDir: d.boot.StateDir, Keystore: d.ks, Rekey: p.Rekey, Current: id, Now: d.clock.Now,
-				OnResponse: d.observeDate, PostQuantumTLS: d.config().Enroll.PostQuantumTLS})
+				OnResponse: d.observeDate, PostQuantumTLS: ec.PostQuantumTLS, Username: user, Password: pass})
 		},
 		rebootstrap: func(ctx context.Context, id *Identity) (*Identity, error) { return d.bootstrap(ctx, id.DeviceID) },
 		clockReady: func(ctx context.Context, id *Identity) error {

@@ -8,8 +8,12 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
+	"strings"
 	"time"
 
+	"github.com/edgeagent/edgeagent/agent/config"
+	"github.com/edgeagent/edgeagent/deviceid"
 	"github.com/edgeagent/edgeagent/enroll"
 	"github.com/edgeagent/edgeagent/enroll/token"
 	"github.com/edgeagent/edgeagent/keystore"
@@ -54,9 +58,10 @@ type EnrollOptions struct {
 // holds an identity and Force is not set.
 var ErrIdentityExists = errors.New("this device is already enrolled")
 
-// Enroll authenticates the EST server (by pin or bundle), fetches the CA
-// certificates, creates or loads the device key, sends a CSR with the
-// enrollment credentials and stores the result atomically.
+// Enroll authenticates the EST server (by pin or bundle, through /cacerts
+// when its TLS chain holds only its own certificate), fetches the CA
+// certificates, asks /csrattrs, creates or loads the device key, sends a
+// CSR with the enrollment credentials and stores the result atomically.
 func Enroll(ctx context.Context, o EnrollOptions) (*Identity, error) {
 	if o.Now == nil {
 		o.Now = time.Now
@@ -75,8 +80,8 @@ func Enroll(ctx context.Context, o EnrollOptions) (*Identity, error) {
 	case o.Username == "" || o.Password == "":
 		return nil, errors.New("enroll: no enrollment credentials: give a token, or a username and password")
 	}
-	if err := token.ValidateID(o.DeviceID); err != nil {
-		return nil, fmt.Errorf("enroll: device id %q: use 1 to 64 letters, digits, '.', '_' or '-'", o.DeviceID)
+	if err := deviceid.Validate(o.DeviceID); err != nil {
+		return nil, fmt.Errorf("enroll: %w", err)
 	}
 	if HasIdentity(o.StateDir) && !o.Force {
 		return nil, fmt.Errorf("enroll: %w (state in %s, whole or damaged); use --force to enroll again", ErrIdentityExists, o.StateDir)
@@ -100,16 +105,23 @@ func Enroll(ctx context.Context, o EnrollOptions) (*Identity, error) {
 		}
 		o.Now = now
 	}
+	var inter []*x509.Certificate // a leaf-only server's chain (RFC 7030 §4.1.1)
+	if roots != nil {
+		var err error
+		if inter, err = enroll.ServerIntermediates(ctx, enroll.PinOptions{Server: o.Server, Label: o.Label, Timeout: o.Timeout, Now: o.Now}, roots); err != nil {
+			return nil, err
+		}
+	}
 	if roots == nil {
-		pinned, err := enroll.FetchPinnedAt(ctx, o.Server, o.CAPin, o.Timeout, o.Now)
+		pinned, err := enroll.FetchPinnedCA(ctx, enroll.PinOptions{Server: o.Server, Label: o.Label, Pin: o.CAPin, Timeout: o.Timeout, Now: o.Now})
 		if err != nil {
 			return nil, err
 		}
 		roots = x509.NewCertPool()
-		roots.AddCert(pinned)
-		serverRoots = []*x509.Certificate{pinned}
+		roots.AddCert(pinned.Anchor)
+		serverRoots, inter = []*x509.Certificate{pinned.Anchor}, pinned.CACerts
 	}
-	client, err := enroll.New(enroll.Options{Server: o.Server, Label: o.Label, Roots: roots, Timeout: o.Timeout, Time: o.Now, OnResponse: o.OnResponse, PostQuantumTLS: o.PostQuantumTLS})
+	client, err := enroll.New(enroll.Options{Server: o.Server, Label: o.Label, Roots: roots, Intermediates: inter, Timeout: o.Timeout, Time: o.Now, OnResponse: o.OnResponse, PostQuantumTLS: o.PostQuantumTLS})
 	if err != nil {
 		return nil, err
 	}
@@ -125,11 +137,15 @@ func Enroll(ctx context.Context, o EnrollOptions) (*Identity, error) {
 	}
 	o.Logger.Info("EST server authenticated", "server", o.Server, "ca_certs", len(bundle))
 
-	key, err := keystore.LoadOrCreate(o.Keystore, o.KeyAlg)
+	plan, err := client.CSRPlan(ctx, o.Logger) // RFC 7030 §4.5
+	if err != nil {
+		return nil, err
+	}
+	key, err := keystore.LoadOrCreate(o.Keystore, keystore.Algorithm(plan.Algorithm(string(o.KeyAlg))))
 	if err != nil {
 		return nil, fmt.Errorf("enroll: device key: %w", err)
 	}
-	csr, err := enroll.BuildCSR(key, o.DeviceID)
+	csr, err := enroll.BuildEnrollCSR(key, o.DeviceID, plan)
 	if err != nil {
 		return nil, err
 	}
@@ -194,9 +210,30 @@ type RenewOptions struct {
 	OnResponse func(enroll.Response)
 	// PostQuantumTLS: see EnrollOptions.PostQuantumTLS.
 	PostQuantumTLS bool
+	// Username and Password answer a server that wants HTTP Basic on
+	// reenroll as well as the certificate (enroll.Options.Username).
+	Username, Password string
 }
 
-// Renew re-enrolls over mutual TLS with the current certificate. The new
+// renewCredentials are the HTTP Basic credentials configured for a server
+// that wants them on reenroll too (enroll.username, enroll.password_file);
+// none when not configured or unreadable (logged: the renewal may not need
+// them).
+func renewCredentials(ec config.Enroll, log *slog.Logger) (user, pass string) {
+	if ec.Username == "" || ec.PasswordFile == "" {
+		return "", ""
+	}
+	b, err := ReadSecretFile(ec.PasswordFile)
+	if err != nil {
+		log.Warn("renew: cannot read enroll.password_file; renewing without HTTP Basic credentials", "err", err)
+		return "", ""
+	}
+	return ec.Username, strings.TrimRight(string(b), "\r\n")
+}
+
+// Renew re-enrolls over mutual TLS with the current certificate: a CSR
+// with its Subject and SubjectAltName, what /csrattrs asks where it can,
+// the chain and CA bundle from a fresh /cacerts. The new
 // certificate is stored before a new key becomes current, and nothing of the
 // working identity is touched unless the renewal succeeded.
 func Renew(ctx context.Context, o RenewOptions) (*Identity, error) {
@@ -225,17 +262,24 @@ func Renew(ctx context.Context, o RenewOptions) (*Identity, error) {
 		Server:         cur.Server,
 		Label:          cur.Label,
 		Roots:          cur.ESTPool(),
+		Intermediates:  cur.CABundle,
 		Certificate:    func() *tls.Certificate { return tlsCert },
 		Timeout:        o.Timeout,
 		Time:           o.Now,
 		OnResponse:     o.OnResponse,
 		PostQuantumTLS: o.PostQuantumTLS,
+		Username:       o.Username,
+		Password:       o.Password,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("renew: %w", err)
 	}
 	defer client.CloseIdleConnections()
 
+	plan, err := client.CSRPlan(ctx, o.Logger) // RFC 7030 §4.5
+	if err != nil {
+		return nil, fmt.Errorf("renew: %w", err)
+	}
 	key := cur.Key
 	var rot keystore.Rotation
 	if o.Rekey {
@@ -243,6 +287,7 @@ func Renew(ctx context.Context, o RenewOptions) (*Identity, error) {
 		if alg == "" {
 			alg = algorithmOf(cur.Key)
 		}
+		alg = keystore.Algorithm(plan.Algorithm(string(alg)))
 		if rot, err = o.Keystore.BeginRotate(alg); err != nil {
 			return nil, fmt.Errorf("renew: new key: %w", err)
 		}
@@ -254,23 +299,34 @@ func Renew(ctx context.Context, o RenewOptions) (*Identity, error) {
 		}
 		return nil, err
 	}
-	csr, err := enroll.BuildCSR(key, cur.DeviceID)
+	csr, err := enroll.BuildRenewalCSR(key, cur.Leaf(), plan) // RFC 7030 §4.2.2
 	if err != nil {
 		return abort(err)
+	}
+	// The chain comes from /cacerts (RFC 7030 §4.2.3), fetched now so a
+	// rotated intermediate or root reaches the device.
+	fresh, err := client.CACerts(ctx)
+	if enroll.Unreachable(err) {
+		return abort(err)
+	} else if err != nil {
+		o.Logger.Warn("renew: cannot refresh the CA certificates; checking against the current bundle", "err", err)
 	}
 	certs, err := client.SimpleReenroll(ctx, csr)
 	if err != nil {
 		return abort(err)
 	}
-	chain, err := enroll.CheckIssued(certs, key.Public(), cur.DeviceID, cur.CABundle, o.Now())
+	chain, bundle, err := enroll.CheckIssuedWith(certs, key.Public(), cur.DeviceID, fresh, cur.CABundle, o.Now())
 	if err != nil {
 		return abort(err)
+	}
+	if err := enroll.CheckExtended(cur.Leaf(), slices.Concat(chain, bundle)); err != nil {
+		o.Logger.Warn("renew: kept the new certificate, but " + strings.TrimPrefix(err.Error(), "enroll: "))
 	}
 	meta := cur.Meta
 	meta.RenewedAt = o.Now().UTC()
 	// A crash after this write and before Commit is finished by
 	// LoadIdentity, which finds the certificate matches the pending key.
-	if err := saveIdentity(o.StateDir, meta, chain, cur.CABundle, cur.ServerRoots); err != nil {
+	if err := saveIdentity(o.StateDir, meta, chain, bundle, cur.ServerRoots); err != nil {
 		if rot == nil {
 			return nil, fmt.Errorf("renew: store identity: %w", err)
 		}
@@ -287,5 +343,5 @@ func Renew(ctx context.Context, o RenewOptions) (*Identity, error) {
 			return nil, fmt.Errorf("renew: commit new key: %w", err)
 		}
 	}
-	return &Identity{Meta: meta, Key: key, Chain: chain, CABundle: cur.CABundle, ServerRoots: cur.ServerRoots}, nil
+	return &Identity{Meta: meta, Key: key, Chain: chain, CABundle: bundle, ServerRoots: cur.ServerRoots}, nil
 }

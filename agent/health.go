@@ -123,7 +123,8 @@ func (h *health) observe(st Status) Status {
 func (h *health) Snapshot() Status { return h.observe(h.status()) }
 
 // healthProblems is the pure decision on health: the identity expired,
-// or an uplink with messages waiting delivered nothing for stallAfter
+// a spool cannot store messages (a full disk, say), a broker drops the
+// device's publishes, or an uplink with messages waiting delivered nothing for stallAfter
 // (0 disables that check) since progress[uplink].
 func healthProblems(st Status, progress map[string]time.Time, now time.Time, stallAfter time.Duration) []string {
 	var out []string
@@ -137,6 +138,9 @@ func healthProblems(st Status, progress map[string]time.Time, now time.Time, sta
 	sort.Strings(names)
 	for _, n := range names {
 		u := st.Uplinks[n]
+		if u.SpoolError != "" {
+			out = append(out, fmt.Sprintf("spool %s: %s", n, u.SpoolError))
+		}
 		if u.Dropping {
 			out = append(out, fmt.Sprintf("uplink %s: the broker acknowledges but does not deliver this device's messages "+
 				"(its own retained status never came back): check the broker's ACL for the device's topics", n))

@@ -37,6 +37,8 @@ func TestHealthProblems(t *testing.T) {
 			map[string]time.Time{"mqtt": now.Add(-time.Hour)}, time.Minute, nil},
 		{"check disabled", with(valid, map[string]UplinkStatus{"https": {SpoolDepth: 3}}),
 			map[string]time.Time{"https": now.Add(-time.Hour)}, 0, nil},
+		{"spool cannot store", with(valid, map[string]UplinkStatus{"mqtt": {SpoolError: "cannot store messages since T: no space"}, "https": {}}),
+			nil, time.Minute, []string{"spool mqtt: cannot store messages since T: no space"}},
 		{"both, in order", with(Status{NotAfter: now.Add(-time.Second)}, map[string]UplinkStatus{"mqtt": {SpoolDepth: 1}, "https": {SpoolDepth: 2}}),
 			map[string]time.Time{"mqtt": now.Add(-time.Hour), "https": now.Add(-time.Hour)}, time.Minute,
 			[]string{"certificate expired", "uplink https", "uplink mqtt"}},

@@ -251,6 +251,7 @@ type outcome int
 
 const (
 	renewedOK      outcome = iota
+	notExtended            // renewed, but the CA did not move NotAfter forward: wait the longest backoff
 	failedInTime           // failed, the certificate still valid: retry with backoff
 	failedExpired          // failed, and the certificate has expired: the expired policy
 	stoppedOutcome         // ctx ended
@@ -261,6 +262,8 @@ func classify(err error, ctxErr error, now, notAfter time.Time) outcome {
 	switch {
 	case err == nil:
 		return renewedOK
+	case enroll.IsNotExtended(err):
+		return notExtended
 	case ctxErr != nil:
 		return stoppedOutcome
 	case !now.Before(notAfter):
@@ -329,6 +332,15 @@ func (r *renewer) Run(ctx context.Context) error {
 			attempt, retryAt = 0, time.Time{}
 			r.setExpired("")
 			continue
+		case notExtended:
+			// The new certificate is in use, but a CA that caps at its own
+			// expiry answers the same until it is renewed itself: renewing
+			// again on the schedule (due at once) would loop tens of
+			// milliseconds apart.
+			r.setExpired("")
+			retryAt = lifecycle.NextRetry(now, r.Current().NotAfter(), lifecycle.Backoff(0, p.RetryMax, p.RetryMax, r.rand()))
+			r.log.Warn("renewal did not extend the certificate; waiting the longest backoff", "err", err, "retry_at", retryAt)
+			continue
 		case stoppedOutcome:
 			return nil
 		case failedExpired:
@@ -346,20 +358,26 @@ func (r *renewer) Run(ctx context.Context) error {
 // attempt renews id once and records the result.
 func (r *renewer) attempt(ctx context.Context, id *Identity, p RenewPolicy) error {
 	nid, err := r.renew(ctx, id, p)
+	if err == nil {
+		r.log.Info("certificate renewed", "serial", nid.Serial(), "not_before", nid.NotBefore(), "not_after", nid.NotAfter(), "rekey", p.Rekey)
+		// Stored and in use (after a rekey it holds the new key), but a
+		// CA that caps at its own expiry may not have extended it.
+		r.set(nid)
+		err = enroll.CheckExtended(id.Leaf(), nid.Chain)
+	}
+	res, msg := "ok", ""
+	switch {
+	case enroll.IsNotExtended(err):
+		res, msg = "not_extended", err.Error()
+	case err != nil:
+		res, msg = "error", err.Error()
+	}
 	r.mu.Lock()
 	r.state.LastAt = r.clock.Now()
-	if err != nil {
-		r.state.LastResult, r.state.LastError = "error", err.Error()
-		r.state.Renewals["error"]++
-		r.mu.Unlock()
-		return err
-	}
-	r.state.LastResult, r.state.LastError = "ok", ""
-	r.state.Renewals["ok"]++
+	r.state.LastResult, r.state.LastError = res, msg
+	r.state.Renewals[res]++
 	r.mu.Unlock()
-	r.log.Info("certificate renewed", "serial", nid.Serial(), "not_before", nid.NotBefore(), "not_after", nid.NotAfter(), "rekey", p.Rekey)
-	r.set(nid)
-	return nil
+	return err
 }
 
 // onExpired follows the expired policy after a renewal failed on an

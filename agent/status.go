@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"fmt"
 	"runtime"
 	"sort"
 	"time"
@@ -68,6 +69,9 @@ type UplinkStatus struct {
 	SpoolDepth   int    `json:"spool_depth"`
 	SpoolBytes   int64  `json:"spool_bytes"`
 	SpoolDropped uint64 `json:"spool_dropped"`
+	SpoolLost    uint64 `json:"spool_lost"`            // records lost to damage on disk, since start
+	SpoolRefused uint64 `json:"spool_refused"`         // messages refused because they could not be stored
+	SpoolError   string `json:"spool_error,omitempty"` // set while storing fails (a full disk, say)
 }
 
 // Status returns a snapshot.
@@ -98,7 +102,10 @@ func (d *Daemon) Status() Status {
 	}
 	for _, p := range d.uplinks {
 		ss := p.spool.Stats()
-		u := UplinkStatus{SpoolDepth: ss.Depth, SpoolBytes: ss.Bytes, SpoolDropped: ss.Dropped}
+		u := UplinkStatus{SpoolDepth: ss.Depth, SpoolBytes: ss.Bytes, SpoolDropped: ss.Dropped, SpoolLost: ss.Lost, SpoolRefused: ss.Refused}
+		if ss.WriteError != "" {
+			u.SpoolError = fmt.Sprintf("cannot store messages since %s: %s", ss.WriteFailingSince.UTC().Format(time.RFC3339), ss.WriteError)
+		}
 		if up := p.uplink(); up != nil {
 			s := up.State()
 			u.Connected, u.LastError, u.Acked, u.Errors, u.Dropping = s.Connected, s.LastError, s.Acked, s.Errors, s.Dropping
@@ -132,7 +139,7 @@ func (d *Daemon) metricFamilies(st Status) []metrics.Family {
 		skew = d.clock.Offset()
 	}
 	renewals := metrics.Family{Name: "edgeagent_renewals_total", Help: "Certificate renewals by result.", Type: metrics.Counter}
-	for _, res := range []string{"ok", "error", "rebootstrap"} {
+	for _, res := range []string{"ok", "error", "rebootstrap", "not_extended"} {
 		renewals.Samples = append(renewals.Samples, metrics.Sample{Labels: map[string]string{"result": res}, Value: float64(st.LastRenew.Counts[res])})
 	}
 	fams := []metrics.Family{
@@ -165,18 +172,22 @@ func (d *Daemon) metricFamilies(st Status) []metrics.Family {
 	bytes := metrics.Family{Name: "edgeagent_spool_bytes", Help: "Bytes on disk in the spool.", Type: metrics.Gauge}
 	drops := metrics.Family{Name: "edgeagent_uplink_broker_dropping", Help: "1 when the backend acknowledges messages it does not deliver (MQTT: the agent's own retained status did not come back).", Type: metrics.Gauge}
 	sendErrs := metrics.Family{Name: "edgeagent_uplink_send_errors_total", Help: "Failed sends by uplink (HTTPS batches that failed, MQTT connections lost).", Type: metrics.Counter}
+	failing := metrics.Family{Name: "edgeagent_spool_write_failing", Help: "1 while the spool cannot store messages (the local API refuses them).", Type: metrics.Gauge}
 	for _, n := range names {
 		u := st.Uplinks[n]
 		l := map[string]string{"uplink": n}
 		up.Samples = append(up.Samples, metrics.Sample{Labels: l, Value: b2f(u.Connected)})
 		acked.Samples = append(acked.Samples,
 			metrics.Sample{Labels: map[string]string{"uplink": n, "result": "acked"}, Value: float64(u.Acked)},
-			metrics.Sample{Labels: map[string]string{"uplink": n, "result": "dropped"}, Value: float64(u.SpoolDropped)})
+			metrics.Sample{Labels: map[string]string{"uplink": n, "result": "dropped"}, Value: float64(u.SpoolDropped)},
+			metrics.Sample{Labels: map[string]string{"uplink": n, "result": "lost"}, Value: float64(u.SpoolLost)},
+			metrics.Sample{Labels: map[string]string{"uplink": n, "result": "refused"}, Value: float64(u.SpoolRefused)})
+		failing.Samples = append(failing.Samples, metrics.Sample{Labels: l, Value: b2f(u.SpoolError != "")})
 		depth.Samples = append(depth.Samples, metrics.Sample{Labels: l, Value: float64(u.SpoolDepth)})
 		bytes.Samples = append(bytes.Samples, metrics.Sample{Labels: l, Value: float64(u.SpoolBytes)})
 		sendErrs.Samples = append(sendErrs.Samples, metrics.Sample{Labels: l, Value: float64(u.Errors)})
 		drops.Samples = append(drops.Samples, metrics.Sample{Labels: l, Value: b2f(u.Dropping)})
 	}
-	fams = append(fams, up, acked, depth, bytes, sendErrs, drops)
+	fams = append(fams, up, acked, depth, bytes, failing, sendErrs, drops)
 	return append(fams, processFamilies(d.started)...)
 }

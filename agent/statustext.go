@@ -63,6 +63,9 @@ func WriteStatus(w io.Writer, st Status, now time.Time) error {
 	if n := st.LastRenew.Counts["rebootstrap"]; n > 0 {
 		renewals += fmt.Sprintf(", re-enrolled after expiry %d", n)
 	}
+	if n := st.LastRenew.Counts["not_extended"]; n > 0 {
+		renewals += fmt.Sprintf(", not extended by the CA %d", n)
+	}
 	fmt.Fprintf(tw, "renewals\t%s\n", renewals)
 	skew := "correction " + st.ClockSkew
 	if st.ClockMeasured != "" {
@@ -90,6 +93,15 @@ func WriteStatus(w io.Writer, st Status, now time.Time) error {
 			state += " but THE BROKER DROPS THIS DEVICE'S MESSAGES (acks prove nothing)"
 		}
 		line := fmt.Sprintf("%s, %d acked, spool %d messages (%d bytes), %d dropped", state, u.Acked, u.SpoolDepth, u.SpoolBytes, u.SpoolDropped)
+		if u.SpoolLost > 0 {
+			line += fmt.Sprintf(", %d lost to disk damage", u.SpoolLost)
+		}
+		if u.SpoolRefused > 0 {
+			line += fmt.Sprintf(", %d refused", u.SpoolRefused)
+		}
+		if u.SpoolError != "" {
+			line += ", " + u.SpoolError
+		}
 		if u.LastError != "" {
 			line += ", last error: " + strings.ReplaceAll(u.LastError, "\n", " ")
 		}

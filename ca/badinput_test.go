@@ -10,6 +10,7 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/tls"
+	"crypto/x509/pkix"
 	"math/big"
 	"net/http"
 	"reflect"
@@ -26,13 +27,16 @@ import (
 // that each gets its 4xx and stable code, leaves an audit record saying
 // precisely what was wrong, and changes no token and no device.
 func TestBadInput(t *testing.T) {
-	s := newTestServer(t, Options{CertTTL: time.Hour})
+	// Every refusal audited: the table checks each record.
+	s := newTestServer(t, Options{CertTTL: time.Hour, AuditRefusalsPerMinute: -1})
 	ctx := context.Background()
 	other := newTestServer(t, Options{}) // another CA
 	key := newKey(t)
 	good := csrFor(t, key, "dev-1")
 
 	sign := func(k crypto.Signer, cn string) []byte { return csrFor(t, k, cn) }
+	// renewal is a CSR that copies an edgeca certificate's identity.
+	renewal := func(k crypto.Signer, id string) []byte { return csrFor(t, k, id, DeviceURIPrefix+id) }
 	rsaKey := func(bits int) crypto.Signer {
 		k, err := rsa.GenerateKey(rand.Reader, bits)
 		if err != nil {
@@ -138,6 +142,22 @@ func TestBadInput(t *testing.T) {
 			tk := fresh()
 			return req{op: est.OpSimpleEnroll, body: sign(key, "dev/../1"), tok: &tk}
 		}, 0, 400, est.CodeBadCSR, "only letters", ""},
+		{"CSR with a device id starting with '-'", func() req {
+			tk := fresh()
+			return req{op: est.OpSimpleEnroll, body: sign(key, "-rf"), tok: &tk}
+		}, 0, 400, est.CodeBadCSR, "start with", ""},
+		{"CSR with device id '..'", func() req {
+			tk := fresh()
+			return req{op: est.OpSimpleEnroll, body: sign(key, ".."), tok: &tk}
+		}, 0, 400, est.CodeBadCSR, "start with", ""},
+		{"CSR with a device id with a terminal escape", func() req {
+			tk := fresh()
+			return req{op: est.OpSimpleEnroll, body: sign(key, "dev\x1b[2J"), tok: &tk}
+		}, 0, 400, est.CodeBadCSR, `\x1b`, ""},
+		{"claim token for an enrolled device spelled in another case", func() req {
+			tk := s.token(t, TokenOptions{Pattern: "dev-*"})
+			return req{op: est.OpSimpleEnroll, body: sign(key, "DEV-2"), tok: &tk}
+		}, 0, 403, est.CodeDeviceNotAllowed, "already enrolled", "DEV-2"},
 		{"CSR whose CN and SAN disagree", func() req {
 			tk := fresh()
 			return req{op: est.OpSimpleEnroll, body: csrFor(t, key, "dev-1", DeviceURIPrefix+"dev-9"), tok: &tk}
@@ -152,6 +172,12 @@ func TestBadInput(t *testing.T) {
 		}, 0, 413, est.CodeBodyTooLarge, "limit", ""},
 		{"unknown token", func() req {
 			return req{op: est.OpSimpleEnroll, body: good, user: "tdeadbeefdeadbeef", pass: strings.Repeat("x", 43)}
+		}, 0, 401, est.CodeTokenInvalid, "unknown token", "dev-1"},
+		{"user name with terminal escapes and line breaks", func() req {
+			return req{op: est.OpSimpleEnroll, body: good, user: "t\x1b[2J\r\n2026-12-01 simpleenroll ok dev-9", pass: "x"}
+		}, 0, 401, est.CodeTokenInvalid, "unknown token", "dev-1"},
+		{"user name of 10 KB", func() req {
+			return req{op: est.OpSimpleEnroll, body: good, user: strings.Repeat("u", 10<<10), pass: "x"}
 		}, 0, 401, est.CodeTokenInvalid, "unknown token", "dev-1"},
 		{"wrong secret", func() req {
 			tk := fresh()
@@ -187,7 +213,7 @@ func TestBadInput(t *testing.T) {
 			return req{op: est.OpSimpleReenroll, body: sign(devKey, "dev-2"), cert: otherCert}
 		}, 0, 401, est.CodeClientCertRequired, "unknown authority", ""},
 		{"reenroll of a revoked device", func() req {
-			return req{op: est.OpSimpleReenroll, body: sign(revokedDevKey, "gone-1"), cert: revokedDevCert}
+			return req{op: est.OpSimpleReenroll, body: renewal(revokedDevKey, "gone-1"), cert: revokedDevCert}
 		}, 0, 403, est.CodeDeviceRevoked, "revoked", "gone-1"},
 		{"reenroll with a CSR for another device", func() req {
 			return req{op: est.OpSimpleReenroll, body: sign(devKey, "dev-3"), cert: devCert}
@@ -195,6 +221,15 @@ func TestBadInput(t *testing.T) {
 		{"reenroll with an expired certificate", func() req {
 			return req{op: est.OpSimpleReenroll, body: sign(expKey, "dev-exp"), cert: expCert}
 		}, 2 * time.Hour, 401, est.CodeClientCertRequired, "expired", ""},
+		{"reenroll CSR without the certificate's SAN", func() req {
+			return req{op: est.OpSimpleReenroll, body: sign(devKey, "dev-2"), cert: devCert}
+		}, 0, 400, est.CodeIdentityMismatch, "SubjectAltName", "dev-2"},
+		{"reenroll CSR with another Subject", func() req {
+			return req{op: est.OpSimpleReenroll, body: csrWith(t, devKey, pkix.Name{CommonName: "dev-2", Organization: []string{"Evil"}}, DeviceURIPrefix+"dev-2"), cert: devCert}
+		}, 0, 400, est.CodeIdentityMismatch, "O=Evil", "dev-2"},
+		{"reenroll CSR with an extra DNS name", func() req {
+			return req{op: est.OpSimpleReenroll, body: csrWith(t, devKey, pkix.Name{CommonName: "dev-2"}, DeviceURIPrefix+"dev-2", "dns:admin.example"), cert: devCert}
+		}, 0, 400, est.CodeIdentityMismatch, "DNS:admin.example", "dev-2"},
 		{"reenroll with a bad CSR", func() req {
 			return req{op: est.OpSimpleReenroll, body: est.EncodeBase64(badSig), cert: devCert}
 		}, 0, 400, est.CodeBadCSR, "signature", "dev-2"},
@@ -202,7 +237,7 @@ func TestBadInput(t *testing.T) {
 			return req{op: est.OpSimpleReenroll, contentType: "application/octet-stream", body: sign(devKey, "dev-2"), cert: devCert}
 		}, 0, 415, est.CodeWrongContentType, "octet-stream", "dev-2"},
 	}
-	for _, tc := range cases {
+	for i, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			r := tc.req()
 			ct := est.MediaPKCS10
@@ -220,11 +255,16 @@ func TestBadInput(t *testing.T) {
 			before := s.state(t)
 			n := s.auditLen(t)
 			s.clock.Set(tc.clock)
-			resp := s.client(r.cert).do(t, http.MethodPost, est.Path("", r.op), ct, r.body, user, pass)
+			// Each case from a peer of its own: token failures slow a peer down.
+			resp := s.client(r.cert).from(100+i).do(t, http.MethodPost, est.Path("", r.op), ct, r.body, user, pass)
 			s.clock.Set(0)
 
 			if resp.status != tc.status || errCode(resp.body) != tc.code {
 				t.Fatalf("got %d %q, want %d %s", resp.status, resp.body, tc.status, tc.code)
+			}
+			if got := resp.header.Get("WWW-Authenticate"); (resp.status == http.StatusUnauthorized) != (got != "") ||
+				got != "" && !strings.HasPrefix(got, `Basic realm="edgeca"`) {
+				t.Errorf("status %d with WWW-Authenticate %q: every 401 and only a 401 carries Basic realm=\"edgeca\"", resp.status, got)
 			}
 			if ct := resp.header.Get("Content-Type"); !strings.HasPrefix(ct, "text/plain") {
 				t.Errorf("error Content-Type %q, want text/plain", ct)
@@ -246,8 +286,12 @@ func TestBadInput(t *testing.T) {
 			if tc.wantDevice != "" && a.DeviceID != tc.wantDevice {
 				t.Errorf("audit device %q, want %q", a.DeviceID, tc.wantDevice)
 			}
-			if user != "" && a.TokenID != user {
-				t.Errorf("audit token %q, want %q", a.TokenID, user)
+			// Client strings are stored escaped and cut to a bound.
+			if want := Printable(user[:min(len(user), 64)], maxFieldLen); user != "" && a.TokenID != want {
+				t.Errorf("audit token %q, want %q", a.TokenID, want)
+			}
+			if strings.ContainsAny(a.TokenID+a.Reason, "\x1b\r\n") {
+				t.Errorf("audit record holds raw control characters: %+v", a)
 			}
 			if after := s.state(t); !reflect.DeepEqual(before, after) {
 				t.Errorf("state changed:\nbefore %+v\nafter  %+v", before, after)
@@ -275,7 +319,7 @@ func TestRSAKeySizes(t *testing.T) {
 func TestErrorCodesParse(t *testing.T) {
 	for _, c := range []est.Code{est.CodeTokenInvalid, est.CodeAuthRequired, est.CodeClientCertRequired, est.CodeDeviceRevoked,
 		est.CodeDeviceNotAllowed, est.CodeBadBase64, est.CodeBadCSR, est.CodeKeyNotAllowed, est.CodeBodyTooLarge,
-		est.CodeWrongContentType, est.CodeNotFound, est.CodeMethodNotAllowed, est.CodeInternal} {
+		est.CodeWrongContentType, est.CodeNotFound, est.CodeMethodNotAllowed, est.CodeInternal, est.CodeIdentityMismatch, est.CodeRateLimited} {
 		if got, msg := est.ParseErrorBody(est.ErrorBody(c, "some: text")); got != c || msg != "some: text" {
 			t.Errorf("%s parses as %q, %q", c, got, msg)
 		}

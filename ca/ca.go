@@ -23,9 +23,11 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/edgeagent/edgeagent/ca/store"
+	"github.com/edgeagent/edgeagent/deviceid"
 	"github.com/edgeagent/edgeagent/enroll/est"
 	"github.com/edgeagent/edgeagent/enroll/token"
 )
@@ -51,6 +53,22 @@ type Options struct {
 	Now func() time.Time
 	// Logger gets request and lifecycle logs; slog.Default() when nil.
 	Logger *slog.Logger
+	// RenewGrace is how long after expiry a device's certificate still
+	// renews (see DefaultRenewGrace); zero: not at all. At most
+	// MaxRenewGrace.
+	RenewGrace time.Duration
+	// AuditMaxRows is the most audit records kept: the server deletes the
+	// oldest beyond it every minute. DefaultAuditMaxRows when zero; no
+	// maximum when negative.
+	AuditMaxRows int
+	// AuditRefusalsPerMinute is how many refusals of one peer a minute
+	// get an audit record and a log line each; the rest are counted in
+	// one summary record. DefaultRefusalsPerMinute when zero; all when
+	// negative.
+	AuditRefusalsPerMinute int
+	// MaxConnsPerPeer and MaxConns bound open connections per peer IP and
+	// in total: DefaultMaxConnsPerPeer and DefaultMaxConns when zero.
+	MaxConnsPerPeer, MaxConns int
 	// PostQuantumTLS makes the EST server use a hybrid post-quantum key
 	// exchange (X25519MLKEM768 and the other hybrids Go supports) with
 	// every client that offers one. Off by default; see keyExchanges.
@@ -68,14 +86,15 @@ func DefaultHostnames() []string {
 
 // CA is an open CA directory.
 type CA struct {
-	dir     string
-	auth    *authority
-	st      store.Store
-	ttl     time.Duration
-	hosts   []string
-	now     func() time.Time
-	log     *slog.Logger
-	cacerts []byte // the cacerts response body, computed once
+	dir      string
+	auth     *authority
+	st       store.Store
+	ttl      time.Duration
+	hosts    []string
+	now      func() time.Time
+	log      *slog.Logger
+	cacerts  []byte // the cacerts response body, computed once
+	csrattrs []byte // the csrattrs response body, computed once
 
 	// clientRoots anchors client certificate verification at the
 	// intermediate: a certificate another intermediate under the same root
@@ -83,6 +102,15 @@ type CA struct {
 	clientRoots *x509.CertPool
 
 	postQuantum bool
+	renewGrace  time.Duration
+
+	sampler      *refusalSampler
+	auditMaxRows int
+
+	maxConnsPerPeer, maxConns int
+	inFlight                  atomic.Int64
+	// Token guessing: failures slow down the peer and the token id.
+	peerGuesses, tokenGuesses *guessLimiter
 
 	tlsMu       sync.Mutex
 	tlsCert     *tls.Certificate // leaf and intermediate
@@ -101,6 +129,24 @@ func Open(ctx context.Context, dir string, opts Options) (*CA, error) {
 	}
 	if opts.CertTTL < opts.MinTTL {
 		return nil, fmt.Errorf("certificate lifetime %s is too short: the minimum is %s", opts.CertTTL, opts.MinTTL)
+	}
+	if opts.CertTTL > MaxCertTTL {
+		return nil, fmt.Errorf("certificate lifetime %s is too long for a short-lived device certificate: the maximum is %s", opts.CertTTL, MaxCertTTL)
+	}
+	if opts.RenewGrace < 0 || opts.RenewGrace > MaxRenewGrace {
+		return nil, fmt.Errorf("renewal grace %s: must be between 0 and %s", opts.RenewGrace, MaxRenewGrace)
+	}
+	if opts.AuditMaxRows == 0 {
+		opts.AuditMaxRows = DefaultAuditMaxRows
+	}
+	if opts.MaxConnsPerPeer <= 0 {
+		opts.MaxConnsPerPeer = DefaultMaxConnsPerPeer
+	}
+	if opts.MaxConns <= 0 {
+		opts.MaxConns = DefaultMaxConns
+	}
+	if opts.AuditRefusalsPerMinute == 0 {
+		opts.AuditRefusalsPerMinute = DefaultRefusalsPerMinute
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
@@ -136,6 +182,10 @@ func Open(ctx context.Context, dir string, opts Options) (*CA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open CA %s: %w", dir, err)
 	}
+	attrs, err := csrAttrs()
+	if err != nil {
+		return nil, fmt.Errorf("open CA %s: %w", dir, err)
+	}
 	st := opts.Store
 	if st == nil {
 		s, err := store.Open(ctx, filepath.Join(dir, DBFile))
@@ -155,8 +205,18 @@ func Open(ctx context.Context, dir string, opts Options) (*CA, error) {
 		now:         opts.Now,
 		log:         opts.Logger,
 		cacerts:     est.EncodeBase64(der),
+		csrattrs:    attrs,
 		clientRoots: pool,
 		postQuantum: opts.PostQuantumTLS,
+		renewGrace:  opts.RenewGrace,
+
+		sampler:      newRefusalSampler(opts.AuditRefusalsPerMinute),
+		auditMaxRows: opts.AuditMaxRows,
+
+		maxConnsPerPeer: opts.MaxConnsPerPeer,
+		maxConns:        opts.MaxConns,
+		peerGuesses:     newGuessLimiter(peerFreeGuesses, time.Second, peerMaxBackoff),
+		tokenGuesses:    newGuessLimiter(tokenFreeGuesses, time.Second, tokenMaxBackoff),
 	}, nil
 }
 
@@ -246,6 +306,8 @@ func (c *CA) CreateToken(ctx context.Context, o TokenOptions) (token.Token, stor
 			return token.Token{}, store.Token{}, fmt.Errorf("create token: --pattern: %w", err)
 		}
 	}
+	// Bindings and patterns match canonical (lower-case) device ids.
+	o.Device, o.Pattern = deviceid.Canonical(o.Device), deviceid.Canonical(o.Pattern)
 	u, err := c.tokenURL(ctx, o.URL)
 	if err != nil {
 		return token.Token{}, store.Token{}, fmt.Errorf("create token: %w", err)
@@ -344,15 +406,33 @@ func (c *CA) RevokeToken(ctx context.Context, id string) error {
 // Devices lists all devices.
 func (c *CA) Devices(ctx context.Context) ([]store.Device, error) { return c.st.Devices(ctx) }
 
-// Device returns one device; it wraps store.ErrNotFound for an unknown id.
+// Device returns one device by any spelling of its id; it wraps
+// store.ErrNotFound for an unknown id.
 func (c *CA) Device(ctx context.Context, id string) (store.Device, error) {
-	return c.st.Device(ctx, id)
+	if err := deviceid.Validate(id); err != nil {
+		return store.Device{}, err
+	}
+	return c.st.Device(ctx, deviceid.Canonical(id))
 }
 
-// RevokeDevice revokes a device: it can no longer renew, nor enroll again
-// with a token.
+// RevokeDevice revokes a device (any spelling of its id): it can no longer
+// renew, nor enroll again with a token.
 func (c *CA) RevokeDevice(ctx context.Context, id string) error {
-	return c.st.RevokeDevice(ctx, id, c.now())
+	if err := deviceid.Validate(id); err != nil {
+		return err
+	}
+	return c.st.RevokeDevice(ctx, deviceid.Canonical(id), c.now())
+}
+
+// DefaultAuditMaxRows is the default maximum of audit records: about
+// 250 MB of database, a year of a 2,000-device fleet renewing daily plus
+// its sampled refusals.
+const DefaultAuditMaxRows = 1_000_000
+
+// PruneAudit deletes audit records older than before (unless zero) and all
+// but the newest keep (unless keep <= 0).
+func (c *CA) PruneAudit(ctx context.Context, before time.Time, keep int) (int64, error) {
+	return c.st.PruneAudit(ctx, before, keep)
 }
 
 // Audit returns the newest limit audit records (all when limit <= 0).

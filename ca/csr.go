@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/edgeagent/edgeagent/enroll/est"
 )
@@ -21,6 +22,9 @@ type Error struct {
 	Code   est.Code
 	Msg    string // sent to the client
 	Reason string // audit only; Msg when empty
+	// RetryAfter, when set, is sent as Retry-After (whole seconds,
+	// rounded up).
+	RetryAfter time.Duration
 }
 
 func (e *Error) Error() string {

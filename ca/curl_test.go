@@ -73,10 +73,36 @@ func TestCurlAndOpenSSLClient(t *testing.T) {
 		t.Fatalf("issued certificate:\n%s", subj)
 	}
 
-	body = tool(t, "curl", "-sS", "--fail-with-body", "--cacert", p("root.pem"), "--cert", p("cert.pem"), "--key", p("key.pem"),
+	// A renewal CSR copies the Subject and SubjectAltName of the
+	// certificate (RFC 7030 §4.2.2); the enrollment CSR (no SAN) is refused.
+	body = tool(t, "curl", "-sS", "--cacert", p("root.pem"), "--cert", p("cert.pem"), "--key", p("key.pem"), "-w", "\n%{http_code}",
 		"-H", "Content-Type: "+est.MediaPKCS10, "--data-binary", "@"+p("csr.b64"), s.url+est.Path("", est.OpSimpleReenroll))
+	if !strings.HasSuffix(body, "\n400") || !strings.Contains(body, string(est.CodeIdentityMismatch)) {
+		t.Fatalf("reenroll with a CSR lacking the certificate's SAN: %s", body)
+	}
+	tool(t, "openssl", "req", "-new", "-key", p("key.pem"), "-subj", "/CN=curl-1", "-addext", "subjectAltName=URI:urn:edgeagent:device:curl-1", "-outform", "DER", "-out", p("recsr.der"))
+	if err := os.WriteFile(p("recsr.b64"), []byte(tool(t, "openssl", "base64", "-in", p("recsr.der"))), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	body = tool(t, "curl", "-sS", "--fail-with-body", "--cacert", p("root.pem"), "--cert", p("cert.pem"), "--key", p("key.pem"),
+		"-H", "Content-Type: "+est.MediaPKCS10, "--data-binary", "@"+p("recsr.b64"), s.url+est.Path("", est.OpSimpleReenroll))
 	decode(body, p("renewed.pem"))
 	verify(p("renewed.pem"))
+
+	// openssl reads /csrattrs as asking for the CN and a P-256 key.
+	body = tool(t, "curl", "-sS", "--fail-with-body", "--cacert", p("root.pem"), s.url+est.Path("", est.OpCSRAttrs))
+	raw, err := base64.StdEncoding.DecodeString(strings.Join(strings.Fields(body), ""))
+	if err != nil {
+		t.Fatalf("csrattrs is not base64: %v\n%s", err, body)
+	}
+	if err := os.WriteFile(p("attrs.der"), raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	parsed := tool(t, "openssl", "asn1parse", "-inform", "DER", "-in", p("attrs.der"))
+	for _, want := range []string{"commonName", "ecdsa-with-SHA256", "id-ecPublicKey", "prime256v1"} {
+		mustContain(t, "openssl asn1parse of csrattrs", parsed, want)
+	}
+
 	dev, err := s.ca.Device(context.Background(), "curl-1")
 	if err != nil || dev.Enrollments != 2 {
 		t.Fatalf("device after curl reenroll: %+v %v", dev, err)

@@ -47,10 +47,16 @@ type testServer struct {
 func newTestServer(t testing.TB, opts Options) *testServer {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "ca")
-	ctx := context.Background()
-	if err := Init(ctx, dir, InitOptions{}); err != nil {
+	if err := Init(context.Background(), dir, InitOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	return serveDir(t, dir, opts)
+}
+
+// serveDir opens the CA in dir and serves it until the test ends.
+func serveDir(t testing.TB, dir string, opts Options) *testServer {
+	t.Helper()
+	ctx := context.Background()
 	clk := &testClock{}
 	if opts.Now == nil {
 		opts.Now = clk.Now
@@ -176,8 +182,23 @@ func csrFor(t testing.TB, key crypto.Signer, cn string, uris ...string) []byte {
 
 func csrDER(t testing.TB, key crypto.Signer, cn string, uris ...string) []byte {
 	t.Helper()
-	tmpl := &x509.CertificateRequest{Subject: pkix.Name{CommonName: cn}}
+	return csrDERWith(t, key, pkix.Name{CommonName: cn}, uris...)
+}
+
+// csrWith is csrFor with a whole Subject; a SAN "dns:NAME" is a DNS name.
+func csrWith(t testing.TB, key crypto.Signer, subject pkix.Name, sans ...string) []byte {
+	t.Helper()
+	return est.EncodeBase64(csrDERWith(t, key, subject, sans...))
+}
+
+func csrDERWith(t testing.TB, key crypto.Signer, subject pkix.Name, uris ...string) []byte {
+	t.Helper()
+	tmpl := &x509.CertificateRequest{Subject: subject}
 	for _, s := range uris {
+		if dns, ok := strings.CutPrefix(s, "dns:"); ok {
+			tmpl.DNSNames = append(tmpl.DNSNames, dns)
+			continue
+		}
 		u, err := url.Parse(s)
 		if err != nil {
 			t.Fatal(err)

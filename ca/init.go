@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/edgeagent/edgeagent/ca/store"
@@ -42,6 +43,11 @@ type InitOptions struct {
 	ImportRootCert, ImportRootKey                 string
 	ImportIntermediateCert, ImportIntermediateKey string
 
+	// RootKeyOut, when set, is where a new (or imported) root key is
+	// written instead of the CA directory, e.g. a removable disk: serve
+	// never needs it, only a new intermediate does.
+	RootKeyOut string
+
 	Now func() time.Time
 }
 
@@ -62,6 +68,11 @@ func Init(ctx context.Context, dir string, opts InitOptions) error {
 	}
 	if _, err := os.Stat(filepath.Join(dir, RootCertFile)); err == nil {
 		return fmt.Errorf("init %s: %w (remove it or choose another --dir)", dir, ErrInitialized)
+	}
+	if opts.RootKeyOut != "" {
+		if err := checkRootKeyOut(dir, opts.RootKeyOut); err != nil {
+			return fmt.Errorf("init: --root-key-out: %w", err)
+		}
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("init: create %s: %w", dir, err)
@@ -101,7 +112,11 @@ func Init(ctx context.Context, dir string, opts InitOptions) error {
 	// directory initialized, so an interrupted init can simply be rerun.
 	for i := len(files) - 1; i >= 0; i-- {
 		f := files[i]
-		if err := atomicfile.Write(filepath.Join(dir, f.name), f.data, f.perm); err != nil {
+		path := filepath.Join(dir, f.name)
+		if f.name == RootKeyFile && opts.RootKeyOut != "" {
+			path = opts.RootKeyOut
+		}
+		if err := atomicfile.Write(path, f.data, f.perm); err != nil {
 			return fmt.Errorf("init: %w", err)
 		}
 	}
@@ -208,4 +223,24 @@ func initPKI(o InitOptions, now time.Time) (root *x509.Certificate, rootKey cryp
 		return nil, nil, nil, nil, fmt.Errorf("--import-intermediate-key %s is not the key of --import-intermediate-cert %s", o.ImportIntermediateKey, o.ImportIntermediateCert)
 	}
 	return root, rootKey, inter, interKey, nil
+}
+
+// checkRootKeyOut refuses a --root-key-out inside the CA directory (the
+// point is to keep it off the server) or one that exists already.
+func checkRootKeyOut(dir, out string) error {
+	absDir, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	absOut, err := filepath.Abs(out)
+	if err != nil {
+		return err
+	}
+	if rel, err := filepath.Rel(absDir, absOut); err == nil && !strings.HasPrefix(rel, "..") {
+		return fmt.Errorf("%s is inside the CA directory %s: the root key is meant to leave the server", out, dir)
+	}
+	if _, err := os.Lstat(out); err == nil {
+		return fmt.Errorf("%s exists: refusing to overwrite a key", out)
+	}
+	return nil
 }

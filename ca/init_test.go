@@ -302,3 +302,57 @@ func TestImportRSAIntermediate(t *testing.T) {
 		t.Fatalf("leaf CN %q notAfter %v, intermediate notAfter %v", leaf.Subject.CommonName, leaf.NotAfter, inter.NotAfter)
 	}
 }
+
+// TestRootKeyOffline: init can write the root key outside the CA
+// directory, and a CA serves and issues without it (a root-key.pem that
+// is garbage is never read either).
+func TestRootKeyOffline(t *testing.T) {
+	ctx := context.Background()
+	dir := filepath.Join(t.TempDir(), "ca")
+	offline := filepath.Join(t.TempDir(), "usb", "root-key.pem")
+	if err := os.MkdirAll(filepath.Dir(offline), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(offline+".exists", []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, out, has string
+	}{
+		{"inside the CA directory", filepath.Join(dir, "keys", "root.key"), "inside the CA directory"},
+		{"the CA directory itself", filepath.Join(dir, "root.key"), "inside the CA directory"},
+		{"an existing file", offline + ".exists", "exists"},
+	} {
+		if err := Init(ctx, dir, InitOptions{RootKeyOut: tc.out}); err == nil || !strings.Contains(err.Error(), tc.has) {
+			t.Errorf("%s: %v", tc.name, err)
+		}
+	}
+	if err := Init(ctx, dir, InitOptions{RootKeyOut: offline}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, RootKeyFile)); !os.IsNotExist(err) {
+		t.Fatalf("root key in the CA directory: %v", err)
+	}
+	fi, err := os.Stat(offline)
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("offline root key: %v %v", fi, err)
+	}
+	key, err := loadKey(offline)
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, err := loadCert(filepath.Join(dir, RootCertFile))
+	if err != nil || !keyMatches(root, key) {
+		t.Fatalf("offline key is not the root's: %v", err)
+	}
+	// Garbage where the root key would be: serve never reads it.
+	if err := os.WriteFile(filepath.Join(dir, RootKeyFile), []byte("not a key"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := serveDir(t, dir, Options{})
+	devKey := newKey(t)
+	cert := s.client(nil).enroll(t, csrFor(t, devKey, "offline-1"), s.token(t, TokenOptions{})).certs(t)[0]
+	if err := cert.CheckSignatureFrom(s.ca.Intermediate()); err != nil {
+		t.Fatal(err)
+	}
+}

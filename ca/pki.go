@@ -20,6 +20,8 @@ import (
 	"net/url"
 	"os"
 	"time"
+
+	"github.com/edgeagent/edgeagent/deviceid"
 )
 
 // Files in a CA directory.
@@ -50,29 +52,26 @@ func LeafBackdate(ttl time.Duration) time.Duration {
 	return min(Backdate, ttl/4)
 }
 
-// MinCertTTL and DefaultCertTTL bound device certificate lifetimes.
+// MinCertTTL and MaxCertTTL bound device certificate lifetimes.
+//
+// MaxCertTTL is 30 days. A short lifetime is what bounds a leaked key that
+// nobody revoked, and what keeps the CRL short (a revoked serial stays
+// listed until its certificate would have expired); past a month a device
+// certificate is a long-lived credential that revocation alone must
+// police. A month still covers a device that renews at two thirds of its
+// lifetime and then stays offline for ten days, plus the renewal grace.
 const (
 	MinCertTTL     = time.Minute
+	MaxCertTTL     = 30 * 24 * time.Hour
 	DefaultCertTTL = 24 * time.Hour
 )
 
 // ErrKeyPermissions is wrapped when a key file is readable by group or others.
 var ErrKeyPermissions = errors.New("key file is readable by group or others")
 
-// ValidateDeviceID checks a device id: 1 to 64 of [A-Za-z0-9._-], the same
-// alphabet as token ids, so it is safe in a certificate CN, a URI, an MQTT
-// user name and a file name.
-func ValidateDeviceID(id string) error {
-	if id == "" || len(id) > 64 {
-		return fmt.Errorf("device id must be 1 to 64 characters, got %d", len(id))
-	}
-	for _, c := range id {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
-			return fmt.Errorf("device id %q: only letters, digits, '.', '_' and '-' are allowed", id)
-		}
-	}
-	return nil
-}
+// ValidateDeviceID checks a device id against the one grammar
+// (package deviceid).
+func ValidateDeviceID(id string) error { return deviceid.Validate(id) }
 
 // DeviceURI returns the SAN URI naming device id.
 func DeviceURI(id string) *url.URL {

@@ -19,8 +19,14 @@ type ServeConfig struct {
 	Listen    string        // host:port; port 0 picks a free one
 	Hostnames []string      // TLS server certificate names; DefaultHostnames() plus the listen host when empty
 	CertTTL   time.Duration // device certificate lifetime
-	AddrFile  string        // if set, the bound address is written here after listening
-	Logger    *slog.Logger
+	// RenewGrace, AuditMaxRows, AuditRefusalsPerMinute: see Options.
+	RenewGrace             time.Duration
+	AuditMaxRows           int
+	AuditRefusalsPerMinute int
+	MaxConnsPerPeer        int
+	MaxConns               int
+	AddrFile               string // if set, the bound address is written here after listening
+	Logger                 *slog.Logger
 	// PostQuantumTLS: see Options.PostQuantumTLS.
 	PostQuantumTLS bool
 }
@@ -42,7 +48,8 @@ func Run(ctx context.Context, cfg ServeConfig) error {
 			}
 		}
 	}
-	c, err := Open(ctx, cfg.Dir, Options{CertTTL: cfg.CertTTL, Hostnames: hosts, Logger: log, PostQuantumTLS: cfg.PostQuantumTLS})
+	c, err := Open(ctx, cfg.Dir, Options{CertTTL: cfg.CertTTL, RenewGrace: cfg.RenewGrace, AuditMaxRows: cfg.AuditMaxRows, AuditRefusalsPerMinute: cfg.AuditRefusalsPerMinute,
+		MaxConnsPerPeer: cfg.MaxConnsPerPeer, MaxConns: cfg.MaxConns, Hostnames: hosts, Logger: log, PostQuantumTLS: cfg.PostQuantumTLS})
 	if err != nil {
 		return err
 	}
@@ -63,7 +70,10 @@ func Run(ctx context.Context, cfg ServeConfig) error {
 			return fmt.Errorf("serve: --addr-file: %w", err)
 		}
 	}
-	log.Info("edgeca serving EST", "addr", addr, "hostnames", hosts, "cert_ttl", c.CertTTL().String(),
+	if _, err := os.Stat(filepath.Join(cfg.Dir, RootKeyFile)); err == nil {
+		log.Warn("the root CA key is on this server; serve never reads it: move it offline (see README, Root key offline)", "file", filepath.Join(cfg.Dir, RootKeyFile))
+	}
+	log.Info("edgeca serving EST", "addr", addr, "hostnames", hosts, "cert_ttl", c.CertTTL().String(), "renew_grace", cfg.RenewGrace.String(),
 		"root_pin", c.Pin().String(), "dir", cfg.Dir, "tls_post_quantum", cfg.PostQuantumTLS)
 	err = c.Serve(ctx, ln)
 	if rmErr := os.Remove(filepath.Join(cfg.Dir, ServeAddrFile)); rmErr != nil && !errors.Is(rmErr, os.ErrNotExist) {

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/edgeagent/edgeagent/ca/store"
+	"github.com/edgeagent/edgeagent/deviceid"
 	"github.com/edgeagent/edgeagent/enroll/est"
 )
 
@@ -38,6 +39,9 @@ func (c *CA) TLSConfig() (*tls.Config, error) {
 	}
 	return &tls.Config{
 		MinVersion: tls.VersionTLS12,
+		// TLS 1.2: ECDHE key exchange (forward secrecy) with AEAD ciphers
+		// only; no CBC, no RSA key transport. TLS 1.3 suites are all AEAD.
+		CipherSuites: tls12Suites,
 		// The root goes only to clients that ask for it. Every other
 		// client has it already (it is the trust anchor), and Go's
 		// verifier, finding it among the presented certificates as well
@@ -58,6 +62,16 @@ func (c *CA) TLSConfig() (*tls.Config, error) {
 		SessionTicketsDisabled: true,
 		CurvePreferences:       keyExchanges(c.postQuantum),
 	}, nil
+}
+
+// tls12Suites are the TLS 1.2 cipher suites the EST server accepts.
+var tls12Suites = []uint16{
+	tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+	tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+	tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+	tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+	tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+	tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
 }
 
 // keyExchanges is the server's TLS key exchange preference.
@@ -92,17 +106,25 @@ func (c *CA) Serve(ctx context.Context, ln net.Listener) error {
 		return err
 	}
 	srv := &http.Server{
-		Handler:           c.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       30 * time.Second,
+		Handler: c.Handler(),
+		// The TLS handshake gets the shortest of these (net/http), so a
+		// connection that never completes one is closed after
+		// headerTimeout.
+		ReadHeaderTimeout: headerTimeout,
+		ReadTimeout:       headerTimeout + bodyTimeout,
 		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       60 * time.Second,
+		IdleTimeout:       idleTimeout,
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          slog.NewLogLogger(c.log.Handler(), slog.LevelDebug),
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(tls.NewListener(ln, cfg)) }()
+	limited := newLimitListener(ln, c.maxConnsPerPeer, c.maxConns, c.log)
+	go func() { errc <- srv.Serve(tls.NewListener(limited, cfg)) }()
+	mctx, stopMaintain := context.WithCancel(context.WithoutCancel(ctx))
+	maintained := make(chan struct{})
+	go func() { defer close(maintained); c.maintain(mctx) }()
+	defer func() { stopMaintain(); <-maintained }()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("serve EST: %w", err)
@@ -145,8 +167,10 @@ func (c *CA) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		if !allowMethod(w, r, http.MethodGet) {
 			return
 		}
-		// No attributes required (RFC 7030 §4.5.2: 204 when none).
-		w.WriteHeader(http.StatusNoContent)
+		w.Header().Set("Content-Type", est.MediaCSRAttrs)
+		w.Header().Set("Content-Transfer-Encoding", est.TransferEncoding)
+		w.Header().Set("Content-Length", strconv.Itoa(len(c.csrattrs)))
+		_, _ = w.Write(c.csrattrs)
 	case est.OpSimpleEnroll, est.OpSimpleReenroll:
 		if !allowMethod(w, r, http.MethodPost) {
 			return
@@ -204,9 +228,13 @@ func writeError(w http.ResponseWriter, e *Error) {
 	h.Set("X-Content-Type-Options", "nosniff")
 	switch e.Status {
 	case http.StatusUnauthorized:
-		if e.Code != est.CodeClientCertRequired {
-			h.Set("WWW-Authenticate", `Basic realm="edgeca EST", charset="UTF-8"`)
-		}
+		// RFC 9110 §11.6.1: a 401 carries a challenge. Basic is the only
+		// scheme EST defines (§3.2.3); a client refused for its
+		// certificate gets it too, and edgeca ignores Basic there.
+		h.Set("WWW-Authenticate", AuthChallenge)
+	}
+	if e.RetryAfter > 0 {
+		h.Set("Retry-After", strconv.Itoa(int((e.RetryAfter+time.Second-1)/time.Second)))
 	}
 	w.WriteHeader(e.Status)
 	_, _ = io.WriteString(w, est.ErrorBody(e.Code, e.Msg))
@@ -228,7 +256,24 @@ func (c *CA) enroll(w http.ResponseWriter, r *http.Request, op string) {
 	// withdraws it as it calls Issue, a refusal before that here.
 	a := attempt{op: op, peer: r.RemoteAddr, expected: c.st.Expect()}
 	defer a.expected()
+	if n := c.inFlight.Add(1); n > maxInFlight {
+		c.inFlight.Add(-1)
+		e := &Error{Status: http.StatusServiceUnavailable, Code: est.CodeRateLimited, Msg: "the CA is busy: retry later",
+			Reason: fmt.Sprintf("over %d enrollments in flight", maxInFlight), RetryAfter: time.Second}
+		c.recordFailure(r.Context(), a, e)
+		writeError(w, e)
+		return
+	}
+	defer c.inFlight.Add(-1)
+	// The body must arrive soon after the headers, whatever the client
+	// does before any token or certificate is looked at.
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(bodyTimeout))
 	cert, err := c.enrollChecked(w, r, op, &a)
+	var rp *replay
+	if errors.As(err, &rp) {
+		cert, err = rp.cert, nil
+		c.recordReplay(r.Context(), a, rp)
+	}
 	if err != nil {
 		var e *Error
 		if !errors.As(err, &e) {
@@ -240,7 +285,10 @@ func (c *CA) enroll(w http.ResponseWriter, r *http.Request, op string) {
 		writeError(w, e)
 		return
 	}
-	der, err := est.EncodeCertsOnly([]*x509.Certificate{cert, c.auth.intermediate})
+	// Only the issued certificate (RFC 7030 §4.2.3): a conforming client
+	// refuses an answer with more ("2 certificates returned"); the chain
+	// is what /cacerts is for.
+	der, err := est.EncodeCertsOnly([]*x509.Certificate{cert})
 	if err != nil {
 		// The certificate is recorded as issued; the client will retry.
 		c.log.Error("encode response", "op", op, "device", a.deviceID, "err", err)
@@ -257,6 +305,28 @@ func (c *CA) enroll(w http.ResponseWriter, r *http.Request, op string) {
 	c.log.Info("certificate issued", "op", op, "peer", a.peer, "device", a.deviceID, "token", a.tokenID, "serial", SerialHex(cert.SerialNumber), "not_after", cert.NotAfter)
 }
 
+// recordReplay writes the audit record of a retry answered with the
+// certificate already issued.
+func (c *CA) recordReplay(ctx context.Context, a attempt, rp *replay) {
+	c.writeAudit(ctx, store.AuditRecord{
+		Time: c.now(), Op: a.op, Peer: a.peer, TokenID: a.tokenID, DeviceID: a.deviceID,
+		Result: store.ResultOK, Reason: rp.reason, Serial: SerialHex(rp.cert.SerialNumber),
+	})
+}
+
+// writeAudit appends a record with every string made printable and
+// bounded; it is written even if the client has gone away.
+func (c *CA) writeAudit(ctx context.Context, rec store.AuditRecord) {
+	rec.Op, rec.Peer, rec.TokenID, rec.DeviceID = Printable(rec.Op, maxFieldLen), Printable(rec.Peer, maxFieldLen), Printable(rec.TokenID, maxFieldLen), Printable(rec.DeviceID, maxFieldLen)
+	rec.Code, rec.Reason, rec.Serial = Printable(rec.Code, maxFieldLen), Printable(rec.Reason, maxReasonLen), Printable(rec.Serial, maxFieldLen)
+	if err := c.st.AddAudit(context.WithoutCancel(ctx), rec); err != nil {
+		c.log.Error("write audit record", "err", err, "op", rec.Op, "device", rec.DeviceID, "reason", rec.Reason)
+	}
+}
+
+// recordFailure audits and logs a refusal, sampled per peer (see
+// refusalSampler): a peer without credentials cannot grow the audit log
+// or the server log by more than a few records a minute.
 func (c *CA) recordFailure(ctx context.Context, a attempt, e *Error) {
 	result := store.ResultDenied
 	if e.Status >= 500 {
@@ -266,15 +336,63 @@ func (c *CA) recordFailure(ctx context.Context, a attempt, e *Error) {
 	if reason == "" {
 		reason = e.Msg
 	}
-	rec := store.AuditRecord{
-		Time: c.now(), Op: a.op, Peer: a.peer, TokenID: a.tokenID, DeviceID: a.deviceID,
+	now := c.now()
+	record, summary := c.sampler.note(peerIP(a.peer), string(e.Code), now)
+	if summary != nil {
+		c.writeSummary(ctx, *summary)
+	}
+	if !record && result != store.ResultError {
+		return
+	}
+	reason = Printable(reason, maxReasonLen)
+	c.writeAudit(ctx, store.AuditRecord{
+		Time: now, Op: a.op, Peer: a.peer, TokenID: a.tokenID, DeviceID: a.deviceID,
 		Result: result, Code: string(e.Code), Reason: reason,
-	}
-	// The audit must be written even if the client has gone away.
-	if err := c.st.AddAudit(context.WithoutCancel(ctx), rec); err != nil {
-		c.log.Error("write audit record", "err", err, "op", a.op, "device", a.deviceID, "reason", reason)
-	}
+	})
 	c.log.Info("enrollment refused", "op", a.op, "peer", a.peer, "token", a.tokenID, "device", a.deviceID, "code", e.Code, "reason", reason)
+}
+
+func (c *CA) writeSummary(ctx context.Context, rec store.AuditRecord) {
+	c.writeAudit(ctx, rec)
+	c.log.Info("enrollment refusals summarized", "peer", rec.Peer, "reason", rec.Reason)
+}
+
+// maintain runs until ctx is done: it writes the summaries of closed
+// refusal windows and keeps the audit log within its maximum.
+func (c *CA) maintain(ctx context.Context) {
+	tick := time.NewTicker(refusalWindow)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			// Whatever was counted is summarized before the server ends.
+			for _, r := range c.sampler.flush(c.now().Add(refusalWindow)) {
+				c.writeSummary(ctx, r)
+			}
+			return
+		case <-tick.C:
+		}
+		now := c.now()
+		for _, r := range c.sampler.flush(now) {
+			c.writeSummary(ctx, r)
+		}
+		c.peerGuesses.sweep(now)
+		c.tokenGuesses.sweep(now)
+		c.pruneAudit(ctx)
+	}
+}
+
+// pruneAudit enforces the configured maximum number of audit records.
+func (c *CA) pruneAudit(ctx context.Context) {
+	if c.auditMaxRows <= 0 {
+		return
+	}
+	n, err := c.st.PruneAudit(ctx, time.Time{}, c.auditMaxRows)
+	if err != nil {
+		c.log.Error("prune audit log", "err", err)
+	} else if n > 0 {
+		c.log.Info("audit log pruned to its maximum", "deleted", n, "max_rows", c.auditMaxRows)
+	}
 }
 
 // drain reads and discards what is left of a refused body, up to a bound,
@@ -320,17 +438,38 @@ func (c *CA) simpleEnroll(w http.ResponseWriter, r *http.Request, a *attempt) (*
 		return nil, refuse(http.StatusUnauthorized, est.CodeAuthRequired, "simpleenroll needs HTTP Basic credentials: the token id as user name and its secret as password")
 	}
 	if len(user) > 64 {
-		user = user[:64]
+		user = user[:64] // no token id is longer
 	}
-	a.tokenID = user
+	a.tokenID = Printable(user, maxFieldLen)
+	now := c.now()
+	peer := peerIP(r.RemoteAddr)
+	if wait := max(c.peerGuesses.wait(peer, now), c.tokenGuesses.wait(user, now)); wait > 0 {
+		return nil, &Error{Status: http.StatusTooManyRequests, Code: est.CodeRateLimited, RetryAfter: wait,
+			Msg:    "too many failed token checks: retry after the time in Retry-After",
+			Reason: fmt.Sprintf("token guessing backoff: %s to wait", wait.Round(time.Millisecond))}
+	}
 	csr, err := readCSR(w, r)
 	if err != nil {
 		return nil, err
 	}
 	a.deviceID = csr.DeviceID
-	now := c.now()
 	secretHash := sha256.Sum256([]byte(pass))
+	// The token is checked before anything is signed: a guess costs a
+	// read and a hash, and counts against the peer and the token id.
+	if err := c.precheckToken(r.Context(), user, secretHash, now); err != nil {
+		var e *Error
+		if errors.As(err, &e) && e.Code == est.CodeTokenInvalid {
+			c.peerGuesses.fail(peer, now)
+			c.tokenGuesses.fail(user, now)
+		}
+		return nil, err
+	}
+	c.tokenGuesses.reset(user)
+	keyHash := sha256.Sum256(csr.Request.RawSubjectPublicKeyInfo)
 	check := func(tok *store.Token, dev *store.Device) error {
+		if rp := enrollReplay(tok, dev, secretHash, keyHash, now); rp != nil {
+			return rp
+		}
 		if err := checkToken(tok, secretHash, csr.DeviceID, now); err != nil {
 			return err
 		}
@@ -339,7 +478,7 @@ func (c *CA) simpleEnroll(w http.ResponseWriter, r *http.Request, a *attempt) (*
 				return &Error{Status: http.StatusForbidden, Code: est.CodeDeviceRevoked,
 					Msg: fmt.Sprintf("device %s is revoked", csr.DeviceID), Reason: "enroll of a revoked device"}
 			}
-			if tok.Device != csr.DeviceID {
+			if tok.Device != deviceid.Canonical(csr.DeviceID) {
 				// A claim token (pattern or open) must not take over an
 				// identity that is already enrolled.
 				return &Error{Status: http.StatusForbidden, Code: est.CodeDeviceNotAllowed,
@@ -351,9 +490,9 @@ func (c *CA) simpleEnroll(w http.ResponseWriter, r *http.Request, a *attempt) (*
 	}
 	req := store.IssueRequest{
 		TokenID:  user,
-		DeviceID: csr.DeviceID,
+		DeviceID: deviceid.Canonical(csr.DeviceID),
 		Time:     now,
-		Audit: store.AuditRecord{Time: now, Op: a.op, Peer: a.peer, TokenID: user, DeviceID: csr.DeviceID,
+		Audit: store.AuditRecord{Time: now, Op: a.op, Peer: a.peer, TokenID: a.tokenID, DeviceID: csr.DeviceID,
 			Result: store.ResultOK, Reason: "enrolled with token"},
 	}
 	return c.issue(r.Context(), req, csr, check, a.expected)
@@ -365,11 +504,14 @@ func (c *CA) simpleEnroll(w http.ResponseWriter, r *http.Request, a *attempt) (*
 // ECDSA signature on a refused request, less than the CSR check every
 // request costs anyway, and saves a read of the state on every accepted one.
 func (c *CA) issue(ctx context.Context, req store.IssueRequest, csr *CSR, check func(*store.Token, *store.Device) error, arrived func()) (*x509.Certificate, error) {
-	cert, err := c.auth.issueLeaf(csr.Request.PublicKey, req.DeviceID, c.ttl, req.Time)
+	// The certificate keeps the device's spelling of its id; the
+	// registry is keyed by the canonical form (req.DeviceID).
+	cert, err := c.auth.issueLeaf(csr.Request.PublicKey, csr.DeviceID, c.ttl, req.Time)
 	if err != nil {
 		return nil, err
 	}
-	req.Issuance = store.Issuance{Serial: SerialHex(cert.SerialNumber), NotAfter: cert.NotAfter}
+	req.Issuance = store.Issuance{Serial: SerialHex(cert.SerialNumber), NotAfter: cert.NotAfter,
+		DER: cert.Raw, KeyHash: sha256.Sum256(cert.RawSubjectPublicKeyInfo)}
 	arrived()
 	if err := c.st.Issue(ctx, req, check); err != nil {
 		return nil, err
@@ -377,9 +519,25 @@ func (c *CA) issue(ctx context.Context, req store.IssueRequest, csr *CSR, check 
 	return cert, nil
 }
 
-// checkToken decides whether tok lets deviceID enroll now. tok is nil for an
-// unknown token id.
-func checkToken(tok *store.Token, secretHash [32]byte, deviceID string, now time.Time) error {
+// precheckToken refuses an unknown, wrong, revoked or expired token before
+// the CSR is signed. Uses are counted, and checked again, in Issue's
+// transaction.
+func (c *CA) precheckToken(ctx context.Context, id string, secretHash [32]byte, now time.Time) error {
+	tok, err := c.st.Token(ctx, id)
+	var tp *store.Token
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+	case err != nil:
+		return fmt.Errorf("read token: %w", err)
+	default:
+		tp = &tok
+	}
+	return checkTokenSecret(tp, secretHash, now)
+}
+
+// checkTokenSecret is the part of checkToken that does not depend on uses
+// or on the device.
+func checkTokenSecret(tok *store.Token, secretHash [32]byte, now time.Time) error {
 	invalid := func(reason string) error {
 		return &Error{Status: http.StatusUnauthorized, Code: est.CodeTokenInvalid, Msg: tokenInvalidMsg, Reason: reason}
 	}
@@ -398,16 +556,26 @@ func checkToken(tok *store.Token, secretHash [32]byte, deviceID string, now time
 	if !now.Before(tok.ExpiresAt) {
 		return invalid("token expired at " + tok.ExpiresAt.Format(time.RFC3339))
 	}
-	if tok.Uses >= tok.MaxUses {
-		return invalid(fmt.Sprintf("token used up (%d of %d uses)", tok.Uses, tok.MaxUses))
+	return nil
+}
+
+// checkToken decides whether tok lets deviceID enroll now. tok is nil for an
+// unknown token id.
+func checkToken(tok *store.Token, secretHash [32]byte, deviceID string, now time.Time) error {
+	if err := checkTokenSecret(tok, secretHash, now); err != nil {
+		return err
 	}
-	if tok.Device != "" && deviceID != tok.Device {
+	if tok.Uses >= tok.MaxUses {
+		return &Error{Status: http.StatusUnauthorized, Code: est.CodeTokenInvalid, Msg: tokenInvalidMsg,
+			Reason: fmt.Sprintf("token used up (%d of %d uses)", tok.Uses, tok.MaxUses)}
+	}
+	if tok.Device != "" && !deviceid.Equal(deviceID, tok.Device) {
 		return &Error{Status: http.StatusForbidden, Code: est.CodeDeviceNotAllowed,
 			Msg:    fmt.Sprintf("this token does not allow device id %q", deviceID),
 			Reason: fmt.Sprintf("token is bound to device %q, CSR names %q", tok.Device, deviceID)}
 	}
 	if tok.Pattern != "" {
-		if ok, _ := path.Match(tok.Pattern, deviceID); !ok {
+		if ok, _ := path.Match(deviceid.Canonical(tok.Pattern), deviceid.Canonical(deviceID)); !ok {
 			return &Error{Status: http.StatusForbidden, Code: est.CodeDeviceNotAllowed,
 				Msg:    fmt.Sprintf("this token does not allow device id %q", deviceID),
 				Reason: fmt.Sprintf("device id %q does not match the token pattern %q", deviceID, tok.Pattern)}
@@ -432,34 +600,29 @@ func (c *CA) simpleReenroll(w http.ResponseWriter, r *http.Request, a *attempt) 
 	if err != nil {
 		return nil, err
 	}
-	if csr.DeviceID != certID {
+	if !deviceid.Equal(csr.DeviceID, certID) {
 		return nil, &Error{Status: http.StatusForbidden, Code: est.CodeDeviceNotAllowed,
 			Msg: fmt.Sprintf("the CSR names device %q but the client certificate is for %q", csr.DeviceID, certID)}
 	}
+	if err := sameIdentity(csr.Request, peer); err != nil {
+		return nil, &Error{Status: http.StatusBadRequest, Code: est.CodeIdentityMismatch,
+			Msg: "a reenrollment CSR must copy the Subject and SubjectAltName of the certificate being renewed (RFC 7030 §4.2.2): " + err.Error()}
+	}
 	peerSerial := SerialHex(peer.SerialNumber)
+	keyHash := sha256.Sum256(csr.Request.RawSubjectPublicKeyInfo)
 	check := func(_ *store.Token, dev *store.Device) error {
-		switch {
-		case dev == nil:
-			return &Error{Status: http.StatusForbidden, Code: est.CodeDeviceNotAllowed,
-				Msg: fmt.Sprintf("device %s is not registered with this CA: enroll it with a token", certID)}
-		case dev.Status == store.StatusRevoked:
-			return &Error{Status: http.StatusForbidden, Code: est.CodeDeviceRevoked,
-				Msg: fmt.Sprintf("device %s is revoked", certID), Reason: "reenroll of a revoked device"}
-		case peerSerial != dev.Serial && peerSerial != dev.PrevSerial:
-			// Only the newest certificate (or the one before it, in case
-			// the device never received the newest) may renew, so an old
-			// leaked key stops being useful once the device has renewed.
-			return &Error{Status: http.StatusUnauthorized, Code: est.CodeClientCertRequired,
-				Msg:    "the client certificate has been superseded by a newer one: renew with the current certificate",
-				Reason: fmt.Sprintf("certificate serial %s is neither the current (%s) nor the previous (%s)", peerSerial, dev.Serial, dev.PrevSerial)}
-		}
-		return nil
+		return reenrollDecision(dev, certID, peerSerial, keyHash, now)
+	}
+	reason := "renewed with certificate " + peerSerial
+	if late := now.Sub(peer.NotAfter); late > 0 {
+		reason += fmt.Sprintf(", %s after it expired (grace %s)", late.Round(time.Second), c.renewGrace)
 	}
 	req := store.IssueRequest{
-		DeviceID: certID,
-		Time:     now,
+		DeviceID:  deviceid.Canonical(certID),
+		Time:      now,
+		Presented: peerSerial,
 		Audit: store.AuditRecord{Time: now, Op: a.op, Peer: a.peer, DeviceID: certID,
-			Result: store.ResultOK, Reason: "renewed with certificate " + peerSerial},
+			Result: store.ResultOK, Reason: reason},
 	}
 	return c.issue(r.Context(), req, csr, check, a.expected)
 }
@@ -476,16 +639,24 @@ func (c *CA) verifyClientCert(r *http.Request, now time.Time) (*x509.Certificate
 	for _, ic := range r.TLS.PeerCertificates[1:] {
 		inter.AddCert(ic)
 	}
+	at := now
+	if late := now.Sub(leaf.NotAfter); late > 0 && late <= c.renewGrace {
+		// Expired within the grace period: the handshake proved the
+		// device holds the key, and the store still checks it is the
+		// device's newest (or confirmed) certificate, so verify it as of
+		// its last valid moment.
+		at = leaf.NotAfter
+	}
 	if _, err := leaf.Verify(x509.VerifyOptions{
 		Roots:         c.clientRoots,
 		Intermediates: inter,
-		CurrentTime:   now,
+		CurrentTime:   at,
 		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}); err != nil {
 		msg := "the client certificate was not issued by this CA"
 		var inv x509.CertificateInvalidError
 		if errors.As(err, &inv) && inv.Reason == x509.Expired {
-			msg = "the client certificate has expired or is not yet valid: enroll again with a token"
+			msg = fmt.Sprintf("the client certificate has expired (renewal grace %s) or is not yet valid: enroll again with a token", c.renewGrace)
 		}
 		return nil, &Error{Status: http.StatusUnauthorized, Code: est.CodeClientCertRequired, Msg: msg,
 			Reason: fmt.Sprintf("client certificate %q serial %s: %v", leaf.Subject, SerialHex(leaf.SerialNumber), err)}

@@ -34,6 +34,10 @@ type Options struct {
 	// Roots authenticates the server. Required: see FetchPinnedRoots for
 	// bootstrapping it from a pin.
 	Roots *x509.CertPool
+	// Intermediates are CA certificates (the /cacerts answer, the CA
+	// bundle) through which a server that presents only its own
+	// certificate chains to Roots; those that do are trusted as well.
+	Intermediates []*x509.Certificate
 	// Certificate returns the client certificate for simplereenroll; nil
 	// for enrollment with a token.
 	Certificate func() *tls.Certificate
@@ -52,6 +56,11 @@ type Options struct {
 	// PostQuantumTLS offers the hybrid post-quantum key exchanges to the
 	// server; see KeyExchanges.
 	PostQuantumTLS bool
+	// Username and Password answer a server that wants HTTP Basic on
+	// simplereenroll as well as the client certificate (RFC 7030 §3.2.3
+	// allows both). They are sent only after that server's 401 with a
+	// Basic challenge, over a connection authenticated by Roots.
+	Username, Password string
 }
 
 // Response is what Options.OnResponse sees of one EST answer.
@@ -77,6 +86,7 @@ type Client struct {
 	now        func() time.Time
 	maxWait    time.Duration
 	onResponse func(Response)
+	user, pass string
 }
 
 // maxDeferrals bounds how many 202 answers one request follows.
@@ -89,6 +99,9 @@ func New(o Options) (*Client, error) {
 	}
 	base, _ := url.Parse(o.Server) // validated above
 	base.Path = strings.TrimSuffix(base.Path, "/")
+	if strings.Contains(o.Username, ":") {
+		return nil, errors.New("enroll: username must not contain ':' (HTTP Basic)")
+	}
 	if o.Label != "" && strings.ContainsAny(o.Label, "/?#") {
 		return nil, fmt.Errorf("enroll: label %q must not contain '/', '?' or '#'", o.Label)
 	}
@@ -109,7 +122,7 @@ func New(o Options) (*Client, error) {
 	}
 	tc := &tls.Config{
 		MinVersion:       tls.VersionTLS12,
-		RootCAs:          o.Roots,
+		RootCAs:          anchorsWith(o.Roots, o.Intermediates, o.Time()),
 		Time:             o.Time,
 		CurvePreferences: KeyExchanges(o.PostQuantumTLS),
 	}
@@ -134,6 +147,8 @@ func New(o Options) (*Client, error) {
 		now:        o.Time,
 		maxWait:    o.MaxRetryWait,
 		onResponse: o.OnResponse,
+		user:       o.Username,
+		pass:       o.Password,
 	}, nil
 }
 
@@ -187,6 +202,8 @@ type ServerError struct {
 	Status  int
 	Code    est.Code // "" when the server does not send edgeca's codes
 	Message string
+	// Challenge is a 401's WWW-Authenticate header.
+	Challenge string
 }
 
 func (e *ServerError) Error() string {
@@ -232,6 +249,13 @@ func Retryable(err error) bool {
 	return err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, ErrResponse)
 }
 
+// Unreachable reports whether err is a failure to reach or talk to the
+// server (network, TLS, timeout), not an answer from it.
+func Unreachable(err error) bool {
+	var se *ServerError
+	return err != nil && !errors.As(err, &se) && !errors.Is(err, ErrResponse)
+}
+
 // ErrResponse is wrapped when a 2xx answer cannot be understood.
 var ErrResponse = errors.New("unusable response")
 
@@ -257,13 +281,36 @@ func (c *Client) SimpleEnroll(ctx context.Context, csrDER []byte, username, pass
 	return c.decodeCerts("POST simpleenroll", body)
 }
 
-// SimpleReenroll sends csrDER authenticated by the client certificate.
+// SimpleReenroll sends csrDER authenticated by the client certificate. A
+// server that answers 401 with a Basic challenge gets the request again
+// with Options.Username and Password, when they are set.
 func (c *Client) SimpleReenroll(ctx context.Context, csrDER []byte) ([]*x509.Certificate, error) {
 	body, _, err := c.do(ctx, http.MethodPost, est.OpSimpleReenroll, csrDER, nil)
+	if wantsBasic(err) {
+		if c.user == "" {
+			return nil, fmt.Errorf("%w (the server wants HTTP Basic credentials with the client certificate: configure a username and password for renewal)", err)
+		}
+		body, _, err = c.do(ctx, http.MethodPost, est.OpSimpleReenroll, csrDER, func(r *http.Request) { r.SetBasicAuth(c.user, c.pass) })
+	}
 	if err != nil {
 		return nil, err
 	}
 	return c.decodeCerts("POST simplereenroll", body)
+}
+
+// wantsBasic reports whether err is a 401 that challenges for HTTP Basic
+// (RFC 9110 §11.6.1, RFC 7617), not edgeca refusing the certificate.
+func wantsBasic(err error) bool {
+	var se *ServerError
+	if !errors.As(err, &se) || se.Status != http.StatusUnauthorized || se.Code == est.CodeClientCertRequired {
+		return false
+	}
+	for _, ch := range strings.Split(se.Challenge, ",") {
+		if scheme, _, _ := strings.Cut(strings.TrimSpace(ch), " "); strings.EqualFold(scheme, "Basic") {
+			return true
+		}
+	}
+	return false
 }
 
 // CSRAttrs fetches the server's CSR attributes; none (204 or 404) is an
@@ -386,7 +433,14 @@ func (c *Client) do(ctx context.Context, method, op string, reqDER []byte, auth 
 			if len(msg) > 512 {
 				msg = msg[:512] + "..."
 			}
-			return nil, resp.StatusCode, &ServerError{Op: name, Status: resp.StatusCode, Code: code, Message: msg}
+			se := &ServerError{Op: name, Status: resp.StatusCode, Code: code, Message: msg}
+			if resp.StatusCode == http.StatusUnauthorized {
+				se.Challenge = resp.Header.Get("WWW-Authenticate")
+				if len(se.Challenge) > 256 {
+					se.Challenge = se.Challenge[:256]
+				}
+			}
+			return nil, resp.StatusCode, se
 		}
 	}
 }

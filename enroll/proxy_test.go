@@ -3,6 +3,7 @@ package enroll
 import (
 	"bufio"
 	"context"
+	"crypto/x509"
 	"errors"
 	"io"
 	"net"
@@ -155,6 +156,20 @@ func TestPinBootstrapThroughProxy(t *testing.T) {
 		}
 		if seen := p.seen(); len(seen) != 1 || seen[0] != serverAddr {
 			t.Fatalf("proxy tunnels %v, want one to %s", seen, serverAddr)
+		}
+	})
+
+	t.Run("leaf-only server: the provisional cacerts goes through the tunnel too", func(t *testing.T) {
+		pki := newPKI(t, "127.0.0.1")
+		ls := startPinServer(t, pki, []*x509.Certificate{leafOf(t, pki)}, []*x509.Certificate{pki.inter, pki.root})
+		p := newConnectProxy(t)
+		got, err := fetchPinned(ctx, ls.srv.URL, token.PinOf(pki.root), 5*time.Second, nil, p.url(""))
+		if err != nil || !got.Equal(pki.root) {
+			t.Fatalf("pinned %v, %v; want the root", got, err)
+		}
+		addr := strings.TrimPrefix(ls.srv.URL, "https://")
+		if seen := p.seen(); len(seen) != 2 || seen[0] != addr || seen[1] != addr {
+			t.Fatalf("proxy tunnels %v, want two to %s (handshake, provisional cacerts)", seen, addr)
 		}
 	})
 

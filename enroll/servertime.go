@@ -30,7 +30,10 @@ type TimeOptions struct {
 	// device obtained it. It is the only bound below the server's own
 	// certificate validity (see ServerTime), so keep it as late as known.
 	NotBefore time.Time
-	Timeout   time.Duration
+	// Intermediates are CA certificates (the CA bundle) through which a
+	// server that presents only its own certificate chains to Roots.
+	Intermediates []*x509.Certificate
+	Timeout       time.Duration
 	// Now is the local clock the sample's Sent and Received are read
 	// from; time.Now when nil.
 	Now func() time.Time
@@ -71,15 +74,15 @@ func ServerTime(ctx context.Context, o TimeOptions) (TimeSample, error) {
 	if err := token.ValidateURL(o.Server); err != nil {
 		return TimeSample{}, fmt.Errorf("enroll: %w", err)
 	}
-	var presented []*x509.Certificate
+	var presented, extra []*x509.Certificate
 	var host string
 	roots := o.Roots
 	if !o.Pin.IsZero() {
-		pinned, chain, h, err := findPinned(ctx, o.Server, o.Pin, o.Timeout, proxyFromEnvironment)
+		pinned, chain, cacerts, h, err := findPinned(ctx, PinOptions{Server: o.Server, Label: o.Label, Pin: o.Pin, Timeout: o.Timeout, proxy: proxyFromEnvironment}, latestNotBefore)
 		if err != nil {
 			return TimeSample{}, err
 		}
-		roots, presented, host = x509.NewCertPool(), chain, h
+		roots, presented, extra, host = x509.NewCertPool(), chain, cacerts, h
 		roots.AddCert(pinned)
 	} else {
 		if roots == nil {
@@ -89,19 +92,24 @@ func ServerTime(ctx context.Context, o TimeOptions) (TimeSample, error) {
 		if err != nil {
 			return TimeSample{}, err
 		}
-		presented, host = chain, h
+		presented, host, extra = chain, h, o.Intermediates
+		// A server that presents only its own certificate, with no CA
+		// bundle to complete its chain: through /cacerts (§4.1.1).
+		var uae x509.UnknownAuthorityError
+		probe := latestNotBefore(presented)
+		if err := verifyServerTo(presented, extra, roots, host, probe); errors.As(err, &uae) {
+			po := PinOptions{Server: o.Server, Label: o.Label, Timeout: o.Timeout, Now: func() time.Time { return probe }, proxy: proxyFromEnvironment}
+			if cacerts, _, err := provisionalCACerts(ctx, po, presented, host); err == nil {
+				extra = append(extra, cacerts...)
+			}
+		}
 	}
 	// A moment at which every certificate the server presents is valid,
 	// if there is one: the latest NotBefore.
-	var probe time.Time
-	for _, c := range presented {
-		if c.NotBefore.After(probe) {
-			probe = c.NotBefore
-		}
-	}
+	probe := latestNotBefore(presented)
 	tc := &tls.Config{
 		MinVersion: tls.VersionTLS12,
-		RootCAs:    roots,
+		RootCAs:    anchorsWith(roots, extra, probe),
 		ServerName: host,
 		Time:       func() time.Time { return probe },
 	}
@@ -138,10 +146,25 @@ func ServerTime(ctx context.Context, o TimeOptions) (TimeSample, error) {
 	for _, c := range peer[1:] {
 		inter.AddCert(c)
 	}
+	for _, c := range extra {
+		inter.AddCert(c)
+	}
 	if _, err := peer[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, DNSName: host, CurrentTime: date,
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
 		return TimeSample{}, fmt.Errorf("enroll: server time: %s's certificate is not valid at the time it reports (%s): %w",
 			o.Server, date.UTC().Format(time.RFC3339), err)
 	}
 	return TimeSample{Sent: sent, Received: received, Date: date}, nil
+}
+
+// latestNotBefore is the latest NotBefore of certs: the one moment at which
+// all of them can be valid, if there is one.
+func latestNotBefore(certs []*x509.Certificate) time.Time {
+	var t time.Time
+	for _, c := range certs {
+		if c.NotBefore.After(t) {
+			t = c.NotBefore
+		}
+	}
+	return t
 }

@@ -17,6 +17,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/edgeagent/edgeagent/deviceid"
 	"github.com/edgeagent/edgeagent/enroll/token"
 	"github.com/edgeagent/edgeagent/keystore"
 )
@@ -286,8 +287,10 @@ func (c Config) Validate() error {
 	bad := func(key, format string, args ...any) {
 		errs = append(errs, &FieldError{Key: key, Msg: fmt.Sprintf(format, args...)})
 	}
-	if c.DeviceID != "" && token.ValidateID(c.DeviceID) != nil {
-		bad("device_id", "%q: use 1 to 64 letters, digits, '.', '_' or '-' (set device_id or EDGEAGENT_DEVICE_ID)", c.DeviceID)
+	if c.DeviceID != "" {
+		if err := deviceid.Validate(c.DeviceID); err != nil {
+			bad("device_id", "%v (set device_id or EDGEAGENT_DEVICE_ID)", err)
+		}
 	}
 	if c.StateDir == "" {
 		bad("state_dir", "must not be empty")

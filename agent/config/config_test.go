@@ -72,6 +72,8 @@ func TestValidateNamesTheKey(t *testing.T) {
 		mod func(*Config)
 	}{
 		{"device_id", func(c *Config) { c.DeviceID = "bad id" }},
+		{"device_id", func(c *Config) { c.DeviceID = ".." }},
+		{"device_id", func(c *Config) { c.DeviceID = "-rf" }},
 		{"state_dir", func(c *Config) { c.StateDir = "" }},
 		{"keystore", func(c *Config) { c.Keystore = "hsm" }},
 		{"key_algorithm", func(c *Config) { c.KeyAlgorithm = "dsa" }},

@@ -16,8 +16,12 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
+	"syscall"
 	"time"
+
+	"github.com/edgeagent/edgeagent/uplink/spool"
 )
 
 // MaxBodyBytes bounds one POST /v1/telemetry body.
@@ -208,11 +212,44 @@ func (s *Server) telemetry(w http.ResponseWriter, r *http.Request) {
 	}
 	ids, err := s.sink.Submit(r.Context(), msgs)
 	if err != nil {
-		s.log.Error("local api: queue telemetry", "err", err)
-		fail(w, http.StatusServiceUnavailable, "queue: %v", err)
+		code, retry := SubmitFailure(err)
+		if errors.Is(err, spool.ErrWrite) {
+			// The spool logs when storing begins and ends to fail; a line
+			// per refused request would flood the log of a full disk.
+			s.log.Debug("local api: refused telemetry", "err", err)
+		} else {
+			s.log.Error("local api: queue telemetry", "err", err)
+		}
+		if retry > 0 {
+			w.Header().Set("Retry-After", strconv.Itoa(int(retry/time.Second)))
+		}
+		fail(w, code, "not accepted, none of the %d messages was stored: %v", len(msgs), err)
 		return
 	}
 	writeJSON(w, http.StatusAccepted, submitResponse{Accepted: len(ids), IDs: ids})
+}
+
+// How long a client is asked to wait after a refusal: a disk is not
+// freed in an instant, a shutting-down agent is back in seconds.
+const (
+	retryAfterStorage  = 10 * time.Second
+	retryAfterShutdown = 5 * time.Second
+)
+
+// SubmitFailure maps a Sink error to the answer: 507 with Retry-After for
+// a full disk or quota, 503 with Retry-After for other storage failures
+// and a closing spool, plain 503 for the rest (say, no uplink configured,
+// which waiting does not fix).
+func SubmitFailure(err error) (code int, retryAfter time.Duration) {
+	switch {
+	case errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT):
+		return http.StatusInsufficientStorage, retryAfterStorage
+	case errors.Is(err, spool.ErrWrite):
+		return http.StatusServiceUnavailable, retryAfterStorage
+	case errors.Is(err, spool.ErrClosed):
+		return http.StatusServiceUnavailable, retryAfterShutdown
+	}
+	return http.StatusServiceUnavailable, 0
 }
 
 func isJSON(ct string) bool {

@@ -9,11 +9,15 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/edgeagent/edgeagent/uplink/spool"
 )
 
 // recordingSink keeps what it was given; it stands in for the spool in
@@ -141,10 +145,37 @@ func TestTelemetryRejectsAndWritesNothing(t *testing.T) {
 	}
 }
 
-func TestTelemetrySinkFailureIs503(t *testing.T) {
-	c := serve(t, &recordingSink{fail: errors.New("disk full")}, NewHub())
-	if code, body := post(t, c, "", []byte(`{"a":1}`)); code != 503 || !strings.Contains(body, "disk full") {
-		t.Fatalf("%d %s", code, body)
+func TestTelemetrySinkFailure(t *testing.T) {
+	cases := []struct {
+		name       string
+		err        error
+		code       int
+		retryAfter string
+	}{
+		{"disk full", fmt.Errorf("spool mqtt: %w: write: %w", spool.ErrWrite, &os.PathError{Op: "write", Path: "x.seg", Err: syscall.ENOSPC}), 507, "10"},
+		{"quota", fmt.Errorf("%w: %w", spool.ErrWrite, syscall.EDQUOT), 507, "10"},
+		{"I/O error", fmt.Errorf("%w: fsync: %w", spool.ErrWrite, syscall.EIO), 503, "10"},
+		{"shutting down", fmt.Errorf("spool https: %w", spool.ErrClosed), 503, "5"},
+		{"no uplink", errors.New("no uplink configured (set mqtt.url or https.url)"), 503, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := serve(t, &recordingSink{fail: tc.err}, NewHub())
+			req, _ := http.NewRequest("POST", "http://agent/v1/telemetry", strings.NewReader(`[{"a":1},{"a":2}]`))
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			var b bytes.Buffer
+			_, _ = b.ReadFrom(resp.Body)
+			if resp.StatusCode != tc.code || resp.Header.Get("Retry-After") != tc.retryAfter {
+				t.Fatalf("%d Retry-After %q, want %d %q", resp.StatusCode, resp.Header.Get("Retry-After"), tc.code, tc.retryAfter)
+			}
+			if !strings.Contains(b.String(), "none of the 2 messages was stored") || !strings.Contains(b.String(), tc.err.Error()) {
+				t.Fatalf("body %s", b.String())
+			}
+		})
 	}
 }
 

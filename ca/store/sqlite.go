@@ -36,7 +36,7 @@ type SQLite struct {
 	w, r *sql.DB
 
 	getToken, getDevice, useToken, upsertDevice, addAudit *sql.Stmt // on w
-	readDevice                                            *sql.Stmt // on r
+	readDevice, readToken                                 *sql.Stmt // on r
 
 	jobs       chan *issueJob // unbuffered: a sent job is always taken by the writer
 	toSync     chan committed // groups committed, waiting for their fsync
@@ -147,7 +147,7 @@ func (s *SQLite) Close() error {
 	if s.wal != nil {
 		s.wal.Close()
 	}
-	for _, st := range []*sql.Stmt{s.getToken, s.getDevice, s.useToken, s.upsertDevice, s.addAudit, s.readDevice} {
+	for _, st := range []*sql.Stmt{s.getToken, s.getDevice, s.useToken, s.upsertDevice, s.addAudit, s.readDevice, s.readToken} {
 		if st != nil {
 			st.Close()
 		}
@@ -204,6 +204,22 @@ var migrations = []string{
 		reason    TEXT NOT NULL DEFAULT '',
 		serial    TEXT NOT NULL DEFAULT ''
 	);`,
+	// Idempotent enrollment: the newest certificate itself (for a retry
+	// whose answer was lost), its key, the token that issued it, and the
+	// newest certificate the device has shown it holds. Devices enrolled
+	// before may renew with either of the two serials they could hold.
+	`ALTER TABLE devices ADD COLUMN cert BLOB NOT NULL DEFAULT x'';
+	ALTER TABLE devices ADD COLUMN key_hash BLOB NOT NULL DEFAULT x'';
+	ALTER TABLE devices ADD COLUMN cert_token TEXT NOT NULL DEFAULT '';
+	ALTER TABLE devices ADD COLUMN confirmed_serial TEXT NOT NULL DEFAULT '';
+	UPDATE devices SET confirmed_serial = prev_serial;`,
+	// Device ids are case-insensitive (package deviceid): the registry,
+	// token bindings and patterns are keyed by the lower-case form. Two
+	// devices whose ids differed in case only (the bug this fixes) keep
+	// the lower-case one under it; the other keeps its old key, listed
+	// but no longer found by id.
+	`UPDATE OR IGNORE devices SET id = lower(id) WHERE id <> lower(id);
+	UPDATE tokens SET device = lower(device), pattern = lower(pattern);`,
 }
 
 // SchemaVersion is the schema version this code writes.
@@ -246,7 +262,7 @@ func (s *SQLite) migrate(ctx context.Context) error {
 
 const (
 	tokenCols  = `id, secret_hash, device, pattern, max_uses, uses, created_at, expires_at, revoked_at, last_used_at`
-	deviceCols = `id, status, serial, prev_serial, not_after, first_seen, last_seen, token_id, enrollments, revoked_at`
+	deviceCols = `id, status, serial, prev_serial, not_after, first_seen, last_seen, token_id, enrollments, revoked_at, cert, key_hash, cert_token, confirmed_serial`
 	auditCols  = `seq, time, op, peer, token_id, device_id, result, code, reason, serial`
 )
 
@@ -256,22 +272,33 @@ func (s *SQLite) prepare(ctx context.Context) error {
 		query string
 	}{
 		{&s.readDevice, `SELECT ` + deviceCols + ` FROM devices WHERE id = ?`},
+		{&s.readToken, `SELECT ` + tokenCols + ` FROM tokens WHERE id = ?`},
 		{&s.getToken, `SELECT ` + tokenCols + ` FROM tokens WHERE id = ?`},
 		{&s.getDevice, `SELECT ` + deviceCols + ` FROM devices WHERE id = ?`},
 		{&s.useToken, `UPDATE tokens SET uses = uses + 1, last_used_at = ? WHERE id = ? AND uses < max_uses`},
-		{&s.upsertDevice, `INSERT INTO devices (id, status, serial, not_after, first_seen, last_seen, token_id, enrollments)
-			VALUES (?, 'active', ?, ?, ?, ?, ?, 1)
+		// Every right-hand side reads the row as it was before the
+		// update: confirmed_serial compares the presented certificate
+		// with the serial being replaced.
+		{&s.upsertDevice, `INSERT INTO devices (id, status, serial, not_after, first_seen, last_seen, token_id, enrollments, cert, key_hash, cert_token, confirmed_serial)
+			VALUES (?1, 'active', ?2, ?3, ?4, ?4, ?5, 1, ?6, ?7, ?5, '')
 			ON CONFLICT (id) DO UPDATE SET
 				prev_serial = devices.serial,
 				serial = excluded.serial,
 				not_after = excluded.not_after,
 				last_seen = excluded.last_seen,
 				token_id = CASE WHEN excluded.token_id = '' THEN devices.token_id ELSE excluded.token_id END,
-				enrollments = devices.enrollments + 1`},
+				enrollments = devices.enrollments + 1,
+				cert = excluded.cert,
+				key_hash = excluded.key_hash,
+				cert_token = excluded.cert_token,
+				confirmed_serial = CASE
+					WHEN ?8 = '' THEN ''
+					WHEN ?8 = devices.serial THEN devices.serial
+					ELSE devices.confirmed_serial END`},
 		{&s.addAudit, `INSERT INTO audit (time, op, peer, token_id, device_id, result, code, reason, serial) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`},
 	} {
 		db := s.w
-		if p.dst == &s.readDevice {
+		if p.dst == &s.readDevice || p.dst == &s.readToken {
 			db = s.r
 		}
 		st, err := db.PrepareContext(ctx, p.query)
@@ -317,9 +344,15 @@ func scanToken(sc scanner) (Token, error) {
 func scanDevice(sc scanner) (Device, error) {
 	var d Device
 	var notAfter, first, last, revoked int64
-	if err := sc.Scan(&d.ID, &d.Status, &d.Serial, &d.PrevSerial, &notAfter, &first, &last, &d.TokenID, &d.Enrollments, &revoked); err != nil {
+	var keyHash []byte
+	if err := sc.Scan(&d.ID, &d.Status, &d.Serial, &d.PrevSerial, &notAfter, &first, &last, &d.TokenID, &d.Enrollments, &revoked,
+		&d.Cert, &keyHash, &d.CertToken, &d.Confirmed); err != nil {
 		return Device{}, err
 	}
+	if len(keyHash) != 0 && len(keyHash) != len(d.KeyHash) {
+		return Device{}, fmt.Errorf("device %s: stored key hash has %d bytes, want %d", d.ID, len(keyHash), len(d.KeyHash))
+	}
+	copy(d.KeyHash[:], keyHash)
 	d.NotAfter, d.FirstSeen, d.LastSeen, d.RevokedAt = fromUnixNano(notAfter), fromUnixNano(first), fromUnixNano(last), fromUnixNano(revoked)
 	return d, nil
 }
@@ -370,6 +403,18 @@ func (s *SQLite) Tokens(ctx context.Context) ([]Token, error) {
 		return nil, fmt.Errorf("list tokens: %w", err)
 	}
 	return out, nil
+}
+
+// Token implements TokenStore, on the read pool.
+func (s *SQLite) Token(ctx context.Context, id string) (Token, error) {
+	t, err := scanToken(s.readToken.QueryRowContext(ctx, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return Token{}, fmt.Errorf("token %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return Token{}, fmt.Errorf("token %s: %w", id, err)
+	}
+	return t, nil
 }
 
 // RevokeToken marks a token revoked. Revoking twice keeps the first time.
@@ -473,6 +518,29 @@ func (s *SQLite) Audit(ctx context.Context, limit int) ([]AuditRecord, error) {
 		return nil, fmt.Errorf("read audit log: %w", err)
 	}
 	return out, nil
+}
+
+// PruneAudit implements AuditLog. seq keeps growing after a prune (the
+// newest row is never deleted while keep > 0), so listings stay in order.
+func (s *SQLite) PruneAudit(ctx context.Context, before time.Time, keep int) (int64, error) {
+	var total int64
+	if !before.IsZero() {
+		res, err := s.w.ExecContext(ctx, `DELETE FROM audit WHERE time < ?`, unixNano(before))
+		if err != nil {
+			return 0, fmt.Errorf("prune audit log: %w", err)
+		}
+		n, _ := res.RowsAffected()
+		total += n
+	}
+	if keep > 0 {
+		res, err := s.w.ExecContext(ctx, `DELETE FROM audit WHERE seq < (SELECT seq FROM audit ORDER BY seq DESC LIMIT 1 OFFSET ?)`, keep-1)
+		if err != nil {
+			return total, fmt.Errorf("prune audit log: %w", err)
+		}
+		n, _ := res.RowsAffected()
+		total += n
+	}
+	return total, nil
 }
 
 // Setting returns a setting, "" when unset.
@@ -714,7 +782,11 @@ func issueOne(ctx context.Context, st [5]*sql.Stmt, j *issueJob) (checkErr, dbEr
 		}
 	}
 	iss := req.Issuance
-	if _, err := upsertDevice.ExecContext(ctx, req.DeviceID, iss.Serial, unixNano(iss.NotAfter), now, now, tokenID); err != nil {
+	der := iss.DER
+	if der == nil {
+		der = []byte{} // the column is NOT NULL
+	}
+	if _, err := upsertDevice.ExecContext(ctx, req.DeviceID, iss.Serial, unixNano(iss.NotAfter), now, tokenID, der, iss.KeyHash[:], req.Presented); err != nil {
 		return nil, fmt.Errorf("issue: record device %s: %w", req.DeviceID, err)
 	}
 	a := req.Audit

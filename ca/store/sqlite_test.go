@@ -234,3 +234,122 @@ func TestExpectedIssuesShareGroups(t *testing.T) {
 		t.Errorf("%d announcements left outstanding", s.expected.Load())
 	}
 }
+
+// TestConfirmedSerial walks a device through the renewals of
+// IssueRequest.Presented: a renewal presenting the newest certificate
+// confirms it; one presenting the confirmed certificate (an answer was
+// lost) keeps it confirmed however often it happens; a token enrollment
+// clears it. Cert, KeyHash and CertToken follow the newest certificate.
+func TestConfirmedSerial(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, filepath.Join(t.TempDir(), "db"))
+	now := time.Now().UTC()
+	if err := s.CreateToken(ctx, Token{ID: "t1", MaxUses: 2, CreatedAt: now, ExpiresAt: now.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	ok := func(*Token, *Device) error { return nil }
+	steps := []struct {
+		token, presented, serial string
+		wantConfirmed            string
+	}{
+		{"t1", "", "A", ""},
+		{"", "A", "B", "A"}, // renewed with the newest: A confirmed
+		{"", "A", "C", "A"}, // B's answer was lost: A still good
+		{"", "A", "D", "A"}, // and again
+		{"", "D", "E", "D"}, // the device shows D: A is done
+		{"t1", "", "F", ""}, // a token enrollment starts over
+	}
+	for i, st := range steps {
+		der := []byte("cert " + st.serial)
+		err := s.Issue(ctx, IssueRequest{TokenID: st.token, DeviceID: "d1", Time: now, Presented: st.presented,
+			Issuance: Issuance{Serial: st.serial, NotAfter: now.Add(time.Hour), DER: der, KeyHash: [32]byte{byte(i)}}}, ok)
+		if err != nil {
+			t.Fatalf("step %d: %v", i, err)
+		}
+		d, err := s.Device(ctx, "d1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.Serial != st.serial || d.Confirmed != st.wantConfirmed || string(d.Cert) != string(der) || d.KeyHash != [32]byte{byte(i)} || d.CertToken != st.token {
+			t.Errorf("step %d (%+v): device %+v", i, st, d)
+		}
+	}
+}
+
+// TestMigrationKeepsRenewals opens a version 1 database: a device then may
+// renew with either serial it could hold.
+func TestMigrationKeepsRenewals(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "db")
+	s := openTest(t, path)
+	if _, err := s.w.ExecContext(ctx, `INSERT INTO devices (id, status, serial, prev_serial, not_after, first_seen, last_seen, confirmed_serial) VALUES ('d1', 'active', 'B', 'A', 0, 0, 0, '')`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.w.ExecContext(ctx, migrations[1][strings.Index(migrations[1], "UPDATE"):]); err != nil {
+		t.Fatal(err)
+	}
+	d, err := s.Device(ctx, "d1")
+	if err != nil || d.Confirmed != "A" || d.Serial != "B" {
+		t.Fatalf("%+v %v", d, err)
+	}
+}
+
+func TestPruneAudit(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, filepath.Join(t.TempDir(), "db"))
+	base := time.Now().UTC().Add(-10 * time.Hour)
+	for i := range 10 { // one record an hour, seq 1..10
+		if err := s.AddAudit(ctx, AuditRecord{Time: base.Add(time.Duration(i) * time.Hour), Op: "x", Result: ResultDenied, Reason: fmt.Sprint(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		name      string
+		before    time.Time
+		keep      int
+		deleted   int64
+		oldestNow string
+	}{
+		{"nothing to do", time.Time{}, 0, 0, "0"},
+		{"keep more than there are", time.Time{}, 100, 0, "0"},
+		{"older than 3h into the log", base.Add(150 * time.Minute), 0, 3, "3"},
+		{"keep the newest 5", time.Time{}, 5, 2, "5"},
+		{"both", base.Add(7 * time.Hour), 2, 3, "8"},
+	} {
+		n, err := s.PruneAudit(ctx, tc.before, tc.keep)
+		if err != nil || n != tc.deleted {
+			t.Fatalf("%s: deleted %d %v, want %d", tc.name, n, err, tc.deleted)
+		}
+		recs, err := s.Audit(ctx, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if recs[len(recs)-1].Reason != tc.oldestNow || recs[0].Reason != "9" {
+			t.Fatalf("%s: oldest left %q, newest %q", tc.name, recs[len(recs)-1].Reason, recs[0].Reason)
+		}
+	}
+	// New records still sort after the kept ones.
+	if err := s.AddAudit(ctx, AuditRecord{Time: time.Now(), Op: "x", Result: ResultOK, Reason: "new"}); err != nil {
+		t.Fatal(err)
+	}
+	if recs, _ := s.Audit(ctx, 1); recs[0].Reason != "new" {
+		t.Fatalf("newest after prune: %+v", recs)
+	}
+}
+
+func TestTokenByID(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, filepath.Join(t.TempDir(), "db"))
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	want := Token{ID: "t1", SecretHash: [32]byte{9}, Device: "d", MaxUses: 1, CreatedAt: now, ExpiresAt: now.Add(time.Hour)}
+	if err := s.CreateToken(ctx, want); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Token(ctx, "t1")
+	if err != nil || got != want {
+		t.Fatalf("Token(t1) = %+v, %v; want %+v", got, err, want)
+	}
+	if _, err := s.Token(ctx, "nope"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Token(nope): %v", err)
+	}
+}

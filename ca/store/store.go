@@ -49,6 +49,18 @@ type Device struct {
 	TokenID     string // token of the latest token enrollment
 	Enrollments int    // certificates issued, enroll and reenroll
 	RevokedAt   time.Time
+	// Cert is the DER of the newest certificate (Serial), handed again to
+	// a retry whose answer was lost; KeyHash is the SHA-256 of its
+	// SubjectPublicKeyInfo.
+	Cert    []byte
+	KeyHash [32]byte
+	// CertToken is the token that issued Cert, "" when a reenrollment did.
+	CertToken string
+	// Confirmed is the serial of the newest certificate the device has
+	// shown it holds (by renewing with it). It stays good for renewal
+	// until the device shows a newer one, so lost answers never lock it
+	// out; "" after a token enrollment, until the first renewal.
+	Confirmed string
 }
 
 // Audit results.
@@ -77,6 +89,8 @@ type AuditRecord struct {
 type Issuance struct {
 	Serial   string
 	NotAfter time.Time
+	DER      []byte   // the certificate, recorded as Device.Cert
+	KeyHash  [32]byte // SHA-256 of its SubjectPublicKeyInfo
 }
 
 // IssueRequest is one enrollment for Issue to record.
@@ -85,13 +99,21 @@ type IssueRequest struct {
 	DeviceID string
 	Time     time.Time
 	Issuance Issuance
-	Audit    AuditRecord // written on success, with Serial filled in
+	// Presented is the serial of the client certificate a reenrollment
+	// authenticated with, "" for a token enrollment. If it is the
+	// device's newest certificate, that one becomes Confirmed; a token
+	// enrollment clears Confirmed.
+	Presented string
+	Audit     AuditRecord // written on success, with Serial filled in
 }
 
 // TokenStore manages enrollment tokens.
 type TokenStore interface {
 	CreateToken(ctx context.Context, t Token) error
 	Tokens(ctx context.Context) ([]Token, error)
+	// Token returns one token, or ErrNotFound. It may lag a concurrent
+	// Issue: decisions that count uses belong in Issue's check.
+	Token(ctx context.Context, id string) (Token, error)
 	// RevokeToken marks a token revoked; ErrNotFound if there is none.
 	RevokeToken(ctx context.Context, id string, at time.Time) error
 }
@@ -110,6 +132,10 @@ type AuditLog interface {
 	AddAudit(ctx context.Context, r AuditRecord) error
 	// Audit returns the newest limit records, newest first.
 	Audit(ctx context.Context, limit int) ([]AuditRecord, error)
+	// PruneAudit deletes the records older than before (unless zero) and
+	// all but the newest keep records (unless keep <= 0), and returns how
+	// many it deleted.
+	PruneAudit(ctx context.Context, before time.Time, keep int) (int64, error)
 }
 
 // Store is everything edgeca keeps.

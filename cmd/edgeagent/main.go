@@ -269,9 +269,14 @@ func cmdRenew(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 	rekey := fs.Bool("rekey", false, "make a new key for the new certificate")
 	ksFlags := keystoreFlags(fs)
 	timeout := fs.Duration("timeout", 30*time.Second, "timeout of each request to the EST server")
+	username := fs.String("username", "", "HTTP Basic user name for a server that wants it on reenroll too (sent only after its 401; default enroll.username)")
+	passwordFile := fs.String("password-file", "", "read that HTTP Basic password from this file (default enroll.password_file)")
 	cfgPath, socket := socketFor(fs)
 	if err := parse(fs, args); err != nil {
 		return err
+	}
+	if (*username == "") != (*passwordFile == "") {
+		return usageError{"give --username and --password-file together"}
 	}
 	cfg, fromFile, err := baseConfig(fs, *cfgPath, getenv)
 	if err != nil {
@@ -281,6 +286,21 @@ func cmdRenew(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 		cfg.StateDir = *stateDir
 	}
 	ksFlags.apply(fs, &cfg, fromFile)
+	if *username != "" {
+		cfg.Enroll.Username, cfg.Enroll.PasswordFile = *username, *passwordFile
+	}
+	var password string
+	if cfg.Enroll.Username != "" && cfg.Enroll.PasswordFile != "" {
+		b, err := agent.ReadSecretFile(cfg.Enroll.PasswordFile)
+		if err != nil {
+			src := "enroll.password_file"
+			if *passwordFile != "" {
+				src = "--password-file"
+			}
+			return usageError{src + ": " + err.Error()}
+		}
+		password = strings.TrimRight(string(b), "\r\n")
+	}
 	lock, err := agent.LockStateDir(cfg.StateDir)
 	if errors.Is(err, agent.ErrStateLocked) {
 		// The daemon is the state dir's writer: it renews, and its
@@ -304,7 +324,8 @@ func cmdRenew(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 	}
 	defer ks.Close()
 	id, err := agent.Renew(ctx, agent.RenewOptions{StateDir: cfg.StateDir, Keystore: ks, Rekey: *rekey, Timeout: *timeout,
-		CorrectClock: true, BuildTime: version.Built(), Logger: slog.New(slog.NewTextHandler(stderr, nil))})
+		CorrectClock: true, BuildTime: version.Built(), Logger: slog.New(slog.NewTextHandler(stderr, nil)),
+		Username: cfg.Enroll.Username, Password: password})
 	if err != nil {
 		return err
 	}

@@ -37,6 +37,9 @@ func TestUsageErrors(t *testing.T) {
 		{"bad bundle", []string{"enroll", "--server", "https://ca", "--ca-bundle", pinFile, "--username", "u", "--password", "p"}, "--ca-bundle"},
 		{"missing token file", []string{"enroll", "--token-file", "/nonexistent/token"}, "--token-file"},
 		{"bad key alg", []string{"enroll", "--key-alg", "dsa"}, "--key-alg"},
+		{"renew user without password", []string{"renew", "--username", "u"}, "--password-file together"},
+		{"renew password without user", []string{"renew", "--password-file", "/nonexistent/pw"}, "--password-file together"},
+		{"renew missing password file", []string{"renew", "--username", "u", "--password-file", "/nonexistent/pw"}, "--password-file"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

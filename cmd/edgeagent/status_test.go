@@ -64,7 +64,8 @@ func TestStatusGolden(t *testing.T) {
 		ClockSkew: "498729h56m49.5s", ClockSkewSeconds: 1795427809.5, ClockMeasured: "498729h56m49.5s",
 		Clock: "corrected from the CA's time: system clock 1970-01-01T00:03:12Z is before this agent was built (2026-11-20T08:00:00Z)",
 		Uplinks: map[string]agent.UplinkStatus{
-			"mqtt": {LastError: "network Error : dial tcp 127.0.0.1:8883: connect:\nconnection refused", Acked: 52, SpoolDepth: 1800, SpoolBytes: 262144, SpoolDropped: 12},
+			"mqtt": {LastError: "network Error : dial tcp 127.0.0.1:8883: connect:\nconnection refused", Acked: 52, SpoolDepth: 1800, SpoolBytes: 262144, SpoolDropped: 12,
+				SpoolRefused: 40, SpoolError: "cannot store messages since 2026-11-23T10:00:00Z: write: no space left on device"},
 		},
 		CommandsDropped: 1,
 		Problems: []string{"the certificate expired at 2026-11-23T09:50:00Z",

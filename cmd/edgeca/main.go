@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -26,11 +27,13 @@ import (
 const usage = `usage: edgeca COMMAND [flags]
 
 commands:
-  init      --dir DIR [--url https://HOST:PORT] [--name NAME]
+  init      --dir DIR [--url https://HOST:PORT] [--name NAME] [--root-key-out FILE]
             [--import-root-cert F [--import-root-key F]
              [--import-intermediate-cert F --import-intermediate-key F]]
   serve     --dir DIR [--listen 127.0.0.1:8443] [--hostname name,ip,...]
-            [--cert-ttl 24h] [--addr-file F] [--log-format text|json] [--log-level info]
+            [--cert-ttl 24h] [--renew-grace 72h] [--audit-max-rows 1000000]
+            [--audit-refusals-per-minute 10] [--max-conns-per-peer 64] [--max-conns 4096]
+            [--addr-file F] [--log-format text|json] [--log-level info]
   token create --dir DIR [--url URL] [--device ID | --pattern 'sensor-*'] [--uses 1] [--ttl 24h]
   token list   --dir DIR [--json]
   token revoke --dir DIR ID
@@ -38,6 +41,7 @@ commands:
   device show   --dir DIR [--json] ID
   device revoke --dir DIR ID
   audit     --dir DIR [--json] [--limit 100]
+  audit prune --dir DIR [--older-than 2160h] [--keep N]
   version
 
 --dir defaults to $EDGECA_DIR, else /var/lib/edgeca.
@@ -115,6 +119,9 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		return fmt.Errorf("%w: unknown command device %q", errUsage, s)
 	case "audit":
+		if len(rest) > 0 && rest[0] == "prune" {
+			return cmdAuditPrune(ctx, rest[1:], stderr)
+		}
 		return cmdAudit(ctx, rest, stdout)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "edgeca", version.String())
@@ -178,6 +185,7 @@ func cmdInit(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&o.ImportRootKey, "import-root-key", "", "import this root key (PEM, mode 0600)")
 	fs.StringVar(&o.ImportIntermediateCert, "import-intermediate-cert", "", "import this issuing certificate (PEM)")
 	fs.StringVar(&o.ImportIntermediateKey, "import-intermediate-key", "", "import this issuing key (PEM, mode 0600)")
+	fs.StringVar(&o.RootKeyOut, "root-key-out", "", "write the root key to this file (e.g. on removable media) instead of the CA directory: serve never reads it")
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
@@ -191,6 +199,14 @@ func cmdInit(ctx context.Context, args []string, stderr io.Writer) error {
 	defer c.Close()
 	fmt.Fprintf(stderr, "CA initialized in %s\nroot:         %s\nintermediate: %s\nroot pin:     %s\n",
 		*dir, c.Root().Subject, c.Intermediate().Subject, c.Pin())
+	switch {
+	case o.RootKeyOut != "":
+		fmt.Fprintf(stderr, "root key:     %s (not in the CA directory: keep it offline)\n", o.RootKeyOut)
+	case o.ImportRootCert != "" && o.ImportRootKey == "":
+		fmt.Fprintf(stderr, "root key:     not imported (stays offline)\n")
+	default:
+		fmt.Fprintf(stderr, "root key:     %s (serve never reads it: move it off the server)\n", filepath.Join(*dir, ca.RootKeyFile))
+	}
 	return nil
 }
 
@@ -199,7 +215,12 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	cfg := ca.ServeConfig{}
 	fs.StringVar(&cfg.Listen, "listen", "127.0.0.1:8443", "address to listen on (port 0: any free port)")
 	hostnames := fs.String("hostname", "", "comma-separated DNS names and IPs of the TLS server certificate (default localhost,127.0.0.1,::1,$(hostname) and the listen host)")
-	fs.DurationVar(&cfg.CertTTL, "cert-ttl", ca.DefaultCertTTL, "lifetime of device certificates (at least 1m)")
+	fs.DurationVar(&cfg.CertTTL, "cert-ttl", ca.DefaultCertTTL, "lifetime of device certificates (1m to 720h)")
+	fs.DurationVar(&cfg.RenewGrace, "renew-grace", ca.DefaultRenewGrace, "renew a device certificate up to this long after it expired (0: never; at most 720h): a device whose certificate ran out while the CA was down recovers without a new token")
+	fs.IntVar(&cfg.AuditMaxRows, "audit-max-rows", ca.DefaultAuditMaxRows, "keep at most this many audit records, deleting the oldest every minute (-1: no maximum)")
+	fs.IntVar(&cfg.AuditRefusalsPerMinute, "audit-refusals-per-minute", ca.DefaultRefusalsPerMinute, "refusals of one peer a minute audited and logged one by one; the rest go into one summary record (-1: all)")
+	fs.IntVar(&cfg.MaxConnsPerPeer, "max-conns-per-peer", ca.DefaultMaxConnsPerPeer, "open connections allowed from one IP address")
+	fs.IntVar(&cfg.MaxConns, "max-conns", ca.DefaultMaxConns, "open connections allowed in total")
 	fs.StringVar(&cfg.AddrFile, "addr-file", "", "write the bound address (host:port) to this file once listening")
 	fs.BoolVar(&cfg.PostQuantumTLS, "tls-post-quantum", false, "use a hybrid post-quantum TLS key exchange (X25519MLKEM768) with clients that offer one; off by default because EST traffic holds no secret that outlives its token")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
@@ -209,6 +230,12 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	if cfg.CertTTL < ca.MinCertTTL {
 		return fmt.Errorf("%w: --cert-ttl %s is below the minimum of %s", errUsage, cfg.CertTTL, ca.MinCertTTL)
+	}
+	if cfg.CertTTL > ca.MaxCertTTL {
+		return fmt.Errorf("%w: --cert-ttl %s is above the maximum of %s (720h): device certificates are short-lived", errUsage, cfg.CertTTL, ca.MaxCertTTL)
+	}
+	if cfg.RenewGrace < 0 || cfg.RenewGrace > ca.MaxRenewGrace {
+		return fmt.Errorf("%w: --renew-grace %s: must be between 0 and %s", errUsage, cfg.RenewGrace, ca.MaxRenewGrace)
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
@@ -344,6 +371,7 @@ type deviceJSON struct {
 	ID          string    `json:"id"`
 	Status      string    `json:"status"`
 	Serial      string    `json:"serial"`
+	Confirmed   string    `json:"confirmed_serial,omitempty"`
 	NotAfter    time.Time `json:"not_after"`
 	FirstSeen   time.Time `json:"first_seen"`
 	LastSeen    time.Time `json:"last_seen"`
@@ -353,7 +381,7 @@ type deviceJSON struct {
 }
 
 func toDeviceJSON(d store.Device) deviceJSON {
-	return deviceJSON{ID: d.ID, Status: d.Status, Serial: d.Serial, NotAfter: d.NotAfter, FirstSeen: d.FirstSeen,
+	return deviceJSON{ID: d.ID, Status: d.Status, Serial: d.Serial, Confirmed: d.Confirmed, NotAfter: d.NotAfter, FirstSeen: d.FirstSeen,
 		LastSeen: d.LastSeen, TokenID: d.TokenID, Enrollments: d.Enrollments, RevokedAt: d.RevokedAt}
 }
 
@@ -411,6 +439,9 @@ func cmdDeviceShow(ctx context.Context, args []string, stdout io.Writer) error {
 	row("device", d.ID)
 	row("status", d.Status)
 	row("serial", d.Serial)
+	// The newest certificate the device renewed with: it stays good for
+	// renewal until the device renews with a newer one.
+	row("confirmed serial", dash(d.Confirmed))
 	row("not after", d.NotAfter.Local().Format(time.RFC3339))
 	row("first seen", d.FirstSeen.Local().Format(time.RFC3339))
 	row("last seen", d.LastSeen.Local().Format(time.RFC3339))
@@ -479,11 +510,46 @@ func cmdAudit(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "TIME\tOP\tPEER\tTOKEN\tDEVICE\tRESULT\tCODE\tREASON")
+	// Every field is escaped again on output: a record written by an
+	// older edgeca may hold raw control characters.
 	for _, a := range recs {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.Time.Local().Format(time.RFC3339), a.Op, a.Peer,
-			dash(a.TokenID), dash(a.DeviceID), a.Result, dash(a.Code), a.Reason)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.Time.Local().Format(time.RFC3339), p(a.Op), p(a.Peer),
+			dash(p(a.TokenID)), dash(p(a.DeviceID)), p(a.Result), dash(p(a.Code)), pr(a.Reason))
 	}
 	return tw.Flush()
+}
+
+func p(s string) string  { return ca.Printable(s, 128) }
+func pr(s string) string { return ca.Printable(s, 512) }
+
+func cmdAuditPrune(ctx context.Context, args []string, stderr io.Writer) error {
+	fs, dir := newFlags("audit prune")
+	olderThan := fs.Duration("older-than", 0, "delete records older than this (e.g. 2160h for 90 days)")
+	keep := fs.Int("keep", 0, "keep only the newest N records")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	if *olderThan < 0 || *keep < 0 {
+		return fmt.Errorf("%w: audit prune: --older-than and --keep must not be negative", errUsage)
+	}
+	if *olderThan == 0 && *keep == 0 {
+		return fmt.Errorf("%w: audit prune: give --older-than or --keep", errUsage)
+	}
+	c, err := open(ctx, *dir)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	var before time.Time
+	if *olderThan > 0 {
+		before = time.Now().Add(-*olderThan)
+	}
+	n, err := c.PruneAudit(ctx, before, *keep)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "%d audit records deleted\n", n)
+	return nil
 }
 
 func dash(s string) string {

@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -19,6 +20,7 @@ import (
 	"time"
 
 	"github.com/edgeagent/edgeagent/ca"
+	"github.com/edgeagent/edgeagent/ca/store"
 	"github.com/edgeagent/edgeagent/enroll/est"
 	"github.com/edgeagent/edgeagent/enroll/token"
 )
@@ -213,6 +215,9 @@ func TestCLIErrors(t *testing.T) {
 		{[]string{"token", "revoke", "--dir", dir, "tnope"}, 1, "not found"},
 		{[]string{"device", "show", "--dir", dir, "a", "b"}, 2, "takes ID"},
 		{[]string{"serve", "--dir", dir, "--cert-ttl", "30s"}, 2, "minimum"},
+		{[]string{"serve", "--dir", dir, "--cert-ttl", "43800h"}, 2, "maximum"},
+		{[]string{"serve", "--dir", dir, "--renew-grace", "-1h"}, 2, "--renew-grace"},
+		{[]string{"serve", "--dir", dir, "--renew-grace", "1000h"}, 2, "--renew-grace"},
 		{[]string{"serve", "--dir", dir, "--bogus"}, 2, "bogus"},
 		{[]string{"init", "--dir", dir}, 1, "already initialized"},
 		{[]string{"audit", "--dir", filepath.Join(dir, "missing")}, 1, "edgeca init"},
@@ -231,4 +236,117 @@ func TestCLIErrors(t *testing.T) {
 	if code, out, _ := edgeca(t, "help"); code != 0 || !strings.Contains(out, "token create") {
 		t.Fatalf("help: %d %s", code, out)
 	}
+}
+
+// TestAuditEscapesAndPrunes stores records with raw control characters
+// (as an older edgeca could have) and checks `edgeca audit` prints each on
+// one line with them escaped, then prunes them.
+func TestAuditEscapesAndPrunes(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "ca")
+	mustRun(t, "init", "--dir", dir)
+	ctx := context.Background()
+	st, err := store.Open(ctx, filepath.Join(dir, ca.DBFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-100 * 24 * time.Hour)
+	for _, r := range []store.AuditRecord{
+		{Time: old, Op: "simpleenroll", Peer: "10.0.0.1:1", TokenID: "t\x1b[2J\r\n2026-01-01 simpleenroll ok", Result: "denied", Reason: "old"},
+		{Time: time.Now(), Op: "simpleenroll", Peer: "10.0.0.1:2", TokenID: "x", Result: "denied", Reason: "line one\nFAKE ok"},
+	} {
+		if err := st.AddAudit(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st.Close()
+	out := mustRun(t, "audit", "--dir", dir)
+	if strings.Count(out, "\n") != 3 || strings.ContainsAny(out, "\x1b\r") || !strings.Contains(out, `t\x1b[2J\r\n2026`) || !strings.Contains(out, `line one\nFAKE`) {
+		t.Fatalf("audit output:\n%q", out)
+	}
+	for _, tc := range []struct {
+		args []string
+		code int
+		has  string
+	}{
+		{[]string{"audit", "prune", "--dir", dir}, 2, "--older-than or --keep"},
+		{[]string{"audit", "prune", "--dir", dir, "--keep", "-1"}, 2, "negative"},
+		{[]string{"audit", "prune", "--dir", dir, "--older-than", "2160h"}, 0, "1 audit records deleted"},
+		{[]string{"audit", "prune", "--dir", dir, "--keep", "5"}, 0, "0 audit records deleted"},
+	} {
+		code, _, errOut := edgeca(t, tc.args...)
+		if code != tc.code || !strings.Contains(errOut, tc.has) {
+			t.Errorf("edgeca %v: exit %d %q, want %d %q", tc.args, code, errOut, tc.code, tc.has)
+		}
+	}
+	if out := mustRun(t, "audit", "--dir", dir); strings.Count(out, "\n") != 2 || !strings.Contains(out, "FAKE") {
+		t.Fatalf("after prune:\n%s", out)
+	}
+}
+
+// TestDeviceShowRevokeEveryID: `edgeca device show` and `revoke` take any
+// valid device id, by any spelling of its case, and refuse invalid ones
+// with the grammar's reason.
+func TestDeviceShowRevokeEveryID(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "ca")
+	mustRun(t, "init", "--dir", dir)
+	ctx := context.Background()
+	ids := []string{"a", "0", "a.b", "a..b", "x_y-z", "UPPER-Case", "trailing.", strings.Repeat("z", 64)}
+	st, err := store.Open(ctx, filepath.Join(dir, ca.DBFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, id := range ids {
+		err := st.Issue(ctx, store.IssueRequest{DeviceID: strings.ToLower(id), Time: time.Now(),
+			Issuance: store.Issuance{Serial: fmt.Sprintf("%02x", i), NotAfter: time.Now().Add(time.Hour)}},
+			func(*store.Token, *store.Device) error { return nil })
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	st.Close()
+	for _, id := range ids {
+		if out := mustRun(t, "device", "show", "--dir", dir, id); !strings.Contains(out, strings.ToLower(id)) {
+			t.Errorf("device show %s:\n%s", id, out)
+		}
+		mustRun(t, "device", "revoke", id, "--dir", dir)
+		if out := mustRun(t, "device", "show", "--dir", dir, strings.ToUpper(id)); !strings.Contains(out, "revoked") {
+			t.Errorf("device show %s after revoke:\n%s", strings.ToUpper(id), out)
+		}
+	}
+	for _, tc := range []struct {
+		id   string
+		code int
+		has  string
+	}{
+		{"..", 1, "start with"},
+		{".", 1, "start with"},
+		{"a/b", 1, "only letters"},
+		{"-rf", 2, "-rf"}, // read as a flag: no valid id starts with '-'
+		{"a\x1b[2J", 1, `\x1b`},
+		{strings.Repeat("z", 65), 1, "1 to 64"},
+	} {
+		for _, cmd := range []string{"show", "revoke"} {
+			code, _, errOut := edgeca(t, "device", cmd, "--dir", dir, tc.id)
+			if code != tc.code || !strings.Contains(errOut, tc.has) || strings.Contains(errOut, "\x1b") {
+				t.Errorf("device %s %q: exit %d %q, want %d %q", cmd, tc.id, code, errOut, tc.code, tc.has)
+			}
+		}
+	}
+}
+
+func TestInitRootKeyOut(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "ca")
+	out := filepath.Join(t.TempDir(), "root-key.pem")
+	code, _, errOut := edgeca(t, "init", "--dir", dir, "--root-key-out", out)
+	if code != 0 || !strings.Contains(errOut, "keep it offline") {
+		t.Fatalf("init --root-key-out: %d %s", code, errOut)
+	}
+	if _, err := os.Stat(filepath.Join(dir, ca.RootKeyFile)); !os.IsNotExist(err) {
+		t.Fatalf("root key left in the CA directory: %v", err)
+	}
+	if fi, err := os.Stat(out); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("root key out: %v %v", fi, err)
+	}
+	// The CA works without it.
+	mustRun(t, "token", "create", "--dir", dir, "--url", "https://ca.example:8443")
 }

@@ -25,6 +25,8 @@ const (
 	CodeNotFound           Code = "not_found"            // 404
 	CodeMethodNotAllowed   Code = "method_not_allowed"   // 405
 	CodeInternal           Code = "internal"             // 500
+	CodeIdentityMismatch   Code = "identity_mismatch"    // 400: reenroll CSR Subject or SubjectAltName differ from the certificate renewed
+	CodeRateLimited        Code = "rate_limited"         // 429/503 with Retry-After: too many failed attempts or requests
 )
 
 // ErrorBody formats an error response body: "code: message\n".

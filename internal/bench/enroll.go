@@ -247,7 +247,9 @@ func startBenchCA(ctx context.Context, dir string, postQuantum bool) (c *ca.CA, 
 	if err := ca.Init(ctx, caDir, ca.InitOptions{}); err != nil {
 		return nil, "", nil, err
 	}
-	c, err = ca.Open(ctx, caDir, ca.Options{Logger: slog.New(slog.DiscardHandler), Hostnames: []string{"127.0.0.1"}, PostQuantumTLS: postQuantum})
+	c, err = ca.Open(ctx, caDir, ca.Options{Logger: slog.New(slog.DiscardHandler), Hostnames: []string{"127.0.0.1"}, PostQuantumTLS: postQuantum,
+		// The load generator is one peer playing many devices.
+		MaxConnsPerPeer: 4096})
 	if err != nil {
 		return nil, "", nil, err
 	}

@@ -1,10 +1,16 @@
 package main
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"strings"
 	"testing"
+
+	"github.com/edgeagent/edgeagent/enroll/est"
 )
 
 // TestEnrollClients runs both load generators against a real edgeca over
@@ -46,11 +52,15 @@ func TestEnrollClients(t *testing.T) {
 	if _, err := runEnrollments(ctx, device.enroll("https://"+addr), jobs[4:], 2); err != nil {
 		t.Fatalf("device-like client: %v", err)
 	}
-	// Every token was single-use: enrolling again must be refused, so a
-	// run cannot count answers that issued nothing.
-	err = lean.enroll(ctx, jobs[0])
+	// Every token was single-use: a used token with a new key must be
+	// refused, so a run cannot count answers that issued nothing. (The same
+	// key again is a lost-answer retry and gets the issued certificate.)
+	err = lean.enroll(ctx, enrollJob{tok: jobs[0].tok, csr: freshCSR(t, "bench-000000")})
 	if err == nil || !strings.Contains(err.Error(), "401") {
-		t.Errorf("reused token: %v, want a 401 refusal", err)
+		t.Errorf("reused token with a new key: %v, want a 401 refusal", err)
+	}
+	if err := lean.enroll(ctx, jobs[0]); err != nil {
+		t.Errorf("lost-answer retry (same token, same key): %v, want the issued certificate", err)
 	}
 
 	// The other CA's server has a certificate from another root.
@@ -98,4 +108,18 @@ func handshakeCurve(t *testing.T, e *wireEnroller) tls.CurveID {
 	}
 	defer conn.Close()
 	return conn.ConnectionState().CurveID
+}
+
+// freshCSR returns a base64 CSR for a new key with common name cn.
+func freshCSR(t *testing.T, cn string) []byte {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: cn}}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return est.EncodeBase64(der)
 }

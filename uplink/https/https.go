@@ -13,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"strconv"
 	"sync"
@@ -31,7 +32,7 @@ type Options struct {
 	BatchBytes int // uncompressed bytes per POST; default 1 MiB
 	Timeout    time.Duration
 	RetryMin   time.Duration // default 1s
-	RetryMax   time.Duration // default 5m
+	RetryMax   time.Duration // default 20s: with the liveness bounds below, delivery resumes within 45s of a path healing
 	Logger     *slog.Logger
 	// Rand returns a float in [0,1) for jitter; nil means math/rand/v2.
 	Rand func() float64
@@ -77,7 +78,7 @@ func New(o Options) (*Sender, error) {
 		o.RetryMin = time.Second
 	}
 	if o.RetryMax <= 0 {
-		o.RetryMax = 5 * time.Minute
+		o.RetryMax = 20 * time.Second
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -85,8 +86,35 @@ func New(o Options) (*Sender, error) {
 	if o.Rand == nil {
 		o.Rand = rand.Float64
 	}
-	tr := &http.Transport{TLSClientConfig: o.TLS, MaxIdleConnsPerHost: 2, IdleConnTimeout: 90 * time.Second, ForceAttemptHTTP2: true}
-	return &Sender{o: o, hc: &http.Client{Transport: tr, Timeout: o.Timeout}}, nil
+	return &Sender{o: o, hc: &http.Client{Transport: newTransport(o), Timeout: o.Timeout}}, nil
+}
+
+// Liveness bounds for a connection. A path that stops passing packets
+// without a FIN or RST (a NAT that forgot us, a cellular handover) leaves
+// a connection that looks open for ever: HTTP/2 pings on a connection
+// that has been silent for pingAfter, and close it when no answer comes
+// within pingTimeout or a write makes no progress for writeTimeout. After
+// any failed request the idle pool is closed too, so the retry dials.
+const (
+	pingAfter        = 15 * time.Second
+	pingTimeout      = 10 * time.Second
+	writeTimeout     = 15 * time.Second
+	dialTimeout      = 15 * time.Second
+	handshakeTimeout = 15 * time.Second
+)
+
+func newTransport(o Options) *http.Transport {
+	d := &net.Dialer{Timeout: dialTimeout, KeepAlive: 15 * time.Second}
+	return &http.Transport{
+		TLSClientConfig:       o.TLS,
+		DialContext:           d.DialContext,
+		TLSHandshakeTimeout:   handshakeTimeout,
+		ResponseHeaderTimeout: o.Timeout,
+		MaxIdleConnsPerHost:   2,
+		IdleConnTimeout:       90 * time.Second,
+		ForceAttemptHTTP2:     true,
+		HTTP2:                 &http.HTTP2Config{SendPingTimeout: pingAfter, PingTimeout: pingTimeout, WriteByteTimeout: writeTimeout},
+	}
 }
 
 // Stats returns a snapshot.
@@ -190,6 +218,10 @@ func (s *Sender) post(ctx context.Context, batch []spool.Record) (time.Duration,
 	resp, err := s.hc.Do(req)
 	if err != nil {
 		s.record(false, len(batch), err)
+		// The connection may be dead without knowing it (a half-open
+		// link): HTTP/2 keeps it pooled, and the retry would queue on it.
+		// Closing the idle pool makes the retry dial a new one.
+		s.hc.CloseIdleConnections()
 		return 0, err
 	}
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))

@@ -78,9 +78,12 @@ type Options struct {
 	// this time is deemed broken. Default 5s; raise it for slow links.
 	WriteTimeout time.Duration
 	RetryMin     time.Duration // first reconnect delay; default 500ms
-	RetryMax     time.Duration // cap on reconnect delays; default 1m
-	Logger       *slog.Logger
-	Rand         func() float64 // jitter source in [0,1); default math/rand/v2
+	// RetryMax caps reconnect delays; default 20s, so that with the 15s
+	// connect timeout a broker or path that comes back is used again
+	// within about 35s.
+	RetryMax time.Duration
+	Logger   *slog.Logger
+	Rand     func() float64 // jitter source in [0,1); default math/rand/v2
 }
 
 // Stats is a snapshot for status and metrics.
@@ -154,7 +157,7 @@ func New(o Options) (*Publisher, error) {
 		o.RetryMin = 500 * time.Millisecond
 	}
 	if o.RetryMax <= 0 {
-		o.RetryMax = time.Minute
+		o.RetryMax = 20 * time.Second
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)

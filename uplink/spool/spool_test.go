@@ -199,14 +199,21 @@ func TestBoundedDropsOldest(t *testing.T) {
 }
 
 func TestTornTailIsTruncated(t *testing.T) {
+	header := func(seq uint64, length int) []byte {
+		h := make([]byte, headerLen)
+		putHeader(h, seq, make([]byte, length))
+		return h
+	}
 	cases := []struct {
-		name   string
-		damage func(t *testing.T, path string)
+		name     string
+		damage   func(t *testing.T, path string)
+		wantLost uint64 // records counted lost
+		wantNext uint64 // seq of the next append
 	}{
-		{"half a header", func(t *testing.T, p string) { appendBytes(t, p, []byte{9, 0, 0}) }},
-		{"header without payload", func(t *testing.T, p string) {
-			appendBytes(t, p, []byte{100, 0, 0, 0, 1, 2, 3, 4, 51, 0, 0, 0, 0, 0, 0, 0, 'x'})
-		}},
+		{"half a header", func(t *testing.T, p string) { appendBytes(t, p, header(51, 10)[:9]) }, 0, 51},
+		// A torn write: the crash came before the payload; it was never
+		// accepted, so it is cut, not counted.
+		{"header without payload", func(t *testing.T, p string) { appendBytes(t, p, append(header(51, 100), 'x')) }, 0, 51},
 		{"flipped byte in last record", func(t *testing.T, p string) {
 			b, err := os.ReadFile(p)
 			if err != nil {
@@ -216,10 +223,10 @@ func TestTornTailIsTruncated(t *testing.T) {
 			if err := os.WriteFile(p, b, 0o600); err != nil {
 				t.Fatal(err)
 			}
-		}},
-		{"absurd length", func(t *testing.T, p string) {
-			appendBytes(t, p, []byte{0xff, 0xff, 0xff, 0x7f, 0, 0, 0, 0, 51, 0, 0, 0, 0, 0, 0, 0})
-		}},
+		}, 1, 51},
+		{"garbage after the last record", func(t *testing.T, p string) {
+			appendBytes(t, p, []byte{0xff, 0xff, 0xff, 0x7f, 0, 0, 0, 0, 51, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9})
+		}, 0, 51},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -237,15 +244,18 @@ func TestTornTailIsTruncated(t *testing.T) {
 			s = open(t, dir, Options{})
 			st := s.Stats()
 			if st.CorruptBytes == 0 {
-				t.Fatal("no corruption reported")
+				t.Fatal("no damage reported")
+			}
+			if st.Lost != c.wantLost || st.Depth != 50-int(c.wantLost) {
+				t.Fatalf("lost %d, depth %d; want lost %d of 50", st.Lost, st.Depth, c.wantLost)
 			}
 			recs := next(t, s, st.Depth)
-			if len(recs) < 49 || recs[0].Seq != 1 {
-				t.Fatalf("lost more than the damaged record: %d left", len(recs))
+			if recs[0].Seq != 1 {
+				t.Fatalf("first record %d", recs[0].Seq)
 			}
 			appendN(t, s, 100, 1)
-			if r := next(t, s, 1); r[0].Seq != uint64(len(recs)+1) {
-				t.Fatalf("append after recovery got seq %d", r[0].Seq)
+			if r := next(t, s, 1); r[0].Seq != c.wantNext {
+				t.Fatalf("append after recovery got seq %d, want %d", r[0].Seq, c.wantNext)
 			}
 		})
 	}
@@ -384,8 +394,18 @@ func TestHelperChildAppender(t *testing.T) {
 }
 
 func FuzzOpenSegment(f *testing.F) {
+	rec := func(seq uint64, p string) []byte {
+		h := make([]byte, headerLen)
+		putHeader(h, seq, []byte(p))
+		return append(h, p...)
+	}
+	v1rec := []byte{5, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 'h', 'e', 'l', 'l', 'o'}
+	two := append(rec(1, "hello"), rec(2, "world")...)
 	f.Add([]byte{})
-	f.Add([]byte{5, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 'h', 'e', 'l', 'l', 'o'})
+	f.Add(v1rec)
+	f.Add(two)
+	f.Add(append(append(rec(1, "a"), "junk"...), rec(3, "c")...))
+	f.Add(append(rec(1, "a"), rec(2, "b")[:30]...))
 	f.Fuzz(func(t *testing.T, seg []byte) {
 		dir := t.TempDir()
 		if err := os.WriteFile(filepath.Join(dir, "0000000000000001.seg"), seg, 0o600); err != nil {
@@ -397,21 +417,36 @@ func FuzzOpenSegment(f *testing.F) {
 		}
 		defer s.Close()
 		st := s.Stats()
+		if st.Depth < 0 || int64(st.Depth) > int64(len(seg))/v1HeaderLen {
+			t.Fatalf("depth %d from %d bytes", st.Depth, len(seg))
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
+		var prev uint64
 		if st.Depth > 0 {
 			recs, err := s.Next(ctx, st.Depth)
 			if err != nil {
 				t.Fatal(err)
 			}
+			if len(recs) != st.Depth {
+				t.Fatalf("delivered %d, depth said %d", len(recs), st.Depth)
+			}
 			for i, r := range recs {
-				if r.Seq != uint64(i+1) {
-					t.Fatalf("seq %d at %d", r.Seq, i)
+				if r.Seq <= prev {
+					t.Fatalf("seq %d after %d at %d", r.Seq, prev, i)
 				}
+				prev = r.Seq
 			}
 		}
-		if _, err := s.Append([]byte("after")); err != nil {
+		seq, err := s.Append([]byte("after"))
+		if err != nil {
 			t.Fatal(err)
+		}
+		if seq <= prev {
+			t.Fatalf("append got seq %d, not after the last delivered %d", seq, prev)
+		}
+		if recs, err := s.Next(ctx, 1); err != nil || recs[0].Seq != seq || string(recs[0].Payload) != "after" {
+			t.Fatalf("after append: %+v %v", recs, err)
 		}
 	})
 }
@@ -432,10 +467,18 @@ func BenchmarkSpoolVsRawFile(b *testing.B) {
 		msgs[i] = payload
 	}
 	n := batch * batches
-	for _, pol := range []SyncPolicy{SyncNever, SyncAlways} {
-		b.Run(string(pol), func(b *testing.B) {
+	// The default segments are MaxBytes/64 (1 MiB) so that acked space
+	// comes back soon; the "8MiB-segments" row is the layout before that
+	// change, to show what the smaller segments cost.
+	for _, v := range []struct {
+		name string
+		pol  SyncPolicy
+		seg  int64
+	}{{"never", SyncNever, 0}, {"always", SyncAlways, 0}, {"always-8MiB-segments", SyncAlways, DefaultMaxBytes / 8}} {
+		pol := v.pol
+		b.Run(v.name, func(b *testing.B) {
 			spoolTrial := func() float64 {
-				s := open(b, b.TempDir(), Options{Sync: pol})
+				s := open(b, b.TempDir(), Options{Sync: pol, SegmentBytes: v.seg})
 				ctx := context.Background()
 				start := time.Now()
 				for i := 0; i < n; i += batch {
