@@ -107,6 +107,9 @@ type Daemon struct {
 func Run(ctx context.Context, o Options) error {
 	d, err := newDaemon(ctx, o)
 	if err != nil {
+		if ctx.Err() != nil && errors.Is(err, context.Canceled) {
+			return nil // stopped while enrolling
+		}
 		return err
 	}
 	defer d.close()
@@ -206,7 +209,37 @@ func (d *Daemon) loadOrEnroll(ctx context.Context) (*Identity, error) {
 	if !errors.Is(err, ErrNoIdentity) {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	return d.bootstrap(ctx, d.boot.DeviceID)
+	return d.firstEnrollment(ctx)
+}
+
+// firstEnrollment enrolls, retrying what may succeed later (the CA
+// unreachable, 5xx, 429) with capped, jittered backoff (renew.retry_min
+// to renew.retry_max) in this process: a fleet that boots while its CA is
+// down must not come back every RestartSec in lockstep. systemd is told
+// why start takes long (STATUS, EXTEND_TIMEOUT_USEC). What needs the
+// operator returns at once.
+func (d *Daemon) firstEnrollment(ctx context.Context) (*Identity, error) {
+	notify, _ := sdnotify.New(d.o.Getenv) // a bad NOTIFY_SOCKET is run's to report
+	for attempt := 0; ; attempt++ {
+		id, err := d.bootstrap(ctx, d.boot.DeviceID)
+		if err == nil || errors.Is(err, ErrNeedsOperator) || !enroll.Retryable(err) || ctx.Err() != nil {
+			return id, err
+		}
+		rs := d.renewSettings()
+		wait := lifecycle.Backoff(attempt, rs.RetryMin, rs.RetryMax, d.o.Rand())
+		d.log.Warn("enrollment failed; retrying", "err", err, "retry_in", wait.Round(time.Millisecond), "attempt", attempt+1)
+		if notify != nil {
+			_ = notify.Notify(fmt.Sprintf("STATUS=enrolling: retry in %s: %v\nEXTEND_TIMEOUT_USEC=%d", wait.Round(time.Second), err,
+				(wait + time.Minute).Microseconds()))
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+	}
 }
 
 // bootstrap enrolls as deviceID ("" for the first enrollment's default,

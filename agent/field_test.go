@@ -457,3 +457,56 @@ func TestDamagedIdentityPolicyReenroll(t *testing.T) {
 		t.Fatalf("the key changed: %v", err)
 	}
 }
+
+// TestFirstEnrollmentWaitsOutACAOutage: a device that first starts while
+// its CA is down retries in the process with backoff (no exit, no
+// restart loop) and enrolls once the CA is back.
+func TestFirstEnrollmentWaitsOutACAOutage(t *testing.T) {
+	c := testca.Start(t, testca.Options{})
+	dir := t.TempDir()
+	tokFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokFile, []byte(c.Token(t, "outage-1").String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c.Stop()
+	cfg := testDaemonConfig(dir, "outage-1")
+	cfg.Enroll.TokenFile = tokFile
+	cfg.Renew.RetryMin, cfg.Renew.RetryMax = 50*time.Millisecond, 200*time.Millisecond
+	var logs syncbuf.Buffer
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ready := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(ctx, Options{Config: cfg, Logger: newTestLogger(&logs), Ready: func() { close(ready) }})
+	}()
+	eventually(t, "two failed attempts", func() bool { return strings.Count(logs.String(), "enrollment failed; retrying") >= 2 })
+	select {
+	case err := <-done:
+		t.Fatalf("Run gave up while the CA was down: %v", err)
+	default:
+	}
+	c.Resume()
+	select {
+	case <-ready:
+	case err := <-done:
+		t.Fatalf("Run: %v\n%s", err, logs.String())
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	// Stopped while retrying: Run returns nil (SIGTERM during enrollment).
+	c.Stop()
+	cfg2 := testDaemonConfig(t.TempDir(), "outage-2")
+	cfg2.Enroll.TokenFile = tokFile
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	done2 := make(chan error, 1)
+	var logs2 syncbuf.Buffer
+	go func() { done2 <- Run(ctx2, Options{Config: cfg2, Logger: newTestLogger(&logs2)}) }()
+	eventually(t, "a failed attempt", func() bool { return strings.Contains(logs2.String(), "enrollment failed; retrying") })
+	cancel2()
+	if err := <-done2; err != nil {
+		t.Fatalf("Run stopped while enrolling: %v", err)
+	}
+}

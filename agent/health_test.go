@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"io"
 	"net"
 	"net/http"
@@ -8,9 +9,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/edgeagent/edgeagent/agent/metrics"
 	"github.com/edgeagent/edgeagent/internal/syncbuf"
 	"github.com/edgeagent/edgeagent/internal/testca"
 )
@@ -175,5 +178,92 @@ func TestHealthzTellsTheTruth(t *testing.T) {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("/metrics lacks %q:\n%s", want, metrics)
 		}
+	}
+}
+
+// countingListener counts the connections it has accepted and not yet
+// closed, and the most at once.
+type countingListener struct {
+	net.Listener
+	mu        sync.Mutex
+	open, max int
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	l.mu.Lock()
+	l.open++
+	l.max = max(l.max, l.open)
+	l.mu.Unlock()
+	return &countedConn{Conn: c, l: l}, nil
+}
+
+type countedConn struct {
+	net.Conn
+	l    *countingListener
+	once sync.Once
+}
+
+func (c *countedConn) Close() error {
+	c.once.Do(func() {
+		c.l.mu.Lock()
+		c.l.open--
+		c.l.mu.Unlock()
+	})
+	return c.Conn.Close()
+}
+
+// TestMetricsListenerIsBounded: local users who open connections and send
+// nothing hold at most metricsMaxConns of the agent's descriptors, are
+// dropped by the header timeout, and /healthz answers again after that.
+func TestMetricsListenerIsBounded(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := &countingListener{Listener: ln}
+	now := time.Now()
+	h := newHealth(func() time.Time { return now }, 0, func() Status { return Status{NotAfter: now.Add(time.Hour)} }, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- h.serveMetrics(ctx, cl, func(Status) []metrics.Family { return nil }) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	var idle []net.Conn
+	for i := 0; i < metricsMaxConns+8; i++ {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		idle = append(idle, c)
+	}
+	eventually(t, "the listener full", func() bool {
+		cl.mu.Lock()
+		defer cl.mu.Unlock()
+		return cl.open == metricsMaxConns
+	})
+	// The idle ones are dropped by the header timeout; then /healthz
+	// answers.
+	client := &http.Client{}
+	eventually(t, "/healthz after the idle connections were dropped", func() bool {
+		resp, err := client.Get("http://" + ln.Addr().String() + "/healthz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	if cl.max > metricsMaxConns {
+		t.Fatalf("%d connections at once, the bound is %d", cl.max, metricsMaxConns)
 	}
 }

@@ -53,6 +53,8 @@ func TestOneWriterPerStateDir(t *testing.T) {
 	api := localapi.Client(sock, 5*time.Second)
 	var before agent.Status
 	deadline := time.Now().Add(30 * time.Second)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
 	for {
 		req, _ := http.NewRequest(http.MethodGet, "http://agent/v1/status", nil)
 		if resp, err := api.Do(req); err == nil {
@@ -63,7 +65,7 @@ func TestOneWriterPerStateDir(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("the agent did not start:\n%s", runErr.String())
 		}
-		time.Sleep(20 * time.Millisecond) // polling the socket until it answers
+		<-tick.C // the agent is still enrolling or creating its socket
 	}
 
 	_, _, err := edgeagent(t, "run", "--config", cfgFile)
