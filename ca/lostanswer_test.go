@@ -108,11 +108,13 @@ func (p *dropProxy) serve(client net.Conn) {
 	go func() {
 		defer close(done)
 		copyRecords(server, client, func(typ byte, n int) bool {
-			// A request with a CSR (or, in TLS 1.3, a client certificate
-			// before it) fills a record of hundreds of bytes; a GET
-			// cacerts or a Finished does not, and its answer passes.
-			if typ == recordAppData && n >= minRequestRecord {
-				requested.Store(true)
+			// A request with a CSR fills a record of hundreds of bytes; a
+			// GET cacerts or csrattrs does not, and its answer passes.
+			// The last client record decides: in TLS 1.3 a client
+			// certificate is as large, but its Finished (small) follows
+			// it before the server says anything.
+			if typ == recordAppData {
+				requested.Store(n >= minRequestRecord)
 			}
 			return true
 		})
