@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/edgeagent/edgeagent/uplink/spool"
+	"golang.org/x/net/netutil"
 )
 
 // MaxBodyBytes bounds one POST /v1/telemetry body.
@@ -43,6 +44,25 @@ type Command struct {
 	Time    time.Time       `json:"time"`
 }
 
+// Limits bound what local users can hold open on the API socket. It is
+// open to the service's group: without them, connections left idle by one
+// local process would use up the agent's file descriptors, and the uplinks
+// could not reconnect.
+type Limits struct {
+	MaxConns      int           // connections served at once; more wait in the socket's backlog
+	HeaderTimeout time.Duration // to send a request's headers, from connect or the last answer
+	ReadTimeout   time.Duration // to send a whole request, body included
+	IdleTimeout   time.Duration // a kept-alive connection with no request
+}
+
+// DefaultLimits are the limits New sets.
+func DefaultLimits() Limits {
+	return Limits{MaxConns: 64, HeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, IdleTimeout: 30 * time.Second}
+}
+
+// maxHeaderBytes bounds one request's headers (the API needs a few hundred bytes).
+const maxHeaderBytes = 16 << 10
+
 // Server is the local API.
 type Server struct {
 	sink   Sink
@@ -50,7 +70,11 @@ type Server struct {
 	hub    *Hub
 	log    *slog.Logger
 	renew  func(context.Context) error
+	limits Limits
 }
+
+// SetLimits replaces DefaultLimits(); call it before Serve.
+func (s *Server) SetLimits(l Limits) { s.limits = l }
 
 // SetRenew enables POST /v1/renew, which renews the certificate now and
 // answers when it is done.
@@ -61,7 +85,7 @@ func New(sink Sink, status func() any, hub *Hub, log *slog.Logger) *Server {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{sink: sink, status: status, hub: hub, log: log}
+	return &Server{sink: sink, status: status, hub: hub, log: log, limits: DefaultLimits()}
 }
 
 // Handler returns the API's routes.
@@ -91,9 +115,13 @@ func (s *Server) Serve(ctx context.Context, path string) error {
 		ln.Close()
 		return fmt.Errorf("local api: chmod %s: %w", path, err)
 	}
-	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	l := s.limits
+	// No WriteTimeout: GET /v1/commands streams for as long as the app
+	// listens.
+	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: l.HeaderTimeout, ReadTimeout: l.ReadTimeout,
+		IdleTimeout: l.IdleTimeout, MaxHeaderBytes: maxHeaderBytes}
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+	go func() { errc <- srv.Serve(netutil.LimitListener(ln, l.MaxConns)) }()
 	select {
 	case <-ctx.Done():
 		shut, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -51,8 +52,16 @@ func (s *recordingSink) count() int {
 // serve starts the API on a real Unix socket and returns a client for it.
 func serve(t *testing.T, sink Sink, hub *Hub) *http.Client {
 	t.Helper()
+	c, _ := serveWith(t, sink, hub, DefaultLimits())
+	return c
+}
+
+// serveWith is serve with limits; it also returns the socket's path.
+func serveWith(t *testing.T, sink Sink, hub *Hub, limits Limits) (*http.Client, string) {
+	t.Helper()
 	sock := filepath.Join(t.TempDir(), "api.sock")
 	srv := New(sink, func() any { return map[string]string{"state": "ok"} }, hub, nil)
+	srv.SetLimits(limits)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, sock) }()
@@ -71,7 +80,8 @@ func serve(t *testing.T, sink Sink, hub *Hub) *http.Client {
 		resp, err := c.Get("http://agent/v1/status")
 		if err == nil {
 			resp.Body.Close()
-			return c
+			c.CloseIdleConnections()
+			return c, sock
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("local api did not come up: %v", err)
@@ -244,4 +254,88 @@ func FuzzParseMessages(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestLocalUsersCannotHoldTheAPI: a local process that opens connections
+// and sends nothing neither keeps them (the server closes them) nor gets
+// more than MaxConns served at once, and a good client is served once one
+// of them is gone.
+func TestLocalUsersCannotHoldTheAPI(t *testing.T) {
+	t.Run("idle connections are closed", func(t *testing.T) {
+		c, sock := serveWith(t, &recordingSink{}, NewHub(), Limits{MaxConns: 8, HeaderTimeout: 100 * time.Millisecond,
+			ReadTimeout: time.Second, IdleTimeout: 100 * time.Millisecond})
+		conns := make([]net.Conn, 100)
+		for i := range conns {
+			cn, err := net.Dial("unix", sock)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cn.Close()
+			conns[i] = cn
+		}
+		// Served 8 at a time, each closed after its header timeout: all
+		// are gone well within the deadline (it bounds a hang, not speed).
+		for i, cn := range conns {
+			_ = cn.SetReadDeadline(time.Now().Add(30 * time.Second))
+			if _, err := io.Copy(io.Discard, cn); err != nil {
+				t.Fatalf("idle connection %d was not closed by the server: %v", i, err)
+			}
+		}
+		resp, err := c.Get("http://agent/v1/status")
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("good client after the idle ones: %v %v", resp, err)
+		}
+		resp.Body.Close()
+	})
+	t.Run("at most MaxConns at once", func(t *testing.T) {
+		_, sock := serveWith(t, &recordingSink{}, NewHub(), Limits{MaxConns: 2, HeaderTimeout: time.Minute,
+			ReadTimeout: time.Minute, IdleTimeout: time.Minute})
+		var held []net.Conn
+		for range 2 {
+			cn, err := net.Dial("unix", sock)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cn.Close()
+			held = append(held, cn)
+		}
+		good, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer good.Close()
+		if _, err := io.WriteString(good, "GET /v1/status HTTP/1.1\r\nHost: agent\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		// While two connections are held, the third waits in the backlog.
+		_ = good.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		if n, err := good.Read(make([]byte, 1)); n > 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("a third connection was served while two were held: n=%d err=%v", n, err)
+		}
+		held[0].Close()
+		_ = good.SetReadDeadline(time.Now().Add(30 * time.Second))
+		line, err := bufio.NewReader(good).ReadString('\n')
+		if err != nil || !strings.HasPrefix(line, "HTTP/1.1 200") {
+			t.Fatalf("after one was closed: %q %v", line, err)
+		}
+	})
+}
+
+// TestCommandsStreamOutlivesReadTimeout: the limits bound sending a
+// request, not how long a command stream stays open (a WriteTimeout would).
+func TestCommandsStreamOutlivesReadTimeout(t *testing.T) {
+	hub := NewHub()
+	l := DefaultLimits()
+	l.ReadTimeout = 100 * time.Millisecond
+	c, _ := serveWith(t, &recordingSink{}, hub, l)
+	resp, err := c.Get("http://agent/v1/commands")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	time.Sleep(5 * l.ReadTimeout) // well past every request deadline
+	hub.Publish(Command{Topic: "t", Payload: json.RawMessage(`{}`)})
+	if line, err := bufio.NewReader(resp.Body).ReadString('\n'); err != nil {
+		t.Fatalf("stream ended after ReadTimeout: %q %v", line, err)
+	}
 }
