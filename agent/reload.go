@@ -78,17 +78,13 @@ func (d *Daemon) newCollector(c config.Collector) runner {
 	}
 	col := collector.New(collector.Options{Disks: c.Disks, Now: d.clock.Now})
 	return runnerFunc(func(ctx context.Context) error {
+		q := &sampleQueue{submit: d.intake.Submit, log: d.log}
 		return col.Run(ctx, c.Interval, func(s collector.Sample) error {
 			b, err := json.Marshal(map[string]any{"system": s})
 			if err != nil {
 				return err
 			}
-			ids, err := d.intake.Submit(ctx, []json.RawMessage{b})
-			if err != nil {
-				d.log.Warn("collector: queue sample", "err", err)
-				return nil
-			}
-			d.log.Debug("collector: sample queued", "id", ids[0])
+			q.add(ctx, b)
 			return nil
 		})
 	})
