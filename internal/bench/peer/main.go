@@ -67,7 +67,7 @@ func run(ctx context.Context, w io.Writer, d time.Duration, trials int) error {
 		return fmt.Errorf("start edgeca: %w", err)
 	}
 	defer ec.stop()
-	gs, err := startGlobalSign(ctx, ca.DefaultCertTTL)
+	gs, err := startGlobalSign(ca.DefaultCertTTL)
 	if err != nil {
 		return fmt.Errorf("start GlobalSign EST: %w", err)
 	}

@@ -23,7 +23,7 @@ func startServers(t *testing.T) []*server {
 		t.Fatal(err)
 	}
 	t.Cleanup(ec.stop)
-	gs, err := startGlobalSign(ctx, ca.DefaultCertTTL)
+	gs, err := startGlobalSign(ca.DefaultCertTTL)
 	if err != nil {
 		t.Fatal(err)
 	}

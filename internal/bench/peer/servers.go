@@ -97,7 +97,7 @@ const (
 // on 127.0.0.1:0 over the TLS configuration edgeca uses (ECDSA P-256 server
 // key, leaf and issuing CA in the chain, client certificate requested,
 // no session tickets, X25519 first), with gsCA behind it.
-func startGlobalSign(ctx context.Context, ttl time.Duration) (*server, error) {
+func startGlobalSign(ttl time.Duration) (*server, error) {
 	g, err := newGSCA(ttl)
 	if err != nil {
 		return nil, err
