@@ -170,18 +170,22 @@ func benchTelemetryOnce(b *testing.B) {
 	// Alternate the two, three trials each, and report medians: the
 	// machine is shared, so one trial of each says little.
 	var agentRates, pubRates []float64
+	// Idle: enrolled and connected, nothing sent yet.
+	idleRSS := statusKB(agent.cmd.Process.Pid, "VmRSS:")
 	b.ResetTimer()
 	for trial := 0; trial < 3; trial++ {
 		agentRates = append(agentRates, agentRun())
 		pubRates = append(pubRates, pubRun())
 	}
 	b.StopTimer()
-	rss := rssOf(agent.cmd.Process.Pid)
+	rss, peak := statusKB(agent.cmd.Process.Pid, "VmRSS:"), statusKB(agent.cmd.Process.Pid, "VmHWM:")
 	agentRate, pubRate := median(agentRates), median(pubRates)
 	b.ReportMetric(agentRate, "agent_msgs/s")
 	b.ReportMetric(pubRate, "mosquitto_pub_msgs/s")
 	b.ReportMetric(agentRate/pubRate, "ratio")
 	b.ReportMetric(float64(rss)/(1<<20), "agent_rss_MB")
+	b.ReportMetric(float64(peak)/(1<<20), "agent_peak_rss_MB")
+	b.ReportMetric(float64(idleRSS)/(1<<20), "agent_idle_rss_MB")
 	perMsg := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(3*n) }
 	b.ReportMetric(perMsg(agentCPU), "agent_cpu_us/msg")
 	b.ReportMetric(perMsg(pubCPU), "mosquitto_pub_cpu_us/msg")
@@ -217,13 +221,15 @@ func median(v []float64) float64 {
 	return s[len(s)/2]
 }
 
-func rssOf(pid int) int64 {
+// statusKB is a memory figure of process pid in bytes, from the field of
+// /proc/pid/status (VmRSS: resident now, VmHWM: its peak); -1 if unread.
+func statusKB(pid int, field string) int64 {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return -1
 	}
 	for _, line := range strings.Split(string(data), "\n") {
-		if strings.HasPrefix(line, "VmRSS:") {
+		if strings.HasPrefix(line, field) {
 			f := strings.Fields(line)
 			kb, _ := strconv.ParseInt(f[1], 10, 64)
 			return kb << 10
