@@ -22,6 +22,7 @@ import (
 	"github.com/edgeagent/edgeagent/ca/store"
 	"github.com/edgeagent/edgeagent/deviceid"
 	"github.com/edgeagent/edgeagent/enroll/est"
+	"github.com/edgeagent/edgeagent/revocation"
 )
 
 // TLSConfig returns the server side TLS configuration: the CA-issued server
@@ -118,13 +119,30 @@ func (c *CA) Serve(ctx context.Context, ln net.Listener) error {
 		ErrorLog:          slog.NewLogLogger(c.log.Handler(), slog.LevelDebug),
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
+	// The CRL over plain HTTP shares the port (sniffListener).
+	plain := &http.Server{
+		Handler:           c.PlainHandler(),
+		ReadHeaderTimeout: headerTimeout,
+		ReadTimeout:       headerTimeout,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    8 << 10,
+		ErrorLog:          slog.NewLogLogger(c.log.Handler(), slog.LevelDebug),
+	}
 	errc := make(chan error, 1)
 	limited := newLimitListener(ln, c.maxConnsPerPeer, c.maxConns, c.log)
-	go func() { errc <- srv.Serve(tls.NewListener(limited, cfg)) }()
+	sctxAll, stopSniff := context.WithCancel(context.WithoutCancel(ctx))
+	sniff := newSniffListener(sctxAll, limited)
+	defer func() { stopSniff(); sniff.Close(); sniff.wait() }()
+	plainDone := make(chan struct{})
+	go func() { defer close(plainDone); _ = plain.Serve(sniff.Plain()) }()
+	defer func() { _ = plain.Close(); <-plainDone }()
+	go func() { errc <- srv.Serve(tls.NewListener(sniff.TLS(), cfg)) }()
 	mctx, stopMaintain := context.WithCancel(context.WithoutCancel(ctx))
-	maintained := make(chan struct{})
-	go func() { defer close(maintained); c.maintain(mctx) }()
-	defer func() { stopMaintain(); <-maintained }()
+	maintained := make(chan struct{}, 2)
+	go func() { defer func() { maintained <- struct{}{} }(); c.maintain(mctx) }()
+	go func() { defer func() { maintained <- struct{}{} }(); c.followRevocations(mctx) }()
+	defer func() { stopMaintain(); <-maintained; <-maintained }()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("serve EST: %w", err)
@@ -149,6 +167,14 @@ func (c *CA) Handler() http.Handler {
 
 func (c *CA) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
+	switch {
+	case strings.HasPrefix(r.URL.Path, CRLPathPrefix):
+		c.serveCRL(w, r)
+		return
+	case r.URL.Path == revocation.FeedPath:
+		c.serveFeed(w, r)
+		return
+	}
 	op, ok := estOp(r.URL.Path)
 	if !ok {
 		writeError(w, refuse(http.StatusNotFound, est.CodeNotFound, "no such EST resource: the paths are "+est.PathPrefix+"{cacerts,simpleenroll,simplereenroll,csrattrs}"))
@@ -516,6 +542,15 @@ func (c *CA) issue(ctx context.Context, req store.IssueRequest, csr *CSR, check 
 	if err := c.st.Issue(ctx, req, check); err != nil {
 		return nil, err
 	}
+	// Recorded after the issue's commit: a crash in between leaves the
+	// certificate known by the device row (serial), which revocation
+	// reads too.
+	if err := c.rev.RecordIssued(ctx, req.Issuance.Serial, req.DeviceID, cert.NotAfter, req.Time); err != nil {
+		c.log.Error("record issued certificate", "device", req.DeviceID, "serial", req.Issuance.Serial, "err", err)
+	}
+	if req.TokenID != "" {
+		c.supersede(ctx, req.DeviceID, cert)
+	}
 	return cert, nil
 }
 
@@ -609,6 +644,12 @@ func (c *CA) simpleReenroll(w http.ResponseWriter, r *http.Request, a *attempt) 
 			Msg: "a reenrollment CSR must copy the Subject and SubjectAltName of the certificate being renewed (RFC 7030 §4.2.2): " + err.Error()}
 	}
 	peerSerial := SerialHex(peer.SerialNumber)
+	if revoked, err := c.rev.IsRevoked(r.Context(), peerSerial); err != nil {
+		return nil, err
+	} else if revoked {
+		return nil, &Error{Status: http.StatusForbidden, Code: est.CodeDeviceRevoked,
+			Msg: fmt.Sprintf("certificate %s is revoked", peerSerial), Reason: "reenroll with a revoked certificate"}
+	}
 	keyHash := sha256.Sum256(csr.Request.RawSubjectPublicKeyInfo)
 	check := func(_ *store.Token, dev *store.Device) error {
 		return reenrollDecision(dev, certID, peerSerial, keyHash, now)
