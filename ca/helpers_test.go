@@ -300,4 +300,3 @@ func mustContain(t testing.TB, what, s, sub string) {
 }
 
 func isNotFound(err error) bool { return errors.Is(err, store.ErrNotFound) }
-
