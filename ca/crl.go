@@ -27,6 +27,10 @@ import (
 // subject key id of the issuing CA.
 const CRLPathPrefix = "/crl/"
 
+// CRLCurrentPath names the issuing CA's CRL without knowing its key id
+// (what edgeca mosquitto-sync fetches).
+const CRLCurrentPath = CRLPathPrefix + "current.crl"
+
 var oidExtIssuingDistributionPoint = asn1.ObjectIdentifier{2, 5, 29, 28}
 var oidExtCRLDistributionPoints = asn1.ObjectIdentifier{2, 5, 29, 31}
 
@@ -210,7 +214,7 @@ func (c *CA) serveCRL(w http.ResponseWriter, r *http.Request) {
 	if !allowMethod(w, r, http.MethodGet) {
 		return
 	}
-	if r.URL.Path != c.CRLPath() {
+	if r.URL.Path != c.CRLPath() && r.URL.Path != CRLCurrentPath {
 		writeError(w, refuse(http.StatusNotFound, est.CodeNotFound, "no such CRL: this CA's is "+c.CRLPath()))
 		return
 	}
