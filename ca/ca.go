@@ -207,6 +207,9 @@ func Open(ctx context.Context, dir string, opts Options) (*CA, error) {
 		return nil, fmt.Errorf("open CA %s: the store %T keeps no revocations", dir, st)
 	}
 	auth := &authority{root: root, intermediate: inter, signer: key}
+	if opts.CRLBaseURL == "" {
+		opts.CRLBaseURL = storedCRLBase(dir)
+	}
 	if opts.CRLBaseURL != "" {
 		auth.crlURL = strings.TrimRight(opts.CRLBaseURL, "/") + CRLPathPrefix + crlName(inter) + ".crl"
 	}

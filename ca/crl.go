@@ -12,6 +12,8 @@ import (
 	"fmt"
 	"math/big"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -26,6 +28,21 @@ import (
 // the EST port: CRLPathPrefix + <issuer>.crl (DER), <issuer> being the hex
 // subject key id of the issuing CA.
 const CRLPathPrefix = "/crl/"
+
+// CRLBaseFile is where `edgeca serve` records its CRL base URL, so that
+// the edgeca commands (enforcer create, crl) issue and sign with the same
+// distribution point: a CRL whose Issuing Distribution Point names one
+// does not cover a certificate that names none, for OpenSSL.
+const CRLBaseFile = "crl-base.url"
+
+// storedCRLBase reads CRLBaseFile, "" when there is none.
+func storedCRLBase(dir string) string {
+	b, err := os.ReadFile(filepath.Join(dir, CRLBaseFile))
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}
 
 // CRLCurrentPath names the issuing CA's CRL without knowing its key id
 // (what edgeca mosquitto-sync fetches).

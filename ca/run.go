@@ -79,6 +79,9 @@ func Run(ctx context.Context, cfg ServeConfig) error {
 		_, port, _ := net.SplitHostPort(addr)
 		crlBase = defaultCRLBase(hosts, port)
 	}
+	if err := atomicfile.Write(filepath.Join(cfg.Dir, CRLBaseFile), []byte(crlBase+"\n"), 0o644); err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
 	c, err := Open(ctx, cfg.Dir, Options{CRLBaseURL: crlBase, CertTTL: cfg.CertTTL, RenewGrace: cfg.RenewGrace, AuditMaxRows: cfg.AuditMaxRows, AuditRefusalsPerMinute: cfg.AuditRefusalsPerMinute,
 		MaxConnsPerPeer: cfg.MaxConnsPerPeer, MaxConns: cfg.MaxConns, Hostnames: hosts, Logger: log, PostQuantumTLS: cfg.PostQuantumTLS})
 	if err != nil {

@@ -26,6 +26,8 @@ func cmdMosquittoSync(ctx context.Context, args []string, stderr io.Writer) erro
 	pid := fs.Int("pid", 0, "mosquitto's pid, instead of --pid-file")
 	broker := fs.String("broker", "", "mosquitto's TLS listener HOST:PORT, to disconnect revoked devices' open sessions (empty: CRL only)")
 	brokerCA := fs.String("broker-ca", "", "PEM that authenticates mosquitto's server certificate (default --ca-bundle)")
+	var extra stringList
+	fs.Var(&extra, "extra-crl", "PEM CRL file of another CA in mosquitto's cafile, appended to edgeca's (repeatable): OpenSSL refuses clients whose issuer has no CRL")
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
@@ -76,6 +78,7 @@ func cmdMosquittoSync(ctx context.Context, args []string, stderr io.Writer) erro
 		CAURL:     *caURL,
 		TLS:       &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
 		CRLFile:   *crlFile,
+		ExtraCRLs: extra,
 		Pid:       getPid,
 		Broker:    *broker,
 		BrokerTLS: &tls.Config{RootCAs: bRoots, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
@@ -90,3 +93,9 @@ func cmdMosquittoSync(ctx context.Context, args []string, stderr io.Writer) erro
 	}
 	return nil
 }
+
+// stringList is a repeatable string flag.
+type stringList []string
+
+func (l *stringList) String() string     { return strings.Join(*l, ",") }
+func (l *stringList) Set(s string) error { *l = append(*l, s); return nil }

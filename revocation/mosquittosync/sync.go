@@ -26,6 +26,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"syscall"
@@ -46,6 +47,10 @@ type Options struct {
 	TLS   *tls.Config // trusts edgeca's root, presents the enforcer certificate
 	// CRLFile is mosquitto's crlfile.
 	CRLFile string
+	// ExtraCRLs are PEM files of the CRLs of the other CAs mosquitto's
+	// cafile holds, appended to edgeca's: with a crlfile, OpenSSL
+	// refuses a client whose issuer has no CRL in it. Read at every write.
+	ExtraCRLs []string
 	// Pid returns mosquitto's process id (from its pid_file).
 	Pid func() (int, error)
 	// Broker is mosquitto's TLS listener, host:port; BrokerTLS the
@@ -184,7 +189,15 @@ func (s *Syncer) UpdateCRL(ctx context.Context) error {
 	if n := crl.Number.String(); n == s.number {
 		return nil
 	}
-	if err := atomicfile.Write(s.o.CRLFile, pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der}), 0o644); err != nil {
+	out := pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der})
+	for _, f := range s.o.ExtraCRLs {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return fmt.Errorf("extra CRL: %w", err)
+		}
+		out = append(append(out, '\n'), b...)
+	}
+	if err := atomicfile.Write(s.o.CRLFile, out, 0o644); err != nil {
 		return fmt.Errorf("write crlfile: %w", err)
 	}
 	pid, err := s.o.Pid()
