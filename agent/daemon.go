@@ -110,6 +110,9 @@ type renewalState struct {
 	// Expired, when set, says the certificate expired and what the
 	// expired policy is doing about it.
 	Expired string
+	// Revoked, when set, says the CA revoked the device: terminal until
+	// a new enrollment (see renewLoop).
+	Revoked string
 }
 
 // Run starts the agent and blocks until ctx ends or a component fails.
@@ -613,6 +616,23 @@ func (d *Daemon) renewLoop(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
+		if enroll.IsDeviceRevoked(err) {
+			// Terminal: no retry can succeed; only a new enrollment
+			// (edgeagent enroll --force with a new token, then a restart)
+			// recovers the device.
+			d.mu.Lock()
+			d.renewal.Revoked = "the CA revoked this device: renewal stopped; enroll it again with a new token (edgeagent enroll --force --token ...)"
+			d.mu.Unlock()
+			d.log.Error("the CA revoked this device: renewal stopped until it is enrolled again", "device_id", id.DeviceID, "err", err)
+			for {
+				select {
+				case <-ctx.Done():
+					return nil
+				case reply := <-d.renewNow:
+					reply <- err
+				}
+			}
+		}
 		now := d.clock.Now()
 		if lifecycle.PhaseAt(now, next, leaf.NotAfter) == lifecycle.Expired {
 			rs = d.renewSettings()
@@ -716,6 +736,8 @@ func (d *Daemon) renewOnce(ctx context.Context, id *Identity) error {
 	switch {
 	case enroll.IsNotExtended(err):
 		res, msg = "not_extended", err.Error()
+	case enroll.IsDeviceRevoked(err):
+		res, msg = "revoked", err.Error()
 	case err != nil:
 		res, msg = "error", err.Error()
 	}

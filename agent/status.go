@@ -29,6 +29,8 @@ type Status struct {
 	// policy (ExpiredPolicy) is doing about it.
 	Expired       string `json:"expired,omitempty"`
 	ExpiredPolicy string `json:"expired_policy"`
+	// Revoked, when set, says the CA revoked the device (Phase revoked).
+	Revoked string `json:"revoked,omitempty"`
 	// ClockSkew is the correction applied to the system clock (0s when it
 	// is trusted as is); ClockSkewSeconds the same in seconds.
 	ClockSkew        string  `json:"clock_skew"`
@@ -91,12 +93,16 @@ func (d *Daemon) Status() Status {
 		LastRenew:        RenewStatus{At: r.LastAt, Result: r.LastResult, Error: r.LastError, Counts: counts},
 		Phase:            phaseOf(d.clock.Now(), r.Due, id.NotAfter()),
 		Expired:          r.Expired,
+		Revoked:          r.Revoked,
 		ExpiredPolicy:    d.renewSettings().ExpiredPolicy,
 		ClockSkew:        d.clock.Offset().Round(time.Millisecond).String(),
 		ClockSkewSeconds: d.clock.Offset().Seconds(),
 		Clock:            d.clockStatus(id),
 		Uplinks:          map[string]UplinkStatus{},
 		CommandsDropped:  d.hub.Dropped(),
+	}
+	if r.Revoked != "" {
+		st.Phase = "revoked"
 	}
 	if m, ok := d.clock.Measured(); ok {
 		st.ClockMeasured = m.Round(time.Millisecond).String()
@@ -168,7 +174,7 @@ func (d *Daemon) metricFamilies() []metrics.Family {
 		skew = d.clock.Offset()
 	}
 	renewals := metrics.Family{Name: "edgeagent_renewals_total", Help: "Certificate renewals by result.", Type: metrics.Counter}
-	for _, res := range []string{"ok", "error", "rebootstrap", "not_extended"} {
+	for _, res := range []string{"ok", "error", "rebootstrap", "not_extended", "revoked"} {
 		renewals.Samples = append(renewals.Samples, metrics.Sample{Labels: map[string]string{"result": res}, Value: float64(st.LastRenew.Counts[res])})
 	}
 	fams := []metrics.Family{
@@ -183,6 +189,8 @@ func (d *Daemon) metricFamilies() []metrics.Family {
 			Samples: []metrics.Sample{{Value: st.ClockSkewSeconds}}},
 		{Name: "edgeagent_cert_expired", Help: "1 when the device certificate has expired (see the expired policy).", Type: metrics.Gauge,
 			Samples: []metrics.Sample{{Value: b2f(!now.Before(st.NotAfter))}}},
+		{Name: "edgeagent_device_revoked", Help: "1 when the CA has revoked this device (terminal until it is enrolled again).", Type: metrics.Gauge,
+			Samples: []metrics.Sample{{Value: b2f(st.Revoked != "")}}},
 	}
 	names := make([]string, 0, len(st.Uplinks))
 	for n := range st.Uplinks {

@@ -67,7 +67,7 @@ func TestBadInput(t *testing.T) {
 		t.Fatal(err)
 	}
 	revokedDevCert, revokedDevKey := s.enrolled(t, "gone-1")
-	if _, err := s.ca.RevokeDevice(ctx, "gone-1"); err != nil {
+	if err := s.ca.RevokeDevice(ctx, "gone-1"); err != nil {
 		t.Fatal(err)
 	}
 	devCert, devKey := s.enrolled(t, "dev-2")

@@ -267,7 +267,13 @@ type Revocation struct {
 // RevokeDevice revokes a device (any spelling of its id): it can no longer
 // renew nor enroll again with a token, and every certificate it holds is
 // on the CRL.
-func (c *CA) RevokeDevice(ctx context.Context, id string) (Revocation, error) {
+func (c *CA) RevokeDevice(ctx context.Context, id string) error {
+	_, err := c.Revoke(ctx, id)
+	return err
+}
+
+// Revoke is RevokeDevice, saying which certificates went on the CRL.
+func (c *CA) Revoke(ctx context.Context, id string) (Revocation, error) {
 	if err := deviceid.Validate(id); err != nil {
 		return Revocation{}, err
 	}

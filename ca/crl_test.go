@@ -60,7 +60,7 @@ func TestCRLReadByGoAndOpenSSL(t *testing.T) {
 	ctx := context.Background()
 	bad, _ := s.enrolled(t, "dev-bad")
 	good, _ := s.enrolled(t, "dev-good")
-	if _, err := s.ca.RevokeDevice(ctx, "dev-bad"); err != nil {
+	if err := s.ca.RevokeDevice(ctx, "dev-bad"); err != nil {
 		t.Fatal(err)
 	}
 	crl := fetchCRL(t, bad.Leaf)
@@ -126,7 +126,7 @@ func TestRevocationLifecycle(t *testing.T) {
 	old, _ := s.enrolled(t, "dev-1")
 
 	// Revoke by device: no renewal, on the CRL.
-	if _, err := s.ca.RevokeDevice(ctx, "DEV-1"); err != nil {
+	if err := s.ca.RevokeDevice(ctx, "DEV-1"); err != nil {
 		t.Fatal(err)
 	}
 	if r := s.client(old).reenroll(t, csrFor(t, newKey(t), "dev-1", DeviceURIPrefix+"dev-1")); r.status != http.StatusForbidden || errCode(r.body) != est.CodeDeviceRevoked {
@@ -175,7 +175,7 @@ func TestRevocationLifecycle(t *testing.T) {
 	}
 
 	// Delete: every certificate revoked, the id enrolls again with a new token.
-	if _, err := s.ca.RevokeDevice(ctx, "dev-1"); err != nil {
+	if err := s.ca.RevokeDevice(ctx, "dev-1"); err != nil {
 		t.Fatal(err)
 	}
 	tok := s.token(t, TokenOptions{Device: "dev-1"})
@@ -226,7 +226,7 @@ func TestRevocationFeed(t *testing.T) {
 		p, _ := revocation.DecodePage(strings.NewReader(r.body))
 		got <- p
 	}()
-	if _, err := s.ca.RevokeDevice(ctx, "dev-f"); err != nil {
+	if err := s.ca.RevokeDevice(ctx, "dev-f"); err != nil {
 		t.Fatal(err)
 	}
 	p = <-got

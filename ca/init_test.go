@@ -245,7 +245,7 @@ func TestCreateTokenOptions(t *testing.T) {
 	if err := c.RevokeToken(ctx, "tnope"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("revoke unknown token: %v", err)
 	}
-	if _, err := c.RevokeDevice(ctx, "nope"); !errors.Is(err, store.ErrNotFound) {
+	if err := c.RevokeDevice(ctx, "nope"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("revoke unknown device: %v", err)
 	}
 }

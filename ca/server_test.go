@@ -308,7 +308,7 @@ func TestDeviceIDCase(t *testing.T) {
 	if err != nil || len(devs) != 1 || devs[0].Enrollments != 3 {
 		t.Fatalf("devices %+v %v", devs, err)
 	}
-	if _, err := s.ca.RevokeDevice(ctx, "DeVa"); err != nil {
+	if err := s.ca.RevokeDevice(ctx, "DeVa"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.ca.Device(ctx, "-x"); err == nil || !strings.Contains(err.Error(), "start with") {

@@ -496,7 +496,7 @@ func cmdDeviceRevoke(ctx context.Context, args []string, stderr io.Writer) error
 		return err
 	}
 	defer c.Close()
-	rv, err := c.RevokeDevice(ctx, pos[0])
+	rv, err := c.Revoke(ctx, pos[0])
 	if err != nil {
 		return err
 	}
