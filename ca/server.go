@@ -492,7 +492,9 @@ func (c *CA) simpleEnroll(w http.ResponseWriter, r *http.Request, a *attempt) (*
 	}
 	c.tokenGuesses.reset(user)
 	keyHash := sha256.Sum256(csr.Request.RawSubjectPublicKeyInfo)
+	var reenrolled bool // the device was enrolled before: supersede its certificates
 	check := func(tok *store.Token, dev *store.Device) error {
+		reenrolled = dev != nil
 		if rp := enrollReplay(tok, dev, secretHash, keyHash, now); rp != nil {
 			return rp
 		}
@@ -521,7 +523,11 @@ func (c *CA) simpleEnroll(w http.ResponseWriter, r *http.Request, a *attempt) (*
 		Audit: store.AuditRecord{Time: now, Op: a.op, Peer: a.peer, TokenID: a.tokenID, DeviceID: csr.DeviceID,
 			Result: store.ResultOK, Reason: "enrolled with token"},
 	}
-	return c.issue(r.Context(), req, csr, check, a.expected)
+	cert, err := c.issue(r.Context(), req, csr, check, a.expected)
+	if err == nil && reenrolled {
+		c.supersede(r.Context(), req.DeviceID, cert)
+	}
+	return cert, err
 }
 
 // issue signs the certificate and records it with Store.Issue, which runs
@@ -547,9 +553,6 @@ func (c *CA) issue(ctx context.Context, req store.IssueRequest, csr *CSR, check 
 	// reads too.
 	if err := c.rev.RecordIssued(ctx, req.Issuance.Serial, req.DeviceID, cert.NotAfter, req.Time); err != nil {
 		c.log.Error("record issued certificate", "device", req.DeviceID, "serial", req.Issuance.Serial, "err", err)
-	}
-	if req.TokenID != "" {
-		c.supersede(ctx, req.DeviceID, cert)
 	}
 	return cert, nil
 }
