@@ -239,3 +239,21 @@ func execOut(name string, args ...string) (string, error) {
 	out, err := exec.Command(name, args...).CombinedOutput()
 	return string(out), err
 }
+
+// TestFeedLongPollOutlivesReadTimeout: a long poll held past the server's
+// read timeout (headers and body, 20 s) still answers, empty, at its wait.
+func TestFeedLongPollOutlivesReadTimeout(t *testing.T) {
+	if testing.Short() {
+		t.Skip("takes 25 s; -short skips it")
+	}
+	s := newTestServer(t, Options{})
+	e, err := s.ca.CreateEnforcer(context.Background(), "slow")
+	if err != nil {
+		t.Fatal(err)
+	}
+	enf := tlsCert([]*x509.Certificate{e.Cert}, e.Key)
+	r := s.client(enf).do(t, "GET", revocation.FeedPath+"?since=0&wait=25", "", nil, "", "")
+	if p, err := revocation.DecodePage(strings.NewReader(r.body)); r.status != 200 || err != nil || len(p.Events) != 0 {
+		t.Fatalf("long poll of 25 s: %d %v %q", r.status, err, r.body)
+	}
+}

@@ -134,6 +134,12 @@ func (c *CA) serveFeed(w http.ResponseWriter, r *http.Request) {
 		}
 		wait = min(time.Duration(n)*time.Second, revocation.MaxWait)
 	}
+	// The server's read deadline (a request's headers and body) would
+	// cancel a long poll's context when it passes: net/http's background
+	// read fails with it. Move it, and the write deadline, past the wait.
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Now().Add(wait + headerTimeout))
+	_ = rc.SetWriteDeadline(time.Now().Add(wait + headerTimeout))
 	c.crl.mu.Lock()
 	if c.crl.waiters >= maxFeedWaiters {
 		c.crl.mu.Unlock()
