@@ -257,3 +257,29 @@ func TestFeedLongPollOutlivesReadTimeout(t *testing.T) {
 		t.Fatalf("long poll of 25 s: %d %v %q", r.status, err, r.body)
 	}
 }
+
+// TestPlainHTTPServesOnlyTheCRL: on the EST port, plain HTTP gets the CRL
+// and a 404 for anything else; EST itself stays TLS only.
+func TestPlainHTTPServesOnlyTheCRL(t *testing.T) {
+	s := newTestServer(t, Options{})
+	base := "http://" + strings.TrimPrefix(s.url, "https://")
+	for _, tc := range []struct {
+		path string
+		want int
+	}{
+		{s.ca.CRLPath(), http.StatusOK},
+		{CRLCurrentPath, http.StatusOK},
+		{"/crl/other.crl", http.StatusNotFound},
+		{est.PathPrefix + est.OpCACerts, http.StatusNotFound},
+		{revocation.FeedPath, http.StatusNotFound},
+	} {
+		resp, err := http.Get(base + tc.path)
+		if err != nil {
+			t.Fatalf("GET %s: %v", tc.path, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.want {
+			t.Errorf("plain GET %s: %d, want %d", tc.path, resp.StatusCode, tc.want)
+		}
+	}
+}

@@ -27,6 +27,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -71,6 +72,7 @@ type Syncer struct {
 	next   time.Time
 	// Kicked counts sessions taken over (for tests and logs).
 	kicked int
+	wg     sync.WaitGroup // the delayed second kicks
 }
 
 // New checks the options.
@@ -118,6 +120,7 @@ func (s *Syncer) Run(ctx context.Context) error {
 	err = f.Run(ctx)
 	cancel()
 	<-done
+	s.wg.Wait()
 	return err
 }
 
@@ -152,14 +155,36 @@ func (s *Syncer) onRevoke(ctx context.Context, evs []revocation.Event) {
 	if s.o.Broker == "" {
 		return
 	}
-	seen := map[string]bool{}
+	var ids []string
 	for _, e := range evs {
-		if e.Device == "" || strings.Contains(e.Device, ":") || seen[e.Device] {
+		if e.Device == "" || strings.Contains(e.Device, ":") || slices.Contains(ids, e.Device) {
 			continue // enforcer certificates have no device session
 		}
-		seen[e.Device] = true
-		if err := s.Kick(ctx, e.Device); err != nil {
-			s.o.Logger.Error("mosquitto sync: disconnect", "device", e.Device, "err", err)
+		ids = append(ids, e.Device)
+	}
+	s.kickAll(ctx, ids)
+	// Once more a little later: a device that reconnected in the moment
+	// between the SIGHUP and mosquitto's reload got in with the old CRL.
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		t := time.NewTimer(secondKick)
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+			s.kickAll(ctx, ids)
+		}
+	}()
+}
+
+// secondKick is when sessions of revoked devices are taken over again.
+const secondKick = 3 * time.Second
+
+func (s *Syncer) kickAll(ctx context.Context, ids []string) {
+	for _, id := range ids {
+		if err := s.Kick(ctx, id); err != nil && ctx.Err() == nil {
+			s.o.Logger.Error("mosquitto sync: disconnect", "device", id, "err", err)
 		}
 	}
 }
