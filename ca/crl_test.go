@@ -233,6 +233,13 @@ func TestRevocationFeed(t *testing.T) {
 	if len(p.Events) != 1 || p.Events[0].Serial != SerialHex(dev.Leaf.SerialNumber) || p.Events[0].Device != "dev-f" || p.Cursor != p.Events[0].Seq {
 		t.Fatalf("long poll answered %+v", p)
 	}
+	// A revoked enforcer certificate no longer follows the feed.
+	if _, err := s.ca.RevokeSerial(ctx, SerialHex(e.Cert.SerialNumber), store.ReasonKeyCompromise); err != nil {
+		t.Fatal(err)
+	}
+	if r := s.client(enf).do(t, "GET", revocation.FeedPath, "", nil, "", ""); r.status != http.StatusForbidden {
+		t.Fatalf("feed with a revoked enforcer certificate: %d %s", r.status, r.body)
+	}
 }
 
 func execOut(name string, args ...string) (string, error) {
