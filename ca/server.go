@@ -548,12 +548,6 @@ func (c *CA) issue(ctx context.Context, req store.IssueRequest, csr *CSR, check 
 	if err := c.st.Issue(ctx, req, check); err != nil {
 		return nil, err
 	}
-	// Recorded after the issue's commit: a crash in between leaves the
-	// certificate known by the device row (serial), which revocation
-	// reads too.
-	if err := c.rev.RecordIssued(ctx, req.Issuance.Serial, req.DeviceID, cert.NotAfter, req.Time); err != nil {
-		c.log.Error("record issued certificate", "device", req.DeviceID, "serial", req.Issuance.Serial, "err", err)
-	}
 	return cert, nil
 }
 

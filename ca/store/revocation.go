@@ -113,15 +113,26 @@ func (s *SQLite) migrateRevocation(ctx context.Context) error {
 	return nil
 }
 
-// RecordIssued implements RevocationStore.
+// RecordIssued implements RevocationStore. Issue records its certificate
+// itself; this is for certificates issued outside it (enforcers).
 func (s *SQLite) RecordIssued(ctx context.Context, serial, deviceID string, notAfter, at time.Time) error {
 	if _, err := s.w.ExecContext(ctx, `INSERT OR IGNORE INTO issued_certs (serial, device_id, not_after, issued_at) VALUES (?, ?, ?, ?)`,
 		serial, deviceID, unixNano(notAfter), unixNano(at)); err != nil {
 		return fmt.Errorf("record issued certificate %s: %w", serial, err)
 	}
-	// No fsync of its own: the next durable commit (every enrollment
-	// makes one) takes it along, and until then the device row names the
-	// certificate, which revocation reads too.
+	return s.syncWAL()
+}
+
+// recordIssuedTx records an enrollment's certificate in Issue's
+// transaction, so that revoking the device reaches it.
+func recordIssuedTx(ctx context.Context, tx *sql.Tx, req IssueRequest) error {
+	if req.Issuance.Serial == "" {
+		return nil
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO issued_certs (serial, device_id, not_after, issued_at) VALUES (?, ?, ?, ?)`,
+		req.Issuance.Serial, req.DeviceID, unixNano(req.Issuance.NotAfter), unixNano(req.Time)); err != nil {
+		return fmt.Errorf("issue: record issued certificate %s: %w", req.Issuance.Serial, err)
+	}
 	return nil
 }
 

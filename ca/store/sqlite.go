@@ -682,6 +682,9 @@ func (s *SQLite) runGroup(group []*issueJob) {
 	for i, j := range group {
 		var dbErr error
 		errs[i], dbErr = issueOne(ctx, stmts, j)
+		if dbErr == nil && errs[i] == nil {
+			dbErr = recordIssuedTx(ctx, tx, j.req) // revocation.go
+		}
 		if dbErr != nil {
 			_ = tx.Rollback()
 			fail(dbErr)
