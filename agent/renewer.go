@@ -115,6 +115,9 @@ type renewalState struct {
 	// Expired, when set, says the certificate expired and what the
 	// expired policy is doing about it.
 	Expired string
+	// Revoked, when set, says the CA revoked the device: terminal until
+	// a new enrollment.
+	Revoked string
 }
 
 // renewCall is one renewal on demand and its result.
@@ -252,6 +255,7 @@ type outcome int
 const (
 	renewedOK      outcome = iota
 	notExtended            // renewed, but the CA did not move NotAfter forward: wait the longest backoff
+	revokedOutcome         // the CA revoked the device: terminal, no retry can succeed
 	failedInTime           // failed, the certificate still valid: retry with backoff
 	failedExpired          // failed, and the certificate has expired: the expired policy
 	stoppedOutcome         // ctx ended
@@ -264,6 +268,8 @@ func classify(err error, ctxErr error, now, notAfter time.Time) outcome {
 		return renewedOK
 	case enroll.IsNotExtended(err):
 		return notExtended
+	case enroll.IsDeviceRevoked(err):
+		return revokedOutcome
 	case ctxErr != nil:
 		return stoppedOutcome
 	case !now.Before(notAfter):
@@ -343,6 +349,8 @@ func (r *renewer) Run(ctx context.Context) error {
 			continue
 		case stoppedOutcome:
 			return nil
+		case revokedOutcome:
+			return r.revoked(ctx, id, err)
 		case failedExpired:
 			if r.onExpired(ctx, id, p, err) {
 				attempt, retryAt = 0, time.Time{}
@@ -369,6 +377,8 @@ func (r *renewer) attempt(ctx context.Context, id *Identity, p RenewPolicy) erro
 	switch {
 	case enroll.IsNotExtended(err):
 		res, msg = "not_extended", err.Error()
+	case enroll.IsDeviceRevoked(err):
+		res, msg = "revoked", err.Error()
 	case err != nil:
 		res, msg = "error", err.Error()
 	}
@@ -378,6 +388,26 @@ func (r *renewer) attempt(ctx context.Context, id *Identity, p RenewPolicy) erro
 	r.state.Renewals[res]++
 	r.mu.Unlock()
 	return err
+}
+
+// revoked is the terminal state after the CA revoked the device: no retry
+// can succeed, so the renewer stops asking the CA and answers every
+// renewal on demand with err until ctx ends. Only a new enrollment
+// (edgeagent enroll --force with a new token, then a restart) recovers.
+func (r *renewer) revoked(ctx context.Context, id *Identity, err error) error {
+	r.mu.Lock()
+	r.state.Revoked = "the CA revoked this device: renewal stopped; enroll it again with a new token (edgeagent enroll --force --token-file ...)"
+	r.mu.Unlock()
+	r.log.Error("the CA revoked this device: renewal stopped until it is enrolled again", "device_id", id.DeviceID, "err", err)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case c := <-r.demand:
+			r.finish(c, err)
+		case <-r.reschedule:
+		}
+	}
 }
 
 // onExpired follows the expired policy after a renewal failed on an

@@ -30,6 +30,8 @@ type Status struct {
 	// policy (ExpiredPolicy) is doing about it.
 	Expired       string `json:"expired,omitempty"`
 	ExpiredPolicy string `json:"expired_policy"`
+	// Revoked, when set, says the CA revoked the device (Phase revoked).
+	Revoked string `json:"revoked,omitempty"`
 	// ClockSkew is the correction applied to the system clock (0s when it
 	// is trusted as is); ClockSkewSeconds the same in seconds.
 	ClockSkew        string  `json:"clock_skew"`
@@ -90,12 +92,16 @@ func (d *Daemon) Status() Status {
 		LastRenew:        RenewStatus{At: r.LastAt, Result: r.LastResult, Error: r.LastError, Counts: counts},
 		Phase:            phaseOf(d.clock.Now(), r.Due, id.NotAfter()),
 		Expired:          r.Expired,
+		Revoked:          r.Revoked,
 		ExpiredPolicy:    d.renewSettings().ExpiredPolicy,
 		ClockSkew:        d.clock.Offset().Round(time.Millisecond).String(),
 		ClockSkewSeconds: d.clock.Offset().Seconds(),
 		Clock:            d.clockStatus(id),
 		Uplinks:          map[string]UplinkStatus{},
 		CommandsDropped:  d.hub.Dropped(),
+	}
+	if r.Revoked != "" {
+		st.Phase = "revoked"
 	}
 	if m, ok := d.clock.Measured(); ok {
 		st.ClockMeasured = m.Round(time.Millisecond).String()
@@ -139,7 +145,7 @@ func (d *Daemon) metricFamilies(st Status) []metrics.Family {
 		skew = d.clock.Offset()
 	}
 	renewals := metrics.Family{Name: "edgeagent_renewals_total", Help: "Certificate renewals by result.", Type: metrics.Counter}
-	for _, res := range []string{"ok", "error", "rebootstrap", "not_extended"} {
+	for _, res := range []string{"ok", "error", "rebootstrap", "not_extended", "revoked"} {
 		renewals.Samples = append(renewals.Samples, metrics.Sample{Labels: map[string]string{"result": res}, Value: float64(st.LastRenew.Counts[res])})
 	}
 	fams := []metrics.Family{
@@ -160,6 +166,8 @@ func (d *Daemon) metricFamilies(st Status) []metrics.Family {
 			Samples: []metrics.Sample{{Value: b2f(st.Healthy)}}},
 		{Name: "edgeagent_build_info", Help: "The agent's version; always 1.", Type: metrics.Gauge,
 			Samples: []metrics.Sample{{Labels: map[string]string{"version": version.Version, "commit": version.Commit, "goversion": runtime.Version()}, Value: 1}}},
+		{Name: "edgeagent_device_revoked", Help: "1 when the CA has revoked this device (terminal until it is enrolled again).", Type: metrics.Gauge,
+			Samples: []metrics.Sample{{Value: b2f(st.Revoked != "")}}},
 	}
 	names := make([]string, 0, len(st.Uplinks))
 	for n := range st.Uplinks {

@@ -73,6 +73,10 @@ type Options struct {
 	// exchange (X25519MLKEM768 and the other hybrids Go supports) with
 	// every client that offers one. Off by default; see keyExchanges.
 	PostQuantumTLS bool
+	// CRLBaseURL (http://host:port) is where relying parties fetch the
+	// CRL: every leaf names CRLBaseURL + CRLPath() as its CRL
+	// distribution point. "" issues leaves without one.
+	CRLBaseURL string
 }
 
 // DefaultHostnames is localhost, 127.0.0.1, ::1 and the machine's host name.
@@ -111,6 +115,9 @@ type CA struct {
 	inFlight                  atomic.Int64
 	// Token guessing: failures slow down the peer and the token id.
 	peerGuesses, tokenGuesses *guessLimiter
+
+	rev store.RevocationStore // the revocation half of st
+	crl *crlState
 
 	tlsMu       sync.Mutex
 	tlsCert     *tls.Certificate // leaf and intermediate
@@ -194,11 +201,25 @@ func Open(ctx context.Context, dir string, opts Options) (*CA, error) {
 		}
 		st = s
 	}
+	rev, ok := st.(store.RevocationStore)
+	if !ok {
+		st.Close()
+		return nil, fmt.Errorf("open CA %s: the store %T keeps no revocations", dir, st)
+	}
+	auth := &authority{root: root, intermediate: inter, signer: key}
+	if opts.CRLBaseURL == "" {
+		opts.CRLBaseURL = storedCRLBase(dir)
+	}
+	if opts.CRLBaseURL != "" {
+		auth.crlURL = strings.TrimRight(opts.CRLBaseURL, "/") + CRLPathPrefix + crlName(inter) + ".crl"
+	}
 	pool := x509.NewCertPool()
 	pool.AddCert(inter)
 	return &CA{
+		rev:         rev,
+		crl:         newCRLState(),
 		dir:         dir,
-		auth:        &authority{root: root, intermediate: inter, signer: key},
+		auth:        auth,
 		st:          st,
 		ttl:         opts.CertTTL,
 		hosts:       opts.Hostnames,
@@ -413,15 +434,6 @@ func (c *CA) Device(ctx context.Context, id string) (store.Device, error) {
 		return store.Device{}, err
 	}
 	return c.st.Device(ctx, deviceid.Canonical(id))
-}
-
-// RevokeDevice revokes a device (any spelling of its id): it can no longer
-// renew, nor enroll again with a token.
-func (c *CA) RevokeDevice(ctx context.Context, id string) error {
-	if err := deviceid.Validate(id); err != nil {
-		return err
-	}
-	return c.st.RevokeDevice(ctx, deviceid.Canonical(id), c.now())
 }
 
 // DefaultAuditMaxRows is the default maximum of audit records: about

@@ -64,12 +64,16 @@ func serveDir(t testing.TB, dir string, opts Options) *testServer {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	c, err := Open(ctx, dir, opts)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if opts.CRLBaseURL == "" {
+		opts.CRLBaseURL = "http://" + ln.Addr().String()
+	}
+	c, err := Open(ctx, dir, opts)
 	if err != nil {
+		ln.Close()
 		t.Fatal(err)
 	}
 	sctx, cancel := context.WithCancel(ctx)

@@ -110,6 +110,7 @@ type authority struct {
 	root         *x509.Certificate
 	intermediate *x509.Certificate
 	signer       crypto.Signer
+	crlURL       string // CRL distribution point of the leaves, "" for none
 }
 
 func randomSerial() (*big.Int, error) {
@@ -160,6 +161,9 @@ func (a *authority) issueLeaf(pub crypto.PublicKey, deviceID string, ttl time.Du
 		KeyUsage:              ku,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 		BasicConstraintsValid: true,
+	}
+	if a.crlURL != "" {
+		tmpl.CRLDistributionPoints = []string{a.crlURL}
 	}
 	var der []byte
 	if key, ok := a.fastSigner(); ok {

@@ -29,6 +29,25 @@ type ServeConfig struct {
 	Logger                 *slog.Logger
 	// PostQuantumTLS: see Options.PostQuantumTLS.
 	PostQuantumTLS bool
+	// CRLBaseURL: see Options.CRLBaseURL; when empty, http:// the first
+	// host name that is not a loopback one and the bound port.
+	CRLBaseURL string
+}
+
+// defaultCRLBase picks the CRL distribution point host: relying parties
+// on other machines cannot use localhost.
+func defaultCRLBase(hosts []string, port string) string {
+	host := ""
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); h != "localhost" && (ip == nil || !ip.IsLoopback()) {
+			host = h
+			break
+		}
+	}
+	if host == "" && len(hosts) > 0 {
+		host = hosts[0]
+	}
+	return "http://" + net.JoinHostPort(host, port)
 }
 
 // Run opens the CA, listens, records the bound address (in AddrFile and in
@@ -48,13 +67,6 @@ func Run(ctx context.Context, cfg ServeConfig) error {
 			}
 		}
 	}
-	c, err := Open(ctx, cfg.Dir, Options{CertTTL: cfg.CertTTL, RenewGrace: cfg.RenewGrace, AuditMaxRows: cfg.AuditMaxRows, AuditRefusalsPerMinute: cfg.AuditRefusalsPerMinute,
-		MaxConnsPerPeer: cfg.MaxConnsPerPeer, MaxConns: cfg.MaxConns, Hostnames: hosts, Logger: log, PostQuantumTLS: cfg.PostQuantumTLS})
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-
 	var lc net.ListenConfig
 	ln, err := lc.Listen(ctx, "tcp", cfg.Listen)
 	if err != nil {
@@ -62,6 +74,20 @@ func Run(ctx context.Context, cfg ServeConfig) error {
 	}
 	defer ln.Close()
 	addr := ln.Addr().String()
+	crlBase := cfg.CRLBaseURL
+	if crlBase == "" {
+		_, port, _ := net.SplitHostPort(addr)
+		crlBase = defaultCRLBase(hosts, port)
+	}
+	if err := atomicfile.Write(filepath.Join(cfg.Dir, CRLBaseFile), []byte(crlBase+"\n"), 0o644); err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	c, err := Open(ctx, cfg.Dir, Options{CRLBaseURL: crlBase, CertTTL: cfg.CertTTL, RenewGrace: cfg.RenewGrace, AuditMaxRows: cfg.AuditMaxRows, AuditRefusalsPerMinute: cfg.AuditRefusalsPerMinute,
+		MaxConnsPerPeer: cfg.MaxConnsPerPeer, MaxConns: cfg.MaxConns, Hostnames: hosts, Logger: log, PostQuantumTLS: cfg.PostQuantumTLS})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
 	if err := atomicfile.Write(filepath.Join(cfg.Dir, ServeAddrFile), []byte(addr+"\n"), 0o644); err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
@@ -74,7 +100,7 @@ func Run(ctx context.Context, cfg ServeConfig) error {
 		log.Warn("the root CA key is on this server; serve never reads it: move it offline (see README, Root key offline)", "file", filepath.Join(cfg.Dir, RootKeyFile))
 	}
 	log.Info("edgeca serving EST", "addr", addr, "hostnames", hosts, "cert_ttl", c.CertTTL().String(), "renew_grace", cfg.RenewGrace.String(),
-		"root_pin", c.Pin().String(), "dir", cfg.Dir, "tls_post_quantum", cfg.PostQuantumTLS)
+		"root_pin", c.Pin().String(), "dir", cfg.Dir, "tls_post_quantum", cfg.PostQuantumTLS, "crl_url", c.CRLURL())
 	err = c.Serve(ctx, ln)
 	if rmErr := os.Remove(filepath.Join(cfg.Dir, ServeAddrFile)); rmErr != nil && !errors.Is(rmErr, os.ErrNotExist) {
 		log.Warn("remove address file", "err", rmErr)

@@ -22,6 +22,7 @@ import (
 	"github.com/edgeagent/edgeagent/ca/store"
 	"github.com/edgeagent/edgeagent/deviceid"
 	"github.com/edgeagent/edgeagent/enroll/est"
+	"github.com/edgeagent/edgeagent/revocation"
 )
 
 // TLSConfig returns the server side TLS configuration: the CA-issued server
@@ -118,13 +119,30 @@ func (c *CA) Serve(ctx context.Context, ln net.Listener) error {
 		ErrorLog:          slog.NewLogLogger(c.log.Handler(), slog.LevelDebug),
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
+	// The CRL over plain HTTP shares the port (sniffListener).
+	plain := &http.Server{
+		Handler:           c.PlainHandler(),
+		ReadHeaderTimeout: headerTimeout,
+		ReadTimeout:       headerTimeout,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    8 << 10,
+		ErrorLog:          slog.NewLogLogger(c.log.Handler(), slog.LevelDebug),
+	}
 	errc := make(chan error, 1)
 	limited := newLimitListener(ln, c.maxConnsPerPeer, c.maxConns, c.log)
-	go func() { errc <- srv.Serve(tls.NewListener(limited, cfg)) }()
+	sctxAll, stopSniff := context.WithCancel(context.WithoutCancel(ctx))
+	sniff := newSniffListener(sctxAll, limited)
+	defer func() { stopSniff(); sniff.Close(); sniff.wait() }()
+	plainDone := make(chan struct{})
+	go func() { defer close(plainDone); _ = plain.Serve(sniff.Plain()) }()
+	defer func() { _ = plain.Close(); <-plainDone }()
+	go func() { errc <- srv.Serve(tls.NewListener(sniff.TLS(), cfg)) }()
 	mctx, stopMaintain := context.WithCancel(context.WithoutCancel(ctx))
-	maintained := make(chan struct{})
-	go func() { defer close(maintained); c.maintain(mctx) }()
-	defer func() { stopMaintain(); <-maintained }()
+	maintained := make(chan struct{}, 2)
+	go func() { defer func() { maintained <- struct{}{} }(); c.maintain(mctx) }()
+	go func() { defer func() { maintained <- struct{}{} }(); c.followRevocations(mctx) }()
+	defer func() { stopMaintain(); <-maintained; <-maintained }()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("serve EST: %w", err)
@@ -149,6 +167,14 @@ func (c *CA) Handler() http.Handler {
 
 func (c *CA) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
+	switch {
+	case strings.HasPrefix(r.URL.Path, CRLPathPrefix):
+		c.serveCRL(w, r)
+		return
+	case r.URL.Path == revocation.FeedPath:
+		c.serveFeed(w, r)
+		return
+	}
 	op, ok := estOp(r.URL.Path)
 	if !ok {
 		writeError(w, refuse(http.StatusNotFound, est.CodeNotFound, "no such EST resource: the paths are "+est.PathPrefix+"{cacerts,simpleenroll,simplereenroll,csrattrs}"))
@@ -466,7 +492,9 @@ func (c *CA) simpleEnroll(w http.ResponseWriter, r *http.Request, a *attempt) (*
 	}
 	c.tokenGuesses.reset(user)
 	keyHash := sha256.Sum256(csr.Request.RawSubjectPublicKeyInfo)
+	var reenrolled bool // the device was enrolled before: supersede its certificates
 	check := func(tok *store.Token, dev *store.Device) error {
+		reenrolled = dev != nil
 		if rp := enrollReplay(tok, dev, secretHash, keyHash, now); rp != nil {
 			return rp
 		}
@@ -495,7 +523,11 @@ func (c *CA) simpleEnroll(w http.ResponseWriter, r *http.Request, a *attempt) (*
 		Audit: store.AuditRecord{Time: now, Op: a.op, Peer: a.peer, TokenID: a.tokenID, DeviceID: csr.DeviceID,
 			Result: store.ResultOK, Reason: "enrolled with token"},
 	}
-	return c.issue(r.Context(), req, csr, check, a.expected)
+	cert, err := c.issue(r.Context(), req, csr, check, a.expected)
+	if err == nil && reenrolled {
+		c.supersede(r.Context(), req.DeviceID, cert)
+	}
+	return cert, err
 }
 
 // issue signs the certificate and records it with Store.Issue, which runs
@@ -609,6 +641,12 @@ func (c *CA) simpleReenroll(w http.ResponseWriter, r *http.Request, a *attempt) 
 			Msg: "a reenrollment CSR must copy the Subject and SubjectAltName of the certificate being renewed (RFC 7030 §4.2.2): " + err.Error()}
 	}
 	peerSerial := SerialHex(peer.SerialNumber)
+	if revoked, err := c.rev.IsRevoked(r.Context(), peerSerial); err != nil {
+		return nil, err
+	} else if revoked {
+		return nil, &Error{Status: http.StatusForbidden, Code: est.CodeDeviceRevoked,
+			Msg: fmt.Sprintf("certificate %s is revoked", peerSerial), Reason: "reenroll with a revoked certificate"}
+	}
 	keyHash := sha256.Sum256(csr.Request.RawSubjectPublicKeyInfo)
 	check := func(_ *store.Token, dev *store.Device) error {
 		return reenrollDecision(dev, certID, peerSerial, keyHash, now)

@@ -181,7 +181,7 @@ func leafExtensions(tmpl *x509.Certificate, authorityKeyID []byte) ([]pkix.Exten
 		return nil, fmt.Errorf("leaf template: unexpected extended key usage %v", tmpl.ExtKeyUsage)
 	}
 	ku := keyUsageBits(tmpl.KeyUsage)
-	exts := make([]pkix.Extension, 0, 5)
+	exts := make([]pkix.Extension, 0, 6)
 	exts = append(exts,
 		pkix.Extension{Id: oidExtKeyUsage, Critical: true,
 			Value: est.AppendTLV(nil, 0x03, append([]byte{byte(8*len(ku.Bytes) - ku.BitLength)}, ku.Bytes...))},
@@ -198,6 +198,12 @@ func leafExtensions(tmpl *x509.Certificate, authorityKeyID []byte) ([]pkix.Exten
 		names = est.AppendTLV(names, 0x86, []byte(u.String())) // uniformResourceIdentifier [6] IA5String
 	}
 	exts = append(exts, pkix.Extension{Id: oidExtSubjectAltName, Value: est.AppendTLV(nil, 0x30, names)})
+	if len(tmpl.CRLDistributionPoints) > 1 {
+		return nil, fmt.Errorf("leaf template: more than one CRL distribution point")
+	}
+	for _, u := range tmpl.CRLDistributionPoints {
+		exts = append(exts, cdpExtension(u))
+	}
 	return exts, nil
 }
 

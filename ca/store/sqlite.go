@@ -107,6 +107,10 @@ func Open(ctx context.Context, path string) (*SQLite, error) {
 		s.Close()
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
+	if err := s.migrateRevocation(ctx); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
 	if err := s.prepare(ctx); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("open store %s: %w", path, err)
@@ -678,6 +682,9 @@ func (s *SQLite) runGroup(group []*issueJob) {
 	for i, j := range group {
 		var dbErr error
 		errs[i], dbErr = issueOne(ctx, stmts, j)
+		if dbErr == nil && errs[i] == nil {
+			dbErr = recordIssuedTx(ctx, tx, j.req) // revocation.go
+		}
 		if dbErr != nil {
 			_ = tx.Rollback()
 			fail(dbErr)

@@ -39,7 +39,13 @@ commands:
   token revoke --dir DIR ID
   device list   --dir DIR [--json]
   device show   --dir DIR [--json] ID
-  device revoke --dir DIR ID
+  device revoke --dir DIR ID | --serial HEX
+  device unrevoke --dir DIR ID
+  device delete --dir DIR ID
+  enforcer create --dir DIR [--out .] NAME
+  crl       --dir DIR [--out FILE]
+  mosquitto-sync --ca-url URL --cert F --key F --ca-bundle F --crl-file F
+            (--pid-file F | --pid N) --broker HOST:PORT [--broker-ca F]
   audit     --dir DIR [--json] [--limit 100]
   audit prune --dir DIR [--older-than 2160h] [--keep N]
   version
@@ -116,8 +122,25 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return cmdDeviceShow(ctx, r, stdout)
 		case "revoke":
 			return cmdDeviceRevoke(ctx, r, stderr)
+		case "unrevoke":
+			return cmdDeviceUnrevoke(ctx, r, stderr)
+		case "delete":
+			return cmdDeviceDelete(ctx, r, stderr)
 		}
 		return fmt.Errorf("%w: unknown command device %q", errUsage, s)
+	case "enforcer":
+		s, r, err := sub()
+		if err != nil {
+			return err
+		}
+		if s == "create" {
+			return cmdEnforcerCreate(ctx, r, stderr)
+		}
+		return fmt.Errorf("%w: unknown command enforcer %q", errUsage, s)
+	case "crl":
+		return cmdCRL(ctx, rest, stdout)
+	case "mosquitto-sync":
+		return cmdMosquittoSync(ctx, rest, stderr)
 	case "audit":
 		if len(rest) > 0 && rest[0] == "prune" {
 			return cmdAuditPrune(ctx, rest[1:], stderr)
@@ -222,6 +245,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.IntVar(&cfg.MaxConnsPerPeer, "max-conns-per-peer", ca.DefaultMaxConnsPerPeer, "open connections allowed from one IP address")
 	fs.IntVar(&cfg.MaxConns, "max-conns", ca.DefaultMaxConns, "open connections allowed in total")
 	fs.StringVar(&cfg.AddrFile, "addr-file", "", "write the bound address (host:port) to this file once listening")
+	fs.StringVar(&cfg.CRLBaseURL, "crl-url", "", "http://HOST:PORT relying parties fetch the CRL from (the CRL distribution point in every certificate); default http:// the first --hostname that is not loopback and the listen port")
 	fs.BoolVar(&cfg.PostQuantumTLS, "tls-post-quantum", false, "use a hybrid post-quantum TLS key exchange (X25519MLKEM768) with clients that offer one; off by default because EST traffic holds no secret that outlives its token")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
@@ -455,19 +479,28 @@ func cmdDeviceShow(ctx context.Context, args []string, stdout io.Writer) error {
 
 func cmdDeviceRevoke(ctx context.Context, args []string, stderr io.Writer) error {
 	fs, dir := newFlags("device revoke")
-	pos, err := parse(fs, args, "ID")
+	serial := fs.String("serial", "", "revoke only the certificate with this serial (hex)")
+	want := []string{"ID"}
+	if hasFlag(args, "serial") {
+		want = nil
+	}
+	pos, err := parse(fs, args, want...)
 	if err != nil {
 		return err
+	}
+	if *serial != "" {
+		return cmdRevokeSerial(ctx, *dir, *serial, stderr)
 	}
 	c, err := open(ctx, *dir)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	if err := c.RevokeDevice(ctx, pos[0]); err != nil {
+	rv, err := c.Revoke(ctx, pos[0])
+	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stderr, "device %s revoked: it can no longer renew or enroll\n", pos[0])
+	fmt.Fprintf(stderr, "device %s revoked: it can no longer renew or enroll; %d certificate(s) added to the CRL\n", rv.DeviceID, len(rv.Certs))
 	return nil
 }
 

@@ -256,7 +256,13 @@ func (d *demo) run(ctx, gctx context.Context, cancel context.CancelFunc, g *errg
 	}
 	defer br.Stop()
 	d.done(stepBroker, "mqtts://"+br.Addr())
-	sk := newSink(backendTLS.Clone(), logger("sink", slog.LevelWarn), d.https)
+	// The sink follows edgeca's revocation feed like any HTTPS backend
+	// would: a revoked device is cut off within seconds.
+	guard, err := followRevocations(ctx, gctx, g, c, estURL, logger("sink", slog.LevelWarn))
+	if err != nil {
+		return res, fmt.Errorf("demo: %w", err)
+	}
+	sk := newSink(backendTLS.Clone(), logger("sink", slog.LevelWarn), d.https, guard)
 	if err := sk.Start(); err != nil {
 		return res, fmt.Errorf("demo: %w", err)
 	}

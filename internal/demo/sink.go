@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/edgeagent/edgeagent/ca"
+	"github.com/edgeagent/edgeagent/revocation/httpsguard"
 )
 
 // tally is what one backend received: messages acknowledged, distinct
@@ -74,9 +75,10 @@ func (t *tally) snapshot(addr string) Backend {
 // newline-delimited JSON envelopes, acked with 204 once every line parsed.
 // Like the broker it can be stopped and started on the same address.
 type sink struct {
-	tls  *tls.Config
-	log  *slog.Logger
-	addr string
+	tls   *tls.Config
+	log   *slog.Logger
+	addr  string
+	guard *httpsguard.Guard
 
 	mu    sync.Mutex
 	srv   *http.Server
@@ -90,8 +92,10 @@ const sinkPath = "/ingest"
 // maxBody bounds one decompressed batch.
 const maxBody = 16 << 20
 
-func newSink(tlsCfg *tls.Config, log *slog.Logger, t *tally) *sink {
-	return &sink{tls: tlsCfg, log: log, addr: "127.0.0.1:0", tally: t}
+// newSink makes the sink; guard (nil: none) refuses revoked client
+// certificates and cuts their connections (package httpsguard).
+func newSink(tlsCfg *tls.Config, log *slog.Logger, t *tally, guard *httpsguard.Guard) *sink {
+	return &sink{tls: tlsCfg, log: log, addr: "127.0.0.1:0", tally: t, guard: guard}
 }
 
 // Start listens (a free port the first time, then the same one).
@@ -108,8 +112,15 @@ func (s *sink) Start() error {
 	s.addr = ln.Addr().String()
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST "+sinkPath, s.ingest)
-	srv := &http.Server{Handler: mux, TLSConfig: s.tls, ReadHeaderTimeout: 10 * time.Second,
+	cfg := s.tls
+	if s.guard != nil {
+		cfg = s.guard.TLSConfig(s.tls)
+	}
+	srv := &http.Server{Handler: mux, TLSConfig: cfg, ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)}
+	if s.guard != nil {
+		s.guard.Track(srv)
+	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

@@ -33,7 +33,7 @@ func TestSinkRequiresClientCertificateAndAcksBatches(t *testing.T) {
 	srv := pki.Server(t)
 	tl := newTally()
 	s := newSink(&tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{*srv.TLS},
-		ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pki.Pool()}, slog.New(slog.DiscardHandler), tl)
+		ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pki.Pool()}, slog.New(slog.DiscardHandler), tl, nil)
 	if err := s.Start(); err != nil {
 		t.Fatal(err)
 	}
