@@ -35,6 +35,9 @@ func New(getenv func(string) string) (*Notifier, error) {
 // Enabled reports whether systemd is listening.
 func (n *Notifier) Enabled() bool { return n.addr != nil }
 
+// notifyTimeout bounds one notification.
+const notifyTimeout = time.Second
+
 // Notify sends one state line, e.g. "READY=1" or "STATUS=renewing".
 func (n *Notifier) Notify(state string) error {
 	if n.addr == nil {
@@ -45,6 +48,13 @@ func (n *Notifier) Notify(state string) error {
 		return fmt.Errorf("sdnotify: %w", err)
 	}
 	defer c.Close()
+	// A datagram socket whose reader has stopped (a hung systemd, or a
+	// test that no longer reads) fills after a few messages and then
+	// blocks a write forever: the watchdog, or the agent's shutdown, would
+	// hang with it.
+	if err := c.SetWriteDeadline(time.Now().Add(notifyTimeout)); err != nil {
+		return fmt.Errorf("sdnotify: %w", err)
+	}
 	if _, err := c.Write([]byte(state)); err != nil {
 		return fmt.Errorf("sdnotify: %w", err)
 	}

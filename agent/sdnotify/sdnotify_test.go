@@ -41,6 +41,46 @@ func TestNotifyReachesSocket(t *testing.T) {
 	}
 }
 
+// TestNotifyDoesNotHangOnAStalledReader: a notify socket nobody reads
+// fills up; Notify then fails with an error instead of blocking the
+// watchdog (and the agent's shutdown) forever.
+func TestNotifyDoesNotHangOnAStalledReader(t *testing.T) {
+	name := filepath.Join(t.TempDir(), "notify.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: name, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	n, err := New(func(k string) string {
+		if k == "NOTIFY_SOCKET" {
+			return name
+		}
+		return ""
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		// The queue of a datagram socket holds a few messages (net.unix.max_dgram_qlen).
+		for range 10000 {
+			if err := n.Notify("WATCHDOG=1"); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("10000 notifications to a socket nobody reads all succeeded")
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("Notify blocked on a socket nobody reads")
+	}
+}
+
 func TestWithoutSystemd(t *testing.T) {
 	n, err := New(func(string) string { return "" })
 	if err != nil || n.Enabled() || n.Notify("READY=1") != nil {
