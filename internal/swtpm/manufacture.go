@@ -127,3 +127,14 @@ func TestManufacturer(t testing.TB) *Manufacturer {
 	}
 	return m
 }
+
+// TestManufacturerPrepared is a manufacturer whose CA exists (it made one
+// TPM), for tests that need a second, unrelated manufacturer root.
+func TestManufacturerPrepared(t testing.TB) *Manufacturer {
+	t.Helper()
+	m := TestManufacturer(t)
+	if err := m.Manufacture(t.TempDir()); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
