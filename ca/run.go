@@ -29,6 +29,8 @@ type ServeConfig struct {
 	Logger                 *slog.Logger
 	// PostQuantumTLS: see Options.PostQuantumTLS.
 	PostQuantumTLS bool
+	// Attestation: see Options.Attestation.
+	Attestation *AttestOptions
 }
 
 // Run opens the CA, listens, records the bound address (in AddrFile and in
@@ -49,7 +51,8 @@ func Run(ctx context.Context, cfg ServeConfig) error {
 		}
 	}
 	c, err := Open(ctx, cfg.Dir, Options{CertTTL: cfg.CertTTL, RenewGrace: cfg.RenewGrace, AuditMaxRows: cfg.AuditMaxRows, AuditRefusalsPerMinute: cfg.AuditRefusalsPerMinute,
-		MaxConnsPerPeer: cfg.MaxConnsPerPeer, MaxConns: cfg.MaxConns, Hostnames: hosts, Logger: log, PostQuantumTLS: cfg.PostQuantumTLS})
+		MaxConnsPerPeer: cfg.MaxConnsPerPeer, MaxConns: cfg.MaxConns, Hostnames: hosts, Logger: log, PostQuantumTLS: cfg.PostQuantumTLS,
+		Attestation: cfg.Attestation})
 	if err != nil {
 		return err
 	}
