@@ -202,7 +202,7 @@ func (d *Daemon) loadOrEnroll(ctx context.Context) (*Identity, error) {
 func (d *Daemon) bootstrap(ctx context.Context) (*Identity, error) {
 	ec := d.config().Enroll
 	opts := EnrollOptions{StateDir: d.boot.StateDir, DeviceID: d.boot.DeviceID, Keystore: d.ks, Label: ec.Label,
-		Now: d.clock.Now, Logger: d.log, Force: true, PostQuantumTLS: ec.PostQuantumTLS}
+		Now: d.clock.Now, Logger: d.log, Force: true, PostQuantumTLS: ec.PostQuantumTLS, Attest: ec.Attest == "tpm"}
 	alg, err := keystore.ParseAlgorithm(d.boot.KeyAlgorithm)
 	if err != nil {
 		return nil, err

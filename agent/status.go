@@ -18,11 +18,13 @@ type Status struct {
 	DeviceID     string            `json:"device_id"`
 	Keystore     string            `json:"keystore"`
 	KeystoreInfo map[string]string `json:"keystore_info,omitempty"`
-	Serial       string            `json:"serial"`
-	NotBefore    time.Time         `json:"not_before"`
-	NotAfter     time.Time         `json:"not_after"`
-	NextRenew    time.Time         `json:"next_renewal"`
-	LastRenew    RenewStatus       `json:"last_renewal"`
+	// Attest is the enrollment attestation (enroll.attest), "" for none.
+	Attest    string      `json:"attest,omitempty"`
+	Serial    string      `json:"serial"`
+	NotBefore time.Time   `json:"not_before"`
+	NotAfter  time.Time   `json:"not_after"`
+	NextRenew time.Time   `json:"next_renewal"`
+	LastRenew RenewStatus `json:"last_renewal"`
 	// Phase is valid, renewing (past the renewal time) or expired.
 	Phase string `json:"phase"`
 	// Expired, when the certificate expired, says what the expired
@@ -84,6 +86,7 @@ func (d *Daemon) Status() Status {
 		DeviceID:         id.DeviceID,
 		Keystore:         d.ks.Info().Backend,
 		KeystoreInfo:     d.ks.Info().Details,
+		Attest:           d.config().Enroll.Attest,
 		Serial:           id.Serial(),
 		NotBefore:        id.Leaf().NotBefore,
 		NotAfter:         id.Leaf().NotAfter,

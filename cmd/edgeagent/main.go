@@ -132,16 +132,26 @@ func cmdEnroll(ctx context.Context, args []string, stdout, stderr io.Writer, get
 	passwordFile := fs.String("password-file", "", "read the HTTP Basic password from this file")
 	force := fs.Bool("force", false, "enroll again even if this device has an identity (the key is kept)")
 	ksFlags := keystoreFlags(fs)
+	attest := fs.String("attest", "", "tpm: enroll with TPM attestation (needs --keystore tpm); without a token or credentials a CA with attested recovery enrolls a device whose TPM it knows")
 	timeout := fs.Duration("timeout", 30*time.Second, "timeout of each request to the EST server")
 	if err := parse(fs, args); err != nil {
 		return err
+	}
+	switch *attest {
+	case "":
+	case "tpm":
+		if *ksFlags.backend != "tpm" {
+			return usageError{"--attest tpm needs --keystore tpm"}
+		}
+	default:
+		return usageError{fmt.Sprintf("--attest %q: use tpm", *attest)}
 	}
 	alg, err := keystore.ParseAlgorithm(*keyAlg)
 	if err != nil {
 		return usageError{"--key-alg: " + err.Error()}
 	}
 	opts := agent.EnrollOptions{StateDir: *stateDir, DeviceID: *deviceID, KeyAlg: alg, Force: *force, Timeout: *timeout, Label: *label,
-		CorrectClock: true, BuildTime: version.Built(), Logger: slog.New(slog.NewTextHandler(stderr, nil))}
+		CorrectClock: true, BuildTime: version.Built(), Logger: slog.New(slog.NewTextHandler(stderr, nil)), Attest: *attest == "tpm"}
 
 	tokText := *tokenStr
 	if *tokenFile != "" {
@@ -195,7 +205,7 @@ func cmdEnroll(ctx context.Context, args []string, stdout, stderr io.Writer, get
 			}
 			opts.Password = strings.TrimRight(string(b), "\r\n")
 		}
-		if opts.Username == "" || opts.Password == "" {
+		if (opts.Username == "" || opts.Password == "") && !opts.Attest {
 			return usageError{"--server needs --username and --password (or --password-file)"}
 		}
 	}
