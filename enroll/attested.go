@@ -19,7 +19,7 @@ import (
 type Attester interface {
 	Endorsement() (*tpm.Endorsement, error)
 	AKPublic() ([]byte, error)
-	ActivateCredential(credBlob, encSecret []byte) ([]byte, error)
+	ActivateCredential(ekPublic, credBlob, encSecret []byte) ([]byte, error)
 	Certify(nonce []byte) (*tpm.Certification, error)
 }
 
@@ -51,12 +51,13 @@ func (c *Client) AttestedEnroll(ctx context.Context, t Attester, csrDER []byte, 
 	if err != nil {
 		return nil, tpmErr("create the attestation key", err)
 	}
-	start := attest.StartRequest{EKCert: end.RSACert, EKPublic: end.Public, AKPublic: akPub}
+	ekCert, ekPub := end.Choose()
+	start := attest.StartRequest{EKCert: ekCert, EKPublic: ekPub, AKPublic: akPub}
 	var ch attest.StartResponse
 	if err := c.postJSON(ctx, attest.OpStart, start, nil, func(b []byte) error { return json.Unmarshal(b, &ch) }); err != nil {
 		return nil, &AttestError{Side: "CA", Step: "POST " + attest.OpStart, Err: err}
 	}
-	secret, err := t.ActivateCredential(ch.CredentialBlob, ch.EncryptedSecret)
+	secret, err := t.ActivateCredential(ekPub, ch.CredentialBlob, ch.EncryptedSecret)
 	if err != nil {
 		return nil, tpmErr("answer the CA's credential challenge", err)
 	}

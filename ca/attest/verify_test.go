@@ -41,7 +41,7 @@ func newRig(t *testing.T, m *swtpm.Manufacturer) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if end.RSACert == nil || end.ECCCert == nil {
+	if end.RSACert == nil || end.ECCCert == nil || end.ECCPublic == nil {
 		t.Fatalf("manufactured swtpm lacks EK certificates: rsa %v ecc %v", end.RSACert != nil, end.ECCCert != nil)
 	}
 	return &rig{tp: tp, m: m, end: end}
@@ -96,6 +96,7 @@ type knobs struct {
 	akTemplate   *tpm2.TPMTPublic
 	wrongSecret  bool
 	notFixed     bool
+	eccEK        bool
 	otherCSRKey  bool
 	finishTwice  bool
 	advanceClock time.Duration
@@ -112,6 +113,9 @@ func run(t *testing.T, r *rig, v *attest.Verifier, clock *time.Time, k knobs) (*
 		t.Fatal(err)
 	}
 	req := wire.StartRequest{EKCert: r.end.RSACert, EKPublic: r.end.Public, AKPublic: akPub}
+	if k.eccEK {
+		req.EKCert, req.EKPublic = r.end.ECCCert, r.end.ECCPublic
+	}
 	if k.noCert {
 		req.EKCert = nil
 	}
@@ -119,7 +123,7 @@ func run(t *testing.T, r *rig, v *attest.Verifier, clock *time.Time, k knobs) (*
 	if err != nil {
 		return nil, err
 	}
-	secret, err := tpm.ActivateCredential(r.tp, akT, ch.CredentialBlob, ch.EncryptedSecret)
+	secret, err := tpm.ActivateCredential(r.tp, akT, req.EKPublic, ch.CredentialBlob, ch.EncryptedSecret)
 	if err != nil {
 		t.Fatalf("activate: %v", err)
 	}
@@ -157,6 +161,9 @@ func TestAttestation(t *testing.T) {
 	ekPub, _ := tpm2.Unmarshal[tpm2.TPMTPublic](r.end.Public)
 	pk, _ := tpm2.Pub(*ekPub)
 	ekHash, _ := attest.EKHash(pk)
+	eccPub, _ := tpm2.Unmarshal[tpm2.TPMTPublic](r.end.ECCPublic)
+	eccPK, _ := tpm2.Pub(*eccPub)
+	eccHash, _ := attest.EKHash(eccPK)
 
 	for _, tc := range []struct {
 		name      string
@@ -167,6 +174,7 @@ func TestAttestation(t *testing.T) {
 		wantIn    string
 	}{
 		{name: "by certificate", rig: r},
+		{name: "by ECC P-384 EK certificate", rig: r, k: knobs{eccEK: true}},
 		{name: "by allowlist, no certificate", rig: r, allow: true, k: knobs{noCert: true}},
 		{name: "other manufacturer", rig: stranger, wantStage: "ek", wantIn: "does not chain"},
 		{name: "not on allowlist", rig: r, k: knobs{noCert: true}, wantStage: "ek", wantIn: "not on the allowlist"},
@@ -189,8 +197,12 @@ func TestAttestation(t *testing.T) {
 				if err != nil {
 					t.Fatalf("refused: %v", err)
 				}
-				if res.EKHash != ekHash {
-					t.Fatalf("EK hash %x, want %x", res.EKHash, ekHash)
+				want := ekHash
+				if tc.k.eccEK {
+					want = eccHash
+				}
+				if res.EKHash != want {
+					t.Fatalf("EK hash %x, want %x", res.EKHash, want)
 				}
 				return
 			}

@@ -1,6 +1,7 @@
 package tpm
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 
@@ -15,6 +16,9 @@ const (
 	NVECCEKCert  uint32 = 0x01C0000A // low range, ECC P-256
 	NVECC384Cert uint32 = 0x01C00016 // high range, ECC P-384 (as swtpm_setup writes it)
 	RSAEKHandle  uint32 = 0x81010001
+	// ECCEKHandle is where provisioning (swtpm_setup among others) leaves
+	// the ECC P-384 EK of the high-range template.
+	ECCEKHandle uint32 = 0x81010016
 )
 
 // maxNVCertBytes bounds an EK certificate read from NV; real ones are
@@ -28,6 +32,18 @@ type Endorsement struct {
 	Public  []byte // marshalled TPMT_PUBLIC of the RSA EK
 	RSACert []byte // DER, nil if NV 0x01C00002 is empty
 	ECCCert []byte // DER of the ECC EK certificate, nil if none
+	// ECCPublic is the persistent ECC EK's TPMT_PUBLIC (0x81010016), nil
+	// when the TPM has none.
+	ECCPublic []byte
+}
+
+// Choose returns the EK to attest with: the RSA EK if it has a
+// certificate or the ECC EK has none, else the ECC EK.
+func (e *Endorsement) Choose() (cert, public []byte) {
+	if e.RSACert == nil && e.ECCCert != nil && e.ECCPublic != nil {
+		return e.ECCCert, e.ECCPublic
+	}
+	return e.RSACert, e.Public
 }
 
 // AKTemplate is the attestation key: a restricted ECDSA P-256 signing key
@@ -81,7 +97,50 @@ func ReadEndorsement(t transport.TPM) (*Endorsement, error) {
 	}
 	defer ek.flush(t)
 	e.Public = ek.pub.Bytes()
+	rp, err := tpm2.ReadPublic{ObjectHandle: tpm2.TPMHandle(ECCEKHandle)}.Execute(t)
+	switch {
+	case err == nil:
+		e.ECCPublic = rp.OutPublic.Bytes()
+	case !errors.Is(err, tpm2.TPMRCHandle):
+		return nil, fmt.Errorf("keystore: tpm: read persistent ECC EK 0x%08x: %w", ECCEKHandle, err)
+	}
 	return &e, nil
+}
+
+// loadEKFor returns the EK whose public area is ekPublic: the RSA EK, or
+// the persistent ECC EK.
+func loadEKFor(t transport.TPM, ekPublic []byte) (*object, error) {
+	rp, err := tpm2.ReadPublic{ObjectHandle: tpm2.TPMHandle(ECCEKHandle)}.Execute(t)
+	if err == nil && bytes.Equal(rp.OutPublic.Bytes(), ekPublic) {
+		return &object{handle: tpm2.TPMHandle(ECCEKHandle), name: rp.Name, pub: rp.OutPublic, persistent: true}, nil
+	}
+	ek, err := loadEK(t)
+	if err != nil {
+		return nil, err
+	}
+	if ekPublic != nil && !bytes.Equal(ek.pub.Bytes(), ekPublic) {
+		ek.flush(t)
+		return nil, errors.New("keystore: tpm: the challenge is for an EK this TPM does not have")
+	}
+	return ek, nil
+}
+
+// ekAuth authorizes the EK for ActivateCredential: the low-range templates
+// (userWithAuth clear) only through their policy, PolicySecret on the
+// endorsement hierarchy, in a session of the EK's name algorithm; the
+// high-range ones (userWithAuth set) also by their empty authValue.
+func ekAuth(ek *object) (tpm2.Session, error) {
+	pa, err := ek.pub.Contents()
+	if err != nil {
+		return nil, fmt.Errorf("keystore: tpm: EK public area: %w", err)
+	}
+	if pa.ObjectAttributes.UserWithAuth {
+		return tpm2.PasswordAuth(nil), nil
+	}
+	return tpm2.Policy(pa.NameAlg, 16, func(t transport.TPM, s tpm2.TPMISHPolicy, nonce tpm2.TPM2BNonce) error {
+		_, err := tpm2.PolicySecret{AuthHandle: tpm2.TPMRHEndorsement, PolicySession: s, NonceTPM: nonce}.Execute(t)
+		return err
+	}), nil
 }
 
 // ReadNVCert reads a certificate from an NV index; nil, nil when the index
@@ -186,12 +245,16 @@ func AKPublic(t transport.TPM, tmpl tpm2.TPMTPublic) ([]byte, error) {
 // releases the secret only if the AK named in the challenge is loaded in
 // the TPM that holds the EK's private key. The EK is authorized by its
 // standard policy, PolicySecret on the endorsement hierarchy.
-func ActivateCredential(t transport.TPM, tmpl tpm2.TPMTPublic, credBlob, encSecret []byte) ([]byte, error) {
-	ek, err := loadEK(t)
+func ActivateCredential(t transport.TPM, tmpl tpm2.TPMTPublic, ekPublic, credBlob, encSecret []byte) ([]byte, error) {
+	ek, err := loadEKFor(t, ekPublic)
 	if err != nil {
 		return nil, err
 	}
 	defer ek.flush(t)
+	auth, err := ekAuth(ek)
+	if err != nil {
+		return nil, err
+	}
 	ak, err := createAK(t, tmpl)
 	if err != nil {
 		return nil, err
@@ -199,11 +262,7 @@ func ActivateCredential(t transport.TPM, tmpl tpm2.TPMTPublic, credBlob, encSecr
 	defer ak.flush(t)
 	rsp, err := tpm2.ActivateCredential{
 		ActivateHandle: tpm2.AuthHandle{Handle: ak.handle, Name: ak.name, Auth: tpm2.PasswordAuth(nil)},
-		KeyHandle: tpm2.AuthHandle{Handle: ek.handle, Name: ek.name,
-			Auth: tpm2.Policy(tpm2.TPMAlgSHA256, 16, func(t transport.TPM, s tpm2.TPMISHPolicy, nonce tpm2.TPM2BNonce) error {
-				_, err := tpm2.PolicySecret{AuthHandle: tpm2.TPMRHEndorsement, PolicySession: s, NonceTPM: nonce}.Execute(t)
-				return err
-			})},
+		KeyHandle:      tpm2.AuthHandle{Handle: ek.handle, Name: ek.name, Auth: auth},
 		CredentialBlob: tpm2.TPM2BIDObject{Buffer: credBlob},
 		Secret:         tpm2.TPM2BEncryptedSecret{Buffer: encSecret},
 	}.Execute(t)
@@ -262,13 +321,13 @@ func (s *Store) AKPublic() ([]byte, error) {
 }
 
 // ActivateCredential answers a credential challenge for this TPM's AK.
-func (s *Store) ActivateCredential(credBlob, encSecret []byte) ([]byte, error) {
+func (s *Store) ActivateCredential(ekPublic, credBlob, encSecret []byte) ([]byte, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.tpm == nil {
 		return nil, ErrClosed
 	}
-	return ActivateCredential(s.tpm, AKTemplate, credBlob, encSecret)
+	return ActivateCredential(s.tpm, AKTemplate, ekPublic, credBlob, encSecret)
 }
 
 // Certify has the AK certify the current device key with nonce. The device
