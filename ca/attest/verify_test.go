@@ -232,3 +232,53 @@ func TestParseEKCertKeepsOtherCriticalExtensions(t *testing.T) {
 		t.Fatalf("unhandled after parse: %v", c.UnhandledCriticalExtensions)
 	}
 }
+
+// TestAllowlistedEKWithoutCertificate: a TPM with no EK certificate and no
+// persistent EK (a plain swtpm): the agent derives the RSA EK from the
+// TCG template, and the CA accepts it by its allowlisted hash only.
+func TestAllowlistedEKWithoutCertificate(t *testing.T) {
+	s := swtpm.Start(t)
+	conn, err := net.Dial("tcp", s.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tp := transport.FromReadWriteCloser(conn)
+	defer tp.Close()
+	end, err := tpm.ReadEndorsement(tp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if end.RSACert != nil || end.ECCCert != nil || end.ECCPublic != nil || end.Public == nil {
+		t.Fatalf("plain swtpm endorsement: %+v", end)
+	}
+	r := &rig{tp: tp, end: end}
+	ekPub, _ := tpm2.Unmarshal[tpm2.TPMTPublic](end.Public)
+	pk, _ := tpm2.Pub(*ekPub)
+	h, _ := attest.EKHash(pk)
+	for _, tc := range []struct {
+		name  string
+		allow map[[32]byte]bool
+		ok    bool
+	}{{"allowlisted", map[[32]byte]bool{h: true}, true}, {"not allowlisted", map[[32]byte]bool{{1}: true}, false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			clock := time.Now()
+			v := attest.New(attest.Config{Allowlist: tc.allow, Now: func() time.Time { return clock }})
+			res, err := run(t, r, v, &clock, knobs{noCert: true})
+			if tc.ok != (err == nil) {
+				t.Fatalf("err %v, want ok %v", err, tc.ok)
+			}
+			if tc.ok && res.EKHash != h {
+				t.Fatalf("EK hash %x, want %x", res.EKHash, h)
+			}
+		})
+	}
+	// The EK and AK were flushed: no transient object is left behind.
+	caps, err := tpm2.GetCapability{Capability: tpm2.TPMCapHandles, Property: uint32(tpm2.TPMHTTransient), PropertyCount: 16}.Execute(tp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs, _ := caps.CapabilityData.Data.Handles()
+	if n := len(hs.Handle); n > 0 {
+		t.Fatalf("%d transient objects left loaded", n)
+	}
+}
