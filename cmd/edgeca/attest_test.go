@@ -56,6 +56,12 @@ func TestCLIAttestedEnrollment(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if list := mustRun(t, "token", "list", "--dir", dir); !strings.Contains(list, "device tpm-1, TPM-attested only") {
+		t.Fatalf("token list does not show the requirement:\n%s", list)
+	}
+	if list := mustRun(t, "token", "list", "--dir", dir, "--json"); !strings.Contains(list, `"require_tpm": true`) {
+		t.Fatalf("token list --json does not show the requirement:\n%s", list)
+	}
 	if code, body := enroll(t, tok, root, "tpm-1"); code != http.StatusForbidden || !strings.Contains(body, "attestation_required") {
 		t.Fatalf("software key with a --require-tpm token: %d %s", code, body)
 	}

@@ -341,6 +341,8 @@ type tokenJSON struct {
 	ExpiresAt time.Time `json:"expires_at"`
 	RevokedAt time.Time `json:"revoked_at,omitzero"`
 	LastUsed  time.Time `json:"last_used_at,omitzero"`
+	// RequireTPM: created with --require-tpm.
+	RequireTPM bool `json:"require_tpm,omitempty"`
 }
 
 func cmdTokenList(ctx context.Context, args []string, stdout io.Writer) error {
@@ -359,18 +361,29 @@ func cmdTokenList(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	now := time.Now()
+	tpmOnly := make([]bool, len(toks))
+	for i, t := range toks {
+		if tpmOnly[i], err = c.TokenRequiresTPM(ctx, t.ID); err != nil {
+			return err
+		}
+	}
 	if *asJSON {
 		out := make([]tokenJSON, 0, len(toks))
-		for _, t := range toks {
+		for i, t := range toks {
 			out = append(out, tokenJSON{ID: t.ID, State: ca.TokenState(t, now), Device: t.Device, Pattern: t.Pattern,
-				Uses: t.Uses, MaxUses: t.MaxUses, CreatedAt: t.CreatedAt, ExpiresAt: t.ExpiresAt, RevokedAt: t.RevokedAt, LastUsed: t.LastUsedAt})
+				Uses: t.Uses, MaxUses: t.MaxUses, CreatedAt: t.CreatedAt, ExpiresAt: t.ExpiresAt, RevokedAt: t.RevokedAt, LastUsed: t.LastUsedAt,
+				RequireTPM: tpmOnly[i]})
 		}
 		return writeJSON(stdout, out)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tSTATE\tFOR\tUSES\tEXPIRES")
-	for _, t := range toks {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%s\n", t.ID, ca.TokenState(t, now), binding(t), t.Uses, t.MaxUses, t.ExpiresAt.Local().Format(time.RFC3339))
+	for i, t := range toks {
+		b := binding(t)
+		if tpmOnly[i] {
+			b += ", TPM-attested only"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%s\n", t.ID, ca.TokenState(t, now), b, t.Uses, t.MaxUses, t.ExpiresAt.Local().Format(time.RFC3339))
 	}
 	return tw.Flush()
 }
