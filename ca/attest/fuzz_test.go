@@ -36,10 +36,18 @@ func FuzzCheckCertify(f *testing.F) {
 			X: tpm2.TPM2BECCParameter{Buffer: k.X.FillBytes(make([]byte, 32))},
 			Y: tpm2.TPM2BECCParameter{Buffer: k.Y.FillBytes(make([]byte, 32))}})}
 	f.Add([]byte{0xff, 0x54, 0x43, 0x47, 0x80, 0x17}, []byte{0, 0x18, 0, 0xb, 0, 1, 1, 0, 1, 1}, []byte("nonce"))
+	f.Add([]byte{0xff, 0x54, 0x43, 0x47, 0x80, 0x17}, tpm2.Marshal(akPub), []byte("nonce"))
 	f.Fuzz(func(t *testing.T, info, sig, nonce []byte) {
 		_ = CheckCertify(akPub, info, sig, nonce, akPub)
-		_, _ = parsePublic(info, "key", "fuzz")
 		_, _ = ParseEKCert(info)
 		_ = checkTPMSAN(info)
+		// A hostile AK or device key public area reaches the checks, the
+		// name computation and the signature verification.
+		if p, err := parsePublic(sig, "ak", "fuzz"); err == nil {
+			_ = CheckAK(p)
+			_ = CheckDeviceKey(p)
+			_, _ = tpm2.ObjectName(p)
+			_ = CheckCertify(p, info, nonce, nonce, p)
+		}
 	})
 }

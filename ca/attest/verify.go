@@ -97,7 +97,8 @@ func New(cfg Config) *Verifier {
 }
 
 // Start checks the EK and the AK and returns the challenge.
-func (v *Verifier) Start(req attest.StartRequest) (*attest.StartResponse, error) {
+func (v *Verifier) Start(req attest.StartRequest) (resp *attest.StartResponse, err error) {
+	defer recoverRefusal("ak", &err)
 	ekPub, err := parsePublic(req.EKPublic, "ek", "EK public area")
 	if err != nil {
 		return nil, err
@@ -163,7 +164,8 @@ type Result struct {
 // the outcome), the activated secret must match, Certify must be signed by
 // the AK over the nonce and name the device key, which must be a fixedTPM
 // signing key whose public key is csrKey.
-func (v *Verifier) Finish(req attest.FinishRequest, csrKey crypto.PublicKey) (*Result, error) {
+func (v *Verifier) Finish(req attest.FinishRequest, csrKey crypto.PublicKey) (res *Result, err error) {
+	defer recoverRefusal("key", &err)
 	now := v.cfg.Now()
 	v.mu.Lock()
 	c, ok := v.pending[req.ID]
@@ -196,6 +198,15 @@ func (v *Verifier) Finish(req attest.FinishRequest, csrKey crypto.PublicKey) (*R
 		return nil, refuse("key", "the CSR's public key is not the certified TPM key")
 	}
 	return &Result{EKHash: c.ekHash}, nil
+}
+
+// recoverRefusal turns a panic of go-tpm's reflection-based code on a
+// hostile public area (none is known; the fuzz tests look for them) into a
+// refusal.
+func recoverRefusal(stage string, err *error) {
+	if r := recover(); r != nil {
+		*err = refuse(stage, "malformed TPM structure (%v)", r)
+	}
 }
 
 func samePublicKey(a, b crypto.PublicKey) bool {
