@@ -23,3 +23,17 @@ func attestedEnroll(ctx context.Context, client *enroll.Client, o EnrollOptions,
 	}
 	return certs, err
 }
+
+// attestRecoveryOptions points a bootstrap without token or credentials at
+// the EST server of the identity in the state directory, authenticated by
+// the roots that authenticated it at enrollment, so that a device whose
+// certificate expired recovers by attestation alone after its token was
+// removed. False when there is no such identity.
+func attestRecoveryOptions(o *EnrollOptions) bool {
+	id, err := LoadIdentity(o.StateDir, o.Keystore)
+	if err != nil || id.Server == "" || len(id.ServerRoots) == 0 {
+		return false
+	}
+	o.Server, o.Label, o.CABundle = id.Server, id.Label, id.ServerRoots
+	return true
+}

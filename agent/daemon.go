@@ -238,6 +238,9 @@ func (d *Daemon) bootstrap(ctx context.Context) (*Identity, error) {
 			opts.Password = strings.TrimRight(string(b), "\r\n")
 		}
 	default:
+		if ec.Attest == "tpm" && attestRecoveryOptions(&opts) {
+			break
+		}
 		return nil, errors.New("agent: this device is not enrolled: set enroll.token_file or EDGEAGENT_TOKEN, or run 'edgeagent enroll'")
 	}
 	if ec.CABundle != "" {

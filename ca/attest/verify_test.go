@@ -273,12 +273,29 @@ func TestAllowlistedEKWithoutCertificate(t *testing.T) {
 		})
 	}
 	// The EK and AK were flushed: no transient object is left behind.
-	caps, err := tpm2.GetCapability{Capability: tpm2.TPMCapHandles, Property: uint32(tpm2.TPMHTTransient), PropertyCount: 16}.Execute(tp)
+	if n := transients(t, tp); n > 0 {
+		t.Fatalf("%d transient objects left loaded", n)
+	}
+	// (and the count sees one when there is one)
+	p, err := tpm2.CreatePrimary{PrimaryHandle: tpm2.TPMRHOwner, InPublic: tpm2.New2B(tpm2.ECCSRKTemplate)}.Execute(tp)
 	if err != nil {
 		t.Fatal(err)
 	}
-	hs, _ := caps.CapabilityData.Data.Handles()
-	if n := len(hs.Handle); n > 0 {
-		t.Fatalf("%d transient objects left loaded", n)
+	defer tpm2.FlushContext{FlushHandle: p.ObjectHandle}.Execute(tp)
+	if n := transients(t, tp); n != 1 {
+		t.Fatalf("%d transient objects listed, want 1", n)
 	}
+}
+
+func transients(t *testing.T, tp transport.TPM) int {
+	t.Helper()
+	caps, err := tpm2.GetCapability{Capability: tpm2.TPMCapHandles, Property: uint32(tpm2.TPMHTTransient) << 24, PropertyCount: 16}.Execute(tp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs, err := caps.CapabilityData.Data.Handles()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(hs.Handle)
 }

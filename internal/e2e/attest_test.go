@@ -68,4 +68,27 @@ func TestAttestedAgentRecoversAfterExpiry(t *testing.T) {
 	}
 	a.waitLog(10*time.Second, "trying recovery by TPM attestation alone")
 	deliver(t, a, be, "a message after recovery")
+
+	// Stopped, its token gone, its certificate expired meanwhile: started
+	// again, the agent recovers from the server and roots of its identity.
+	st, err = a.status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	notAfter, err := time.Parse(time.RFC3339Nano, fmt.Sprint(st["not_after"]))
+	if err != nil {
+		t.Fatalf("status not_after %v: %v", st["not_after"], err)
+	}
+	_ = a.cmd.Process.Kill()
+	<-a.done
+	waitUntil(t, 2*ttl, "the recovered certificate expired", func() bool { return time.Now().After(notAfter) })
+	b := startDaemon(t, cfgFile, sock)
+	waitUntil(t, 30*time.Second, "recovery without a token", func() bool {
+		st := b.mustStatus()
+		return st.Phase == "valid" && len(issuedTo(t, c, device)) == 3
+	})
+	if certs := issuedTo(t, c, device); certs[2].Op != "attest/finish" {
+		t.Fatalf("issued %+v, want a third attested enrollment", certs)
+	}
+	deliver(t, b, be, "a message after recovery without a token")
 }

@@ -327,6 +327,11 @@ func (s *Store) ActivateCredential(ekPublic, credBlob, encSecret []byte) ([]byte
 	if s.tpm == nil {
 		return nil, ErrClosed
 	}
+	// The EK and the AK need two object slots: the device key leaves its
+	// own (it is loaded again when it next signs).
+	if s.cur != nil {
+		s.unloadLocked(s.cur)
+	}
 	return ActivateCredential(s.tpm, AKTemplate, ekPublic, credBlob, encSecret)
 }
 

@@ -3,10 +3,12 @@ package tpm_test
 import (
 	"bytes"
 	"crypto/rand"
+	"net"
 	"path/filepath"
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/edgeagent/edgeagent/internal/swtpm"
 	"github.com/edgeagent/edgeagent/keystore"
@@ -61,5 +63,38 @@ func TestStoreAttestsWithinObjectSlots(t *testing.T) {
 	// A challenge for another EK is refused by the TPM, with the reason.
 	if _, err := ks.ActivateCredential([]byte{0, 1, 2}, []byte{1}, []byte{2}); err == nil {
 		t.Fatal("a challenge for another EK was accepted")
+	}
+}
+
+// TestOpenFlushesWhatAKilledProcessLeft: without a resource manager the
+// transient objects of a process that died stay loaded; with all three
+// slots taken, Open frees them, and the Store creates and uses its key.
+func TestOpenFlushesWhatAKilledProcessLeft(t *testing.T) {
+	sim := swtpm.Start(t)
+	conn, err := net.Dial("tcp", sim.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := transport.FromReadWriteCloser(conn)
+	for range 3 {
+		if _, err := (tpm2.CreatePrimary{PrimaryHandle: tpm2.TPMRHOwner, InPublic: tpm2.New2B(tpm2.ECCSRKTemplate)}).Execute(raw); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := (tpm2.CreatePrimary{PrimaryHandle: tpm2.TPMRHOwner, InPublic: tpm2.New2B(tpm2.ECCSRKTemplate)}).Execute(raw); err == nil {
+		t.Fatal("a fourth object fit: the premise (three slots) does not hold")
+	}
+	raw.Close() // the process dies, its objects stay
+
+	ks, err := tpm.Open(tpm.Options{Address: sim.Addr(), Dir: filepath.Join(t.TempDir(), "keys")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ks.Close()
+	if _, err := ks.Create(keystore.ECDSAP256); err != nil {
+		t.Fatalf("create after a leak: %v", err)
+	}
+	if _, err := ks.Certify([]byte("n")); err != nil {
+		t.Fatalf("certify after a leak: %v", err)
 	}
 }
