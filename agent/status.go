@@ -18,13 +18,11 @@ type Status struct {
 	DeviceID     string            `json:"device_id"`
 	Keystore     string            `json:"keystore"`
 	KeystoreInfo map[string]string `json:"keystore_info,omitempty"`
-	// Attest is the enrollment attestation (enroll.attest), "" for none.
-	Attest    string      `json:"attest,omitempty"`
-	Serial    string      `json:"serial"`
-	NotBefore time.Time   `json:"not_before"`
-	NotAfter  time.Time   `json:"not_after"`
-	NextRenew time.Time   `json:"next_renewal"`
-	LastRenew RenewStatus `json:"last_renewal"`
+	Serial       string            `json:"serial"`
+	NotBefore    time.Time         `json:"not_before"`
+	NotAfter     time.Time         `json:"not_after"`
+	NextRenew    time.Time         `json:"next_renewal"`
+	LastRenew    RenewStatus       `json:"last_renewal"`
 	// Phase is valid, renewing (past the renewal time) or expired.
 	Phase string `json:"phase"`
 	// Expired, when the certificate expired, says what the expired
@@ -42,6 +40,8 @@ type Status struct {
 	Clock           string                  `json:"clock"`
 	Uplinks         map[string]UplinkStatus `json:"uplinks"`
 	CommandsDropped uint64                  `json:"commands_dropped"`
+	// Attest is the enrollment attestation (enroll.attest), "" for none.
+	Attest string `json:"attest,omitempty"`
 }
 
 // RenewStatus is the outcome of the last renewal attempt.
