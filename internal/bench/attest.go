@@ -120,6 +120,6 @@ func attestSection(ctx context.Context, w io.Writer) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	fmt.Fprintln(w, "one device, sequential, swtpm on loopback (RSA EK persistent, ECC AK derived per command): a floor, real TPMs are much slower")
+	fmt.Fprintln(w, "one device, sequential, swtpm on loopback (RSA EK persistent, the ECC AK derived twice per attestation): a floor, real TPMs are much slower")
 	return nil
 }

@@ -246,6 +246,15 @@ func AKPublic(t transport.TPM, tmpl tpm2.TPMTPublic) ([]byte, error) {
 // the TPM that holds the EK's private key. The EK is authorized by its
 // standard policy, PolicySecret on the endorsement hierarchy.
 func ActivateCredential(t transport.TPM, tmpl tpm2.TPMTPublic, ekPublic, credBlob, encSecret []byte) ([]byte, error) {
+	ak, err := createAK(t, tmpl)
+	if err != nil {
+		return nil, err
+	}
+	defer ak.flush(t)
+	return activate(t, ak, ekPublic, credBlob, encSecret)
+}
+
+func activate(t transport.TPM, ak *object, ekPublic, credBlob, encSecret []byte) ([]byte, error) {
 	ek, err := loadEKFor(t, ekPublic)
 	if err != nil {
 		return nil, err
@@ -255,11 +264,6 @@ func ActivateCredential(t transport.TPM, tmpl tpm2.TPMTPublic, ekPublic, credBlo
 	if err != nil {
 		return nil, err
 	}
-	ak, err := createAK(t, tmpl)
-	if err != nil {
-		return nil, err
-	}
-	defer ak.flush(t)
 	rsp, err := tpm2.ActivateCredential{
 		ActivateHandle: tpm2.AuthHandle{Handle: ak.handle, Name: ak.name, Auth: tpm2.PasswordAuth(nil)},
 		KeyHandle:      tpm2.AuthHandle{Handle: ek.handle, Name: ek.name, Auth: auth},
@@ -288,6 +292,10 @@ func CertifyKey(t transport.TPM, tmpl tpm2.TPMTPublic, key tpm2.AuthHandle, keyP
 		return nil, err
 	}
 	defer ak.flush(t)
+	return certify(t, ak, key, keyPub, nonce)
+}
+
+func certify(t transport.TPM, ak *object, key tpm2.AuthHandle, keyPub []byte, nonce []byte) (*Certification, error) {
 	rsp, err := tpm2.Certify{
 		ObjectHandle:   key,
 		SignHandle:     tpm2.AuthHandle{Handle: ak.handle, Name: ak.name, Auth: tpm2.PasswordAuth(nil)},
@@ -332,7 +340,20 @@ func (s *Store) ActivateCredential(ekPublic, credBlob, encSecret []byte) ([]byte
 	if s.cur != nil {
 		s.unloadLocked(s.cur)
 	}
-	return ActivateCredential(s.tpm, AKTemplate, ekPublic, credBlob, encSecret)
+	s.dropAKLocked()
+	ak, err := createAK(s.tpm, AKTemplate)
+	if err != nil {
+		return nil, err
+	}
+	secret, err := activate(s.tpm, ak, ekPublic, credBlob, encSecret)
+	if err != nil {
+		ak.flush(s.tpm)
+		return nil, err
+	}
+	// Kept for the Certify that follows at once (no round trip in
+	// between): one AK derivation less, which is what costs on a TPM.
+	s.ak = ak
+	return secret, nil
 }
 
 // Certify has the AK certify the current device key with nonce. The device
@@ -351,5 +372,22 @@ func (s *Store) Certify(nonce []byte) (*Certification, error) {
 	if err := s.loadLocked(k); err != nil {
 		return nil, err
 	}
-	return CertifyKey(s.tpm, AKTemplate, tpm2.AuthHandle{Handle: k.handle, Name: k.name, Auth: tpm2.PasswordAuth(s.opts.AuthValue)}, k.pub.Bytes(), nonce)
+	ak := s.ak
+	s.ak = nil
+	if ak == nil {
+		var err error
+		if ak, err = createAK(s.tpm, AKTemplate); err != nil {
+			return nil, err
+		}
+	}
+	defer ak.flush(s.tpm)
+	return certify(s.tpm, ak, tpm2.AuthHandle{Handle: k.handle, Name: k.name, Auth: tpm2.PasswordAuth(s.opts.AuthValue)}, k.pub.Bytes(), nonce)
+}
+
+// dropAKLocked flushes the AK kept from ActivateCredential, if any.
+func (s *Store) dropAKLocked() {
+	if s.ak != nil {
+		s.ak.flush(s.tpm)
+		s.ak = nil
+	}
 }

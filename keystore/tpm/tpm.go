@@ -91,6 +91,7 @@ type Store struct {
 	tpm  transport.TPMCloser // nil once closed
 	cur  *key                // current key, once Current or Create found it
 	next *key                // pending rotation, once BeginRotate or Pending found it
+	ak   *object             // the AK between ActivateCredential and Certify, else nil
 }
 
 var _ keystore.Keystore = (*Store)(nil)
@@ -185,6 +186,7 @@ func (s *Store) Close() error {
 			s.unloadLocked(k)
 		}
 	}
+	s.dropAKLocked()
 	err := s.tpm.Close()
 	s.tpm = nil
 	return err
