@@ -173,6 +173,25 @@ func TestAttestedRefusals(t *testing.T) {
 	})
 }
 
+// TestAttestedErrorSaysTheSide: a failure in the device's TPM is reported
+// as the device's, before anything is sent.
+func TestAttestedErrorSaysTheSide(t *testing.T) {
+	m := swtpm.TestManufacturer(t)
+	dev := newAttestedDevice(t, m)
+	s := newTestServer(t, Options{Attestation: attestOpts(m, true)})
+	tok := s.token(t, TokenOptions{Device: "dev-1"})
+	csr := csrDER(t, dev.key, "dev-1")
+	dev.ks.Close()
+	_, err := s.enrollClient(t).AttestedEnroll(context.Background(), dev.ks, csr, tok.ID, tok.Secret)
+	var ae *enroll.AttestError
+	if !errors.As(err, &ae) || ae.Side != "device TPM" || !errors.Is(err, tpm.ErrClosed) {
+		t.Fatalf("got %v, want a device TPM error", err)
+	}
+	if n := s.auditLen(t); n != 0 {
+		t.Fatalf("%d audit records: the CA was asked", n)
+	}
+}
+
 func wantServerError(t *testing.T, err error, status int, sub string) {
 	t.Helper()
 	var se *enroll.ServerError
