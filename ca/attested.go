@@ -170,6 +170,9 @@ func (c *CA) attestFinish(w http.ResponseWriter, r *http.Request, a *attempt) (*
 	if err := readJSON(w, r, &req); err != nil {
 		return nil, err
 	}
+	if len(req.CSR) == 0 {
+		return nil, refuse(http.StatusBadRequest, est.CodeBadCSR, "attest/finish carries no csr (the DER PKCS#10 request, base64 in the JSON)")
+	}
 	csr, err := ParseCSR([]byte(est.EncodeBase64(req.CSR)))
 	if err != nil {
 		return nil, err

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto"
 	"crypto/x509"
+	"encoding/base64"
 	"errors"
 	"net/http"
 	"path/filepath"
@@ -198,4 +199,43 @@ func wantServerError(t *testing.T, err error, status int, sub string) {
 	if !errors.As(err, &se) || se.Status != status || !strings.Contains(se.Message, sub) {
 		t.Fatalf("got %v, want %d containing %q", err, status, sub)
 	}
+}
+
+// TestAttestBadInput: what an unauthenticated peer can send to the
+// attestation resources gets a clear error and holds nothing.
+func TestAttestBadInput(t *testing.T) {
+	m := swtpm.TestManufacturerPrepared(t)
+	on := newTestServer(t, Options{Attestation: attestOpts(m, true)})
+	off := newTestServer(t, Options{})
+	big := []byte(`{"ek_public":"` + strings.Repeat("A", 40<<10) + `"}`)
+	for _, tc := range []struct {
+		name       string
+		s          *testServer
+		method     string
+		path, ct   string
+		body       []byte
+		status     int
+		code, text string
+	}{
+		{"not offered", off, http.MethodPost, "/.well-known/est/attest/start", "application/json", []byte(`{}`), http.StatusNotFound, "not_found", "does not offer attested enrollment"},
+		{"GET", on, http.MethodGet, "/.well-known/est/attest/start", "", nil, http.StatusMethodNotAllowed, "method_not_allowed", "POST"},
+		{"content type", on, http.MethodPost, "/.well-known/est/attest/start", "application/pkcs10", []byte(`{}`), http.StatusUnsupportedMediaType, "wrong_content_type", "application/json"},
+		{"not JSON", on, http.MethodPost, "/.well-known/est/attest/start", "application/json", []byte(`{"ek_public":`), http.StatusBadRequest, "bad_csr", "not the expected JSON"},
+		{"too large", on, http.MethodPost, "/.well-known/est/attest/start", "application/json", big, http.StatusRequestEntityTooLarge, "body_too_large", "limit"},
+		{"empty EK", on, http.MethodPost, "/.well-known/est/attest/start", "application/json", []byte(`{}`), http.StatusForbidden, string(CodeAttestationFailed), "EK public area is missing"},
+		{"junk EK", on, http.MethodPost, "/.well-known/est/lbl/attest/start", "application/json", []byte(`{"ek_public":"AAEC"}`), http.StatusForbidden, string(CodeAttestationFailed), "malformed"},
+		{"unknown id", on, http.MethodPost, "/.well-known/est/attest/finish", "application/json", []byte(`{"id":"nope","csr":"` + base64CSR(t) + `"}`), http.StatusForbidden, string(CodeAttestationFailed), "unknown or already used"},
+		{"finish without CSR", on, http.MethodPost, "/.well-known/est/attest/finish", "application/json", []byte(`{"id":"nope"}`), http.StatusBadRequest, "bad_csr", "carries no csr"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := tc.s.client(nil).do(t, tc.method, tc.path, tc.ct, tc.body, "", "")
+			if r.status != tc.status || string(errCode(r.body)) != tc.code || !strings.Contains(r.body, tc.text) {
+				t.Fatalf("got %d %s, want %d %s containing %q", r.status, r.body, tc.status, tc.code, tc.text)
+			}
+		})
+	}
+}
+
+func base64CSR(t *testing.T) string {
+	return base64.StdEncoding.EncodeToString(csrDER(t, newKey(t), "dev-x"))
 }
