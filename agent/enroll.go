@@ -52,6 +52,9 @@ type EnrollOptions struct {
 	// PostQuantumTLS offers the EST server hybrid post-quantum key
 	// exchanges (enroll.Options.PostQuantumTLS).
 	PostQuantumTLS bool
+	// Attest enrolls with TPM attestation (enroll.attest: tpm); Keystore
+	// must be the TPM keystore.
+	Attest bool
 }
 
 // ErrIdentityExists is returned by Enroll when the state directory already
@@ -72,12 +75,17 @@ func Enroll(ctx context.Context, o EnrollOptions) (*Identity, error) {
 	if o.Token != nil {
 		o.Server, o.CAPin, o.Username, o.Password = o.Token.URL, o.Token.Pin, o.Token.ID, o.Token.Secret
 	}
+	if o.Server == "" && o.Attest && o.Keystore != nil {
+		// Recovery by TPM attestation alone, at the server of the
+		// identity in the state dir.
+		attestRecoveryOptions(&o)
+	}
 	switch {
 	case o.Server == "":
 		return nil, errors.New("enroll: no EST server: give a token or a server URL")
 	case o.CAPin.IsZero() && len(o.CABundle) == 0:
 		return nil, errors.New("enroll: no way to authenticate the EST server: give a CA pin or a CA bundle")
-	case o.Username == "" || o.Password == "":
+	case (o.Username == "" || o.Password == "") && !o.Attest:
 		return nil, errors.New("enroll: no enrollment credentials: give a token, or a username and password")
 	}
 	if err := deviceid.Validate(o.DeviceID); err != nil {
@@ -149,7 +157,12 @@ func Enroll(ctx context.Context, o EnrollOptions) (*Identity, error) {
 	if err != nil {
 		return nil, err
 	}
-	certs, err := client.SimpleEnroll(ctx, csr, o.Username, o.Password)
+	var certs []*x509.Certificate
+	if o.Attest {
+		certs, err = attestedEnroll(ctx, client, o, csr)
+	} else {
+		certs, err = client.SimpleEnroll(ctx, csr, o.Username, o.Password)
+	}
 	if err != nil {
 		return nil, err
 	}

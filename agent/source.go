@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/edgeagent/edgeagent/agent/config"
+	"github.com/edgeagent/edgeagent/deviceid"
 	"github.com/edgeagent/edgeagent/enroll/token"
 	"github.com/edgeagent/edgeagent/keystore"
 )
@@ -52,6 +53,10 @@ func (e operatorError) Unwrap() error        { return e.err }
 func (e operatorError) Is(target error) bool { return target == ErrNeedsOperator }
 
 // fieldErr is a problem with one config key.
+// errNotEnrolled: no token, no server, nothing to recover from.
+var errNotEnrolled = fieldErr("enroll.token_file", "this device is not enrolled and has no enrollment token: set enroll.token_file or EDGEAGENT_TOKEN "+
+	"(or enroll.server with enroll.ca_pin or enroll.ca_bundle and enroll.username/enroll.password_file), or run 'edgeagent enroll'")
+
 func fieldErr(key, format string, args ...any) error {
 	return needsOperator(&config.FieldError{Key: key, Msg: fmt.Sprintf(format, args...)})
 }
@@ -104,11 +109,11 @@ func FirstDeviceID(configured, stateDir string) (string, string) {
 // hooks are the caller's to set.
 func PlanEnrollment(cfg config.Config, s Secrets) (EnrollOptions, error) {
 	ec := cfg.Enroll
-	o := EnrollOptions{StateDir: cfg.StateDir, Label: ec.Label, PostQuantumTLS: ec.PostQuantumTLS}
+	o := EnrollOptions{StateDir: cfg.StateDir, Label: ec.Label, PostQuantumTLS: ec.PostQuantumTLS, Attest: ec.Attest == "tpm"}
 	var from string
 	o.DeviceID, from = FirstDeviceID(cfg.DeviceID, cfg.StateDir)
-	if err := token.ValidateID(o.DeviceID); err != nil {
-		return o, fieldErr("device_id", "%q from %s: use 1 to 64 letters, digits, '.', '_' or '-'", o.DeviceID, from)
+	if err := deviceid.Validate(o.DeviceID); err != nil {
+		return o, fieldErr("device_id", "%v (from %s)", err, from)
 	}
 	alg, err := keystore.ParseAlgorithm(cfg.KeyAlgorithm)
 	if err != nil {
@@ -152,8 +157,13 @@ func PlanEnrollment(cfg config.Config, s Secrets) (EnrollOptions, error) {
 		o.Token = &tok
 	} else {
 		if ec.Server == "" {
-			return o, fieldErr("enroll.token_file", "this device is not enrolled and has no enrollment token: set enroll.token_file or EDGEAGENT_TOKEN "+
-				"(or enroll.server with enroll.ca_pin or enroll.ca_bundle and enroll.username/enroll.password_file), or run 'edgeagent enroll'")
+			if o.Attest {
+				// Recovery by TPM attestation alone: the server and its
+				// roots come from the identity in the state dir
+				// (attestRecoveryOptions, once the keystore is open).
+				return o, nil
+			}
+			return o, errNotEnrolled
 		}
 		if err := token.ValidateURL(ec.Server); err != nil {
 			return o, fieldErr("enroll.server", "%v", err)
@@ -177,10 +187,12 @@ func PlanEnrollment(cfg config.Config, s Secrets) (EnrollOptions, error) {
 			}
 			o.Password = strings.TrimRight(string(b), "\r\n")
 		}
-		if o.Username == "" {
+		// With attestation the TPM may be all the proof (a CA with
+		// attested recovery and a device it knows).
+		if o.Username == "" && !o.Attest {
 			return o, fieldErr("enroll.username", "enroll.server needs a user name and a password")
 		}
-		if o.Password == "" {
+		if o.Password == "" && o.Username != "" {
 			return o, fieldErr("enroll.password_file", "enroll.server needs a user name and a password")
 		}
 	}

@@ -47,6 +47,8 @@ type Status struct {
 	// and `edgeagent status` exits 1.
 	Healthy  bool     `json:"healthy"`
 	Problems []string `json:"problems,omitempty"`
+	// Attest is the enrollment attestation (enroll.attest), "" for none.
+	Attest string `json:"attest,omitempty"`
 }
 
 // RenewStatus is the outcome of the last renewal attempt.
@@ -85,6 +87,7 @@ func (d *Daemon) Status() Status {
 		DeviceID:         id.DeviceID,
 		Keystore:         d.ks.Info().Backend,
 		KeystoreInfo:     d.ks.Info().Details,
+		Attest:           d.config().Enroll.Attest,
 		Serial:           id.Serial(),
 		NotBefore:        id.Leaf().NotBefore,
 		NotAfter:         id.Leaf().NotAfter,

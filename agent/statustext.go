@@ -48,6 +48,9 @@ func WriteStatus(w io.Writer, st Status, now time.Time) error {
 		ks += fmt.Sprintf(", %s %s", k, st.KeystoreInfo[k])
 	}
 	fmt.Fprintf(tw, "keystore\t%s\n", ks)
+	if st.Attest != "" {
+		fmt.Fprintf(tw, "enrollment\tattested (%s)\n", st.Attest)
+	}
 	fmt.Fprintf(tw, "serial\t%s\n", st.Serial)
 	fmt.Fprintf(tw, "not after\t%s\n", rel(st.NotAfter))
 	if st.Phase != "" {

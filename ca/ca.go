@@ -77,6 +77,8 @@ type Options struct {
 	// CRL: every leaf names CRLBaseURL + CRLPath() as its CRL
 	// distribution point. "" issues leaves without one.
 	CRLBaseURL string
+	// Attestation, when set, offers attested enrollment (ca/attested.go).
+	Attestation *AttestOptions
 }
 
 // DefaultHostnames is localhost, 127.0.0.1, ::1 and the machine's host name.
@@ -106,6 +108,7 @@ type CA struct {
 	clientRoots *x509.CertPool
 
 	postQuantum bool
+	attest      *attestState // nil: attested enrollment not offered
 	renewGrace  time.Duration
 
 	sampler      *refusalSampler
@@ -230,6 +233,7 @@ func Open(ctx context.Context, dir string, opts Options) (*CA, error) {
 		clientRoots: pool,
 		postQuantum: opts.PostQuantumTLS,
 		renewGrace:  opts.RenewGrace,
+		attest:      newAttestState(opts.Attestation, opts.Now),
 
 		sampler:      newRefusalSampler(opts.AuditRefusalsPerMinute),
 		auditMaxRows: opts.AuditMaxRows,
@@ -294,6 +298,9 @@ type TokenOptions struct {
 	Pattern string        // or to device ids matching this path.Match pattern
 	Uses    int           // 1 when zero
 	TTL     time.Duration // 24h when zero
+	// RequireTPM refuses enrollment with this token unless it comes with
+	// TPM attestation (attest/finish).
+	RequireTPM bool
 }
 
 // ErrNoURL is returned by CreateToken when no server URL is known.
@@ -359,6 +366,13 @@ func (c *CA) CreateToken(ctx context.Context, o TokenOptions) (token.Token, stor
 		MaxUses:    o.Uses,
 		CreatedAt:  now,
 		ExpiresAt:  now.Add(o.TTL),
+	}
+	if o.RequireTPM {
+		// Recorded before the token exists: a crash in between leaves an
+		// unused setting, never a token without its requirement.
+		if err := c.st.SetSetting(ctx, settingTokenRequiresTPM+tok.ID, "1"); err != nil {
+			return token.Token{}, store.Token{}, fmt.Errorf("create token: record --require-tpm: %w", err)
+		}
 	}
 	if err := c.st.CreateToken(ctx, rec); err != nil {
 		return token.Token{}, store.Token{}, fmt.Errorf("create token: %w", err)

@@ -32,6 +32,8 @@ type ServeConfig struct {
 	// CRLBaseURL: see Options.CRLBaseURL; when empty, http:// the first
 	// host name that is not a loopback one and the bound port.
 	CRLBaseURL string
+	// Attestation: see Options.Attestation.
+	Attestation *AttestOptions
 }
 
 // defaultCRLBase picks the CRL distribution point host: relying parties
@@ -83,7 +85,8 @@ func Run(ctx context.Context, cfg ServeConfig) error {
 		return fmt.Errorf("serve: %w", err)
 	}
 	c, err := Open(ctx, cfg.Dir, Options{CRLBaseURL: crlBase, CertTTL: cfg.CertTTL, RenewGrace: cfg.RenewGrace, AuditMaxRows: cfg.AuditMaxRows, AuditRefusalsPerMinute: cfg.AuditRefusalsPerMinute,
-		MaxConnsPerPeer: cfg.MaxConnsPerPeer, MaxConns: cfg.MaxConns, Hostnames: hosts, Logger: log, PostQuantumTLS: cfg.PostQuantumTLS})
+		MaxConnsPerPeer: cfg.MaxConnsPerPeer, MaxConns: cfg.MaxConns, Hostnames: hosts, Logger: log, PostQuantumTLS: cfg.PostQuantumTLS,
+		Attestation: cfg.Attestation})
 	if err != nil {
 		return err
 	}

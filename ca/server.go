@@ -21,6 +21,7 @@ import (
 
 	"github.com/edgeagent/edgeagent/ca/store"
 	"github.com/edgeagent/edgeagent/deviceid"
+	wire "github.com/edgeagent/edgeagent/enroll/attest"
 	"github.com/edgeagent/edgeagent/enroll/est"
 	"github.com/edgeagent/edgeagent/revocation"
 )
@@ -167,6 +168,9 @@ func (c *CA) Handler() http.Handler {
 
 func (c *CA) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
+	if c.serveAttest(w, r) {
+		return
+	}
 	switch {
 	case strings.HasPrefix(r.URL.Path, CRLPathPrefix):
 		c.serveCRL(w, r)
@@ -455,6 +459,9 @@ func (c *CA) enrollChecked(w http.ResponseWriter, r *http.Request, op string, a 
 	if op == est.OpSimpleEnroll {
 		return c.simpleEnroll(w, r, a)
 	}
+	if op == wire.OpFinish {
+		return c.attestFinish(w, r, a)
+	}
 	return c.simpleReenroll(w, r, a)
 }
 
@@ -478,11 +485,17 @@ func (c *CA) simpleEnroll(w http.ResponseWriter, r *http.Request, a *attempt) (*
 	if err != nil {
 		return nil, err
 	}
+	return c.tokenEnroll(r.Context(), a, user, pass, peer, now, csr, nil)
+}
+
+// tokenEnroll is simpleenroll after the CSR is read; attested enrollment
+// (attested non-nil) comes here too when it carries a token.
+func (c *CA) tokenEnroll(ctx context.Context, a *attempt, user, pass, peer string, now time.Time, csr *CSR, attested *attestedKey) (*x509.Certificate, error) {
 	a.deviceID = csr.DeviceID
 	secretHash := sha256.Sum256([]byte(pass))
 	// The token is checked before anything is signed: a guess costs a
 	// read and a hash, and counts against the peer and the token id.
-	if err := c.precheckToken(r.Context(), user, secretHash, now); err != nil {
+	if err := c.precheckToken(ctx, user, secretHash, now); err != nil {
 		var e *Error
 		if errors.As(err, &e) && e.Code == est.CodeTokenInvalid {
 			c.peerGuesses.fail(peer, now)
@@ -491,6 +504,11 @@ func (c *CA) simpleEnroll(w http.ResponseWriter, r *http.Request, a *attempt) (*
 		return nil, err
 	}
 	c.tokenGuesses.reset(user)
+	if attested == nil {
+		if err := c.refuseUnattested(ctx, user); err != nil {
+			return nil, err
+		}
+	}
 	keyHash := sha256.Sum256(csr.Request.RawSubjectPublicKeyInfo)
 	var reenrolled bool // the device was enrolled before: supersede its certificates
 	check := func(tok *store.Token, dev *store.Device) error {
@@ -523,9 +541,15 @@ func (c *CA) simpleEnroll(w http.ResponseWriter, r *http.Request, a *attempt) (*
 		Audit: store.AuditRecord{Time: now, Op: a.op, Peer: a.peer, TokenID: a.tokenID, DeviceID: csr.DeviceID,
 			Result: store.ResultOK, Reason: "enrolled with token"},
 	}
-	cert, err := c.issue(r.Context(), req, csr, check, a.expected)
+	if attested != nil {
+		req.Audit.Reason = "enrolled with token and TPM attestation (EK sha256 " + attested.ekHex() + ")"
+	}
+	cert, err := c.issue(ctx, req, csr, check, a.expected)
 	if err == nil && reenrolled {
-		c.supersede(r.Context(), req.DeviceID, cert)
+		c.supersede(ctx, req.DeviceID, cert)
+	}
+	if err == nil && attested != nil {
+		err = c.bindEK(ctx, req.DeviceID, attested)
 	}
 	return cert, err
 }

@@ -85,6 +85,10 @@ type Enroll struct {
 	// or reenroll (move the damaged files aside and enroll again with
 	// the token, keeping the key and the device id).
 	DamagedIdentity string `yaml:"damaged_identity"`
+	// Attest "tpm" enrolls with TPM attestation (EK, AK, Certify of the
+	// device key): needed by --require-tpm tokens, and what lets an
+	// expired device recover without a token. "" is plain enrollment.
+	Attest string `yaml:"attest"`
 }
 
 // Renew is the renewal policy.
@@ -307,6 +311,15 @@ func (c Config) Validate() error {
 		if err := token.ValidateURL(c.Enroll.Server); err != nil {
 			bad("enroll.server", "%v", err)
 		}
+	}
+	switch c.Enroll.Attest {
+	case "":
+	case "tpm":
+		if c.Keystore != "tpm" {
+			bad("enroll.attest", "tpm needs keystore: tpm (the key attested is the TPM's device key)")
+		}
+	default:
+		bad("enroll.attest", "%q: use tpm, or leave it out for plain enrollment", c.Enroll.Attest)
 	}
 	if c.Enroll.CAPin != "" {
 		if _, err := token.ParsePin(c.Enroll.CAPin); err != nil {

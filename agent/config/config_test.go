@@ -79,6 +79,8 @@ func TestValidateNamesTheKey(t *testing.T) {
 		{"key_algorithm", func(c *Config) { c.KeyAlgorithm = "dsa" }},
 		{"enroll.server", func(c *Config) { c.Enroll.Server = "http://ca" }},
 		{"enroll.ca_pin", func(c *Config) { c.Enroll.CAPin = "sha256:12" }},
+		{"enroll.attest", func(c *Config) { c.Enroll.Attest = "sgx" }},
+		{"enroll.attest", func(c *Config) { c.Keystore = "file"; c.Enroll.Attest = "tpm" }},
 		{"renew.fraction", func(c *Config) { c.Renew.Fraction = 1 }},
 		{"renew.jitter", func(c *Config) { c.Renew.Jitter = -1 }},
 		{"renew.retry_min", func(c *Config) { c.Renew.RetryMin = time.Hour }},

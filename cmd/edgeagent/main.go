@@ -186,6 +186,7 @@ func cmdEnroll(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	passwordFile := fs.String("password-file", "", "read the HTTP Basic password from this file")
 	force := fs.Bool("force", false, "enroll again even if this device has an identity, whole or damaged (the key is kept)")
 	ksFlags := keystoreFlags(fs)
+	attest := fs.String("attest", "", "tpm: enroll with TPM attestation (needs --keystore tpm); without a token or credentials a CA with attested recovery enrolls a device whose TPM it knows")
 	timeout := fs.Duration("timeout", 30*time.Second, "timeout of each request to the EST server")
 	cfgPath := fs.String("config", "", "start from this config file (the daemon's: state_dir, keystore, tpm, device_id, enroll.*); flags given override it")
 	if err := parse(fs, args); err != nil {
@@ -221,6 +222,18 @@ func cmdEnroll(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 		cfg.Enroll.Username, cfg.Enroll.PasswordFile = *username, *passwordFile
 	}
 	ksFlags.apply(fs, &cfg, fromFile)
+	if set("attest") {
+		cfg.Enroll.Attest = *attest
+	}
+	switch cfg.Enroll.Attest {
+	case "":
+	case "tpm":
+		if cfg.Keystore != "tpm" {
+			return usageError{"--attest tpm needs --keystore tpm"}
+		}
+	default:
+		return usageError{fmt.Sprintf("--attest %q: use tpm", cfg.Enroll.Attest)}
+	}
 	sec := agent.Secrets{Token: *tokenStr, TokenFrom: "--token", Password: *password}
 	if *tokenStr == "-" {
 		if stdin == nil {

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/edgeagent/edgeagent/ca"
+	"github.com/edgeagent/edgeagent/ca/attest"
 	"github.com/edgeagent/edgeagent/ca/store"
 	"github.com/edgeagent/edgeagent/internal/version"
 )
@@ -247,10 +248,32 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&cfg.AddrFile, "addr-file", "", "write the bound address (host:port) to this file once listening")
 	fs.StringVar(&cfg.CRLBaseURL, "crl-url", "", "http://HOST:PORT relying parties fetch the CRL from (the CRL distribution point in every certificate); default http:// the first --hostname that is not loopback and the listen port")
 	fs.BoolVar(&cfg.PostQuantumTLS, "tls-post-quantum", false, "use a hybrid post-quantum TLS key exchange (X25519MLKEM768) with clients that offer one; off by default because EST traffic holds no secret that outlives its token")
+	attestRoots := fs.String("attest-roots", "", "offer TPM-attested enrollment: PEM file of TPM manufacturer CAs that EK certificates must chain to")
+	attestAllow := fs.String("attest-allowlist", "", "offer TPM-attested enrollment: file of EK public key SHA-256 hashes (hex, one a line) accepted without an EK certificate")
+	attestRecovery := fs.Bool("attest-recovery", false, "let a device recover without a token by attestation from the TPM it enrolled with (e.g. after its certificate expired)")
+	requireTPM := fs.Bool("require-tpm", false, "every token enrollment must be TPM-attested (the CA-wide default of token create --require-tpm)")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	if _, err := parse(fs, args); err != nil {
 		return err
+	}
+	if *attestRoots != "" || *attestAllow != "" {
+		o := &ca.AttestOptions{Recovery: *attestRecovery, RequireTPM: *requireTPM}
+		if *attestRoots != "" {
+			var err error
+			if o.Roots, o.Intermediates, _, err = attest.LoadRoots(*attestRoots); err != nil {
+				return fmt.Errorf("%w: --attest-roots: %v", errUsage, err)
+			}
+		}
+		if *attestAllow != "" {
+			var err error
+			if o.Allowlist, err = attest.LoadAllowlist(*attestAllow); err != nil {
+				return fmt.Errorf("%w: --attest-allowlist: %v", errUsage, err)
+			}
+		}
+		cfg.Attestation = o
+	} else if *attestRecovery || *requireTPM {
+		return fmt.Errorf("%w: --attest-recovery and --require-tpm need --attest-roots or --attest-allowlist (which TPMs to trust)", errUsage)
 	}
 	if cfg.CertTTL < ca.MinCertTTL {
 		return fmt.Errorf("%w: --cert-ttl %s is below the minimum of %s", errUsage, cfg.CertTTL, ca.MinCertTTL)
@@ -291,6 +314,7 @@ func cmdTokenCreate(ctx context.Context, args []string, stdout, stderr io.Writer
 	fs.StringVar(&o.Pattern, "pattern", "", "allow only device ids matching this pattern, e.g. 'sensor-*'")
 	fs.IntVar(&o.Uses, "uses", 1, "number of enrollments the token allows")
 	fs.DurationVar(&o.TTL, "ttl", 24*time.Hour, "how long the token is valid")
+	fs.BoolVar(&o.RequireTPM, "require-tpm", false, "the token enrolls only with TPM attestation (agent enroll.attest: tpm; edgeca serve --attest-roots or --attest-allowlist)")
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
@@ -312,6 +336,9 @@ func cmdTokenCreate(ctx context.Context, args []string, stdout, stderr io.Writer
 	fmt.Fprintln(stdout, tok.String())
 	fmt.Fprintf(stderr, "token %s for %s, %d use(s), expires %s\nserver %s, CA pin %s\n",
 		rec.ID, binding(rec), rec.MaxUses, rec.ExpiresAt.Local().Format(time.RFC3339), tok.URL, tok.Pin)
+	if o.RequireTPM {
+		fmt.Fprintln(stderr, "requires TPM attestation")
+	}
 	return nil
 }
 
@@ -338,6 +365,8 @@ type tokenJSON struct {
 	ExpiresAt time.Time `json:"expires_at"`
 	RevokedAt time.Time `json:"revoked_at,omitzero"`
 	LastUsed  time.Time `json:"last_used_at,omitzero"`
+	// RequireTPM: created with --require-tpm.
+	RequireTPM bool `json:"require_tpm,omitempty"`
 }
 
 func cmdTokenList(ctx context.Context, args []string, stdout io.Writer) error {
@@ -356,18 +385,29 @@ func cmdTokenList(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	now := time.Now()
+	tpmOnly := make([]bool, len(toks))
+	for i, t := range toks {
+		if tpmOnly[i], err = c.TokenRequiresTPM(ctx, t.ID); err != nil {
+			return err
+		}
+	}
 	if *asJSON {
 		out := make([]tokenJSON, 0, len(toks))
-		for _, t := range toks {
+		for i, t := range toks {
 			out = append(out, tokenJSON{ID: t.ID, State: ca.TokenState(t, now), Device: t.Device, Pattern: t.Pattern,
-				Uses: t.Uses, MaxUses: t.MaxUses, CreatedAt: t.CreatedAt, ExpiresAt: t.ExpiresAt, RevokedAt: t.RevokedAt, LastUsed: t.LastUsedAt})
+				Uses: t.Uses, MaxUses: t.MaxUses, CreatedAt: t.CreatedAt, ExpiresAt: t.ExpiresAt, RevokedAt: t.RevokedAt, LastUsed: t.LastUsedAt,
+				RequireTPM: tpmOnly[i]})
 		}
 		return writeJSON(stdout, out)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tSTATE\tFOR\tUSES\tEXPIRES")
-	for _, t := range toks {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%s\n", t.ID, ca.TokenState(t, now), binding(t), t.Uses, t.MaxUses, t.ExpiresAt.Local().Format(time.RFC3339))
+	for i, t := range toks {
+		b := binding(t)
+		if tpmOnly[i] {
+			b += ", TPM-attested only"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%s\n", t.ID, ca.TokenState(t, now), b, t.Uses, t.MaxUses, t.ExpiresAt.Local().Format(time.RFC3339))
 	}
 	return tw.Flush()
 }
@@ -402,6 +442,7 @@ type deviceJSON struct {
 	TokenID     string    `json:"token_id,omitempty"`
 	Enrollments int       `json:"enrollments"`
 	RevokedAt   time.Time `json:"revoked_at,omitzero"`
+	EKSHA256    string    `json:"ek_sha256,omitempty"`
 }
 
 func toDeviceJSON(d store.Device) deviceJSON {
@@ -455,8 +496,14 @@ func cmdDeviceShow(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	ek, err := c.DeviceEK(ctx, d.ID)
+	if err != nil {
+		return err
+	}
 	if *asJSON {
-		return writeJSON(stdout, toDeviceJSON(d))
+		j := toDeviceJSON(d)
+		j.EKSHA256 = ek
+		return writeJSON(stdout, j)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	row := func(k, v string) { fmt.Fprintf(tw, "%s:\t%s\n", k, v) }
@@ -471,6 +518,9 @@ func cmdDeviceShow(ctx context.Context, args []string, stdout io.Writer) error {
 	row("last seen", d.LastSeen.Local().Format(time.RFC3339))
 	row("token", d.TokenID)
 	row("certificates", fmt.Sprint(d.Enrollments))
+	// The TPM the device proved its key is in; "-" for a device that never
+	// enrolled with attestation.
+	row("ek sha256", dash(ek))
 	if !d.RevokedAt.IsZero() {
 		row("revoked at", d.RevokedAt.Local().Format(time.RFC3339))
 	}

@@ -219,6 +219,8 @@ func TestCLIErrors(t *testing.T) {
 		{[]string{"serve", "--dir", dir, "--renew-grace", "-1h"}, 2, "--renew-grace"},
 		{[]string{"serve", "--dir", dir, "--renew-grace", "1000h"}, 2, "--renew-grace"},
 		{[]string{"serve", "--dir", dir, "--bogus"}, 2, "bogus"},
+		{[]string{"serve", "--dir", dir, "--require-tpm"}, 2, "--attest-roots"},
+		{[]string{"serve", "--dir", dir, "--attest-roots", filepath.Join(dir, "none.pem")}, 2, "--attest-roots"},
 		{[]string{"init", "--dir", dir}, 1, "already initialized"},
 		{[]string{"audit", "--dir", filepath.Join(dir, "missing")}, 1, "edgeca init"},
 	} {

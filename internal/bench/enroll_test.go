@@ -123,3 +123,15 @@ func freshCSR(t *testing.T, cn string) []byte {
 	}
 	return est.EncodeBase64(der)
 }
+
+// TestAttestSection runs the attested-enrollment section against a
+// manufactured swtpm: every attested enrollment must succeed.
+func TestAttestSection(t *testing.T) {
+	var b strings.Builder
+	if err := attestSection(t.Context(), &b); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "attested p50 ms") {
+		t.Fatalf("no table:\n%s", b.String())
+	}
+}

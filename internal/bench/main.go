@@ -47,6 +47,7 @@ func main() {
 	sections := []section{
 		{"edgeca enrollment", enrollSection},
 		{"TPM key vs file key", tpmSection},
+		{"TPM-attested enrollment", attestSection},
 	}
 	fmt.Printf("edgeagent benchmarks: %s/%s, GOMAXPROCS=%d, %s\n", runtime.GOOS, runtime.GOARCH, runtime.GOMAXPROCS(0), runtime.Version())
 	failed := false

@@ -184,6 +184,9 @@ type agentConfig struct {
 	DeviceID, StateDir, Socket, Metrics, MQTTURL, MQTTCA string
 	Collector, Drain, RetryMin, RetryMax                 string
 	Level, Policy                                        string
+	// Extra is appended to the YAML as is (top-level keys the template
+	// does not write).
+	Extra string
 }
 
 func (c agentConfig) write(t testing.TB, path string) {
@@ -217,6 +220,7 @@ log:
   level: %s
 `, c.DeviceID, c.StateDir, c.Socket, c.Metrics, def(c.Collector, "0s"), c.MQTTURL, c.MQTTCA,
 		def(c.RetryMin, "10s"), def(c.RetryMax, "30m"), def(c.Policy, "rebootstrap"), def(c.Drain, "10s"), def(c.Level, "info"))
+	y += c.Extra
 	if err := os.WriteFile(path, []byte(y), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package swtpm
 
 import (
 	"bytes"
+	"crypto/x509"
 	"net"
 	"testing"
 	"time"
@@ -65,4 +66,64 @@ func TestStopIsIdempotent(t *testing.T) {
 		c.Close()
 		t.Fatalf("swtpm still accepts on %s after Stop", addr)
 	}
+}
+
+// TestManufacturedEKCerts: swtpm_setup with a private swtpm_localca writes
+// RSA and ECC EK certificates to their NV indices, signed by the
+// manufacturer's issuing CA, which chains to its root.
+func TestManufacturedEKCerts(t *testing.T) {
+	m := TestManufacturer(t)
+	s := StartWithEK(t, m)
+	conn, err := net.Dial("tcp", s.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tp := transport.FromReadWriteCloser(conn)
+	defer tp.Close()
+	for _, tc := range []struct {
+		name  string
+		index uint32
+	}{{"rsa", NVRSAEKCert}, {"ecc", NVECCEKCert}} {
+		t.Run(tc.name, func(t *testing.T) {
+			der := readNV(t, tp, tc.index)
+			c, err := x509.ParseCertificate(der)
+			if err != nil {
+				t.Fatalf("EK certificate at 0x%08x: %v", tc.index, err)
+			}
+			if err := c.CheckSignatureFrom(m.Issuer); err != nil {
+				t.Fatalf("EK certificate not signed by the manufacturer's issuer: %v", err)
+			}
+			if err := m.Issuer.CheckSignatureFrom(m.Root); err != nil {
+				t.Fatalf("issuer not signed by the manufacturer root: %v", err)
+			}
+		})
+	}
+}
+
+func readNV(t *testing.T, tp transport.TPM, index uint32) []byte {
+	t.Helper()
+	h := tpm2.TPMHandle(index)
+	rp, err := tpm2.NVReadPublic{NVIndex: h}.Execute(tp)
+	if err != nil {
+		t.Fatalf("NV 0x%08x: %v", index, err)
+	}
+	pub, err := rp.NVPublic.Contents()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []byte
+	for off := 0; off < int(pub.DataSize); {
+		n := min(int(pub.DataSize)-off, 1024)
+		r, err := tpm2.NVRead{
+			AuthHandle: tpm2.AuthHandle{Handle: h, Name: rp.NVName, Auth: tpm2.PasswordAuth(nil)},
+			NVIndex:    tpm2.NamedHandle{Handle: h, Name: rp.NVName},
+			Size:       uint16(n), Offset: uint16(off),
+		}.Execute(tp)
+		if err != nil {
+			t.Fatalf("NV read 0x%08x: %v", index, err)
+		}
+		out = append(out, r.Data.Buffer...)
+		off += n
+	}
+	return out
 }

@@ -38,6 +38,8 @@ type Options struct {
 	Now    func() time.Time // the CA's clock
 	// PostQuantumTLS: ca.Options.PostQuantumTLS.
 	PostQuantumTLS bool
+	// Attestation: ca.Options.Attestation.
+	Attestation *ca.AttestOptions
 }
 
 // Start initializes a CA in a temporary dir and serves EST on 127.0.0.1:0
@@ -51,7 +53,8 @@ func Start(t testing.TB, o Options) *CA {
 	if err := ca.Init(context.Background(), dir, ca.InitOptions{}); err != nil {
 		t.Fatalf("testca: init: %v", err)
 	}
-	c, err := ca.Open(context.Background(), dir, ca.Options{CertTTL: o.CertTTL, MinTTL: o.MinTTL, PostQuantumTLS: o.PostQuantumTLS, Hostnames: []string{"127.0.0.1", "localhost"}, Now: o.Now})
+	c, err := ca.Open(context.Background(), dir, ca.Options{CertTTL: o.CertTTL, MinTTL: o.MinTTL, PostQuantumTLS: o.PostQuantumTLS, Hostnames: []string{"127.0.0.1", "localhost"}, Now: o.Now,
+		Attestation: o.Attestation})
 	if err != nil {
 		t.Fatalf("testca: open: %v", err)
 	}

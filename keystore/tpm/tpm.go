@@ -91,6 +91,7 @@ type Store struct {
 	tpm  transport.TPMCloser // nil once closed
 	cur  *key                // current key, once Current or Create found it
 	next *key                // pending rotation, once BeginRotate or Pending found it
+	ak   *object             // the AK between ActivateCredential and Certify, else nil
 }
 
 var _ keystore.Keystore = (*Store)(nil)
@@ -136,7 +137,31 @@ func Open(o Options) (*Store, error) {
 		t.Close()
 		return nil, err
 	}
+	s.flushStaleTransients()
 	return s, nil
+}
+
+// flushStaleTransients flushes the transient objects a previous process
+// left loaded. Without a resource manager (a simulator, /dev/tpm0) they
+// outlive the process that loaded them and, with a TPM that has three
+// object slots, one killed agent is enough to make the next attestation
+// fail with TPM_RC_OBJECT_MEMORY. Such a connection is exclusive, so
+// nothing loaded belongs to anyone else; behind /dev/tpmrm0 the list is
+// this connection's own, empty.
+func (s *Store) flushStaleTransients() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	rsp, err := tpm2.GetCapability{Capability: tpm2.TPMCapHandles, Property: uint32(tpm2.TPMHTTransient) << 24, PropertyCount: 64}.Execute(s.tpm)
+	if err != nil {
+		return // an old TPM that cannot list them: nothing to gain
+	}
+	hs, err := rsp.CapabilityData.Data.Handles()
+	if err != nil {
+		return
+	}
+	for _, h := range hs.Handle {
+		s.flushLocked(h)
+	}
 }
 
 // Info describes the TPM for status output.
@@ -161,6 +186,7 @@ func (s *Store) Close() error {
 			s.unloadLocked(k)
 		}
 	}
+	s.dropAKLocked()
 	err := s.tpm.Close()
 	s.tpm = nil
 	return err
