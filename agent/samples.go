@@ -40,5 +40,8 @@ func (q *sampleQueue) add(ctx context.Context, sample json.RawMessage) {
 	if q.failing {
 		q.log.Info("collector: samples queued again", "count", len(ids), "dropped_total", q.dropped)
 	}
+	if len(ids) > 0 {
+		q.log.Debug("collector: sample queued", "id", ids[len(ids)-1])
+	}
 	q.failing, q.pending = false, q.pending[:0]
 }
