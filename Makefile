@@ -51,11 +51,9 @@ test: test-deps lint
 
 # edgeagent and edgeca against an EST implementation this project did not
 # write (GlobalSign's): enroll/interop runs edgeagent against its server,
-# ca/interop its client against edgeca, internal/bench/peer (the bench's
-# comparison row) tests that both servers issue what it counts. Each is a
-# module of its own (its go-tpm v0.3 cannot share a build with ours),
-# outside ./... .
-INTEROP_MODULES = enroll/interop ca/interop internal/bench/peer
+# ca/interop its client against edgeca. Each is a module of its own (its
+# go-tpm v0.3 cannot share a build with ours), outside ./... .
+INTEROP_MODULES = enroll/interop ca/interop
 interop:
 	@for m in $(INTEROP_MODULES); do (cd $$m && $(GO) test -count=1 -timeout 10m ./...) || exit 1; done
 
@@ -70,12 +68,10 @@ lint:
 	GOARCH=arm GOARM=7 $(GO) vet ./...   # 32-bit: catches constants that overflow int on armv6/v7
 
 # Every figure next to a baseline measured in the same run: enrollment vs
-# raw ECDSA signing and vs GlobalSign's EST server driven by the same
-# clients, the spool vs a plain file, the agent's MQTT path vs mosquitto_pub
-# on the same listener (plus the agent's RSS).
+# raw ECDSA signing, the spool vs a plain file, the agent's MQTT path vs
+# mosquitto_pub on the same listener (plus the agent's RSS).
 bench: test-deps
 	$(GO) run ./internal/bench
-	cd internal/bench/peer && $(GO) run .
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./uplink/spool ./internal/e2e
 
 cross:
