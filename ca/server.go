@@ -247,15 +247,11 @@ const tokenInvalidMsg = "enrollment token not accepted (unknown, expired, used u
 // attempt collects what the audit record of one request says.
 type attempt struct {
 	op, peer, tokenID, deviceID string
-	expected                    func() // withdraws the store.Expect announcement
 }
 
 // enroll serves simpleenroll and simplereenroll.
 func (c *CA) enroll(w http.ResponseWriter, r *http.Request, op string) {
-	// Announce the Issue call this request will most likely make; issue
-	// withdraws it as it calls Issue, a refusal before that here.
-	a := attempt{op: op, peer: r.RemoteAddr, expected: c.st.Expect()}
-	defer a.expected()
+	a := attempt{op: op, peer: r.RemoteAddr}
 	if n := c.inFlight.Add(1); n > maxInFlight {
 		c.inFlight.Add(-1)
 		e := &Error{Status: http.StatusServiceUnavailable, Code: est.CodeRateLimited, Msg: "the CA is busy: retry later",
@@ -495,7 +491,7 @@ func (c *CA) simpleEnroll(w http.ResponseWriter, r *http.Request, a *attempt) (*
 		Audit: store.AuditRecord{Time: now, Op: a.op, Peer: a.peer, TokenID: a.tokenID, DeviceID: csr.DeviceID,
 			Result: store.ResultOK, Reason: "enrolled with token"},
 	}
-	return c.issue(r.Context(), req, csr, check, a.expected)
+	return c.issue(r.Context(), req, csr, check)
 }
 
 // issue signs the certificate and records it with Store.Issue, which runs
@@ -503,7 +499,7 @@ func (c *CA) simpleEnroll(w http.ResponseWriter, r *http.Request, a *attempt) (*
 // certificate is then dropped unseen. Signing before checking costs one
 // ECDSA signature on a refused request, less than the CSR check every
 // request costs anyway, and saves a read of the state on every accepted one.
-func (c *CA) issue(ctx context.Context, req store.IssueRequest, csr *CSR, check func(*store.Token, *store.Device) error, arrived func()) (*x509.Certificate, error) {
+func (c *CA) issue(ctx context.Context, req store.IssueRequest, csr *CSR, check func(*store.Token, *store.Device) error) (*x509.Certificate, error) {
 	// The certificate keeps the device's spelling of its id; the
 	// registry is keyed by the canonical form (req.DeviceID).
 	cert, err := c.auth.issueLeaf(csr.Request.PublicKey, csr.DeviceID, c.ttl, req.Time)
@@ -512,7 +508,6 @@ func (c *CA) issue(ctx context.Context, req store.IssueRequest, csr *CSR, check 
 	}
 	req.Issuance = store.Issuance{Serial: SerialHex(cert.SerialNumber), NotAfter: cert.NotAfter,
 		DER: cert.Raw, KeyHash: sha256.Sum256(cert.RawSubjectPublicKeyInfo)}
-	arrived()
 	if err := c.st.Issue(ctx, req, check); err != nil {
 		return nil, err
 	}
@@ -624,7 +619,7 @@ func (c *CA) simpleReenroll(w http.ResponseWriter, r *http.Request, a *attempt) 
 		Audit: store.AuditRecord{Time: now, Op: a.op, Peer: a.peer, DeviceID: certID,
 			Result: store.ResultOK, Reason: reason},
 	}
-	return c.issue(r.Context(), req, csr, check, a.expected)
+	return c.issue(r.Context(), req, csr, check)
 }
 
 // verifyClientCert checks the TLS client certificate: present, currently
