@@ -270,13 +270,24 @@ func (c *CA) enroll(w http.ResponseWriter, r *http.Request, op string) {
 		cert, err = rp.cert, nil
 		c.recordReplay(r.Context(), a, rp)
 	}
+	if errors.Is(err, store.ErrUnavailable) {
+		c.noteStore(err)
+		e := unavailableError(err, jitter())
+		drain(r.Body)
+		writeError(w, e)
+		return
+	}
 	if err != nil {
 		var e *Error
 		if !errors.As(err, &e) {
 			c.log.Error("enrollment failed", "op", op, "peer", a.peer, "device", a.deviceID, "err", err)
 			e = &Error{Status: http.StatusInternalServerError, Code: est.CodeInternal, Msg: "internal error, see the edgeca log", Reason: err.Error()}
 		}
-		c.recordFailure(r.Context(), a, e)
+		// Shed requests are counted (CA.Shed), not audited one by one:
+		// a storm must not turn into a storm of audit writes.
+		if e.Code != est.CodeUnavailable {
+			c.recordFailure(r.Context(), a, e)
+		}
 		drain(r.Body)
 		writeError(w, e)
 		return
@@ -315,7 +326,9 @@ func (c *CA) recordReplay(ctx context.Context, a attempt, rp *replay) {
 func (c *CA) writeAudit(ctx context.Context, rec store.AuditRecord) {
 	rec.Op, rec.Peer, rec.TokenID, rec.DeviceID = Printable(rec.Op, maxFieldLen), Printable(rec.Peer, maxFieldLen), Printable(rec.TokenID, maxFieldLen), Printable(rec.DeviceID, maxFieldLen)
 	rec.Code, rec.Reason, rec.Serial = Printable(rec.Code, maxFieldLen), Printable(rec.Reason, maxReasonLen), Printable(rec.Serial, maxFieldLen)
-	if err := c.st.AddAudit(context.WithoutCancel(ctx), rec); err != nil {
+	err := c.st.AddAudit(context.WithoutCancel(ctx), rec)
+	c.noteStore(err)
+	if err != nil && !errors.Is(err, store.ErrUnavailable) {
 		c.log.Error("write audit record", "err", err, "op", rec.Op, "device", rec.DeviceID, "reason", rec.Reason)
 	}
 }
@@ -448,6 +461,11 @@ func (c *CA) simpleEnroll(w http.ResponseWriter, r *http.Request, a *attempt) (*
 	if err != nil {
 		return nil, err
 	}
+	release, shed := c.gate.admit(r.Context(), jitter())
+	if shed != nil {
+		return nil, shed
+	}
+	defer release()
 	a.deviceID = csr.DeviceID
 	secretHash := sha256.Sum256([]byte(pass))
 	// The token is checked before anything is signed: a guess costs a
@@ -508,7 +526,9 @@ func (c *CA) issue(ctx context.Context, req store.IssueRequest, csr *CSR, check 
 	}
 	req.Issuance = store.Issuance{Serial: SerialHex(cert.SerialNumber), NotAfter: cert.NotAfter,
 		DER: cert.Raw, KeyHash: sha256.Sum256(cert.RawSubjectPublicKeyInfo)}
-	if err := c.st.Issue(ctx, req, check); err != nil {
+	err = c.st.Issue(ctx, req, check)
+	c.noteStore(err)
+	if err != nil {
 		return nil, err
 	}
 	return cert, nil
@@ -595,6 +615,11 @@ func (c *CA) simpleReenroll(w http.ResponseWriter, r *http.Request, a *attempt) 
 	if err != nil {
 		return nil, err
 	}
+	release, shed := c.gate.admit(r.Context(), jitter())
+	if shed != nil {
+		return nil, shed
+	}
+	defer release()
 	if !deviceid.Equal(csr.DeviceID, certID) {
 		return nil, &Error{Status: http.StatusForbidden, Code: est.CodeDeviceNotAllowed,
 			Msg: fmt.Sprintf("the CSR names device %q but the client certificate is for %q", csr.DeviceID, certID)}

@@ -351,9 +351,8 @@ func (p *Postgres) SetSetting(ctx context.Context, key, value string) error {
 	return nil
 }
 
-// SetSettingIfUnset stores a setting unless it is set, and returns the
-// value that is stored now (the first writer's, when replicas race).
-func (p *Postgres) SetSettingIfUnset(ctx context.Context, key, value string) (string, error) {
+// InitSetting implements Store.
+func (p *Postgres) InitSetting(ctx context.Context, key, value string) (string, error) {
 	if _, err := p.pool.Exec(ctx, `INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING`, key, value); err != nil {
 		return "", fmt.Errorf("write setting %s: %w", key, unavailable(err))
 	}

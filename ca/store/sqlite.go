@@ -680,3 +680,15 @@ func (s *SQLite) Ping(ctx context.Context) error {
 	}
 	return nil
 }
+
+// InitSetting implements Store.
+func (s *SQLite) InitSetting(ctx context.Context, key, value string) (string, error) {
+	if _, err := s.w.ExecContext(ctx, `INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING`, key, value); err != nil {
+		return "", fmt.Errorf("write setting %s: %w", key, err)
+	}
+	var v string
+	if err := s.w.QueryRowContext(ctx, `SELECT value FROM settings WHERE key = ?`, key).Scan(&v); err != nil {
+		return "", fmt.Errorf("read setting %s: %w", key, err)
+	}
+	return v, nil
+}

@@ -205,9 +205,24 @@ type Store interface {
 	Setting(ctx context.Context, key string) (string, error)
 	// SetSetting stores a setting, durably.
 	SetSetting(ctx context.Context, key, value string) error
+	// InitSetting stores value under key unless key is set, and returns
+	// the value stored now: of replicas racing, all get the first one's.
+	InitSetting(ctx context.Context, key, value string) (string, error)
 	// Ping returns nil when the store can serve reads and writes now
 	// (the readiness probe), or an error wrapping ErrUnavailable.
 	Ping(ctx context.Context) error
 	// Close releases the store; later calls fail with ErrClosed.
 	Close() error
+}
+
+// OpenDB opens the store at db: a PostgreSQL URL (postgres://...), a SQLite
+// file path, or "" for the SQLite file at defaultPath.
+func OpenDB(ctx context.Context, db, defaultPath string) (Store, error) {
+	switch {
+	case IsPostgresURL(db):
+		return OpenPostgres(ctx, db)
+	case db != "":
+		return Open(ctx, db)
+	}
+	return Open(ctx, defaultPath)
 }

@@ -39,6 +39,7 @@ func Run(t *testing.T, b Backend) {
 		{"TokensAndErrors", tokensAndErrors},
 		{"Audit", audit},
 		{"Settings", settings},
+		{"InitSetting", initSetting},
 		{"Ping", ping},
 	}
 	for _, tc := range tests {
@@ -379,6 +380,32 @@ func settings(t *testing.T, b Backend) {
 		if got, err := rs[1].Setting(ctx, "k"); err != nil || got != v {
 			t.Errorf("setting on the other handle: %q %v, want %q", got, err, v)
 		}
+	}
+}
+
+// initSetting: of handles racing to set one key first, all get the
+// first one's value.
+func initSetting(t *testing.T, b Backend) {
+	rs := replicas(t, b, 3)
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	got := make([]string, 12)
+	errs := make([]error, len(got))
+	for i := range got {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got[i], errs[i] = rs[i%3].InitSetting(ctx, "first", fmt.Sprint(i))
+		}()
+	}
+	wg.Wait()
+	for i := range got {
+		if errs[i] != nil || got[i] != got[0] || got[i] == "" {
+			t.Fatalf("InitSetting racers got %q (errors %v): want one value for all", got, errs)
+		}
+	}
+	if v, _ := rs[0].Setting(ctx, "first"); v != got[0] {
+		t.Errorf("stored %q, InitSetting said %q", v, got[0])
 	}
 }
 

@@ -1,0 +1,42 @@
+package ca
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"fmt"
+
+	"github.com/edgeagent/edgeagent/ca/store"
+)
+
+// settingIssuer records the SHA-256 of the issuing certificate that the
+// replicas sharing a database sign with.
+const settingIssuer = "issuer_sha256"
+
+// checkIssuer makes every replica on a shared database sign with the same
+// intermediate: the first one to open the database records its
+// certificate's fingerprint, the others must match it.
+//
+// Replicas share the issuing key files (the CA directory copied to each
+// host) rather than holding one intermediate each under the root, because
+// a device must renew on whichever replica the load balancer picks:
+// renewal trusts client certificates of this CA's own intermediate only
+// (clientRoots), /cacerts is one answer on every replica, and the agent
+// pins one chain. Intermediates per replica would need every replica to
+// trust every other's, and a replica's loss would strand the devices it
+// issued until they renew elsewhere; one key on N hosts costs guarding N
+// copies of it (mode 0600, per host), the same as one CA host with
+// standbys.
+func checkIssuer(ctx context.Context, st store.Store, inter *x509.Certificate) error {
+	sum := sha256.Sum256(inter.Raw)
+	mine := hex.EncodeToString(sum[:])
+	cur, err := st.InitSetting(ctx, settingIssuer, mine)
+	if err != nil {
+		return fmt.Errorf("check the issuing certificate of the shared database: %w", err)
+	}
+	if cur != mine {
+		return fmt.Errorf("the database is shared with replicas that issue with another intermediate (SHA-256 %s, this directory's is %s): copy the CA directory of the first replica (intermediate.pem and its key) to every replica", cur, mine)
+	}
+	return nil
+}
