@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"fmt"
+	"path/filepath"
 
 	"github.com/edgeagent/edgeagent/ca/store"
 )
@@ -39,4 +40,31 @@ func checkIssuer(ctx context.Context, st store.Store, inter *x509.Certificate) e
 		return fmt.Errorf("the database is shared with replicas that issue with another intermediate (SHA-256 %s, this directory's is %s): copy the CA directory of the first replica (intermediate.pem and its key) to every replica", cur, mine)
 	}
 	return nil
+}
+
+// Migrate copies the state of the CA in dir (its SQLite database) into the
+// empty PostgreSQL database at db, in one transaction. Stop the server on
+// dir first: what it writes after the copy began is not copied.
+func Migrate(ctx context.Context, dir, db string) (store.Snapshot, error) {
+	if !store.IsPostgresURL(db) {
+		return store.Snapshot{}, fmt.Errorf("migrate: --db must be a PostgreSQL URL (postgres://...)")
+	}
+	src, err := store.Open(ctx, filepath.Join(dir, DBFile))
+	if err != nil {
+		return store.Snapshot{}, fmt.Errorf("migrate: %w", err)
+	}
+	defer src.Close()
+	snap, err := src.Snapshot(ctx)
+	if err != nil {
+		return store.Snapshot{}, fmt.Errorf("migrate: %w", err)
+	}
+	dst, err := store.OpenPostgres(ctx, db)
+	if err != nil {
+		return store.Snapshot{}, fmt.Errorf("migrate: %w", err)
+	}
+	defer dst.Close()
+	if err := dst.Import(ctx, snap); err != nil {
+		return store.Snapshot{}, fmt.Errorf("migrate: %w", err)
+	}
+	return snap, nil
 }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/edgeagent/edgeagent/internal/atomicfile"
@@ -79,14 +80,22 @@ func Run(ctx context.Context, cfg ServeConfig) error {
 			return fmt.Errorf("serve: --addr-file: %w", err)
 		}
 	}
+	defaultHealth := cfg.HealthListen == "" || cfg.HealthListen == DefaultHealthListen
 	if cfg.HealthListen == "" {
 		cfg.HealthListen = DefaultHealthListen
 	}
+	var hln net.Listener
 	if cfg.HealthListen != "off" {
-		hln, err := lc.Listen(ctx, "tcp", cfg.HealthListen)
-		if err != nil {
+		hln, err = lc.Listen(ctx, "tcp", cfg.HealthListen)
+		if err != nil && defaultHealth && errors.Is(err, syscall.EADDRINUSE) {
+			// A second edgeca on one host (a test, a staging copy) keeps
+			// serving EST; an address given on purpose must work.
+			log.Warn("health endpoints off: the default health address is taken (give --health-listen)", "addr", cfg.HealthListen, "err", err)
+		} else if err != nil {
 			return fmt.Errorf("serve: --health-listen %s: %w", cfg.HealthListen, err)
 		}
+	}
+	if hln != nil {
 		defer hln.Close()
 		if cfg.HealthAddrFile != "" {
 			if err := atomicfile.Write(cfg.HealthAddrFile, []byte(hln.Addr().String()+"\n"), 0o644); err != nil {

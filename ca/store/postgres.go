@@ -471,3 +471,65 @@ func (p *Postgres) issueOnce(ctx context.Context, tx pgx.Tx, req IssueRequest, d
 	}
 	return nil
 }
+
+// Snapshot is the whole state of a store, for copying it to another.
+type Snapshot struct {
+	Tokens   []Token
+	Devices  []Device
+	Audit    []AuditRecord // newest first, as Audit lists them
+	Settings map[string]string
+}
+
+// Import copies snap into this database in one transaction, keeping audit
+// sequence numbers; it refuses a database that already holds tokens,
+// devices or audit records, so that a second run cannot mix two CAs.
+func (p *Postgres) Import(ctx context.Context, snap Snapshot) error {
+	return pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
+		var n int64
+		if err := tx.QueryRow(ctx, `SELECT (SELECT count(*) FROM tokens) + (SELECT count(*) FROM devices) + (SELECT count(*) FROM audit)`).Scan(&n); err != nil {
+			return fmt.Errorf("import: %w", unavailable(err))
+		}
+		if n > 0 {
+			return fmt.Errorf("import: the database already holds %d tokens, devices and audit records: import only into a new one", n)
+		}
+		for _, t := range snap.Tokens {
+			if _, err := tx.Exec(ctx, `INSERT INTO tokens (`+tokenCols+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
+				t.ID, t.SecretHash[:], t.Device, t.Pattern, t.MaxUses, t.Uses,
+				unixNano(t.CreatedAt), unixNano(t.ExpiresAt), unixNano(t.RevokedAt), unixNano(t.LastUsedAt)); err != nil {
+				return fmt.Errorf("import token %s: %w", t.ID, err)
+			}
+		}
+		for _, d := range snap.Devices {
+			cert := d.Cert
+			if cert == nil {
+				cert = []byte{}
+			}
+			keyHash := d.KeyHash[:]
+			if d.KeyHash == ([32]byte{}) {
+				keyHash = []byte{}
+			}
+			if _, err := tx.Exec(ctx, `INSERT INTO devices (`+deviceCols+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)`,
+				d.ID, d.Status, d.Serial, d.PrevSerial, unixNano(d.NotAfter), unixNano(d.FirstSeen), unixNano(d.LastSeen), d.TokenID, d.Enrollments,
+				unixNano(d.RevokedAt), cert, keyHash, d.CertToken, d.Confirmed); err != nil {
+				return fmt.Errorf("import device %s: %w", d.ID, err)
+			}
+		}
+		for i := len(snap.Audit) - 1; i >= 0; i-- {
+			a := snap.Audit[i]
+			if _, err := tx.Exec(ctx, `INSERT INTO audit (`+auditCols+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
+				a.Seq, unixNano(a.Time), a.Op, a.Peer, a.TokenID, a.DeviceID, a.Result, a.Code, a.Reason, a.Serial); err != nil {
+				return fmt.Errorf("import audit record %d: %w", a.Seq, err)
+			}
+		}
+		// New records continue after the imported ones.
+		if _, err := tx.Exec(ctx, `SELECT setval(pg_get_serial_sequence('audit', 'seq'), GREATEST((SELECT COALESCE(MAX(seq), 0) FROM audit), 1), (SELECT COUNT(*) > 0 FROM audit))`); err != nil {
+			return fmt.Errorf("import: audit sequence: %w", err)
+		}
+		for k, v := range snap.Settings {
+			if _, err := tx.Exec(ctx, `INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value`, k, v); err != nil {
+				return fmt.Errorf("import setting %s: %w", k, err)
+			}
+		}
+		return nil
+	})
+}

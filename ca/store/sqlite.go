@@ -692,3 +692,58 @@ func (s *SQLite) InitSetting(ctx context.Context, key, value string) (string, er
 	}
 	return v, nil
 }
+
+// Snapshot reads the whole state in one read transaction (a consistent
+// copy even while a server writes), for `edgeca migrate`.
+func (s *SQLite) Snapshot(ctx context.Context) (Snapshot, error) {
+	tx, err := s.r.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return Snapshot{}, fmt.Errorf("snapshot: %w", err)
+	}
+	defer tx.Rollback()
+	var snap Snapshot
+	q := func(query string, each func(scanner) error) error {
+		rows, err := tx.QueryContext(ctx, query)
+		if err != nil {
+			return fmt.Errorf("snapshot: %w", err)
+		}
+		defer rows.Close()
+		for rows.Next() {
+			if err := each(rows); err != nil {
+				return fmt.Errorf("snapshot: %w", err)
+			}
+		}
+		return rows.Err()
+	}
+	if err := q(`SELECT `+tokenCols+` FROM tokens ORDER BY created_at, id`, func(sc scanner) error {
+		t, err := scanToken(sc)
+		snap.Tokens = append(snap.Tokens, t)
+		return err
+	}); err != nil {
+		return Snapshot{}, err
+	}
+	if err := q(`SELECT `+deviceCols+` FROM devices ORDER BY id`, func(sc scanner) error {
+		d, err := scanDevice(sc)
+		snap.Devices = append(snap.Devices, d)
+		return err
+	}); err != nil {
+		return Snapshot{}, err
+	}
+	if err := q(`SELECT `+auditCols+` FROM audit ORDER BY seq DESC`, func(sc scanner) error {
+		a, err := scanAudit(sc)
+		snap.Audit = append(snap.Audit, a)
+		return err
+	}); err != nil {
+		return Snapshot{}, err
+	}
+	snap.Settings = map[string]string{}
+	if err := q(`SELECT key, value FROM settings`, func(sc scanner) error {
+		var k, v string
+		err := sc.Scan(&k, &v)
+		snap.Settings[k] = v
+		return err
+	}); err != nil {
+		return Snapshot{}, err
+	}
+	return snap, nil
+}

@@ -128,6 +128,8 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return cmdAuditPrune(ctx, rest[1:], stderr)
 		}
 		return cmdAudit(ctx, rest, stdout)
+	case "migrate":
+		return cmdMigrate(ctx, rest, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "edgeca", version.String())
 		return nil
@@ -579,4 +581,22 @@ func writeJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
+}
+
+func cmdMigrate(ctx context.Context, args []string, stderr io.Writer) error {
+	fs, _ := newFlags("migrate")
+	from := fs.String("from", "", "CA directory whose SQLite database to copy (stop its server first)")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	if *from == "" || dbOf(fs) == "" {
+		return fmt.Errorf("%w: migrate needs --from DIR and --db postgres://...", errUsage)
+	}
+	snap, err := ca.Migrate(ctx, *from, dbOf(fs))
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "copied %d tokens, %d devices, %d audit records and %d settings from %s\nserve with: edgeca serve --dir %s --db URL (every replica with a copy of %s, %s and %s)\n",
+		len(snap.Tokens), len(snap.Devices), len(snap.Audit), len(snap.Settings), *from, *from, ca.RootCertFile, ca.IntermediateCertFile, ca.IntermediateKeyFile)
+	return nil
 }
