@@ -19,18 +19,28 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
-	"testing"
 	"time"
 )
 
 // User is the database superuser of the test cluster.
 const User = "edgeca"
 
+// T is what the harness needs of a test: testing.TB has it, and so can a
+// benchmark program.
+type T interface {
+	Helper()
+	Fatal(args ...any)
+	Fatalf(format string, args ...any)
+	Errorf(format string, args ...any)
+	Cleanup(func())
+}
+
 // Server is a running test PostgreSQL.
 type Server struct {
-	t    testing.TB
+	t    T
 	bin  string // directory of initdb, pg_ctl, postgres
 	dir  string // cluster data directory (also the socket directory)
 	Port int
@@ -41,7 +51,7 @@ type Server struct {
 
 // BinDir returns the directory of the newest installed PostgreSQL's
 // binaries, or fails the test with how to get them.
-func BinDir(t testing.TB) string {
+func BinDir(t T) string {
 	t.Helper()
 	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
 	sort.Slice(dirs, func(i, j int) bool { return version(dirs[i]) > version(dirs[j]) })
@@ -61,7 +71,7 @@ func version(binDir string) int {
 
 // Start makes a cluster and starts it on a free loopback port; it is
 // stopped and removed when the test ends.
-func Start(t testing.TB) *Server {
+func Start(t T) *Server {
 	t.Helper()
 	bin := BinDir(t)
 	// Not t.TempDir: as root its parents are mode 0700 and nobody could
@@ -171,6 +181,40 @@ func (s *Server) Kill() {
 		time.Sleep(20 * time.Millisecond)
 	}
 	s.running = false
+}
+
+// CPU is the CPU time (user and system) the server's processes have used
+// so far, from /proc: the postmaster and its live backends. Backends that
+// exited are counted in the postmaster's children time only once it
+// reaped them, so measure with the connections still open.
+func (s *Server) CPU() time.Duration {
+	raw, err := os.ReadFile(filepath.Join(s.dir, "data", "postmaster.pid"))
+	if err != nil {
+		return 0
+	}
+	pm := string(bytes.TrimSpace(bytes.SplitN(raw, []byte("\n"), 2)[0]))
+	entries, _ := os.ReadDir("/proc")
+	var ticks int64
+	for _, e := range entries {
+		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// Fields after the parenthesized command: state ppid ... utime(14) stime(15) cutime(16) cstime(17).
+		i := bytes.LastIndexByte(stat, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(stat[i+1:]))
+		if len(f) < 15 || (e.Name() != pm && f[1] != pm) {
+			continue
+		}
+		for _, k := range []int{11, 12, 13, 14} {
+			n, _ := strconv.ParseInt(f[k], 10, 64)
+			ticks += n
+		}
+	}
+	return time.Duration(ticks) * time.Second / 100 // USER_HZ
 }
 
 // run runs one of the server's binaries, as nobody when we are root.
