@@ -640,6 +640,9 @@ func (d *Daemon) renewLoop(ctx context.Context) error {
 			attempt = max(attempt, 62)
 		}
 		backoff(now, leaf.NotAfter)
+		if at := now.Add(enroll.RetryAfter(err)); at.After(retryAt) {
+			retryAt = at // a CA shedding load said when to come back
+		}
 		d.log.Warn("renewal failed", "err", err, "retry_at", retryAt, "retryable", enroll.Retryable(err))
 	}
 }
