@@ -253,11 +253,13 @@ type attempt struct {
 func (c *CA) enroll(w http.ResponseWriter, r *http.Request, op string) {
 	a := attempt{op: op, peer: r.RemoteAddr}
 	if n := c.inFlight.Add(1); n > maxInFlight {
+		// Shed like the gate's 503s: a jittered Retry-After, counted,
+		// not audited one by one (in a storm every second would bring
+		// the whole excess back and write an audit record for each).
 		c.inFlight.Add(-1)
-		e := &Error{Status: http.StatusServiceUnavailable, Code: est.CodeRateLimited, Msg: "the CA is busy: retry later",
-			Reason: fmt.Sprintf("over %d enrollments in flight", maxInFlight), RetryAfter: time.Second}
-		c.recordFailure(r.Context(), a, e)
-		writeError(w, e)
+		c.gate.shed.Add(1)
+		drain(r.Body)
+		writeError(w, c.gate.shedError(jitter()))
 		return
 	}
 	defer c.inFlight.Add(-1)

@@ -248,7 +248,7 @@ func stormSection(ctx context.Context, w io.Writer) error {
 			return err
 		}
 	}
-	fmt.Fprintf(w, "storm: each run stops after %s; %d devices arrive within 1 s on one SQLite edgeca; CA p50/p99: the latency of the answers (200 and 503) the devices got; shedding on: --shed-max-wait %s, Retry-After 1 s + up to %s; off: every request waits (the in-flight bound of 256 still answers 503 + Retry-After 1 s); timeouts/errors: attempts that got no answer in 30 s or were refused at accept, retried with backoff 1 s doubling to 60 s, full jitter\n",
+	fmt.Fprintf(w, "storm: each run stops after %s; %d devices arrive within 1 s on one SQLite edgeca; CA p50/p99: the latency of the answers (200 and 503) the devices got; shedding on: --shed-max-wait %s, Retry-After 1 s + up to %s; off: every request waits for a worker (beyond 256 in flight it is still shed, as with shedding on); timeouts/errors: attempts that got no answer in 30 s or were refused at accept, retried with backoff 1 s doubling to 60 s, full jitter\n",
 		stormLimit, fleet, ca.DefaultShedMaxWait, ca.DefaultShedRetrySpread)
 	return nil
 }
