@@ -234,7 +234,7 @@ func (c *CA) recoverByAttestation(ctx context.Context, a *attempt, now time.Time
 		Audit: store.AuditRecord{Time: now, Op: a.op, Peer: a.peer, DeviceID: csr.DeviceID, Result: store.ResultOK,
 			Reason: "recovered by TPM attestation alone (EK sha256 " + ak.ekHex() + ")"},
 	}
-	return c.issue(ctx, req, csr, check, a.expected)
+	return c.issue(ctx, req, csr, check)
 }
 
 // refuseUnattested refuses a plain token enrollment when the CA or the

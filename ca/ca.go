@@ -47,8 +47,12 @@ type Options struct {
 	// Hostnames are the DNS names and IP addresses of the TLS server
 	// certificate; DefaultHostnames() when empty.
 	Hostnames []string
-	// Store replaces the SQLite store in dir (tests). Close closes it.
+	// Store replaces the store DB names (tests). Close closes it.
 	Store store.Store
+	// DB is where the state is: "" for the SQLite database in dir, a
+	// SQLite file path, or a PostgreSQL URL (postgres://...) that several
+	// edgeca replicas share (see store.OpenDB).
+	DB string
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 	// Logger gets request and lifecycle logs; slog.Default() when nil.
@@ -79,6 +83,9 @@ type Options struct {
 	CRLBaseURL string
 	// Attestation, when set, offers attested enrollment (ca/attested.go).
 	Attestation *AttestOptions
+	// Shed bounds the wait of an enrollment before it is refused with
+	// 503 + Retry-After (see ShedOptions).
+	Shed ShedOptions
 }
 
 // DefaultHostnames is localhost, 127.0.0.1, ::1 and the machine's host name.
@@ -116,6 +123,10 @@ type CA struct {
 
 	maxConnsPerPeer, maxConns int
 	inFlight                  atomic.Int64
+	// The store's reachability as the last operation saw it (noteStore).
+	storeDown      atomic.Bool
+	storeDownSince atomic.Int64
+	gate           *gate
 	// Token guessing: failures slow down the peer and the token id.
 	peerGuesses, tokenGuesses *guessLimiter
 
@@ -198,11 +209,17 @@ func Open(ctx context.Context, dir string, opts Options) (*CA, error) {
 	}
 	st := opts.Store
 	if st == nil {
-		s, err := store.Open(ctx, filepath.Join(dir, DBFile))
+		s, err := store.OpenDB(ctx, opts.DB, filepath.Join(dir, DBFile))
 		if err != nil {
 			return nil, fmt.Errorf("open CA %s: %w", dir, err)
 		}
 		st = s
+	}
+	if opts.DB != "" {
+		if err := checkIssuer(ctx, st, inter); err != nil {
+			st.Close()
+			return nil, fmt.Errorf("open CA %s: %w", dir, err)
+		}
 	}
 	rev, ok := st.(store.RevocationStore)
 	if !ok {
@@ -238,6 +255,7 @@ func Open(ctx context.Context, dir string, opts Options) (*CA, error) {
 		sampler:      newRefusalSampler(opts.AuditRefusalsPerMinute),
 		auditMaxRows: opts.AuditMaxRows,
 
+		gate:            newGate(opts.Shed),
 		maxConnsPerPeer: opts.MaxConnsPerPeer,
 		maxConns:        opts.MaxConns,
 		peerGuesses:     newGuessLimiter(peerFreeGuesses, time.Second, peerMaxBackoff),
@@ -259,6 +277,17 @@ func (c *CA) Pin() token.Pin { return token.PinOf(c.auth.root) }
 
 // CertTTL returns the lifetime of issued device certificates.
 func (c *CA) CertTTL() time.Duration { return c.ttl }
+
+// StoreKind names the store backend, for logs.
+func (c *CA) StoreKind() string {
+	switch c.st.(type) {
+	case *store.Postgres:
+		return "postgres"
+	case *store.SQLite:
+		return "sqlite"
+	}
+	return fmt.Sprintf("%T", c.st)
+}
 
 // Store returns the store (for tests and tools that read it directly).
 func (c *CA) Store() store.Store { return c.st }

@@ -48,6 +48,10 @@ type InitOptions struct {
 	// never needs it, only a new intermediate does.
 	RootKeyOut string
 
+	// DB is the database (see Options.DB): a shared PostgreSQL database
+	// gets its schema and the URL setting here.
+	DB string
+
 	Now func() time.Time
 }
 
@@ -120,7 +124,7 @@ func Init(ctx context.Context, dir string, opts InitOptions) error {
 			return fmt.Errorf("init: %w", err)
 		}
 	}
-	st, err := store.Open(ctx, filepath.Join(dir, DBFile))
+	st, err := store.OpenDB(ctx, opts.DB, filepath.Join(dir, DBFile))
 	if err != nil {
 		return fmt.Errorf("init: %w", err)
 	}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/edgeagent/edgeagent/internal/atomicfile"
@@ -34,6 +35,14 @@ type ServeConfig struct {
 	CRLBaseURL string
 	// Attestation: see Options.Attestation.
 	Attestation *AttestOptions
+	// DB: see Options.DB.
+	DB string
+	// HealthListen is the plain-HTTP address of /healthz and /readyz
+	// (DefaultHealthListen when empty, "off" for none); HealthAddrFile,
+	// if set, gets its bound address.
+	HealthListen, HealthAddrFile string
+	// Shed: see Options.Shed.
+	Shed ShedOptions
 }
 
 // defaultCRLBase picks the CRL distribution point host: relying parties
@@ -86,7 +95,7 @@ func Run(ctx context.Context, cfg ServeConfig) error {
 	}
 	c, err := Open(ctx, cfg.Dir, Options{CRLBaseURL: crlBase, CertTTL: cfg.CertTTL, RenewGrace: cfg.RenewGrace, AuditMaxRows: cfg.AuditMaxRows, AuditRefusalsPerMinute: cfg.AuditRefusalsPerMinute,
 		MaxConnsPerPeer: cfg.MaxConnsPerPeer, MaxConns: cfg.MaxConns, Hostnames: hosts, Logger: log, PostQuantumTLS: cfg.PostQuantumTLS,
-		Attestation: cfg.Attestation})
+		Attestation: cfg.Attestation, DB: cfg.DB, Shed: cfg.Shed})
 	if err != nil {
 		return err
 	}
@@ -99,11 +108,44 @@ func Run(ctx context.Context, cfg ServeConfig) error {
 			return fmt.Errorf("serve: --addr-file: %w", err)
 		}
 	}
+	defaultHealth := cfg.HealthListen == "" || cfg.HealthListen == DefaultHealthListen
+	if cfg.HealthListen == "" {
+		cfg.HealthListen = DefaultHealthListen
+	}
+	var hln net.Listener
+	if cfg.HealthListen != "off" {
+		hln, err = lc.Listen(ctx, "tcp", cfg.HealthListen)
+		if err != nil && defaultHealth && errors.Is(err, syscall.EADDRINUSE) {
+			// A second edgeca on one host (a test, a staging copy) keeps
+			// serving EST; an address given on purpose must work.
+			log.Warn("health endpoints off: the default health address is taken (give --health-listen)", "addr", cfg.HealthListen, "err", err)
+		} else if err != nil {
+			return fmt.Errorf("serve: --health-listen %s: %w", cfg.HealthListen, err)
+		}
+	}
+	if hln != nil {
+		defer hln.Close()
+		if cfg.HealthAddrFile != "" {
+			if err := atomicfile.Write(cfg.HealthAddrFile, []byte(hln.Addr().String()+"\n"), 0o644); err != nil {
+				return fmt.Errorf("serve: --health-addr-file: %w", err)
+			}
+		}
+		hctx, stopHealth := context.WithCancel(ctx)
+		healthDone := make(chan struct{})
+		go func() {
+			defer close(healthDone)
+			if err := c.ServeHealth(hctx, hln); err != nil {
+				log.Error("health server", "err", err)
+			}
+		}()
+		defer func() { stopHealth(); <-healthDone }()
+		log.Info("edgeca health endpoints", "addr", hln.Addr().String(), "paths", "/healthz /readyz")
+	}
 	if _, err := os.Stat(filepath.Join(cfg.Dir, RootKeyFile)); err == nil {
 		log.Warn("the root CA key is on this server; serve never reads it: move it offline (see README, Root key offline)", "file", filepath.Join(cfg.Dir, RootKeyFile))
 	}
 	log.Info("edgeca serving EST", "addr", addr, "hostnames", hosts, "cert_ttl", c.CertTTL().String(), "renew_grace", cfg.RenewGrace.String(),
-		"root_pin", c.Pin().String(), "dir", cfg.Dir, "tls_post_quantum", cfg.PostQuantumTLS, "crl_url", c.CRLURL())
+		"root_pin", c.Pin().String(), "dir", cfg.Dir, "store", c.StoreKind(), "tls_post_quantum", cfg.PostQuantumTLS, "crl_url", c.CRLURL())
 	err = c.Serve(ctx, ln)
 	if rmErr := os.Remove(filepath.Join(cfg.Dir, ServeAddrFile)); rmErr != nil && !errors.Is(rmErr, os.ErrNotExist) {
 		log.Warn("remove address file", "err", rmErr)

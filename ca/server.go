@@ -277,21 +277,19 @@ const tokenInvalidMsg = "enrollment token not accepted (unknown, expired, used u
 // attempt collects what the audit record of one request says.
 type attempt struct {
 	op, peer, tokenID, deviceID string
-	expected                    func() // withdraws the store.Expect announcement
 }
 
 // enroll serves simpleenroll and simplereenroll.
 func (c *CA) enroll(w http.ResponseWriter, r *http.Request, op string) {
-	// Announce the Issue call this request will most likely make; issue
-	// withdraws it as it calls Issue, a refusal before that here.
-	a := attempt{op: op, peer: r.RemoteAddr, expected: c.st.Expect()}
-	defer a.expected()
+	a := attempt{op: op, peer: r.RemoteAddr}
 	if n := c.inFlight.Add(1); n > maxInFlight {
+		// Shed like the gate's 503s: a jittered Retry-After, counted,
+		// not audited one by one (in a storm every second would bring
+		// the whole excess back and write an audit record for each).
 		c.inFlight.Add(-1)
-		e := &Error{Status: http.StatusServiceUnavailable, Code: est.CodeRateLimited, Msg: "the CA is busy: retry later",
-			Reason: fmt.Sprintf("over %d enrollments in flight", maxInFlight), RetryAfter: time.Second}
-		c.recordFailure(r.Context(), a, e)
-		writeError(w, e)
+		c.gate.shed.Add(1)
+		drain(r.Body)
+		writeError(w, c.gate.shedError(jitter()))
 		return
 	}
 	defer c.inFlight.Add(-1)
@@ -304,13 +302,24 @@ func (c *CA) enroll(w http.ResponseWriter, r *http.Request, op string) {
 		cert, err = rp.cert, nil
 		c.recordReplay(r.Context(), a, rp)
 	}
+	if errors.Is(err, store.ErrUnavailable) {
+		c.noteStore(err)
+		e := unavailableError(err, jitter())
+		drain(r.Body)
+		writeError(w, e)
+		return
+	}
 	if err != nil {
 		var e *Error
 		if !errors.As(err, &e) {
 			c.log.Error("enrollment failed", "op", op, "peer", a.peer, "device", a.deviceID, "err", err)
 			e = &Error{Status: http.StatusInternalServerError, Code: est.CodeInternal, Msg: "internal error, see the edgeca log", Reason: err.Error()}
 		}
-		c.recordFailure(r.Context(), a, e)
+		// Shed requests are counted (CA.Shed), not audited one by one:
+		// a storm must not turn into a storm of audit writes.
+		if e.Code != est.CodeUnavailable {
+			c.recordFailure(r.Context(), a, e)
+		}
 		drain(r.Body)
 		writeError(w, e)
 		return
@@ -349,7 +358,9 @@ func (c *CA) recordReplay(ctx context.Context, a attempt, rp *replay) {
 func (c *CA) writeAudit(ctx context.Context, rec store.AuditRecord) {
 	rec.Op, rec.Peer, rec.TokenID, rec.DeviceID = Printable(rec.Op, maxFieldLen), Printable(rec.Peer, maxFieldLen), Printable(rec.TokenID, maxFieldLen), Printable(rec.DeviceID, maxFieldLen)
 	rec.Code, rec.Reason, rec.Serial = Printable(rec.Code, maxFieldLen), Printable(rec.Reason, maxReasonLen), Printable(rec.Serial, maxFieldLen)
-	if err := c.st.AddAudit(context.WithoutCancel(ctx), rec); err != nil {
+	err := c.st.AddAudit(context.WithoutCancel(ctx), rec)
+	c.noteStore(err)
+	if err != nil && !errors.Is(err, store.ErrUnavailable) {
 		c.log.Error("write audit record", "err", err, "op", rec.Op, "device", rec.DeviceID, "reason", rec.Reason)
 	}
 }
@@ -485,6 +496,11 @@ func (c *CA) simpleEnroll(w http.ResponseWriter, r *http.Request, a *attempt) (*
 	if err != nil {
 		return nil, err
 	}
+	release, shed := c.gate.admit(r.Context(), jitter())
+	if shed != nil {
+		return nil, shed
+	}
+	defer release()
 	return c.tokenEnroll(r.Context(), a, user, pass, peer, now, csr, nil)
 }
 
@@ -544,7 +560,7 @@ func (c *CA) tokenEnroll(ctx context.Context, a *attempt, user, pass, peer strin
 	if attested != nil {
 		req.Audit.Reason = "enrolled with token and TPM attestation (EK sha256 " + attested.ekHex() + ")"
 	}
-	cert, err := c.issue(ctx, req, csr, check, a.expected)
+	cert, err := c.issue(ctx, req, csr, check)
 	if err == nil && reenrolled {
 		c.supersede(ctx, req.DeviceID, cert)
 	}
@@ -559,7 +575,7 @@ func (c *CA) tokenEnroll(ctx context.Context, a *attempt, user, pass, peer strin
 // certificate is then dropped unseen. Signing before checking costs one
 // ECDSA signature on a refused request, less than the CSR check every
 // request costs anyway, and saves a read of the state on every accepted one.
-func (c *CA) issue(ctx context.Context, req store.IssueRequest, csr *CSR, check func(*store.Token, *store.Device) error, arrived func()) (*x509.Certificate, error) {
+func (c *CA) issue(ctx context.Context, req store.IssueRequest, csr *CSR, check func(*store.Token, *store.Device) error) (*x509.Certificate, error) {
 	// The certificate keeps the device's spelling of its id; the
 	// registry is keyed by the canonical form (req.DeviceID).
 	cert, err := c.auth.issueLeaf(csr.Request.PublicKey, csr.DeviceID, c.ttl, req.Time)
@@ -568,8 +584,9 @@ func (c *CA) issue(ctx context.Context, req store.IssueRequest, csr *CSR, check 
 	}
 	req.Issuance = store.Issuance{Serial: SerialHex(cert.SerialNumber), NotAfter: cert.NotAfter,
 		DER: cert.Raw, KeyHash: sha256.Sum256(cert.RawSubjectPublicKeyInfo)}
-	arrived()
-	if err := c.st.Issue(ctx, req, check); err != nil {
+	err = c.st.Issue(ctx, req, check)
+	c.noteStore(err)
+	if err != nil {
 		return nil, err
 	}
 	return cert, nil
@@ -656,6 +673,11 @@ func (c *CA) simpleReenroll(w http.ResponseWriter, r *http.Request, a *attempt) 
 	if err != nil {
 		return nil, err
 	}
+	release, shed := c.gate.admit(r.Context(), jitter())
+	if shed != nil {
+		return nil, shed
+	}
+	defer release()
 	if !deviceid.Equal(csr.DeviceID, certID) {
 		return nil, &Error{Status: http.StatusForbidden, Code: est.CodeDeviceNotAllowed,
 			Msg: fmt.Sprintf("the CSR names device %q but the client certificate is for %q", csr.DeviceID, certID)}
@@ -686,7 +708,7 @@ func (c *CA) simpleReenroll(w http.ResponseWriter, r *http.Request, a *attempt) 
 		Audit: store.AuditRecord{Time: now, Op: a.op, Peer: a.peer, DeviceID: certID,
 			Result: store.ResultOK, Reason: reason},
 	}
-	return c.issue(r.Context(), req, csr, check, a.expected)
+	return c.issue(r.Context(), req, csr, check)
 }
 
 // verifyClientCert checks the TLS client certificate: present, currently

@@ -204,6 +204,8 @@ type ServerError struct {
 	Message string
 	// Challenge is a 401's WWW-Authenticate header.
 	Challenge string
+	// RetryAfter is a 503's or 429's Retry-After (see RetryAfter).
+	RetryAfter time.Duration
 }
 
 func (e *ServerError) Error() string {
@@ -440,9 +442,29 @@ func (c *Client) do(ctx context.Context, method, op string, reqDER []byte, auth 
 					se.Challenge = se.Challenge[:256]
 				}
 			}
+			if resp.StatusCode == http.StatusServiceUnavailable || resp.StatusCode == http.StatusTooManyRequests {
+				if ra, err := ParseRetryAfter(resp.Header.Get("Retry-After"), c.now()); err == nil {
+					se.RetryAfter = min(ra, maxServerRetryAfter)
+				}
+			}
 			return nil, resp.StatusCode, se
 		}
 	}
+}
+
+// maxServerRetryAfter caps the Retry-After of a 503 or 429 a client
+// honours: a wrong or hostile server cannot park a device for days.
+const maxServerRetryAfter = time.Hour
+
+// RetryAfter is the wait a 503 or 429 answer asked for (its Retry-After,
+// at most an hour), 0 for any other error: a CA shedding load spreads its
+// fleet's retries with it, so a retry loop waits at least that long.
+func RetryAfter(err error) time.Duration {
+	var se *ServerError
+	if errors.As(err, &se) {
+		return se.RetryAfter
+	}
+	return 0
 }
 
 func checkMediaType(got, want string) error {

@@ -16,6 +16,7 @@ have qemu-aarch64-static || need+=(qemu-user-static)
 have systemd-analyze || need+=(systemd)   # unit checks; systemctl and systemd-sysusers for service install
 have lintian || need+=(lintian)           # checks the .deb
 have rpm || need+=(rpm)                   # reads the .rpm back
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)   # edgeca's PostgreSQL store (internal/postgres)
 have gcc || need+=(gcc)                   # cgo for the race detector (tests only)
 [ -e /usr/include/stdlib.h ] || need+=(libc6-dev)
 

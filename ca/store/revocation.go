@@ -120,7 +120,7 @@ func (s *SQLite) RecordIssued(ctx context.Context, serial, deviceID string, notA
 		serial, deviceID, unixNano(notAfter), unixNano(at)); err != nil {
 		return fmt.Errorf("record issued certificate %s: %w", serial, err)
 	}
-	return s.syncWAL()
+	return nil // durable at commit (synchronous=FULL)
 }
 
 // recordIssuedTx records an enrollment's certificate in Issue's
@@ -136,7 +136,7 @@ func recordIssuedTx(ctx context.Context, tx *sql.Tx, req IssueRequest) error {
 	return nil
 }
 
-// writeTx runs fn in a write transaction and makes it durable.
+// writeTx runs fn in a durable write transaction.
 func (s *SQLite) writeTx(ctx context.Context, what string, fn func(tx *sql.Tx) error) error {
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
@@ -146,11 +146,8 @@ func (s *SQLite) writeTx(ctx context.Context, what string, fn func(tx *sql.Tx) e
 	if err := fn(tx); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
-	if err := tx.Commit(); err != nil {
+	if err := tx.Commit(); err != nil { // durable at commit (synchronous=FULL)
 		return fmt.Errorf("%s: commit: %w", what, err)
-	}
-	if err := s.syncWAL(); err != nil {
-		return fmt.Errorf("%s: %w", what, err)
 	}
 	return nil
 }

@@ -5,10 +5,8 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	_ "modernc.org/sqlite" // registers the pure Go "sqlite" driver
@@ -25,13 +23,15 @@ const busyTimeout = 10 * time.Second
 // transaction that reads then writes cannot fail half way with SQLITE_BUSY
 // when another process writes too: it waits up to busyTimeout at BEGIN.
 //
+// Durability is SQLite's own: synchronous=FULL makes every COMMIT fsync
+// the WAL before it returns, so a commit the CA answers for survives a
+// power cut, whatever SQLite does with its files.
+//
 // Enrollments (Issue) go through one writer goroutine that commits them in
-// groups: while one group commits, the next requests queue up and then
-// share one transaction, which amortizes BEGIN and COMMIT (most of the cost
-// of a small SQLite transaction) under load; requests announced with Expect
-// but not there yet get up to maxLinger to join. A request is answered only
-// after its group committed and an fsync of the WAL (the syncer goroutine,
-// which batches them) made the commit durable.
+// groups (group commit, private to this implementation): while one group
+// commits (and fsyncs), the next requests queue up and then share one
+// transaction and one fsync. A lone request never waits for company; a
+// request is answered only after its group's COMMIT returned.
 type SQLite struct {
 	w, r *sql.DB
 
@@ -39,12 +39,7 @@ type SQLite struct {
 	readDevice, readToken                                 *sql.Stmt // on r
 
 	jobs       chan *issueJob // unbuffered: a sent job is always taken by the writer
-	toSync     chan committed // groups committed, waiting for their fsync
-	wal        *os.File       // the database's WAL file, which the syncer fsyncs
-	syncerDone chan struct{}
-	expected   atomic.Int64  // Issue calls announced with Expect and not yet done
-	expectDone chan struct{} // capacity 1: an expected call was abandoned
-	mu         sync.RWMutex  // held for reading while sending to jobs, for writing by Close
+	mu         sync.RWMutex   // held for reading while sending to jobs, for writing by Close
 	closed     bool
 	started    bool // the writer goroutine runs
 	stop       chan struct{}
@@ -53,17 +48,6 @@ type SQLite struct {
 
 // maxGroup bounds how many enrollments share one transaction.
 const maxGroup = 64
-
-// maxLinger bounds how long the writer holds a group open for Issue calls
-// that were announced (Expect) but have not arrived yet.
-const maxLinger = 2 * time.Millisecond
-
-// committed is a group whose transaction committed, with each job's
-// outcome, to be answered once the commit is durable.
-type committed struct {
-	group []*issueJob
-	errs  []error
-}
 
 type issueJob struct {
 	req   IssueRequest
@@ -79,13 +63,12 @@ func Open(ctx context.Context, path string) (*SQLite, error) {
 	if strings.ContainsAny(path, "?#") {
 		return nil, fmt.Errorf("open store %s: the path must not contain '?' or '#'", path)
 	}
-	// synchronous=NORMAL: SQLite does not fsync the WAL at commit (it
-	// still does around checkpoints). The store does instead, off the
-	// writer's path: see syncer. Every commit the CA answers for (an
-	// enrollment, a revocation, a new token) is fsynced before the answer,
-	// so a used single-use token stays used after a power cut or kernel
-	// crash, not only after a crash of edgeca.
-	params := fmt.Sprintf("_busy_timeout=%d&_journal_mode=WAL&_synchronous=NORMAL&_foreign_keys=1", busyTimeout.Milliseconds())
+	// synchronous=FULL: in WAL mode SQLite fsyncs the WAL at every
+	// commit, so every commit the CA answers for (an enrollment, a
+	// revocation, a new token) is on disk before the answer, and a used
+	// single-use token stays used after a power cut or kernel crash, not
+	// only after a crash of edgeca. Group commit (writer) pays for it.
+	params := fmt.Sprintf("_busy_timeout=%d&_journal_mode=WAL&_synchronous=FULL&_foreign_keys=1", busyTimeout.Milliseconds())
 	w, err := sql.Open("sqlite", path+"?"+params+"&_txlock=immediate")
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", path, err)
@@ -101,8 +84,7 @@ func Open(ctx context.Context, path string) (*SQLite, error) {
 	}
 	r.SetMaxOpenConns(4)
 	r.SetMaxIdleConns(4)
-	s := &SQLite{w: w, r: r, jobs: make(chan *issueJob), expectDone: make(chan struct{}, 1), stop: make(chan struct{}), writerDone: make(chan struct{}),
-		toSync: make(chan committed, maxGroup), syncerDone: make(chan struct{})}
+	s := &SQLite{w: w, r: r, jobs: make(chan *issueJob), stop: make(chan struct{}), writerDone: make(chan struct{})}
 	if err := s.migrate(ctx); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("open store %s: %w", path, err)
@@ -115,22 +97,8 @@ func Open(ctx context.Context, path string) (*SQLite, error) {
 		s.Close()
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
-	// SQLite made the WAL file when it opened the database in WAL mode,
-	// and keeps it (the same file) while any connection is open. fsync
-	// flushes a file whichever descriptor it is called on.
-	wal, err := os.Open(path + "-wal")
-	if err != nil {
-		s.Close()
-		return nil, fmt.Errorf("open store %s: the write-ahead log: %w", path, err)
-	}
-	s.wal = wal
-	if err := s.syncWAL(); err != nil {
-		s.Close()
-		return nil, fmt.Errorf("open store %s: %w", path, err)
-	}
 	s.started = true
 	go s.writer()
-	go s.syncer()
 	return s, nil
 }
 
@@ -146,10 +114,6 @@ func (s *SQLite) Close() error {
 	close(s.stop)
 	if s.started {
 		<-s.writerDone
-		<-s.syncerDone
-	}
-	if s.wal != nil {
-		s.wal.Close()
 	}
 	for _, st := range []*sql.Stmt{s.getToken, s.getDevice, s.useToken, s.upsertDevice, s.addAudit, s.readDevice, s.readToken} {
 		if st != nil {
@@ -382,9 +346,6 @@ func (s *SQLite) CreateToken(ctx context.Context, t Token) error {
 		}
 		return fmt.Errorf("create token %s: %w", t.ID, err)
 	}
-	if err := s.syncWAL(); err != nil {
-		return fmt.Errorf("create token %s: %w", t.ID, err)
-	}
 	return nil
 }
 
@@ -432,9 +393,6 @@ func (s *SQLite) RevokeToken(ctx context.Context, id string, at time.Time) error
 	} else if n == 0 {
 		return fmt.Errorf("revoke token %s: %w", id, ErrNotFound)
 	}
-	if err := s.syncWAL(); err != nil {
-		return fmt.Errorf("revoke token %s: %w", id, err)
-	}
 	return nil
 }
 
@@ -481,9 +439,6 @@ func (s *SQLite) RevokeDevice(ctx context.Context, id string, at time.Time) erro
 		return fmt.Errorf("revoke device %s: %w", id, err)
 	} else if n == 0 {
 		return fmt.Errorf("revoke device %s: %w", id, ErrNotFound)
-	}
-	if err := s.syncWAL(); err != nil {
-		return fmt.Errorf("revoke device %s: %w", id, err)
 	}
 	return nil
 }
@@ -565,9 +520,6 @@ func (s *SQLite) SetSetting(ctx context.Context, key, value string) error {
 	if _, err := s.w.ExecContext(ctx, `INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`, key, value); err != nil {
 		return fmt.Errorf("write setting %s: %w", key, err)
 	}
-	if err := s.syncWAL(); err != nil {
-		return fmt.Errorf("write setting %s: %w", key, err)
-	}
 	return nil
 }
 
@@ -591,34 +543,12 @@ func (s *SQLite) Issue(ctx context.Context, req IssueRequest, check func(tok *To
 	return <-j.done
 }
 
-// Expect announces an Issue call that is on its way (the request is being
-// read, checked and signed). While announced calls are outstanding the
-// writer holds a group open for them, up to maxLinger, so that they share
-// one commit; with none outstanding it commits at once, so a lone
-// enrollment never waits. The returned func withdraws the announcement:
-// call it just before calling Issue, or when the request ends without
-// calling Issue.
-func (s *SQLite) Expect() (done func()) {
-	s.expected.Add(1)
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			s.expected.Add(-1)
-			select {
-			case s.expectDone <- struct{}{}:
-			default:
-			}
-		})
-	}
-}
-
-// writer takes Issue jobs and runs them in groups until Close.
+// writer takes Issue jobs and runs them in groups until Close: a group is
+// the first job and whatever queued up behind it while the previous group
+// committed.
 func (s *SQLite) writer() {
 	defer close(s.writerDone)
-	defer close(s.toSync) // the syncer answers what is left, then returns
 	group := make([]*issueJob, 0, maxGroup)
-	linger := time.NewTimer(time.Hour)
-	linger.Stop()
 	for {
 		group = group[:0]
 		select {
@@ -627,32 +557,14 @@ func (s *SQLite) writer() {
 		case <-s.stop:
 			return
 		}
-		deadline := time.Now().Add(maxLinger)
 	more:
 		for len(group) < maxGroup {
 			select {
 			case j := <-s.jobs:
 				group = append(group, j)
-				continue
 			default:
-			}
-			// Callers withdraw their announcement as they call Issue:
-			// one still standing is a request on its way.
-			wait := time.Until(deadline)
-			if s.expected.Load() <= 0 || wait <= 0 {
-				break
-			}
-			linger.Reset(wait)
-			select {
-			case j := <-s.jobs:
-				group = append(group, j)
-			case <-s.expectDone:
-			case <-linger.C:
 				break more
-			case <-s.stop:
-				break more // answer the group, then stop
 			}
-			linger.Stop()
 		}
 		s.runGroup(group)
 	}
@@ -695,53 +607,9 @@ func (s *SQLite) runGroup(group []*issueJob) {
 		fail(fmt.Errorf("issue: commit: %w", err))
 		return
 	}
-	s.toSync <- committed{group: append([]*issueJob(nil), group...), errs: errs}
-}
-
-// syncer answers committed groups once an fsync of the WAL made them
-// durable. One fsync covers every group committed before it started, so
-// while one runs the writer goes on committing and the next fsync takes
-// all of those at once: neither waits for the other, and under load the
-// fsyncs are far fewer than the commits.
-func (s *SQLite) syncer() {
-	defer close(s.syncerDone)
-	var batch []committed
-	for c := range s.toSync {
-		batch = append(batch[:0], c)
-	more:
-		for {
-			select {
-			case c, ok := <-s.toSync:
-				if !ok {
-					break more
-				}
-				batch = append(batch, c)
-			default:
-				break more
-			}
-		}
-		err := s.syncWAL()
-		for _, c := range batch {
-			for i, j := range c.group {
-				if err != nil {
-					// Committed but maybe not durable: the caller must not
-					// hand out the certificate. (Its token use stays
-					// counted if the commit survives.)
-					j.done <- fmt.Errorf("issue: %w", err)
-				} else {
-					j.done <- c.errs[i]
-				}
-			}
-		}
+	for i, j := range group {
+		j.done <- errs[i]
 	}
-}
-
-// syncWAL makes every transaction committed so far durable.
-func (s *SQLite) syncWAL() error {
-	if err := s.wal.Sync(); err != nil {
-		return fmt.Errorf("fsync %s: %w", s.wal.Name(), err)
-	}
-	return nil
 }
 
 // issueOne runs one job inside the group's transaction. checkErr is the
@@ -802,4 +670,87 @@ func issueOne(ctx context.Context, st [5]*sql.Stmt, j *issueJob) (checkErr, dbEr
 		return nil, fmt.Errorf("issue: write audit record: %w", err)
 	}
 	return nil, nil
+}
+
+// Ping implements Store: a write transaction that changes nothing proves
+// the file can be locked and written (a read-only or vanished database
+// fails here).
+func (s *SQLite) Ping(ctx context.Context) error {
+	s.mu.RLock()
+	closed := s.closed
+	s.mu.RUnlock()
+	if closed {
+		return fmt.Errorf("ping store: %w", ErrClosed)
+	}
+	if _, err := s.w.ExecContext(ctx, `UPDATE settings SET value = value WHERE 0`); err != nil {
+		return fmt.Errorf("ping store: %w: %w", ErrUnavailable, err)
+	}
+	return nil
+}
+
+// InitSetting implements Store.
+func (s *SQLite) InitSetting(ctx context.Context, key, value string) (string, error) {
+	if _, err := s.w.ExecContext(ctx, `INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING`, key, value); err != nil {
+		return "", fmt.Errorf("write setting %s: %w", key, err)
+	}
+	var v string
+	if err := s.w.QueryRowContext(ctx, `SELECT value FROM settings WHERE key = ?`, key).Scan(&v); err != nil {
+		return "", fmt.Errorf("read setting %s: %w", key, err)
+	}
+	return v, nil
+}
+
+// Snapshot reads the whole state in one read transaction (a consistent
+// copy even while a server writes), for `edgeca migrate`.
+func (s *SQLite) Snapshot(ctx context.Context) (Snapshot, error) {
+	tx, err := s.r.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return Snapshot{}, fmt.Errorf("snapshot: %w", err)
+	}
+	defer tx.Rollback()
+	var snap Snapshot
+	q := func(query string, each func(scanner) error) error {
+		rows, err := tx.QueryContext(ctx, query)
+		if err != nil {
+			return fmt.Errorf("snapshot: %w", err)
+		}
+		defer rows.Close()
+		for rows.Next() {
+			if err := each(rows); err != nil {
+				return fmt.Errorf("snapshot: %w", err)
+			}
+		}
+		return rows.Err()
+	}
+	if err := q(`SELECT `+tokenCols+` FROM tokens ORDER BY created_at, id`, func(sc scanner) error {
+		t, err := scanToken(sc)
+		snap.Tokens = append(snap.Tokens, t)
+		return err
+	}); err != nil {
+		return Snapshot{}, err
+	}
+	if err := q(`SELECT `+deviceCols+` FROM devices ORDER BY id`, func(sc scanner) error {
+		d, err := scanDevice(sc)
+		snap.Devices = append(snap.Devices, d)
+		return err
+	}); err != nil {
+		return Snapshot{}, err
+	}
+	if err := q(`SELECT `+auditCols+` FROM audit ORDER BY seq DESC`, func(sc scanner) error {
+		a, err := scanAudit(sc)
+		snap.Audit = append(snap.Audit, a)
+		return err
+	}); err != nil {
+		return Snapshot{}, err
+	}
+	snap.Settings = map[string]string{}
+	if err := q(`SELECT key, value FROM settings`, func(sc scanner) error {
+		var k, v string
+		err := sc.Scan(&k, &v)
+		snap.Settings[k] = v
+		return err
+	}); err != nil {
+		return Snapshot{}, err
+	}
+	return snap, nil
 }

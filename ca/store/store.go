@@ -107,30 +107,60 @@ type IssueRequest struct {
 	Audit     AuditRecord // written on success, with Serial filled in
 }
 
+// The interfaces below state behaviour only, as certmagic's Storage does:
+// what each operation guarantees, never how a backend gets there (no
+// batching or locking hints: those are each implementation's private
+// business). Every operation that changes state is one atomic intent:
+// callers never read, decide and then write, so two edgeca replicas on one
+// database cannot interleave between a decision and its write. Every
+// operation is durable when it returns nil: after a crash or power cut of
+// the process or of the database, what was answered stays. Reads see every
+// write that returned before the read began, on whichever replica it was
+// made (no stale caches, no replica lag): revocation and supersession are
+// decided on committed state.
+//
+// A backend that cannot reach its database returns an error wrapping
+// ErrUnavailable, so that the server answers 503 with Retry-After instead
+// of 500.
+
+// ErrUnavailable wraps errors of a store whose database is (for now) out of
+// reach: the request may be retried later unchanged.
+var ErrUnavailable = errors.New("store unavailable")
+
 // TokenStore manages enrollment tokens.
 type TokenStore interface {
+	// CreateToken stores a new token; an error wrapping ErrExists if the
+	// id is taken (the existing token is left alone).
 	CreateToken(ctx context.Context, t Token) error
+	// Tokens lists every token, oldest first.
 	Tokens(ctx context.Context) ([]Token, error)
-	// Token returns one token, or ErrNotFound. It may lag a concurrent
-	// Issue: decisions that count uses belong in Issue's check.
+	// Token returns one token, or ErrNotFound. It is a snapshot: uses are
+	// counted, and checked again, only in Issue.
 	Token(ctx context.Context, id string) (Token, error)
-	// RevokeToken marks a token revoked; ErrNotFound if there is none.
+	// RevokeToken marks a token revoked (revoking twice keeps the first
+	// time); ErrNotFound if there is none. An Issue that starts after it
+	// returned cannot spend the token.
 	RevokeToken(ctx context.Context, id string, at time.Time) error
 }
 
 // DeviceStore manages the device registry.
 type DeviceStore interface {
+	// Devices lists every device by id.
 	Devices(ctx context.Context) ([]Device, error)
 	// Device returns one device, or ErrNotFound.
 	Device(ctx context.Context, id string) (Device, error)
-	// RevokeDevice marks a device revoked; ErrNotFound if there is none.
+	// RevokeDevice marks a device revoked (revoking twice keeps the first
+	// time); ErrNotFound if there is none. An Issue for the device that
+	// starts after it returned sees the device revoked, on every replica.
 	RevokeDevice(ctx context.Context, id string, at time.Time) error
 }
 
 // AuditLog records and lists enrollment attempts.
 type AuditLog interface {
+	// AddAudit appends one record; Seq is assigned, increasing.
 	AddAudit(ctx context.Context, r AuditRecord) error
-	// Audit returns the newest limit records, newest first.
+	// Audit returns the newest limit records (all when limit <= 0),
+	// newest first.
 	Audit(ctx context.Context, limit int) ([]AuditRecord, error)
 	// PruneAudit deletes the records older than before (unless zero) and
 	// all but the newest keep records (unless keep <= 0), and returns how
@@ -138,28 +168,61 @@ type AuditLog interface {
 	PruneAudit(ctx context.Context, before time.Time, keep int) (int64, error)
 }
 
+// Issuer records enrollments.
+type Issuer interface {
+	// Issue is the enrollment intent: "if decide allows it given the
+	// token and the device as they are now, spend one use of the token,
+	// record the device with req.Issuance and write req.Audit", as one
+	// atomic, durable step. The store reads the token (nil when
+	// req.TokenID is "" or unknown) and the device (nil when new) as
+	// committed, and calls decide with them. If decide returns an error,
+	// nothing changes and that error is returned unchanged. If it
+	// returns nil, the token use (conditional on a use being left: a
+	// token with MaxUses N is spent at most N times, whatever the number
+	// of replicas and callers), the device and the audit record are
+	// committed together, or none of them.
+	//
+	// decide must be a pure function of its arguments: a backend may call
+	// it more than once, with fresher state, when a concurrent Issue or
+	// revocation changed the token or the device in between; only the
+	// last call's answer counts. Of two requests racing for the last use
+	// of a token, the second one's decide sees the first one's use.
+	//
+	// Once Issue returned nil the enrollment is durable; if it returns an
+	// error other than decide's, the caller must not hand out the
+	// certificate (it may have been recorded: a retry with the same key is
+	// answered from the record, see Device.Cert).
+	Issue(ctx context.Context, req IssueRequest, decide func(tok *Token, dev *Device) error) error
+}
+
 // Store is everything edgeca keeps.
 type Store interface {
 	TokenStore
 	DeviceStore
 	AuditLog
-	// Issue records one enrollment atomically. In a write transaction it
-	// reads the token (nil when req.TokenID is "" or unknown) and the device
-	// (nil when new) and calls check with them; if check passes it counts
-	// one use of the token, records the device with req.Issuance and writes
-	// req.Audit, and commits. If check fails nothing changes and its error
-	// is returned unchanged. Concurrent calls are serialized (and may share
-	// a commit): of two requests racing for the last use of a token, the
-	// second one's check sees the first one's use.
-	Issue(ctx context.Context, req IssueRequest, check func(tok *Token, dev *Device) error) error
-	// Expect announces an Issue call that is on its way, so that the
-	// store can let it share a commit with those already waiting; the
-	// returned func withdraws the announcement (just before calling
-	// Issue, or when the request ends without one). Only a hint: Issue
-	// works without it.
-	Expect() (done func())
+	Issuer
 	// Setting returns a stored setting, "" when unset.
 	Setting(ctx context.Context, key string) (string, error)
+	// SetSetting stores a setting, durably.
 	SetSetting(ctx context.Context, key, value string) error
+	// InitSetting stores value under key unless key is set, and returns
+	// the value stored now: of replicas racing, all get the first one's.
+	InitSetting(ctx context.Context, key, value string) (string, error)
+	// Ping returns nil when the store can serve reads and writes now
+	// (the readiness probe), or an error wrapping ErrUnavailable.
+	Ping(ctx context.Context) error
+	// Close releases the store; later calls fail with ErrClosed.
 	Close() error
+}
+
+// OpenDB opens the store at db: a PostgreSQL URL (postgres://...), a SQLite
+// file path, or "" for the SQLite file at defaultPath.
+func OpenDB(ctx context.Context, db, defaultPath string) (Store, error) {
+	switch {
+	case IsPostgresURL(db):
+		return OpenPostgres(ctx, db)
+	case db != "":
+		return Open(ctx, db)
+	}
+	return Open(ctx, defaultPath)
 }

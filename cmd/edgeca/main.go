@@ -35,6 +35,9 @@ commands:
             [--cert-ttl 24h] [--renew-grace 72h] [--audit-max-rows 1000000]
             [--audit-refusals-per-minute 10] [--max-conns-per-peer 64] [--max-conns 4096]
             [--addr-file F] [--log-format text|json] [--log-level info]
+            [--health-listen 127.0.0.1:8442] [--health-addr-file F]
+            [--shed-max-wait 500ms] [--shed-retry-spread 30s] [--shed-off]
+  migrate   --from DIR --db postgres://...   copy a SQLite CA's state into PostgreSQL
   token create --dir DIR [--url URL] [--device ID | --pattern 'sensor-*'] [--uses 1] [--ttl 24h]
   token list   --dir DIR [--json]
   token revoke --dir DIR ID
@@ -51,7 +54,9 @@ commands:
   audit prune --dir DIR [--older-than 2160h] [--keep N]
   version
 
---dir defaults to $EDGECA_DIR, else /var/lib/edgeca.
+--dir defaults to $EDGECA_DIR, else /var/lib/edgeca. Every command takes
+--db URL (default $EDGECA_DB): a PostgreSQL database shared by several
+serve replicas instead of edgeca.db in --dir.
 `
 
 func main() {
@@ -147,6 +152,8 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return cmdAuditPrune(ctx, rest[1:], stderr)
 		}
 		return cmdAudit(ctx, rest, stdout)
+	case "migrate":
+		return cmdMigrate(ctx, rest, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "edgeca", version.String())
 		return nil
@@ -165,8 +172,12 @@ func newFlags(name string) (*flag.FlagSet, *string) {
 		def = "/var/lib/edgeca"
 	}
 	dir := fs.String("dir", def, "CA directory")
+	fs.String("db", os.Getenv("EDGECA_DB"), "the CA's database: a PostgreSQL URL (postgres://user@host/db?sslmode=verify-full) that several edgeca replicas share, or a SQLite file; default $EDGECA_DB, else edgeca.db in --dir")
 	return fs, dir
 }
+
+// dbOf is the --db flag of fs.
+func dbOf(fs *flag.FlagSet) string { return fs.Lookup("db").Value.String() }
 
 // parse parses flags anywhere on the command line (before or after the
 // positional arguments) and checks the number of positional arguments.
@@ -196,8 +207,8 @@ func parse(fs *flag.FlagSet, args []string, positional ...string) ([]string, err
 	return pos, nil
 }
 
-func open(ctx context.Context, dir string) (*ca.CA, error) {
-	return ca.Open(ctx, dir, ca.Options{Logger: slog.New(slog.DiscardHandler)})
+func open(ctx context.Context, dir string, fs *flag.FlagSet) (*ca.CA, error) {
+	return ca.Open(ctx, dir, ca.Options{Logger: slog.New(slog.DiscardHandler), DB: dbOf(fs)})
 }
 
 func cmdInit(ctx context.Context, args []string, stderr io.Writer) error {
@@ -213,10 +224,11 @@ func cmdInit(ctx context.Context, args []string, stderr io.Writer) error {
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
+	o.DB = dbOf(fs)
 	if err := ca.Init(ctx, *dir, o); err != nil {
 		return err
 	}
-	c, err := open(ctx, *dir)
+	c, err := open(ctx, *dir, fs)
 	if err != nil {
 		return err
 	}
@@ -252,6 +264,11 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	attestAllow := fs.String("attest-allowlist", "", "offer TPM-attested enrollment: file of EK public key SHA-256 hashes (hex, one a line) accepted without an EK certificate")
 	attestRecovery := fs.Bool("attest-recovery", false, "let a device recover without a token by attestation from the TPM it enrolled with (e.g. after its certificate expired)")
 	requireTPM := fs.Bool("require-tpm", false, "every token enrollment must be TPM-attested (the CA-wide default of token create --require-tpm)")
+	fs.StringVar(&cfg.HealthListen, "health-listen", ca.DefaultHealthListen, "plain-HTTP address of /healthz (alive) and /readyz (can issue) for a load balancer; off: none")
+	fs.StringVar(&cfg.HealthAddrFile, "health-addr-file", "", "write the bound health address to this file once listening")
+	fs.BoolVar(&cfg.Shed.Off, "shed-off", false, "never shed load: every enrollment waits its turn, however long")
+	fs.DurationVar(&cfg.Shed.MaxWait, "shed-max-wait", ca.DefaultShedMaxWait, "an enrollment that waits longer than this for a worker is refused with 503 and a jittered Retry-After")
+	fs.DurationVar(&cfg.Shed.RetrySpread, "shed-retry-spread", ca.DefaultShedRetrySpread, "spread of the Retry-After of shed enrollments")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	if _, err := parse(fs, args); err != nil {
@@ -303,6 +320,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 	}
 	cfg.Dir = *dir
+	cfg.DB = dbOf(fs)
 	return ca.Run(ctx, cfg)
 }
 
@@ -324,7 +342,7 @@ func cmdTokenCreate(ctx context.Context, args []string, stdout, stderr io.Writer
 	if o.TTL <= 0 {
 		return fmt.Errorf("%w: --ttl %s: must be positive", errUsage, o.TTL)
 	}
-	c, err := open(ctx, *dir)
+	c, err := open(ctx, *dir, fs)
 	if err != nil {
 		return err
 	}
@@ -375,7 +393,7 @@ func cmdTokenList(ctx context.Context, args []string, stdout io.Writer) error {
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
-	c, err := open(ctx, *dir)
+	c, err := open(ctx, *dir, fs)
 	if err != nil {
 		return err
 	}
@@ -418,7 +436,7 @@ func cmdTokenRevoke(ctx context.Context, args []string, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	c, err := open(ctx, *dir)
+	c, err := open(ctx, *dir, fs)
 	if err != nil {
 		return err
 	}
@@ -456,7 +474,7 @@ func cmdDeviceList(ctx context.Context, args []string, stdout io.Writer) error {
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
-	c, err := open(ctx, *dir)
+	c, err := open(ctx, *dir, fs)
 	if err != nil {
 		return err
 	}
@@ -487,7 +505,7 @@ func cmdDeviceShow(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	c, err := open(ctx, *dir)
+	c, err := open(ctx, *dir, fs)
 	if err != nil {
 		return err
 	}
@@ -539,9 +557,9 @@ func cmdDeviceRevoke(ctx context.Context, args []string, stderr io.Writer) error
 		return err
 	}
 	if *serial != "" {
-		return cmdRevokeSerial(ctx, *dir, *serial, stderr)
+		return cmdRevokeSerial(ctx, *dir, *serial, fs, stderr)
 	}
-	c, err := open(ctx, *dir)
+	c, err := open(ctx, *dir, fs)
 	if err != nil {
 		return err
 	}
@@ -575,7 +593,7 @@ func cmdAudit(ctx context.Context, args []string, stdout io.Writer) error {
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
-	c, err := open(ctx, *dir)
+	c, err := open(ctx, *dir, fs)
 	if err != nil {
 		return err
 	}
@@ -618,7 +636,7 @@ func cmdAuditPrune(ctx context.Context, args []string, stderr io.Writer) error {
 	if *olderThan == 0 && *keep == 0 {
 		return fmt.Errorf("%w: audit prune: give --older-than or --keep", errUsage)
 	}
-	c, err := open(ctx, *dir)
+	c, err := open(ctx, *dir, fs)
 	if err != nil {
 		return err
 	}
@@ -646,4 +664,22 @@ func writeJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
+}
+
+func cmdMigrate(ctx context.Context, args []string, stderr io.Writer) error {
+	fs, _ := newFlags("migrate")
+	from := fs.String("from", "", "CA directory whose SQLite database to copy (stop its server first)")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	if *from == "" || dbOf(fs) == "" {
+		return fmt.Errorf("%w: migrate needs --from DIR and --db postgres://...", errUsage)
+	}
+	snap, err := ca.Migrate(ctx, *from, dbOf(fs))
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "copied %d tokens, %d devices, %d audit records and %d settings from %s\nserve with: edgeca serve --dir %s --db URL (every replica with a copy of %s, %s and %s)\n",
+		len(snap.Tokens), len(snap.Devices), len(snap.Audit), len(snap.Settings), *from, *from, ca.RootCertFile, ca.IntermediateCertFile, ca.IntermediateKeyFile)
+	return nil
 }

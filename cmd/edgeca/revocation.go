@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/pem"
+	"flag"
 	"fmt"
 	"io"
 
@@ -15,8 +16,8 @@ import (
 )
 
 // cmdDeviceRevokeSerial revokes one certificate: device revoke --serial S.
-func cmdRevokeSerial(ctx context.Context, dir, serial string, stderr io.Writer) error {
-	c, err := open(ctx, dir)
+func cmdRevokeSerial(ctx context.Context, dir, serial string, fs *flag.FlagSet, stderr io.Writer) error {
+	c, err := open(ctx, dir, fs)
 	if err != nil {
 		return err
 	}
@@ -35,7 +36,7 @@ func cmdDeviceUnrevoke(ctx context.Context, args []string, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	c, err := open(ctx, *dir)
+	c, err := open(ctx, *dir, fs)
 	if err != nil {
 		return err
 	}
@@ -54,7 +55,7 @@ func cmdDeviceDelete(ctx context.Context, args []string, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	c, err := open(ctx, *dir)
+	c, err := open(ctx, *dir, fs)
 	if err != nil {
 		return err
 	}
@@ -74,7 +75,7 @@ func cmdEnforcerCreate(ctx context.Context, args []string, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	c, err := open(ctx, *dir)
+	c, err := open(ctx, *dir, fs)
 	if err != nil {
 		return err
 	}
@@ -108,7 +109,7 @@ func cmdCRL(ctx context.Context, args []string, stdout io.Writer) error {
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
-	c, err := open(ctx, *dir)
+	c, err := open(ctx, *dir, fs)
 	if err != nil {
 		return err
 	}

@@ -27,6 +27,7 @@ const (
 	CodeInternal           Code = "internal"             // 500
 	CodeIdentityMismatch   Code = "identity_mismatch"    // 400: reenroll CSR Subject or SubjectAltName differ from the certificate renewed
 	CodeRateLimited        Code = "rate_limited"         // 429/503 with Retry-After: too many failed attempts or requests
+	CodeUnavailable        Code = "unavailable"          // 503 with Retry-After: the CA cannot serve now (its database is out of reach, or it is over its load bound)
 )
 
 // ErrorBody formats an error response body: "code: message\n".

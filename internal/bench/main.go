@@ -46,6 +46,8 @@ func main() {
 	}
 	sections := []section{
 		{"edgeca enrollment", enrollSection},
+		{"edgeca enrollment by store", storesSection},
+		{"edgeca renewal storm", stormSection},
 		{"TPM key vs file key", tpmSection},
 		{"TPM-attested enrollment", attestSection},
 	}

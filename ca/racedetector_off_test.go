@@ -1,0 +1,5 @@
+//go:build !race
+
+package ca
+
+const raceDetector = false
