@@ -359,6 +359,9 @@ func (r *renewer) Run(ctx context.Context) error {
 		}
 		retryAt = lifecycle.NextRetry(now, leaf.NotAfter, lifecycle.Backoff(attempt, p.RetryMin, p.RetryMax, r.rand()))
 		attempt++
+		if at := now.Add(enroll.RetryAfter(err)); at.After(retryAt) {
+			retryAt = at // a CA shedding load said when to come back
+		}
 		r.log.Warn("renewal failed", "err", err, "retry_at", retryAt, "retryable", enroll.Retryable(err))
 	}
 }
