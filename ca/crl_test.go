@@ -8,6 +8,7 @@ import (
 	"encoding/pem"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -288,5 +289,33 @@ func TestPlainHTTPServesOnlyTheCRL(t *testing.T) {
 		if resp.StatusCode != tc.want {
 			t.Errorf("plain GET %s: %d, want %d", tc.path, resp.StatusCode, tc.want)
 		}
+	}
+}
+
+// TestHealthAddressServesTheCRL: the health address serves the same signed
+// CRL as the EST port, for relying parties that reach only that address.
+func TestHealthAddressServesTheCRL(t *testing.T) {
+	s := newTestServer(t, Options{})
+	bad, _ := s.enrolled(t, "dev-health-crl")
+	if err := s.ca.RevokeDevice(context.Background(), "dev-health-crl"); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(s.ca.HealthMux())
+	defer srv.Close()
+	resp, err := http.Get(srv.URL + s.ca.CRLPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	der, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s on the health address: %d %v", s.ca.CRLPath(), resp.StatusCode, err)
+	}
+	crl, err := x509.ParseRevocationList(der)
+	if err != nil {
+		t.Fatalf("parse the CRL from the health address: %v", err)
+	}
+	if err := crl.CheckSignatureFrom(s.ca.Intermediate()); err != nil || !onCRL(crl, bad.Leaf) {
+		t.Fatalf("CRL from the health address: signature %v, revoked device listed %v", err, onCRL(crl, bad.Leaf))
 	}
 }

@@ -45,6 +45,9 @@ func (c *CA) HealthMux() *http.ServeMux {
 		}
 		_, _ = io.WriteString(w, "ready\n")
 	})
+	// The CRL, for relying parties that reach the health address and not
+	// the EST port (it is public and signed).
+	mux.HandleFunc("GET "+CRLPathPrefix, c.serveCRL)
 	return mux
 }
 
