@@ -166,7 +166,7 @@ func (p *Postgres) migrate(ctx context.Context) error {
 			return fmt.Errorf("apply migration %d: %w", v+1, err)
 		}
 	}
-	return nil
+	return p.migrateRevocation(ctx, conn) // postgres_revocation.go
 }
 
 // unavailable wraps err with ErrUnavailable when it says the database is
@@ -469,7 +469,7 @@ func (p *Postgres) issueOnce(ctx context.Context, tx pgx.Tx, req IssueRequest, d
 	if _, err := tx.Exec(ctx, pgAddAudit, auditArgs(a)...); err != nil {
 		return fmt.Errorf("write audit record: %w", err)
 	}
-	return nil
+	return pgRecordIssuedTx(ctx, tx, req) // postgres_revocation.go
 }
 
 // Snapshot is the whole state of a store, for copying it to another.

@@ -42,6 +42,7 @@ func Run(t *testing.T, b Backend) {
 		{"InitSetting", initSetting},
 		{"Ping", ping},
 	}
+	tests = append(tests, revocationTests...) // revocation.go
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, b) })
 	}
