@@ -99,7 +99,10 @@ func TestReplicasShareOneDatabase(t *testing.T) {
 	pg := postgres.Start(t)
 	for _, n := range []int{2, 3} {
 		t.Run(fmt.Sprintf("replicas=%d", n), func(t *testing.T) {
-			rs := startReplicas(t, pg, pg.CreateDB(fmt.Sprintf("replicas%d", n)), n, Options{})
+			// Shedding off: 64 racers on a shared 2-core machine exceed
+			// the gate, and this test counts exact token uses (shedding
+			// has its own tests).
+			rs := startReplicas(t, pg, pg.CreateDB(fmt.Sprintf("replicas%d", n)), n, Options{Shed: ShedOptions{Off: true}})
 			const racers = 64
 			keys := make([]*ecdsa.PrivateKey, racers)
 			for i := range keys {
