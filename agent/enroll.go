@@ -75,10 +75,11 @@ func Enroll(ctx context.Context, o EnrollOptions) (*Identity, error) {
 	if o.Token != nil {
 		o.Server, o.CAPin, o.Username, o.Password = o.Token.URL, o.Token.Pin, o.Token.ID, o.Token.Secret
 	}
-	if o.Server == "" && o.Attest && o.Keystore != nil {
-		// Recovery by TPM attestation alone, at the server of the
-		// identity in the state dir.
-		attestRecoveryOptions(&o)
+	if o.Server == "" && o.Attest && o.Keystore != nil && !attestRecoveryOptions(&o) {
+		// Recovery by TPM attestation alone goes to the server of the
+		// identity in the state dir; without one, only the operator can
+		// help (no retry would).
+		return nil, fmt.Errorf("enroll: %w", errNotEnrolled)
 	}
 	switch {
 	case o.Server == "":

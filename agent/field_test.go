@@ -510,3 +510,19 @@ func TestFirstEnrollmentWaitsOutACAOutage(t *testing.T) {
 		t.Fatalf("Run stopped while enrolling: %v", err)
 	}
 }
+
+// TestAttestWithoutAnythingNeedsTheOperator: enroll.attest: tpm with no
+// token, no server and no earlier identity to recover is an operator's
+// problem (exit 78), not something to retry.
+func TestAttestWithoutAnythingNeedsTheOperator(t *testing.T) {
+	dir := t.TempDir()
+	ks, err := file.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ks.Close()
+	_, err = Enroll(t.Context(), EnrollOptions{StateDir: dir, DeviceID: "att-1", Keystore: ks, Attest: true})
+	if !errors.Is(err, ErrNeedsOperator) || !strings.Contains(err.Error(), "not enrolled") {
+		t.Fatalf("attested enrollment with nothing to go on: %v, want a needs-the-operator error", err)
+	}
+}
