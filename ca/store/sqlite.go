@@ -60,6 +60,18 @@ var _ Store = (*SQLite)(nil)
 // Open opens (creating if needed) the database at path and applies pending
 // schema migrations.
 func Open(ctx context.Context, path string) (*SQLite, error) {
+	return openSQLite(ctx, path, "FULL")
+}
+
+// OpenSyncNormal opens the database like Open but with
+// synchronous=NORMAL: a commit is not fsynced, so a power cut can lose
+// answered enrollments. It exists only as the benchmark's baseline for
+// what FULL costs (internal/bench); edgeca never opens its store so.
+func OpenSyncNormal(ctx context.Context, path string) (*SQLite, error) {
+	return openSQLite(ctx, path, "NORMAL")
+}
+
+func openSQLite(ctx context.Context, path, synchronous string) (*SQLite, error) {
 	if strings.ContainsAny(path, "?#") {
 		return nil, fmt.Errorf("open store %s: the path must not contain '?' or '#'", path)
 	}
@@ -68,7 +80,7 @@ func Open(ctx context.Context, path string) (*SQLite, error) {
 	// revocation, a new token) is on disk before the answer, and a used
 	// single-use token stays used after a power cut or kernel crash, not
 	// only after a crash of edgeca. Group commit (writer) pays for it.
-	params := fmt.Sprintf("_busy_timeout=%d&_journal_mode=WAL&_synchronous=FULL&_foreign_keys=1", busyTimeout.Milliseconds())
+	params := fmt.Sprintf("_busy_timeout=%d&_journal_mode=WAL&_synchronous=%s&_foreign_keys=1", busyTimeout.Milliseconds(), synchronous)
 	w, err := sql.Open("sqlite", path+"?"+params+"&_txlock=immediate")
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", path, err)

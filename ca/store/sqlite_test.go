@@ -293,3 +293,18 @@ func TestTokenByID(t *testing.T) {
 		t.Fatalf("Token(nope): %v", err)
 	}
 }
+
+// TestSyncNormalBaseline: the benchmark's baseline store really runs
+// synchronous=NORMAL (1), so the bench's FULL/NORMAL ratio compares what
+// it says.
+func TestSyncNormalBaseline(t *testing.T) {
+	s, err := OpenSyncNormal(context.Background(), filepath.Join(t.TempDir(), "db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var sync int
+	if err := s.w.QueryRowContext(context.Background(), `PRAGMA synchronous`).Scan(&sync); err != nil || sync != 1 {
+		t.Errorf("synchronous %d %v, want 1 (NORMAL)", sync, err)
+	}
+}
