@@ -302,6 +302,11 @@ func (c *CA) enroll(w http.ResponseWriter, r *http.Request, op string) {
 		cert, err = rp.cert, nil
 		c.recordReplay(r.Context(), a, rp)
 	}
+	if e := clientTimeout(r.Context().Err(), err); e != nil {
+		// The client went away or was too slow: what failed is the
+		// client, not the CA or its store (no 500, no store-down note).
+		err = e
+	}
 	if errors.Is(err, store.ErrUnavailable) {
 		c.noteStore(err)
 		e := unavailableError(err, jitter())
@@ -460,6 +465,9 @@ func readCSR(w http.ResponseWriter, r *http.Request) (*CSR, error) {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			return nil, refuse(http.StatusRequestEntityTooLarge, est.CodeBodyTooLarge, fmt.Sprintf("request body is over the %d byte limit", est.MaxBodyBytes))
+		}
+		if e := clientTimeout(r.Context().Err(), fmt.Errorf("reading the request body: %w", err)); e != nil {
+			return nil, e
 		}
 		return nil, refuse(http.StatusBadRequest, est.CodeBadCSR, "reading the request body: "+err.Error())
 	}
