@@ -182,13 +182,13 @@ func storesSection(ctx context.Context, w io.Writer) error {
 			return fmt.Errorf("%s warm-up: %w", r.name, err)
 		}
 		var pg0 time.Duration
-		if r.db != "" {
+		if store.IsPostgresURL(r.db) {
 			pg0 = pg.CPU()
 		}
 		res, err := runEnrollments(ctx, do, jobs[enrollWarmup:], concurrency)
 		var pgCPU string = "-"
 		var total = float64(res.cpu.Microseconds())
-		if r.db != "" && err == nil {
+		if store.IsPostgresURL(r.db) && err == nil {
 			d := float64((pg.CPU() - pg0).Microseconds()) / n
 			pgCPU = fmt.Sprintf("%.0f", d)
 			total += d
