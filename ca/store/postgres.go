@@ -478,6 +478,20 @@ type Snapshot struct {
 	Devices  []Device
 	Audit    []AuditRecord // newest first, as Audit lists them
 	Settings map[string]string
+	// The revocation state: every certificate issued (so that revoking
+	// a device reaches them all), the CRL, and the feed with its Seq, so
+	// that an enforcer's cursor stays valid after the move.
+	Issued  []IssuedCert
+	Revoked []RevokedCert
+	Events  []RevocationEvent // oldest first
+}
+
+// IssuedCert is one certificate the CA issued, as revocation knows it.
+type IssuedCert struct {
+	Serial   string
+	DeviceID string
+	NotAfter time.Time
+	IssuedAt time.Time
 }
 
 // Import copies snap into this database in one transaction, keeping audit
@@ -486,11 +500,12 @@ type Snapshot struct {
 func (p *Postgres) Import(ctx context.Context, snap Snapshot) error {
 	return pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
 		var n int64
-		if err := tx.QueryRow(ctx, `SELECT (SELECT count(*) FROM tokens) + (SELECT count(*) FROM devices) + (SELECT count(*) FROM audit)`).Scan(&n); err != nil {
+		if err := tx.QueryRow(ctx, `SELECT (SELECT count(*) FROM tokens) + (SELECT count(*) FROM devices) + (SELECT count(*) FROM audit)
+			+ (SELECT count(*) FROM issued_certs) + (SELECT count(*) FROM revoked_certs) + (SELECT count(*) FROM revocation_events)`).Scan(&n); err != nil {
 			return fmt.Errorf("import: %w", unavailable(err))
 		}
 		if n > 0 {
-			return fmt.Errorf("import: the database already holds %d tokens, devices and audit records: import only into a new one", n)
+			return fmt.Errorf("import: the database already holds %d tokens, devices, audit records and certificates: import only into a new one", n)
 		}
 		for _, t := range snap.Tokens {
 			if _, err := tx.Exec(ctx, `INSERT INTO tokens (`+tokenCols+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
@@ -530,6 +545,6 @@ func (p *Postgres) Import(ctx context.Context, snap Snapshot) error {
 				return fmt.Errorf("import setting %s: %w", k, err)
 			}
 		}
-		return nil
+		return importRevocations(ctx, tx, snap)
 	})
 }

@@ -764,5 +764,35 @@ func (s *SQLite) Snapshot(ctx context.Context) (Snapshot, error) {
 	}); err != nil {
 		return Snapshot{}, err
 	}
+	if err := q(`SELECT serial, device_id, not_after, issued_at FROM issued_certs ORDER BY issued_at, serial`, func(sc scanner) error {
+		var c IssuedCert
+		var na, ia int64
+		err := sc.Scan(&c.Serial, &c.DeviceID, &na, &ia)
+		c.NotAfter, c.IssuedAt = fromUnixNano(na), fromUnixNano(ia)
+		snap.Issued = append(snap.Issued, c)
+		return err
+	}); err != nil {
+		return Snapshot{}, err
+	}
+	if err := q(`SELECT serial, device_id, not_after, revoked_at, reason FROM revoked_certs ORDER BY revoked_at, serial`, func(sc scanner) error {
+		var c RevokedCert
+		var na, ra int64
+		err := sc.Scan(&c.Serial, &c.DeviceID, &na, &ra, &c.Reason)
+		c.NotAfter, c.RevokedAt = fromUnixNano(na), fromUnixNano(ra)
+		snap.Revoked = append(snap.Revoked, c)
+		return err
+	}); err != nil {
+		return Snapshot{}, err
+	}
+	if err := q(`SELECT seq, kind, serial, device_id, not_after, at, reason FROM revocation_events ORDER BY seq`, func(sc scanner) error {
+		var e RevocationEvent
+		var na, at int64
+		err := sc.Scan(&e.Seq, &e.Kind, &e.Serial, &e.DeviceID, &na, &at, &e.Reason)
+		e.NotAfter, e.At = fromUnixNano(na), fromUnixNano(at)
+		snap.Events = append(snap.Events, e)
+		return err
+	}); err != nil {
+		return Snapshot{}, err
+	}
 	return snap, nil
 }

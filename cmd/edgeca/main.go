@@ -679,7 +679,7 @@ func cmdMigrate(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stderr, "copied %d tokens, %d devices, %d audit records and %d settings from %s\nserve with: edgeca serve --dir %s --db URL (every replica with a copy of %s, %s and %s)\n",
-		len(snap.Tokens), len(snap.Devices), len(snap.Audit), len(snap.Settings), *from, *from, ca.RootCertFile, ca.IntermediateCertFile, ca.IntermediateKeyFile)
+	fmt.Fprintf(stderr, "copied %d tokens, %d devices, %d audit records, %d settings, %d issued and %d revoked certificates and %d revocation events from %s\nserve with: edgeca serve --dir %s --db URL (every replica with a copy of %s, %s and %s)\n",
+		len(snap.Tokens), len(snap.Devices), len(snap.Audit), len(snap.Settings), len(snap.Issued), len(snap.Revoked), len(snap.Events), *from, *from, ca.RootCertFile, ca.IntermediateCertFile, ca.IntermediateKeyFile)
 	return nil
 }

@@ -1,0 +1,117 @@
+package store_test
+
+import (
+	"context"
+	"path/filepath"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/edgeagent/edgeagent/ca/store"
+	"github.com/edgeagent/edgeagent/internal/postgres"
+)
+
+// TestMigrateCopiesRevocations copies a SQLite store with issued, revoked
+// and unrevoked certificates and a revoked device into a real PostgreSQL:
+// the CRL, the issued certificates, the device marks and the feed (with
+// its Seq) are the same there, and the next revocation continues the feed
+// after the copied events.
+func TestMigrateCopiesRevocations(t *testing.T) {
+	ctx := context.Background()
+	now := time.Unix(1_800_000_000, 0)
+	src, err := store.Open(ctx, filepath.Join(t.TempDir(), "edgeca.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	issue := func(dev, serial string) {
+		t.Helper()
+		if err := src.Issue(ctx, store.IssueRequest{DeviceID: dev, Time: now,
+			Issuance: store.Issuance{Serial: serial, NotAfter: now.Add(24 * time.Hour)},
+			Audit:    store.AuditRecord{Time: now, Op: "simplereenroll", DeviceID: dev, Result: store.ResultOK}},
+			func(*store.Token, *store.Device) error { return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	issue("pump-1", "a1")
+	issue("pump-1", "a2")
+	issue("pump-2", "b1")
+	if err := src.RecordIssued(ctx, "e1", "enforcer:sink", now.Add(time.Hour), now); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := src.RevokeSerial(ctx, "a1", store.ReasonSuperseded, now); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := src.RevokeDeviceCerts(ctx, "pump-2", "", store.ReasonKeyCompromise, true, now); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := src.UnrevokeDevice(ctx, "pump-2", now); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := src.RevokeDeviceCerts(ctx, "pump-2", "", store.ReasonKeyCompromise, true, now); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := src.Snapshot(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(snap.Issued) != 4 || len(snap.Revoked) != 2 || len(snap.Events) != 4 {
+		t.Fatalf("snapshot holds %d issued, %d revoked, %d events; want 4, 2, 4", len(snap.Issued), len(snap.Revoked), len(snap.Events))
+	}
+
+	pg := postgres.Start(t)
+	dst, err := store.OpenPostgres(ctx, pg.CreateDB("migrate"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dst.Close()
+	if err := dst.Import(ctx, snap); err != nil {
+		t.Fatal(err)
+	}
+	if err := dst.Import(ctx, store.Snapshot{Issued: snap.Issued}); err == nil {
+		t.Error("a second import into a database holding certificates was accepted")
+	}
+	for _, rs := range []struct {
+		name string
+		fn   func(store.RevocationStore) (any, error)
+	}{
+		{"revoked", func(r store.RevocationStore) (any, error) { return r.Revoked(ctx, now) }},
+		{"events", func(r store.RevocationStore) (any, error) { return r.RevocationEvents(ctx, 0, 100) }},
+		{"seq", func(r store.RevocationStore) (any, error) { return r.RevocationSeq(ctx) }},
+		{"a1 revoked", func(r store.RevocationStore) (any, error) { return r.IsRevoked(ctx, "a1") }},
+		{"a2 revoked", func(r store.RevocationStore) (any, error) { return r.IsRevoked(ctx, "a2") }},
+		{"pump-2 status", func(r store.RevocationStore) (any, error) {
+			d, err := r.(store.Store).Device(ctx, "pump-2")
+			return d.Status, err
+		}},
+	} {
+		want, err := rs.fn(src)
+		if err != nil {
+			t.Fatalf("%s on SQLite: %v", rs.name, err)
+		}
+		got, err := rs.fn(dst)
+		if err != nil {
+			t.Fatalf("%s on PostgreSQL: %v", rs.name, err)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("%s after migrate: %v, want %v", rs.name, got, want)
+		}
+	}
+	// issued_certs came along: revoking pump-1 reaches a2 (and a1 stays
+	// as it was), and the feed continues after the copied events.
+	out, err := dst.RevokeDeviceCerts(ctx, "pump-1", "", store.ReasonKeyCompromise, true, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(out) != 1 || out[0].Serial != "a2" {
+		t.Errorf("revoking pump-1 after migrate revoked %v, want a2", out)
+	}
+	last := snap.Events[len(snap.Events)-1].Seq
+	evs, err := dst.RevocationEvents(ctx, last, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) != 1 || evs[0].Seq != last+1 || evs[0].Serial != "a2" {
+		t.Errorf("events after the copied ones: %+v, want one for a2 with seq %d", evs, last+1)
+	}
+}
