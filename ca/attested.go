@@ -218,23 +218,30 @@ func (c *CA) recoverByAttestation(ctx context.Context, a *attempt, now time.Time
 			Msg:    fmt.Sprintf("device %s did not enroll with this TPM's EK: recovery without a token is refused; enroll with a token", csr.DeviceID),
 			Reason: fmt.Sprintf("EK sha256 %s, on record %q", ak.ekHex(), bound)}
 	}
-	check := func(_ *store.Token, dev *store.Device) error {
-		if dev == nil {
-			return refuse(http.StatusUnauthorized, est.CodeAuthRequired, fmt.Sprintf("device %s is not enrolled: enroll with a token", csr.DeviceID))
-		}
-		if dev.Status == store.StatusRevoked {
-			return &Error{Status: http.StatusForbidden, Code: est.CodeDeviceRevoked,
-				Msg: fmt.Sprintf("device %s is revoked", csr.DeviceID), Reason: "attested recovery of a revoked device"}
-		}
-		return nil
-	}
-	req := store.IssueRequest{
+	rc := store.Recovery{
 		DeviceID: id,
 		Time:     now,
 		Audit: store.AuditRecord{Time: now, Op: a.op, Peer: a.peer, DeviceID: csr.DeviceID, Result: store.ResultOK,
 			Reason: "recovered by TPM attestation alone (EK sha256 " + ak.ekHex() + ")"},
 	}
-	return c.issue(ctx, req, csr, check)
+	cert, iss, err := c.sign(csr, now)
+	if err != nil {
+		return nil, err
+	}
+	rc.Issuance = iss
+	_, err = c.st.Recover(ctx, rc)
+	c.noteStore(err)
+	var r *store.Refusal
+	switch {
+	case errors.As(err, &r) && r.Kind == store.RefuseDeviceUnknown:
+		return nil, refuse(http.StatusUnauthorized, est.CodeAuthRequired, fmt.Sprintf("device %s is not enrolled: enroll with a token", csr.DeviceID))
+	case errors.As(err, &r) && r.Kind == store.RefuseDeviceRevoked:
+		return nil, &Error{Status: http.StatusForbidden, Code: est.CodeDeviceRevoked,
+			Msg: fmt.Sprintf("device %s is revoked", csr.DeviceID), Reason: "attested recovery of a revoked device"}
+	case err != nil:
+		return nil, err
+	}
+	return cert, nil
 }
 
 // refuseUnattested refuses a plain token enrollment when the CA or the

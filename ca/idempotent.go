@@ -1,8 +1,8 @@
 package ca
 
 import (
-	"crypto/subtle"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"net/http"
 	"time"
@@ -28,8 +28,8 @@ const (
 
 // replay is the outcome of a retry whose earlier answer was lost: the
 // certificate already issued for the same key is the answer again, and
-// nothing is recorded but an audit line. It is returned by the Store.Issue
-// check, so the store writes nothing.
+// nothing is recorded but an audit line. The store's intent decided it
+// (Outcome.Replayed) and wrote nothing.
 type replay struct {
 	cert   *x509.Certificate
 	reason string
@@ -40,11 +40,11 @@ func (r *replay) Error() string { return "replay: " + r.reason }
 // storedCert parses the newest certificate a device record holds, when it
 // is still valid at now.
 func storedCert(dev *store.Device, now time.Time) *x509.Certificate {
-	if len(dev.Cert) == 0 {
+	if !store.StoredCertValid(dev, now) {
 		return nil
 	}
 	cert, err := x509.ParseCertificate(dev.Cert)
-	if err != nil || !now.Before(cert.NotAfter) || SerialHex(cert.SerialNumber) != dev.Serial {
+	if err != nil {
 		return nil
 	}
 	return cert
@@ -52,51 +52,69 @@ func storedCert(dev *store.Device, now time.Time) *x509.Certificate {
 
 // enrollReplay decides whether a simpleenroll is a retry of one that
 // succeeded with the same token for the same public key, within the
-// token's life: then it gets that certificate again and spends no use. A
-// new key with a used token is not a retry.
+// token's life (store.IsEnrollRetry): then it gets that certificate again
+// and spends no use. A new key with a used token is not a retry.
 func enrollReplay(tok *store.Token, dev *store.Device, secretHash, keyHash [32]byte, now time.Time) *replay {
-	if tok == nil || dev == nil || dev.Status != store.StatusActive || dev.CertToken != tok.ID || dev.KeyHash != keyHash {
+	if !store.IsEnrollRetry(tok, dev, secretHash, keyHash, now) {
 		return nil
 	}
-	if subtle.ConstantTimeCompare(secretHash[:], tok.SecretHash[:]) != 1 || !tok.RevokedAt.IsZero() || !now.Before(tok.ExpiresAt) {
-		return nil
-	}
-	cert := storedCert(dev, now)
-	if cert == nil {
-		return nil
-	}
-	return &replay{cert: cert, reason: fmt.Sprintf("retry with token %s for the same key: answered with certificate %s again, no use counted (the earlier answer was lost)", tok.ID, dev.Serial)}
+	rp, _ := enrollReplayOf(tok.ID, dev, now).(*replay)
+	return rp
 }
 
-// reenrollDecision decides a simplereenroll by the certificate presented
-// (serial peerSerial) and the public key of the CSR. The device's newest
-// certificate renews (and so is shown to be held: it becomes the confirmed
-// one). So does the confirmed one while the newest has not been shown: the
-// device may never have received it. Then a CSR for the newest's key is a
-// retry and gets the newest again; any other key gets a new certificate.
-// Every other certificate is superseded. nil means issue.
+// enrollReplayOf is the answer to a token enrollment the store replayed.
+func enrollReplayOf(tokenID string, dev *store.Device, now time.Time) error {
+	cert := storedCert(dev, now)
+	if cert == nil {
+		return fmt.Errorf("replay for device %s: the stored certificate %s does not parse or is no longer valid", dev.ID, dev.Serial)
+	}
+	return &replay{cert: cert, reason: fmt.Sprintf("retry with token %s for the same key: answered with certificate %s again, no use counted (the earlier answer was lost)", tokenID, dev.Serial)}
+}
+
+// renewalReplayOf is the answer to a renewal the store replayed.
+func renewalReplayOf(dev *store.Device, peerSerial string, now time.Time) error {
+	cert := storedCert(dev, now)
+	if cert == nil {
+		return fmt.Errorf("replay for device %s: the stored certificate %s does not parse or is no longer valid", dev.ID, dev.Serial)
+	}
+	return &replay{cert: cert, reason: fmt.Sprintf("retry with certificate %s for the key of certificate %s: answered with %s again (the earlier answer was lost)", peerSerial, dev.Serial, dev.Serial)}
+}
+
+// reenrollDecision is the renewal rule (store.DecideRenewal) as the
+// client is answered: nil means issue, a *replay the stored certificate,
+// anything else the refusal.
 func reenrollDecision(dev *store.Device, certID, peerSerial string, keyHash [32]byte, now time.Time) error {
+	rp, ref := store.DecideRenewal(dev, peerSerial, keyHash, now)
 	switch {
-	case dev == nil:
+	case ref != nil:
+		return renewalRefusal(ref, certID, peerSerial)
+	case rp:
+		return renewalReplayOf(dev, peerSerial, now)
+	}
+	return nil
+}
+
+// renewalRefusal is the answer to a renewal the store refused; other
+// errors pass unchanged.
+func renewalRefusal(err error, certID, peerSerial string) error {
+	var r *store.Refusal
+	if !errors.As(err, &r) {
+		return err
+	}
+	switch r.Kind {
+	case store.RefuseDeviceUnknown:
 		return &Error{Status: http.StatusForbidden, Code: est.CodeDeviceNotAllowed,
 			Msg: fmt.Sprintf("device %s is not registered with this CA: enroll it with a token", certID)}
-	case dev.Status == store.StatusRevoked:
+	case store.RefuseDeviceRevoked:
 		return &Error{Status: http.StatusForbidden, Code: est.CodeDeviceRevoked,
 			Msg: fmt.Sprintf("device %s is revoked", certID), Reason: "reenroll of a revoked device"}
-	case peerSerial == dev.Serial:
-		return nil
-	case peerSerial != dev.Confirmed || dev.Confirmed == "":
-		// An old leaked key stops being useful once the device has
-		// renewed with a newer certificate.
+	case store.RefuseSuperseded:
+		dev := r.Device
 		return &Error{Status: http.StatusUnauthorized, Code: est.CodeClientCertRequired,
 			Msg:    "the client certificate has been superseded by a newer one: renew with the current certificate",
 			Reason: fmt.Sprintf("certificate serial %s is neither the newest (%s) nor the last the device showed it holds (%s)", peerSerial, dev.Serial, dash(dev.Confirmed))}
-	case dev.KeyHash == keyHash:
-		if cert := storedCert(dev, now); cert != nil {
-			return &replay{cert: cert, reason: fmt.Sprintf("retry with certificate %s for the key of certificate %s: answered with %s again (the earlier answer was lost)", peerSerial, dev.Serial, dev.Serial)}
-		}
 	}
-	return nil
+	return fmt.Errorf("renewal: unexpected refusal: %w", r)
 }
 
 func dash(s string) string {

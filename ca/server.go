@@ -3,7 +3,6 @@ package ca
 import (
 	"context"
 	"crypto/sha256"
-	"crypto/subtle"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -13,7 +12,6 @@ import (
 	"mime"
 	"net"
 	"net/http"
-	"path"
 	"slices"
 	"strconv"
 	"strings"
@@ -533,76 +531,61 @@ func (c *CA) tokenEnroll(ctx context.Context, a *attempt, user, pass, peer strin
 			return nil, err
 		}
 	}
-	keyHash := sha256.Sum256(csr.Request.RawSubjectPublicKeyInfo)
-	var reenrolled bool // the device was enrolled before: supersede its certificates
-	check := func(tok *store.Token, dev *store.Device) error {
-		reenrolled = dev != nil
-		if rp := enrollReplay(tok, dev, secretHash, keyHash, now); rp != nil {
-			return rp
-		}
-		if err := checkToken(tok, secretHash, csr.DeviceID, now); err != nil {
-			return err
-		}
-		if dev != nil {
-			if dev.Status == store.StatusRevoked {
-				return &Error{Status: http.StatusForbidden, Code: est.CodeDeviceRevoked,
-					Msg: fmt.Sprintf("device %s is revoked", csr.DeviceID), Reason: "enroll of a revoked device"}
-			}
-			if tok.Device != deviceid.Canonical(csr.DeviceID) {
-				// A claim token (pattern or open) must not take over an
-				// identity that is already enrolled.
-				return &Error{Status: http.StatusForbidden, Code: est.CodeDeviceNotAllowed,
-					Msg:    fmt.Sprintf("device %s is already enrolled: enrolling it again needs a token made for it (edgeca token create --device %s)", csr.DeviceID, csr.DeviceID),
-					Reason: "claim token used for an already enrolled device id"}
-			}
-		}
-		return nil
-	}
-	req := store.IssueRequest{
-		TokenID:  user,
-		DeviceID: deviceid.Canonical(csr.DeviceID),
-		Time:     now,
+	e := store.TokenEnrollment{
+		TokenID:    user,
+		SecretHash: secretHash,
+		DeviceID:   deviceid.Canonical(csr.DeviceID),
+		Time:       now,
 		Audit: store.AuditRecord{Time: now, Op: a.op, Peer: a.peer, TokenID: a.tokenID, DeviceID: csr.DeviceID,
 			Result: store.ResultOK, Reason: "enrolled with token"},
 	}
 	if attested != nil {
-		req.Audit.Reason = "enrolled with token and TPM attestation (EK sha256 " + attested.ekHex() + ")"
+		e.Audit.Reason = "enrolled with token and TPM attestation (EK sha256 " + attested.ekHex() + ")"
 	}
-	cert, err := c.issue(ctx, req, csr, check)
-	if err == nil && reenrolled {
-		c.supersede(ctx, req.DeviceID, cert)
+	cert, iss, err := c.sign(csr, now)
+	if err != nil {
+		return nil, err
 	}
-	if err == nil && attested != nil {
-		err = c.bindEK(ctx, req.DeviceID, attested)
+	e.Issuance = iss
+	out, err := c.st.IssueWithToken(ctx, e)
+	c.noteStore(err)
+	if err != nil {
+		return nil, tokenRefusal(err, csr.DeviceID)
+	}
+	if out.Replayed {
+		return nil, enrollReplayOf(user, &out.Device, now)
+	}
+	if out.Existed {
+		// The device was enrolled before: a token enrollment supersedes
+		// its older certificates.
+		c.supersede(ctx, e.DeviceID, cert)
+	}
+	if attested != nil {
+		err = c.bindEK(ctx, e.DeviceID, attested)
 	}
 	return cert, err
 }
 
-// issue signs the certificate and records it with Store.Issue, which runs
-// check under the write lock and records nothing if it fails; the signed
-// certificate is then dropped unseen. Signing before checking costs one
+// sign signs the certificate an enrollment of csr would hand out, before
+// the store's intent decides whether it does: a refused request's
+// certificate is dropped unseen. Signing before the decision costs one
 // ECDSA signature on a refused request, less than the CSR check every
-// request costs anyway, and saves a read of the state on every accepted one.
-func (c *CA) issue(ctx context.Context, req store.IssueRequest, csr *CSR, check func(*store.Token, *store.Device) error) (*x509.Certificate, error) {
+// request costs anyway, and saves a read of the state on every accepted
+// one.
+func (c *CA) sign(csr *CSR, now time.Time) (*x509.Certificate, store.Issuance, error) {
 	// The certificate keeps the device's spelling of its id; the
-	// registry is keyed by the canonical form (req.DeviceID).
-	cert, err := c.auth.issueLeaf(csr.Request.PublicKey, csr.DeviceID, c.ttl, req.Time)
+	// registry is keyed by the canonical form.
+	cert, err := c.auth.issueLeaf(csr.Request.PublicKey, csr.DeviceID, c.ttl, now)
 	if err != nil {
-		return nil, err
+		return nil, store.Issuance{}, err
 	}
-	req.Issuance = store.Issuance{Serial: SerialHex(cert.SerialNumber), NotAfter: cert.NotAfter,
-		DER: cert.Raw, KeyHash: sha256.Sum256(cert.RawSubjectPublicKeyInfo)}
-	err = c.st.Issue(ctx, req, check)
-	c.noteStore(err)
-	if err != nil {
-		return nil, err
-	}
-	return cert, nil
+	return cert, store.Issuance{Serial: SerialHex(cert.SerialNumber), NotAfter: cert.NotAfter,
+		DER: cert.Raw, KeyHash: sha256.Sum256(cert.RawSubjectPublicKeyInfo)}, nil
 }
 
 // precheckToken refuses an unknown, wrong, revoked or expired token before
-// the CSR is signed. Uses are counted, and checked again, in Issue's
-// transaction.
+// the CSR is signed. Uses are counted, and checked again, in
+// IssueWithToken's transaction.
 func (c *CA) precheckToken(ctx context.Context, id string, secretHash [32]byte, now time.Time) error {
 	tok, err := c.st.Token(ctx, id)
 	var tp *store.Token
@@ -613,56 +596,53 @@ func (c *CA) precheckToken(ctx context.Context, id string, secretHash [32]byte, 
 	default:
 		tp = &tok
 	}
-	return checkTokenSecret(tp, secretHash, now)
+	if r := store.DecideTokenSecret(tp, secretHash, now); r != nil {
+		return tokenRefusal(r, "")
+	}
+	return nil
 }
 
-// checkTokenSecret is the part of checkToken that does not depend on uses
-// or on the device.
-func checkTokenSecret(tok *store.Token, secretHash [32]byte, now time.Time) error {
+// tokenRefusal is the answer to a token enrollment the store refused
+// (deviceID as the CSR spells it); other errors pass unchanged.
+func tokenRefusal(err error, deviceID string) error {
+	var r *store.Refusal
+	if !errors.As(err, &r) {
+		return err
+	}
 	invalid := func(reason string) error {
 		return &Error{Status: http.StatusUnauthorized, Code: est.CodeTokenInvalid, Msg: tokenInvalidMsg, Reason: reason}
 	}
-	if tok == nil {
-		// Compare anyway so an unknown id costs the same as a wrong secret.
-		var zero [32]byte
-		subtle.ConstantTimeCompare(secretHash[:], zero[:])
+	tok := r.Token
+	switch r.Kind {
+	case store.RefuseTokenUnknown:
 		return invalid("unknown token")
-	}
-	if subtle.ConstantTimeCompare(secretHash[:], tok.SecretHash[:]) != 1 {
+	case store.RefuseTokenSecret:
 		return invalid("wrong secret")
-	}
-	if !tok.RevokedAt.IsZero() {
+	case store.RefuseTokenRevoked:
 		return invalid("token revoked at " + tok.RevokedAt.Format(time.RFC3339))
-	}
-	if !now.Before(tok.ExpiresAt) {
+	case store.RefuseTokenExpired:
 		return invalid("token expired at " + tok.ExpiresAt.Format(time.RFC3339))
-	}
-	return nil
-}
-
-// checkToken decides whether tok lets deviceID enroll now. tok is nil for an
-// unknown token id.
-func checkToken(tok *store.Token, secretHash [32]byte, deviceID string, now time.Time) error {
-	if err := checkTokenSecret(tok, secretHash, now); err != nil {
-		return err
-	}
-	if tok.Uses >= tok.MaxUses {
-		return &Error{Status: http.StatusUnauthorized, Code: est.CodeTokenInvalid, Msg: tokenInvalidMsg,
-			Reason: fmt.Sprintf("token used up (%d of %d uses)", tok.Uses, tok.MaxUses)}
-	}
-	if tok.Device != "" && !deviceid.Equal(deviceID, tok.Device) {
+	case store.RefuseTokenUsedUp:
+		return invalid(fmt.Sprintf("token used up (%d of %d uses)", tok.Uses, tok.MaxUses))
+	case store.RefuseTokenDevice:
 		return &Error{Status: http.StatusForbidden, Code: est.CodeDeviceNotAllowed,
 			Msg:    fmt.Sprintf("this token does not allow device id %q", deviceID),
 			Reason: fmt.Sprintf("token is bound to device %q, CSR names %q", tok.Device, deviceID)}
+	case store.RefuseTokenPattern:
+		return &Error{Status: http.StatusForbidden, Code: est.CodeDeviceNotAllowed,
+			Msg:    fmt.Sprintf("this token does not allow device id %q", deviceID),
+			Reason: fmt.Sprintf("device id %q does not match the token pattern %q", deviceID, tok.Pattern)}
+	case store.RefuseDeviceRevoked:
+		return &Error{Status: http.StatusForbidden, Code: est.CodeDeviceRevoked,
+			Msg: fmt.Sprintf("device %s is revoked", deviceID), Reason: "enroll of a revoked device"}
+	case store.RefuseDeviceEnrolled:
+		// A claim token (pattern or open) must not take over an identity
+		// that is already enrolled.
+		return &Error{Status: http.StatusForbidden, Code: est.CodeDeviceNotAllowed,
+			Msg:    fmt.Sprintf("device %s is already enrolled: enrolling it again needs a token made for it (edgeca token create --device %s)", deviceID, deviceID),
+			Reason: "claim token used for an already enrolled device id"}
 	}
-	if tok.Pattern != "" {
-		if ok, _ := path.Match(deviceid.Canonical(tok.Pattern), deviceid.Canonical(deviceID)); !ok {
-			return &Error{Status: http.StatusForbidden, Code: est.CodeDeviceNotAllowed,
-				Msg:    fmt.Sprintf("this token does not allow device id %q", deviceID),
-				Reason: fmt.Sprintf("device id %q does not match the token pattern %q", deviceID, tok.Pattern)}
-		}
-	}
-	return nil
+	return fmt.Errorf("token enrollment: unexpected refusal: %w", r)
 }
 
 func (c *CA) simpleReenroll(w http.ResponseWriter, r *http.Request, a *attempt) (*x509.Certificate, error) {
@@ -701,22 +681,31 @@ func (c *CA) simpleReenroll(w http.ResponseWriter, r *http.Request, a *attempt) 
 		return nil, &Error{Status: http.StatusForbidden, Code: est.CodeDeviceRevoked,
 			Msg: fmt.Sprintf("certificate %s is revoked", peerSerial), Reason: "reenroll with a revoked certificate"}
 	}
-	keyHash := sha256.Sum256(csr.Request.RawSubjectPublicKeyInfo)
-	check := func(_ *store.Token, dev *store.Device) error {
-		return reenrollDecision(dev, certID, peerSerial, keyHash, now)
-	}
 	reason := "renewed with certificate " + peerSerial
 	if late := now.Sub(peer.NotAfter); late > 0 {
 		reason += fmt.Sprintf(", %s after it expired (grace %s)", late.Round(time.Second), c.renewGrace)
 	}
-	req := store.IssueRequest{
+	rn := store.Renewal{
 		DeviceID:  deviceid.Canonical(certID),
 		Time:      now,
 		Presented: peerSerial,
 		Audit: store.AuditRecord{Time: now, Op: a.op, Peer: a.peer, DeviceID: certID,
 			Result: store.ResultOK, Reason: reason},
 	}
-	return c.issue(r.Context(), req, csr, check)
+	cert, iss, err := c.sign(csr, now)
+	if err != nil {
+		return nil, err
+	}
+	rn.Issuance = iss
+	out, err := c.st.Reissue(r.Context(), rn)
+	c.noteStore(err)
+	if err != nil {
+		return nil, renewalRefusal(err, certID, peerSerial)
+	}
+	if out.Replayed {
+		return nil, renewalReplayOf(&out.Device, peerSerial, now)
+	}
+	return cert, nil
 }
 
 // verifyClientCert checks the TLS client certificate: present, currently

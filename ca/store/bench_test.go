@@ -9,7 +9,7 @@ import (
 	"time"
 )
 
-// BenchmarkIssue measures recording enrollments: serially, and with 16
+// BenchmarkIssue measures IssueWithToken, recording enrollments: serially, and with 16
 // concurrent callers (where the writer commits them in groups).
 func BenchmarkIssue(b *testing.B) {
 	for _, par := range []int{1, 16} {
@@ -33,10 +33,9 @@ func BenchmarkIssue(b *testing.B) {
 				for pb.Next() {
 					i := next.Add(1) - 1
 					tok, dev := fmt.Sprintf("t%d", i), fmt.Sprintf("device-%d", i)
-					err := s.Issue(ctx, IssueRequest{TokenID: tok, DeviceID: dev, Time: now,
+					_, err := s.IssueWithToken(ctx, TokenEnrollment{TokenID: tok, DeviceID: dev, Time: now,
 						Issuance: Issuance{Serial: "00112233445566778899aabbccddeeff", NotAfter: now},
-						Audit:    AuditRecord{Time: now, Op: "simpleenroll", Peer: "127.0.0.1:5555", TokenID: tok, DeviceID: dev, Result: ResultOK, Reason: "enrolled with token"}},
-						func(*Token, *Device) error { return nil })
+						Audit:    AuditRecord{Time: now, Op: "simpleenroll", Peer: "127.0.0.1:5555", TokenID: tok, DeviceID: dev, Result: ResultOK, Reason: "enrolled with token"}})
 					if err != nil {
 						b.Error(err)
 						return

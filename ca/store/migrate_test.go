@@ -24,12 +24,20 @@ func TestMigrateCopiesRevocations(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer src.Close()
+	if err := src.CreateToken(ctx, store.Token{ID: "fleet", MaxUses: 2, CreatedAt: now, ExpiresAt: now.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
 	issue := func(dev, serial string) {
 		t.Helper()
-		if err := src.Issue(ctx, store.IssueRequest{DeviceID: dev, Time: now,
-			Issuance: store.Issuance{Serial: serial, NotAfter: now.Add(24 * time.Hour)},
-			Audit:    store.AuditRecord{Time: now, Op: "simplereenroll", DeviceID: dev, Result: store.ResultOK}},
-			func(*store.Token, *store.Device) error { return nil }); err != nil {
+		iss := store.Issuance{Serial: serial, NotAfter: now.Add(24 * time.Hour)}
+		audit := store.AuditRecord{Time: now, Op: "simpleenroll", DeviceID: dev, Result: store.ResultOK}
+		var err error
+		if d, derr := src.Device(ctx, dev); derr == nil {
+			_, err = src.Reissue(ctx, store.Renewal{DeviceID: dev, Presented: d.Serial, Time: now, Issuance: iss, Audit: audit})
+		} else {
+			_, err = src.IssueWithToken(ctx, store.TokenEnrollment{TokenID: "fleet", DeviceID: dev, Time: now, Issuance: iss, Audit: audit})
+		}
+		if err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -19,10 +19,10 @@ import (
 // committed state. PostgreSQL's own commit (fsync of its WAL, with the
 // server's synchronous_commit) makes an answered operation durable.
 //
-// Issue never reads a maybe-missing row and then upserts: the device row is
-// locked when it exists (SELECT ... FOR UPDATE) and created with INSERT ...
+// An issuing intent never reads a maybe-missing row and then upserts: the
+// device row is locked when it exists (SELECT ... FOR UPDATE) and created with INSERT ...
 // ON CONFLICT DO NOTHING when it does not, and the token use is a
-// conditional UPDATE on exactly the state decide saw; when either statement
+// conditional UPDATE on exactly the state the decision saw; when either statement
 // affects no row, another replica got there first and the whole step runs
 // again with fresh state.
 type Postgres struct {
@@ -285,7 +285,7 @@ func (p *Postgres) Device(ctx context.Context, id string) (Device, error) {
 	return d, nil
 }
 
-// RevokeDevice implements DeviceStore. It waits for an Issue holding the
+// RevokeDevice implements DeviceStore. It waits for an issuing intent holding the
 // device's row lock, so it is ordered before or after it, never between
 // its decision and its write.
 func (p *Postgres) RevokeDevice(ctx context.Context, id string, at time.Time) error {
@@ -359,45 +359,70 @@ func (p *Postgres) InitSetting(ctx context.Context, key, value string) (string, 
 	return p.Setting(ctx, key)
 }
 
-// errConflict: a concurrent transaction changed what decide saw; run again.
+// errConflict: a concurrent transaction changed what the decision saw; run
+// again.
 var errConflict = errors.New("concurrent change")
 
-// maxIssueRounds bounds the re-runs of one Issue. Each round that
-// conflicts means another Issue for the same token or device committed, so
+// maxIssueRounds bounds the re-runs of one issuing intent. Each round that
+// conflicts means another one for the same token or device committed, so
 // the bound is only reached under contention no fleet produces.
 const maxIssueRounds = 100
 
-// decided carries decide's refusal out of the transaction unchanged.
-type decided struct{ err error }
+// refused carries a decision's refusal out of the transaction.
+type refused struct{ r *Refusal }
 
-func (d decided) Error() string { return d.err.Error() }
+func (d refused) Error() string { return d.r.Error() }
 
-// Issue implements Issuer.
-func (p *Postgres) Issue(ctx context.Context, req IssueRequest, decide func(tok *Token, dev *Device) error) error {
+// IssueWithToken implements Issuer.
+func (p *Postgres) IssueWithToken(ctx context.Context, e TokenEnrollment) (Outcome, error) {
+	return p.issue(ctx, e.record(), e.decide)
+}
+
+// Reissue implements Issuer.
+func (p *Postgres) Reissue(ctx context.Context, r Renewal) (Outcome, error) {
+	return p.issue(ctx, r.record(), r.decide)
+}
+
+// Recover implements Issuer.
+func (p *Postgres) Recover(ctx context.Context, r Recovery) (Outcome, error) {
+	return p.issue(ctx, r.record(), r.decide)
+}
+
+// issue runs the intent's transaction until it commits, is refused, or
+// fails; a round that met a concurrent change (errConflict) decides again
+// on the fresher state.
+func (p *Postgres) issue(ctx context.Context, req issueReq, decide decision) (Outcome, error) {
 	for range maxIssueRounds {
-		err := pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error { return p.issueOnce(ctx, tx, req, decide) })
-		var d decided
+		var out Outcome
+		err := pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
+			var err error
+			out, err = p.issueOnce(ctx, tx, req, decide)
+			return err
+		})
+		var d refused
 		switch {
 		case err == nil:
-			return nil
+			return out, nil
 		case errors.As(err, &d):
-			return d.err
+			return Outcome{}, d.r
 		case errors.Is(err, errConflict):
 			continue
 		default:
-			return fmt.Errorf("issue: %w", unavailable(err))
+			return Outcome{}, fmt.Errorf("issue: %w", unavailable(err))
 		}
 	}
-	return fmt.Errorf("issue: token %s, device %s: still conflicting after %d rounds", req.TokenID, req.DeviceID, maxIssueRounds)
+	return Outcome{}, fmt.Errorf("issue: token %s, device %s: still conflicting after %d rounds", req.TokenID, req.DeviceID, maxIssueRounds)
 }
 
-func (p *Postgres) issueOnce(ctx context.Context, tx pgx.Tx, req IssueRequest, decide func(tok *Token, dev *Device) error) error {
+// issueOnce is one round of issue. A replay returns nil without writing:
+// BeginFunc commits a transaction that changed nothing.
+func (p *Postgres) issueOnce(ctx context.Context, tx pgx.Tx, req issueReq, decide decision) (Outcome, error) {
 	var dev *Device
 	d, err := scanDevice(tx.QueryRow(ctx, `SELECT `+deviceCols+` FROM devices WHERE id = $1 FOR UPDATE`, req.DeviceID))
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 	case err != nil:
-		return fmt.Errorf("read device %s: %w", req.DeviceID, err)
+		return Outcome{}, fmt.Errorf("read device %s: %w", req.DeviceID, err)
 	default:
 		dev = &d
 	}
@@ -407,28 +432,37 @@ func (p *Postgres) issueOnce(ctx context.Context, tx pgx.Tx, req IssueRequest, d
 		switch {
 		case errors.Is(err, pgx.ErrNoRows):
 		case err != nil:
-			return fmt.Errorf("read token %s: %w", req.TokenID, err)
+			return Outcome{}, fmt.Errorf("read token %s: %w", req.TokenID, err)
 		default:
 			tok = &t
 		}
 	}
-	if err := decide(tok, dev); err != nil {
-		return decided{err}
+	replay, ref := decide(tok, dev)
+	if ref != nil {
+		return Outcome{}, refused{ref}
+	}
+	var out Outcome
+	if dev != nil {
+		out = Outcome{Device: *dev, Existed: true}
+	}
+	if replay {
+		out.Replayed = true
+		return out, nil
 	}
 	now := unixNano(req.Time)
 	tokenID := ""
 	if tok != nil {
 		tokenID = tok.ID
-		// The use is spent only if the token is still as decide saw it:
+		// The use is spent only if the token is still as the decision saw it:
 		// same use count, not revoked. Concurrent spenders queue on the
 		// row; all but the first find uses changed and run again.
 		tag, err := tx.Exec(ctx, `UPDATE tokens SET uses = uses + 1, last_used_at = $1
 			WHERE id = $2 AND uses = $3 AND uses < max_uses AND revoked_at = 0`, now, tok.ID, tok.Uses)
 		if err != nil {
-			return fmt.Errorf("count token use: %w", err)
+			return Outcome{}, fmt.Errorf("count token use: %w", err)
 		}
 		if tag.RowsAffected() != 1 {
-			return errConflict
+			return Outcome{}, errConflict
 		}
 	}
 	iss := req.Issuance
@@ -441,13 +475,13 @@ func (p *Postgres) issueOnce(ctx context.Context, tx pgx.Tx, req IssueRequest, d
 			VALUES ($1, 'active', $2, $3, $4, $4, $5, 1, $6, $7, $5, '') ON CONFLICT (id) DO NOTHING`,
 			req.DeviceID, iss.Serial, unixNano(iss.NotAfter), now, tokenID, der, iss.KeyHash[:])
 		if err != nil {
-			return fmt.Errorf("record device %s: %w", req.DeviceID, err)
+			return Outcome{}, fmt.Errorf("record device %s: %w", req.DeviceID, err)
 		}
 		if tag.RowsAffected() != 1 {
-			return errConflict // enrolled by a concurrent Issue: decide again
+			return Outcome{}, errConflict // enrolled by a concurrent intent: decide again
 		}
 	} else {
-		// The row is locked: it is as decide saw it.
+		// The row is locked: it is as the decision saw it.
 		if _, err := tx.Exec(ctx, `UPDATE devices SET
 				prev_serial = serial,
 				serial = $2,
@@ -461,15 +495,15 @@ func (p *Postgres) issueOnce(ctx context.Context, tx pgx.Tx, req IssueRequest, d
 				confirmed_serial = CASE WHEN $8 = '' THEN '' WHEN $8 = serial THEN serial ELSE confirmed_serial END
 			WHERE id = $1`,
 			req.DeviceID, iss.Serial, unixNano(iss.NotAfter), now, tokenID, der, iss.KeyHash[:], req.Presented); err != nil {
-			return fmt.Errorf("record device %s: %w", req.DeviceID, err)
+			return Outcome{}, fmt.Errorf("record device %s: %w", req.DeviceID, err)
 		}
 	}
 	a := req.Audit
 	a.Serial = iss.Serial
 	if _, err := tx.Exec(ctx, pgAddAudit, auditArgs(a)...); err != nil {
-		return fmt.Errorf("write audit record: %w", err)
+		return Outcome{}, fmt.Errorf("write audit record: %w", err)
 	}
-	return pgRecordIssuedTx(ctx, tx, req) // postgres_revocation.go
+	return out, pgRecordIssuedTx(ctx, tx, req) // postgres_revocation.go
 }
 
 // Snapshot is the whole state of a store, for copying it to another.

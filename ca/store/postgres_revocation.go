@@ -58,8 +58,8 @@ func (p *Postgres) migrateRevocation(ctx context.Context, conn *pgxpool.Conn) er
 	return nil
 }
 
-// RecordIssued implements RevocationStore. Issue records its certificate
-// itself; this is for certificates issued outside it (enforcers).
+// RecordIssued implements RevocationStore. The issuing intents record
+// their certificates themselves; this is for certificates issued outside it (enforcers).
 func (p *Postgres) RecordIssued(ctx context.Context, serial, deviceID string, notAfter, at time.Time) error {
 	if _, err := p.pool.Exec(ctx, `INSERT INTO issued_certs (serial, device_id, not_after, issued_at) VALUES ($1, $2, $3, $4) ON CONFLICT (serial) DO NOTHING`,
 		serial, deviceID, unixNano(notAfter), unixNano(at)); err != nil {
@@ -68,9 +68,9 @@ func (p *Postgres) RecordIssued(ctx context.Context, serial, deviceID string, no
 	return nil
 }
 
-// pgRecordIssuedTx records an enrollment's certificate in Issue's
+// pgRecordIssuedTx records an enrollment's certificate in the issuing intent's
 // transaction, so that revoking the device reaches it.
-func pgRecordIssuedTx(ctx context.Context, tx pgx.Tx, req IssueRequest) error {
+func pgRecordIssuedTx(ctx context.Context, tx pgx.Tx, req issueReq) error {
 	if req.Issuance.Serial == "" {
 		return nil
 	}
@@ -100,7 +100,7 @@ func (p *Postgres) revocationTx(ctx context.Context, what string, fn func(tx pgx
 }
 
 // pgDeviceCerts lists the unexpired certificates a device may hold, as
-// deviceCerts does for SQLite. The device row is locked so that an Issue
+// deviceCerts does for SQLite. The device row is locked so that an issuing intent
 // for the device is ordered before or after the revocation.
 func pgDeviceCerts(ctx context.Context, tx pgx.Tx, deviceID string, at time.Time) (map[string]time.Time, error) {
 	var serial, prev, confirmed string

@@ -113,8 +113,8 @@ func (s *SQLite) migrateRevocation(ctx context.Context) error {
 	return nil
 }
 
-// RecordIssued implements RevocationStore. Issue records its certificate
-// itself; this is for certificates issued outside it (enforcers).
+// RecordIssued implements RevocationStore. The issuing intents record
+// their certificates themselves; this is for certificates issued outside it (enforcers).
 func (s *SQLite) RecordIssued(ctx context.Context, serial, deviceID string, notAfter, at time.Time) error {
 	if _, err := s.w.ExecContext(ctx, `INSERT OR IGNORE INTO issued_certs (serial, device_id, not_after, issued_at) VALUES (?, ?, ?, ?)`,
 		serial, deviceID, unixNano(notAfter), unixNano(at)); err != nil {
@@ -123,9 +123,9 @@ func (s *SQLite) RecordIssued(ctx context.Context, serial, deviceID string, notA
 	return nil // durable at commit (synchronous=FULL)
 }
 
-// recordIssuedTx records an enrollment's certificate in Issue's
+// recordIssuedTx records an enrollment's certificate in the issuing intent's
 // transaction, so that revoking the device reaches it.
-func recordIssuedTx(ctx context.Context, tx *sql.Tx, req IssueRequest) error {
+func recordIssuedTx(ctx context.Context, tx *sql.Tx, req issueReq) error {
 	if req.Issuance.Serial == "" {
 		return nil
 	}

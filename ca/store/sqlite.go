@@ -27,7 +27,7 @@ const busyTimeout = 10 * time.Second
 // the WAL before it returns, so a commit the CA answers for survives a
 // power cut, whatever SQLite does with its files.
 //
-// Enrollments (Issue) go through one writer goroutine that commits them in
+// Enrollments (the Issuer intents) go through one writer goroutine that commits them in
 // groups (group commit, private to this implementation): while one group
 // commits (and fsyncs), the next requests queue up and then share one
 // transaction and one fsync. A lone request never waits for company; a
@@ -50,9 +50,11 @@ type SQLite struct {
 const maxGroup = 64
 
 type issueJob struct {
-	req   IssueRequest
-	check func(*Token, *Device) error
-	done  chan error
+	req    issueReq
+	decide decision
+	done   chan error
+	// out is set by the writer before it sends on done.
+	out Outcome
 }
 
 var _ Store = (*SQLite)(nil)
@@ -535,27 +537,44 @@ func (s *SQLite) SetSetting(ctx context.Context, key, value string) error {
 	return nil
 }
 
-// Issue implements Store.
-func (s *SQLite) Issue(ctx context.Context, req IssueRequest, check func(tok *Token, dev *Device) error) error {
-	j := &issueJob{req: req, check: check, done: make(chan error, 1)}
+// IssueWithToken implements Issuer.
+func (s *SQLite) IssueWithToken(ctx context.Context, e TokenEnrollment) (Outcome, error) {
+	return s.issue(ctx, e.record(), e.decide)
+}
+
+// Reissue implements Issuer.
+func (s *SQLite) Reissue(ctx context.Context, r Renewal) (Outcome, error) {
+	return s.issue(ctx, r.record(), r.decide)
+}
+
+// Recover implements Issuer.
+func (s *SQLite) Recover(ctx context.Context, r Recovery) (Outcome, error) {
+	return s.issue(ctx, r.record(), r.decide)
+}
+
+func (s *SQLite) issue(ctx context.Context, req issueReq, decide decision) (Outcome, error) {
+	j := &issueJob{req: req, decide: decide, done: make(chan error, 1)}
 	s.mu.RLock()
 	if s.closed {
 		s.mu.RUnlock()
-		return fmt.Errorf("issue: %w", ErrClosed)
+		return Outcome{}, fmt.Errorf("issue: %w", ErrClosed)
 	}
 	select {
 	case s.jobs <- j:
 	case <-ctx.Done():
 		s.mu.RUnlock()
-		return fmt.Errorf("issue: %w", ctx.Err())
+		return Outcome{}, fmt.Errorf("issue: %w", ctx.Err())
 	}
 	s.mu.RUnlock()
 	// Once taken, the job runs to completion: wait for its outcome even if
 	// ctx ends, so the caller never reports failure for a committed issue.
-	return <-j.done
+	if err := <-j.done; err != nil {
+		return Outcome{}, err
+	}
+	return j.out, nil
 }
 
-// writer takes Issue jobs and runs them in groups until Close: a group is
+// writer takes issue jobs and runs them in groups until Close: a group is
 // the first job and whatever queued up behind it while the previous group
 // committed.
 func (s *SQLite) writer() {
@@ -582,8 +601,8 @@ func (s *SQLite) writer() {
 	}
 }
 
-// runGroup runs jobs in one transaction. A job whose check fails wrote
-// nothing (checks come before writes), so it does not disturb the others.
+// runGroup runs jobs in one transaction. A job refused (or replayed) wrote
+// nothing (decisions come before writes), so it does not disturb the others.
 // If the database itself fails, the whole group is rolled back and every
 // job gets the error.
 func (s *SQLite) runGroup(group []*issueJob) {
@@ -605,8 +624,9 @@ func (s *SQLite) runGroup(group []*issueJob) {
 	}
 	for i, j := range group {
 		var dbErr error
-		errs[i], dbErr = issueOne(ctx, stmts, j)
-		if dbErr == nil && errs[i] == nil {
+		var wrote bool
+		wrote, errs[i], dbErr = issueOne(ctx, stmts, j)
+		if dbErr == nil && wrote {
 			dbErr = recordIssuedTx(ctx, tx, j.req) // revocation.go
 		}
 		if dbErr != nil {
@@ -624,9 +644,10 @@ func (s *SQLite) runGroup(group []*issueJob) {
 	}
 }
 
-// issueOne runs one job inside the group's transaction. checkErr is the
-// job's refusal; dbErr means the transaction is broken.
-func issueOne(ctx context.Context, st [5]*sql.Stmt, j *issueJob) (checkErr, dbErr error) {
+// issueOne runs one job inside the group's transaction: wrote says it
+// recorded an issue, refusal is the job's *Refusal, dbErr means the
+// transaction is broken.
+func issueOne(ctx context.Context, st [5]*sql.Stmt, j *issueJob) (wrote bool, refusal, dbErr error) {
 	getToken, getDevice, useToken, upsertDevice, addAudit := st[0], st[1], st[2], st[3], st[4]
 	req := j.req
 	var tok *Token
@@ -635,7 +656,7 @@ func issueOne(ctx context.Context, st [5]*sql.Stmt, j *issueJob) (checkErr, dbEr
 		switch {
 		case errors.Is(err, sql.ErrNoRows):
 		case err != nil:
-			return nil, fmt.Errorf("issue: read token %s: %w", req.TokenID, err)
+			return false, nil, fmt.Errorf("issue: read token %s: %w", req.TokenID, err)
 		default:
 			tok = &t
 		}
@@ -645,12 +666,20 @@ func issueOne(ctx context.Context, st [5]*sql.Stmt, j *issueJob) (checkErr, dbEr
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
 	case err != nil:
-		return nil, fmt.Errorf("issue: read device %s: %w", req.DeviceID, err)
+		return false, nil, fmt.Errorf("issue: read device %s: %w", req.DeviceID, err)
 	default:
 		dev = &d
 	}
-	if err := j.check(tok, dev); err != nil {
-		return err, nil
+	replay, ref := j.decide(tok, dev)
+	if ref != nil {
+		return false, ref, nil
+	}
+	if dev != nil {
+		j.out = Outcome{Device: *dev, Existed: true}
+	}
+	if replay {
+		j.out.Replayed = true
+		return false, nil, nil
 	}
 
 	now := unixNano(req.Time)
@@ -659,13 +688,13 @@ func issueOne(ctx context.Context, st [5]*sql.Stmt, j *issueJob) (checkErr, dbEr
 		tokenID = tok.ID
 		res, err := useToken.ExecContext(ctx, now, tok.ID)
 		if err != nil {
-			return nil, fmt.Errorf("issue: count token use: %w", err)
+			return false, nil, fmt.Errorf("issue: count token use: %w", err)
 		}
 		if n, err := res.RowsAffected(); err != nil {
-			return nil, fmt.Errorf("issue: count token use: %w", err)
+			return false, nil, fmt.Errorf("issue: count token use: %w", err)
 		} else if n != 1 {
-			// check saw a use left in this very transaction.
-			return fmt.Errorf("issue: token %s has no use left", tok.ID), nil
+			// The decision saw a use left in this very transaction.
+			return false, &Refusal{Kind: RefuseTokenUsedUp, Token: tok, Device: dev}, nil
 		}
 	}
 	iss := req.Issuance
@@ -674,14 +703,14 @@ func issueOne(ctx context.Context, st [5]*sql.Stmt, j *issueJob) (checkErr, dbEr
 		der = []byte{} // the column is NOT NULL
 	}
 	if _, err := upsertDevice.ExecContext(ctx, req.DeviceID, iss.Serial, unixNano(iss.NotAfter), now, tokenID, der, iss.KeyHash[:], req.Presented); err != nil {
-		return nil, fmt.Errorf("issue: record device %s: %w", req.DeviceID, err)
+		return false, nil, fmt.Errorf("issue: record device %s: %w", req.DeviceID, err)
 	}
 	a := req.Audit
 	a.Serial = iss.Serial
 	if _, err := addAudit.ExecContext(ctx, auditArgs(a)...); err != nil {
-		return nil, fmt.Errorf("issue: write audit record: %w", err)
+		return false, nil, fmt.Errorf("issue: write audit record: %w", err)
 	}
-	return nil, nil
+	return true, nil, nil
 }
 
 // Ping implements Store: a write transaction that changes nothing proves

@@ -53,7 +53,7 @@ func TestTokensDevicesAudit(t *testing.T) {
 	ctx := context.Background()
 	s := openTest(t, filepath.Join(t.TempDir(), "db"))
 	now := time.Now().UTC().Truncate(time.Microsecond)
-	tok := Token{ID: "t1", SecretHash: [32]byte{1, 2, 3}, Pattern: "a-*", MaxUses: 2, CreatedAt: now, ExpiresAt: now.Add(time.Hour)}
+	tok := Token{ID: "t1", SecretHash: [32]byte{1, 2, 3}, Pattern: "a-*", MaxUses: 1, CreatedAt: now, ExpiresAt: now.Add(time.Hour)}
 	if err := s.CreateToken(ctx, tok); err != nil {
 		t.Fatal(err)
 	}
@@ -61,23 +61,20 @@ func TestTokensDevicesAudit(t *testing.T) {
 		t.Fatalf("duplicate token: %v", err)
 	}
 	issue := func(id, serial string) error {
-		return s.Issue(ctx, IssueRequest{TokenID: "t1", DeviceID: id, Time: now, Issuance: Issuance{Serial: serial, NotAfter: now.Add(time.Hour)},
-			Audit: AuditRecord{Time: now, Op: "simpleenroll", Result: ResultOK}},
-			func(tk *Token, dev *Device) error {
-				if tk == nil || tk.Uses >= tk.MaxUses {
-					return errors.New("no use left")
-				}
-				return nil
-			})
+		_, err := s.IssueWithToken(ctx, TokenEnrollment{TokenID: "t1", SecretHash: [32]byte{1, 2, 3}, DeviceID: id, Time: now, Issuance: Issuance{Serial: serial, NotAfter: now.Add(time.Hour)},
+			Audit: AuditRecord{Time: now, Op: "simpleenroll", Result: ResultOK}})
+		return err
 	}
 	if err := issue("a-1", "01"); err != nil {
 		t.Fatal(err)
 	}
-	if err := issue("a-1", "02"); err != nil {
+	if _, err := s.Reissue(ctx, Renewal{DeviceID: "a-1", Presented: "01", Time: now, Issuance: Issuance{Serial: "02", NotAfter: now.Add(time.Hour)},
+		Audit: AuditRecord{Time: now, Op: "simplereenroll", Result: ResultOK}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := issue("a-2", "03"); err == nil || err.Error() != "no use left" {
-		t.Fatalf("third use: %v", err)
+	var r *Refusal
+	if err := issue("a-2", "03"); !errors.As(err, &r) || r.Kind != RefuseTokenUsedUp {
+		t.Fatalf("second use: %v", err)
 	}
 	d, err := s.Device(ctx, "a-1")
 	if err != nil {
@@ -90,7 +87,7 @@ func TestTokensDevicesAudit(t *testing.T) {
 		t.Fatalf("failed issue recorded a device: %v", err)
 	}
 	toks, err := s.Tokens(ctx)
-	if err != nil || len(toks) != 1 || toks[0].Uses != 2 || toks[0].SecretHash != tok.SecretHash || !toks[0].ExpiresAt.Equal(tok.ExpiresAt) {
+	if err != nil || len(toks) != 1 || toks[0].Uses != 1 || toks[0].SecretHash != tok.SecretHash || !toks[0].ExpiresAt.Equal(tok.ExpiresAt) {
 		t.Fatalf("tokens %+v %v", toks, err)
 	}
 	if err := s.RevokeDevice(ctx, "a-1", now); err != nil {
@@ -136,9 +133,9 @@ func TestTwoOpeners(t *testing.T) {
 	go func() {
 		defer wg.Done()
 		for i := range n {
-			errs <- server.Issue(ctx, IssueRequest{DeviceID: fmt.Sprintf("d%d", i), Time: now, Issuance: Issuance{Serial: "aa", NotAfter: now},
-				Audit: AuditRecord{Time: now, Op: "x", Result: ResultOK}},
-				func(*Token, *Device) error { return nil })
+			_, err := server.issue(ctx, issueReq{DeviceID: fmt.Sprintf("d%d", i), Time: now, Issuance: Issuance{Serial: "aa", NotAfter: now},
+				Audit: AuditRecord{Time: now, Op: "x", Result: ResultOK}}, alwaysIssue)
+			errs <- err
 		}
 	}()
 	wg.Wait()
@@ -176,7 +173,7 @@ func TestDurableCommits(t *testing.T) {
 }
 
 // TestConfirmedSerial walks a device through the renewals of
-// IssueRequest.Presented: a renewal presenting the newest certificate
+// issueReq.Presented (the record of every intent): a renewal presenting the newest certificate
 // confirms it; one presenting the confirmed certificate (an answer was
 // lost) keeps it confirmed however often it happens; a token enrollment
 // clears it. Cert, KeyHash and CertToken follow the newest certificate.
@@ -187,7 +184,6 @@ func TestConfirmedSerial(t *testing.T) {
 	if err := s.CreateToken(ctx, Token{ID: "t1", MaxUses: 2, CreatedAt: now, ExpiresAt: now.Add(time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
-	ok := func(*Token, *Device) error { return nil }
 	steps := []struct {
 		token, presented, serial string
 		wantConfirmed            string
@@ -201,8 +197,8 @@ func TestConfirmedSerial(t *testing.T) {
 	}
 	for i, st := range steps {
 		der := []byte("cert " + st.serial)
-		err := s.Issue(ctx, IssueRequest{TokenID: st.token, DeviceID: "d1", Time: now, Presented: st.presented,
-			Issuance: Issuance{Serial: st.serial, NotAfter: now.Add(time.Hour), DER: der, KeyHash: [32]byte{byte(i)}}}, ok)
+		_, err := s.issue(ctx, issueReq{TokenID: st.token, DeviceID: "d1", Time: now, Presented: st.presented,
+			Issuance: Issuance{Serial: st.serial, NotAfter: now.Add(time.Hour), DER: der, KeyHash: [32]byte{byte(i)}}}, alwaysIssue)
 		if err != nil {
 			t.Fatalf("step %d: %v", i, err)
 		}
@@ -308,3 +304,6 @@ func TestSyncNormalBaseline(t *testing.T) {
 		t.Errorf("synchronous %d %v, want 1 (NORMAL)", sync, err)
 	}
 }
+
+// alwaysIssue is a decision for tests of the recording itself.
+func alwaysIssue(*Token, *Device) (bool, *Refusal) { return false, nil }

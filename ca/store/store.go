@@ -93,20 +93,6 @@ type Issuance struct {
 	KeyHash  [32]byte // SHA-256 of its SubjectPublicKeyInfo
 }
 
-// IssueRequest is one enrollment for Issue to record.
-type IssueRequest struct {
-	TokenID  string // "" for a reenrollment (no token involved)
-	DeviceID string
-	Time     time.Time
-	Issuance Issuance
-	// Presented is the serial of the client certificate a reenrollment
-	// authenticated with, "" for a token enrollment. If it is the
-	// device's newest certificate, that one becomes Confirmed; a token
-	// enrollment clears Confirmed.
-	Presented string
-	Audit     AuditRecord // written on success, with Serial filled in
-}
-
 // The interfaces below state behaviour only, as certmagic's Storage does:
 // what each operation guarantees, never how a backend gets there (no
 // batching or locking hints: those are each implementation's private
@@ -135,11 +121,11 @@ type TokenStore interface {
 	// Tokens lists every token, oldest first.
 	Tokens(ctx context.Context) ([]Token, error)
 	// Token returns one token, or ErrNotFound. It is a snapshot: uses are
-	// counted, and checked again, only in Issue.
+	// counted, and checked again, only in IssueWithToken.
 	Token(ctx context.Context, id string) (Token, error)
 	// RevokeToken marks a token revoked (revoking twice keeps the first
-	// time); ErrNotFound if there is none. An Issue that starts after it
-	// returned cannot spend the token.
+	// time); ErrNotFound if there is none. An IssueWithToken that starts
+	// after it returned cannot spend the token.
 	RevokeToken(ctx context.Context, id string, at time.Time) error
 }
 
@@ -150,8 +136,8 @@ type DeviceStore interface {
 	// Device returns one device, or ErrNotFound.
 	Device(ctx context.Context, id string) (Device, error)
 	// RevokeDevice marks a device revoked (revoking twice keeps the first
-	// time); ErrNotFound if there is none. An Issue for the device that
-	// starts after it returned sees the device revoked, on every replica.
+	// time); ErrNotFound if there is none. An issuing intent for the device
+	// that starts after it returned sees the device revoked, on every replica.
 	RevokeDevice(ctx context.Context, id string, at time.Time) error
 }
 
@@ -168,31 +154,38 @@ type AuditLog interface {
 	PruneAudit(ctx context.Context, before time.Time, keep int) (int64, error)
 }
 
-// Issuer records enrollments.
+// Issuer records enrollments. Each method is one intent, decided and
+// written as one atomic, durable step by the store itself (no caller code
+// runs inside its transaction): the store reads the token and the device
+// as committed, decides with this package's pure functions
+// (DecideTokenEnrollment, DecideRenewal, DecideRecovery) and, when the
+// decision is to issue, spends the token's use (conditional on a use being
+// left: a token with MaxUses N is spent at most N times, whatever the
+// number of replicas and callers), records the device with the Issuance,
+// records the certificate for revocation and writes the audit record,
+// together or not at all. Of two requests racing for the last use of a
+// token, the second one's decision sees the first one's use; of two first
+// enrollments of one device id, the second sees the first's device.
+//
+// A refusal is a *Refusal and writes nothing. A retry whose earlier answer
+// was lost (same token or confirmed certificate, same key) is answered
+// from the record: Outcome.Replayed, nothing written. Once a method
+// returned nil the enrollment is durable; if it returns another error the
+// caller must not hand out the certificate (it may have been recorded: a
+// retry with the same key is answered from the record).
 type Issuer interface {
-	// Issue is the enrollment intent: "if decide allows it given the
-	// token and the device as they are now, spend one use of the token,
-	// record the device with req.Issuance and write req.Audit", as one
-	// atomic, durable step. The store reads the token (nil when
-	// req.TokenID is "" or unknown) and the device (nil when new) as
-	// committed, and calls decide with them. If decide returns an error,
-	// nothing changes and that error is returned unchanged. If it
-	// returns nil, the token use (conditional on a use being left: a
-	// token with MaxUses N is spent at most N times, whatever the number
-	// of replicas and callers), the device and the audit record are
-	// committed together, or none of them.
-	//
-	// decide must be a pure function of its arguments: a backend may call
-	// it more than once, with fresher state, when a concurrent Issue or
-	// revocation changed the token or the device in between; only the
-	// last call's answer counts. Of two requests racing for the last use
-	// of a token, the second one's decide sees the first one's use.
-	//
-	// Once Issue returned nil the enrollment is durable; if it returns an
-	// error other than decide's, the caller must not hand out the
-	// certificate (it may have been recorded: a retry with the same key is
-	// answered from the record, see Device.Cert).
-	Issue(ctx context.Context, req IssueRequest, decide func(tok *Token, dev *Device) error) error
+	// IssueWithToken is simpleenroll: consume a use of the token for
+	// the device and record the certificate.
+	IssueWithToken(ctx context.Context, e TokenEnrollment) (Outcome, error)
+	// Reissue is simplereenroll: renew the device that presented its
+	// newest or confirmed certificate, and record the certificate. If
+	// Presented is the device's newest certificate, that one becomes
+	// Device.Confirmed.
+	Reissue(ctx context.Context, r Renewal) (Outcome, error)
+	// Recover is attested recovery: record a certificate for an
+	// enrolled, active device without a token (Confirmed is cleared, as
+	// by a token enrollment).
+	Recover(ctx context.Context, r Recovery) (Outcome, error)
 }
 
 // Store is everything edgeca keeps.

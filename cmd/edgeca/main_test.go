@@ -297,10 +297,12 @@ func TestDeviceShowRevokeEveryID(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := st.CreateToken(ctx, store.Token{ID: "fleet", MaxUses: len(ids), CreatedAt: time.Now(), ExpiresAt: time.Now().Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
 	for i, id := range ids {
-		err := st.Issue(ctx, store.IssueRequest{DeviceID: strings.ToLower(id), Time: time.Now(),
-			Issuance: store.Issuance{Serial: fmt.Sprintf("%02x", i), NotAfter: time.Now().Add(time.Hour)}},
-			func(*store.Token, *store.Device) error { return nil })
+		_, err := st.IssueWithToken(ctx, store.TokenEnrollment{TokenID: "fleet", DeviceID: strings.ToLower(id), Time: time.Now(),
+			Issuance: store.Issuance{Serial: fmt.Sprintf("%02x", i), NotAfter: time.Now().Add(time.Hour)}})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -40,8 +40,18 @@ func revs(t *testing.T, b Backend, n int) ([]store.Store, []store.RevocationStor
 
 func issueCert(t *testing.T, s store.Store, dev, serial string, ttl time.Duration) {
 	t.Helper()
-	if err := s.Issue(context.Background(), store.IssueRequest{DeviceID: dev, Time: now, Issuance: store.Issuance{Serial: serial, NotAfter: now.Add(ttl)}},
-		func(*store.Token, *store.Device) error { return nil }); err != nil {
+	ctx := context.Background()
+	iss := store.Issuance{Serial: serial, NotAfter: now.Add(ttl)}
+	// A known device renews with its newest certificate; a new one
+	// enrolls with a token of its own.
+	if d, err := s.Device(ctx, dev); err == nil {
+		if _, err := s.Reissue(ctx, store.Renewal{DeviceID: dev, Presented: d.Serial, Time: now, Issuance: iss}); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	mkTokenFor(t, s, store.Token{ID: "for-" + dev + "-" + serial, MaxUses: 1, Device: dev})
+	if _, err := s.IssueWithToken(ctx, store.TokenEnrollment{TokenID: "for-" + dev + "-" + serial, SecretHash: secret, DeviceID: dev, Time: now, Issuance: iss}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -63,7 +73,7 @@ func revokedSerials(t *testing.T, r store.RevocationStore, at time.Time) []strin
 // revocationWalk walks one device through issue, revoke, unrevoke,
 // supersede, delete and prune, checking the CRL set and the feed after
 // each step. a1 is neither the device's serial nor its previous one: only
-// Issue's record of it in issued_certs lets the revocation reach it.
+// the issuing intent's record of it in issued_certs lets the revocation reach it.
 func revocationWalk(t *testing.T, b Backend) {
 	ctx := context.Background()
 	ss, rs := revs(t, b, 1)

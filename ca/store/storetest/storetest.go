@@ -31,11 +31,16 @@ func Run(t *testing.T, b Backend) {
 		fn   func(*testing.T, Backend)
 	}{
 		{"TokenUsesExactUnderRace", tokenUsesExact},
-		{"RefusalChangesNothing", refusalChangesNothing},
+		{"RefusalsChangeNothing", refusalsChangeNothing},
 		{"ConfirmedSerial", confirmedSerial},
 		{"RevokeDeviceVisibleAtOnce", revokeDeviceVisible},
 		{"RevokeTokenVisibleAtOnce", revokeTokenVisible},
 		{"NewDeviceRaceOneWinner", newDeviceRace},
+		{"EnrollRetryReplayed", enrollRetryReplayed},
+		{"EnrollRetryRace", enrollRetryRace},
+		{"RenewalRetryReplayed", renewalRetryReplayed},
+		{"RenewalRace", renewalRace},
+		{"Recover", recoverDevice},
 		{"TokensAndErrors", tokensAndErrors},
 		{"Audit", audit},
 		{"Settings", settings},
@@ -67,242 +72,6 @@ func replicas(t *testing.T, b Backend, n int) []store.Store {
 }
 
 var now = time.Unix(1_800_000_000, 0).UTC()
-
-func mkToken(t *testing.T, s store.Store, id string, uses int) {
-	t.Helper()
-	if err := s.CreateToken(context.Background(), store.Token{ID: id, SecretHash: [32]byte{1}, MaxUses: uses, CreatedAt: now, ExpiresAt: now.Add(time.Hour)}); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// decideToken is what the CA decides for a token enrollment, reduced to
-// the parts the store must make exact.
-func decideToken(tok *store.Token, dev *store.Device) error {
-	switch {
-	case tok == nil:
-		return errors.New("unknown token")
-	case !tok.RevokedAt.IsZero():
-		return errors.New("token revoked")
-	case tok.Uses >= tok.MaxUses:
-		return errors.New("used up")
-	case dev != nil && dev.Status == store.StatusRevoked:
-		return errors.New("device revoked")
-	}
-	return nil
-}
-
-func enrollReq(tok, dev, serial string) store.IssueRequest {
-	return store.IssueRequest{TokenID: tok, DeviceID: dev, Time: now,
-		Issuance: store.Issuance{Serial: serial, NotAfter: now.Add(time.Hour), DER: []byte("cert " + serial)},
-		Audit:    store.AuditRecord{Time: now, Op: "simpleenroll", TokenID: tok, DeviceID: dev, Result: store.ResultOK}}
-}
-
-// tokenUsesExact races 64 callers spread over three handles for a token
-// of N uses, for several N: exactly N win, and the token says N uses.
-func tokenUsesExact(t *testing.T, b Backend) {
-	rs := replicas(t, b, 3)
-	ctx := context.Background()
-	for _, uses := range []int{1, 5, 64} {
-		rounds := 20
-		if uses > 1 {
-			rounds = 3
-		}
-		for round := range rounds {
-			id := fmt.Sprintf("tok-%d-%d", uses, round)
-			mkToken(t, rs[0], id, uses)
-			const racers = 64
-			var wg sync.WaitGroup
-			errs := make([]error, racers)
-			for i := range racers {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					errs[i] = rs[i%len(rs)].Issue(ctx, enrollReq(id, fmt.Sprintf("%s-dev-%d", id, i), fmt.Sprintf("%s-%d", id, i)), decideToken)
-				}()
-			}
-			wg.Wait()
-			won := 0
-			for _, err := range errs {
-				if err == nil {
-					won++
-				} else if err.Error() != "used up" {
-					t.Fatalf("token %s: an Issue failed with %v, want a win or decide's refusal", id, err)
-				}
-			}
-			tok, err := rs[1].Token(ctx, id)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if want := min(uses, racers); won != want || tok.Uses != want {
-				t.Fatalf("token %s of %d uses raced by %d: %d winners, %d uses recorded, want %d", id, uses, racers, won, tok.Uses, want)
-			}
-		}
-	}
-}
-
-// refusalChangesNothing: decide's error comes back unchanged and no use,
-// device or audit record is written.
-func refusalChangesNothing(t *testing.T, b Backend) {
-	s := replicas(t, b, 1)[0]
-	ctx := context.Background()
-	mkToken(t, s, "t", 1)
-	sentinel := errors.New("refused by decide")
-	err := s.Issue(ctx, enrollReq("t", "d", "A"), func(*store.Token, *store.Device) error { return sentinel })
-	if err != sentinel {
-		t.Fatalf("Issue returned %v, want decide's error itself", err)
-	}
-	tok, _ := s.Token(ctx, "t")
-	if tok.Uses != 0 {
-		t.Errorf("a refused Issue spent a use: %+v", tok)
-	}
-	if _, err := s.Device(ctx, "d"); !errors.Is(err, store.ErrNotFound) {
-		t.Errorf("a refused Issue recorded the device: %v", err)
-	}
-	if recs, _ := s.Audit(ctx, 0); len(recs) != 0 {
-		t.Errorf("a refused Issue wrote %d audit records", len(recs))
-	}
-}
-
-// confirmedSerial walks a device through the renewals of
-// IssueRequest.Presented, each step on another handle.
-func confirmedSerial(t *testing.T, b Backend) {
-	rs := replicas(t, b, 2)
-	ctx := context.Background()
-	mkToken(t, rs[0], "t1", 2)
-	ok := func(*store.Token, *store.Device) error { return nil }
-	steps := []struct {
-		token, presented, serial string
-		wantConfirmed, wantPrev  string
-	}{
-		{"t1", "", "A", "", ""},
-		{"", "A", "B", "A", "A"}, // renewed with the newest: A confirmed
-		{"", "A", "C", "A", "B"}, // B's answer was lost: A still good
-		{"", "A", "D", "A", "C"}, // and again
-		{"", "D", "E", "D", "D"}, // the device shows D: A is done
-		{"t1", "", "F", "", "E"}, // a token enrollment starts over
-	}
-	for i, st := range steps {
-		s := rs[i%2]
-		der := []byte("cert " + st.serial)
-		err := s.Issue(ctx, store.IssueRequest{TokenID: st.token, DeviceID: "d1", Time: now, Presented: st.presented,
-			Issuance: store.Issuance{Serial: st.serial, NotAfter: now.Add(time.Hour), DER: der, KeyHash: [32]byte{byte(i)}}}, ok)
-		if err != nil {
-			t.Fatalf("step %d: %v", i, err)
-		}
-		d, err := rs[(i+1)%2].Device(ctx, "d1")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if d.Serial != st.serial || d.Confirmed != st.wantConfirmed || d.PrevSerial != st.wantPrev || string(d.Cert) != string(der) ||
-			d.KeyHash != [32]byte{byte(i)} || d.CertToken != st.token || d.Enrollments != i+1 || d.Status != store.StatusActive {
-			t.Errorf("step %d (%+v): device %+v", i, st, d)
-		}
-	}
-	tok, _ := rs[0].Token(ctx, "t1")
-	if tok.Uses != 2 || tok.LastUsedAt.IsZero() {
-		t.Errorf("token after two enrollments: %+v", tok)
-	}
-}
-
-// revokeDeviceVisible: a device revoked through one handle is revoked for
-// the next Issue on every other handle.
-func revokeDeviceVisible(t *testing.T, b Backend) {
-	rs := replicas(t, b, 3)
-	ctx := context.Background()
-	mkToken(t, rs[0], "t", 10)
-	for i := range 10 {
-		dev := fmt.Sprintf("d%d", i)
-		if err := rs[0].Issue(ctx, enrollReq("t", dev, dev+"-A"), decideToken); err != nil {
-			t.Fatal(err)
-		}
-		if err := rs[1].RevokeDevice(ctx, dev, now); err != nil {
-			t.Fatal(err)
-		}
-		var saw *store.Device
-		err := rs[2].Issue(ctx, store.IssueRequest{DeviceID: dev, Time: now, Presented: dev + "-A"}, func(_ *store.Token, d *store.Device) error {
-			saw = d
-			if d == nil || d.Status == store.StatusRevoked {
-				return errors.New("revoked")
-			}
-			return nil
-		})
-		if err == nil || saw == nil || saw.Status != store.StatusRevoked || !saw.RevokedAt.Equal(now) {
-			t.Fatalf("renewal on another handle right after the revocation: %v, saw %+v", err, saw)
-		}
-	}
-	if err := rs[0].RevokeDevice(ctx, "nobody", now); !errors.Is(err, store.ErrNotFound) {
-		t.Errorf("revoke an unknown device: %v, want ErrNotFound", err)
-	}
-	// Revoking twice keeps the first time.
-	if err := rs[0].RevokeDevice(ctx, "d0", now.Add(time.Hour)); err != nil {
-		t.Fatal(err)
-	}
-	if d, _ := rs[2].Device(ctx, "d0"); !d.RevokedAt.Equal(now) {
-		t.Errorf("revoked twice: revoked_at %v, want the first %v", d.RevokedAt, now)
-	}
-}
-
-func revokeTokenVisible(t *testing.T, b Backend) {
-	rs := replicas(t, b, 2)
-	ctx := context.Background()
-	mkToken(t, rs[0], "t", 5)
-	if err := rs[0].RevokeToken(ctx, "t", now); err != nil {
-		t.Fatal(err)
-	}
-	if err := rs[1].Issue(ctx, enrollReq("t", "d", "A"), decideToken); err == nil || err.Error() != "token revoked" {
-		t.Fatalf("Issue with a token revoked on another handle: %v", err)
-	}
-	if err := rs[0].RevokeToken(ctx, "none", now); !errors.Is(err, store.ErrNotFound) {
-		t.Errorf("revoke an unknown token: %v, want ErrNotFound", err)
-	}
-}
-
-// newDeviceRace: many first enrollments of one device id at once, each
-// with its own token, decide refusing an existing device: one wins, the
-// others see the winner's device, and only the winner's token is spent.
-func newDeviceRace(t *testing.T, b Backend) {
-	rs := replicas(t, b, 3)
-	ctx := context.Background()
-	const racers = 32
-	for i := range racers {
-		mkToken(t, rs[0], fmt.Sprintf("t%d", i), 1)
-	}
-	var wg sync.WaitGroup
-	errs := make([]error, racers)
-	for i := range racers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = rs[i%3].Issue(ctx, enrollReq(fmt.Sprintf("t%d", i), "same", fmt.Sprintf("S%d", i)), func(tok *store.Token, dev *store.Device) error {
-				if dev != nil {
-					return errors.New("already enrolled")
-				}
-				return decideToken(tok, dev)
-			})
-		}()
-	}
-	wg.Wait()
-	won := 0
-	for i, err := range errs {
-		if err == nil {
-			won++
-		} else if err.Error() != "already enrolled" {
-			t.Errorf("racer %d: %v", i, err)
-		}
-	}
-	toks, err := rs[1].Tokens(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	spent := 0
-	for _, tk := range toks {
-		spent += tk.Uses
-	}
-	d, err := rs[2].Device(ctx, "same")
-	if won != 1 || spent != 1 || err != nil || d.Enrollments != 1 {
-		t.Fatalf("%d winners, %d token uses, device %+v %v: want one of each", won, spent, d, err)
-	}
-}
 
 func tokensAndErrors(t *testing.T, b Backend) {
 	s := replicas(t, b, 1)[0]
@@ -357,14 +126,14 @@ func audit(t *testing.T, b Backend) {
 	if len(recs) != 5 || recs[4].Reason != "5" {
 		t.Errorf("after pruning: %+v", recs)
 	}
-	// An Issue's audit record is written with the serial.
+	// An issue's audit record is written with the serial.
 	mkToken(t, rs[0], "t", 1)
-	if err := rs[0].Issue(ctx, enrollReq("t", "d", "SER"), decideToken); err != nil {
+	if _, err := rs[0].IssueWithToken(ctx, enrollReq("t", "d", "SER")); err != nil {
 		t.Fatal(err)
 	}
 	recs, _ = rs[1].Audit(ctx, 1)
 	if len(recs) != 1 || recs[0].Serial != "SER" || recs[0].DeviceID != "d" || recs[0].Result != store.ResultOK {
-		t.Errorf("Issue's audit record: %+v", recs)
+		t.Errorf("the issue's audit record: %+v", recs)
 	}
 }
 
