@@ -125,12 +125,11 @@ func (s *SQLite) RecordIssued(ctx context.Context, serial, deviceID string, notA
 
 // recordIssuedTx records an enrollment's certificate in the issuing intent's
 // transaction, so that revoking the device reaches it.
-func recordIssuedTx(ctx context.Context, tx *sql.Tx, req issueReq) error {
+func recordIssuedTx(ctx context.Context, recordIssued *sql.Stmt, req issueReq) error {
 	if req.Issuance.Serial == "" {
 		return nil
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO issued_certs (serial, device_id, not_after, issued_at) VALUES (?, ?, ?, ?)`,
-		req.Issuance.Serial, req.DeviceID, unixNano(req.Issuance.NotAfter), unixNano(req.Time)); err != nil {
+	if _, err := recordIssued.ExecContext(ctx, req.Issuance.Serial, req.DeviceID, unixNano(req.Issuance.NotAfter), unixNano(req.Time)); err != nil {
 		return fmt.Errorf("issue: record issued certificate %s: %w", req.Issuance.Serial, err)
 	}
 	return nil
