@@ -64,15 +64,19 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
 	$(GO) vet ./...
-	@for m in $(INTEROP_MODULES); do (cd $$m && $(GO) vet ./...) || exit 1; done
+	@for m in $(INTEROP_MODULES) $(BENCH_PEER); do (cd $$m && $(GO) vet ./...) || exit 1; done
 	GOARCH=arm GOARM=7 $(GO) vet ./...   # 32-bit: catches constants that overflow int on armv6/v7
 
 # Every figure next to a baseline measured in the same run: enrollment vs
 # raw ECDSA signing, the spool vs a plain file, the agent's MQTT path vs
-# mosquitto_pub on the same listener (plus the agent's RSS).
+# mosquitto_pub on the same listener (plus the agent's RSS), and edgeca
+# beside GlobalSign's EST server driven by the same clients (a module of
+# its own, as the interop ones, running a built edgeca).
+BENCH_PEER = internal/bench/peer
 bench: test-deps
 	$(GO) run ./internal/bench
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./uplink/spool ./internal/e2e
+	cd $(BENCH_PEER) && GO=$(GO) $(GO) run .
 
 cross:
 	@mkdir -p dist
