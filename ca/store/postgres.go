@@ -439,6 +439,22 @@ func (p *Postgres) issueOnce(ctx context.Context, tx pgx.Tx, req issueReq, decid
 	}
 	replay, ref := decide(tok, dev)
 	if ref != nil {
+		if dev == nil {
+			// Each statement reads its own snapshot: a device absent
+			// when read (so not locked) may have been created, and the
+			// token spent, by a commit before the token was read. The
+			// refusal ("used up") may then be wrong for a same-key retry
+			// that should be answered from that device: decide again if
+			// the device is there now.
+			var one int
+			err := tx.QueryRow(ctx, `SELECT 1 FROM devices WHERE id = $1`, req.DeviceID).Scan(&one)
+			switch {
+			case err == nil:
+				return Outcome{}, errConflict
+			case !errors.Is(err, pgx.ErrNoRows):
+				return Outcome{}, fmt.Errorf("read device %s: %w", req.DeviceID, err)
+			}
+		}
 		return Outcome{}, refused{ref}
 	}
 	var out Outcome
