@@ -188,6 +188,9 @@ var migrations = []string{
 	// but no longer found by id.
 	`UPDATE OR IGNORE devices SET id = lower(id) WHERE id <> lower(id);
 	UPDATE tokens SET device = lower(device), pattern = lower(pattern);`,
+	// Inventory (issue 16): agent version, renewal result and a short
+	// certificate history per device (inventory.go).
+	inventoryMigration,
 }
 
 // SchemaVersion is the schema version this code writes.
@@ -596,6 +599,9 @@ func (s *SQLite) runGroup(group []*issueJob) {
 		errs[i], dbErr = issueOne(ctx, stmts, j)
 		if dbErr == nil && errs[i] == nil {
 			dbErr = recordIssuedTx(ctx, tx, j.req) // revocation.go
+		}
+		if dbErr == nil && errs[i] == nil {
+			dbErr = recordInventoryTx(ctx, tx, j.req) // inventory.go
 		}
 		if dbErr != nil {
 			_ = tx.Rollback()
