@@ -287,6 +287,15 @@ func TestMonitoringFiles(t *testing.T) {
 	if _, err := c.SimpleEnroll(context.Background(), der, tok.ID, tok.Secret); err == nil {
 		t.Fatal("a wrong secret enrolled")
 	}
+	// README: curl -s http://127.0.0.1:8442/metrics
+	if curl, err := exec.LookPath("curl"); err == nil {
+		out, err := exec.Command(curl, "-sf", f.health+"/metrics").CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "\nedgeca_ready 1\n") || !strings.Contains(string(out), `edgeca_devices{state="revoked"} 1`) {
+			t.Fatalf("curl /metrics: %v\n%s", err, out)
+		}
+	} else {
+		t.Log("LOUD: curl is not installed (scripts/test-deps.sh installs it): /metrics read with net/http only")
+	}
 	names := scrapeNames(t, f.health)
 	if !names["edgeca_certificates_issued_total"] {
 		t.Fatalf("the scrape lacks edgeca_certificates_issued_total: %v", names)
