@@ -98,6 +98,9 @@ type InventoryStore interface {
 	CertHistory(ctx context.Context, id string) ([]CertRecord, error)
 	// RecordContact moves the device's last-seen time forward to c.At
 	// (never back) and records c.Agent; nothing for an unknown device.
+	// It is kept with the inventory: the registry row (Device) says when
+	// the device was last issued a certificate, DeviceInfo.LastSeen the
+	// later of the two.
 	RecordContact(ctx context.Context, c Contact) error
 	// RecordRenewalRefused records a refused renewal of a known device
 	// (and counts as a contact).
@@ -118,7 +121,8 @@ const inventoryMigration = `CREATE TABLE device_inventory (
 		renew_result  TEXT NOT NULL DEFAULT '',
 		renew_code    TEXT NOT NULL DEFAULT '',
 		renew_reason  TEXT NOT NULL DEFAULT '',
-		renew_at      INTEGER NOT NULL DEFAULT 0
+		renew_at      INTEGER NOT NULL DEFAULT 0,
+		last_contact  INTEGER NOT NULL DEFAULT 0
 	) WITHOUT ROWID;
 	CREATE TABLE cert_history (
 		device_id  TEXT NOT NULL,
@@ -132,8 +136,10 @@ const inventoryMigration = `CREATE TABLE device_inventory (
 	CREATE INDEX devices_not_after ON devices (not_after);`
 
 // inventoryCols reads devices d left-joined with device_inventory i; the
-// certificate itself is not read by listings.
-const inventoryCols = `d.id, d.status, d.serial, d.prev_serial, d.not_after, d.first_seen, d.last_seen, d.token_id, d.enrollments, d.revoked_at, %s, d.key_hash, d.cert_token, d.confirmed_serial,
+// certificate itself is not read by listings (the first %s), and last seen
+// is the later of the registry's (issuance) and the inventory's (other
+// contacts) (the second %s: the backend's two-argument max).
+const inventoryCols = `d.id, d.status, d.serial, d.prev_serial, d.not_after, d.first_seen, %s, d.token_id, d.enrollments, d.revoked_at, %s, d.key_hash, d.cert_token, d.confirmed_serial,
 	COALESCE(i.agent, ''), COALESCE(i.not_before, 0), COALESCE(i.issued_at, 0), COALESCE(i.renew_result, ''), COALESCE(i.renew_code, ''), COALESCE(i.renew_reason, ''), COALESCE(i.renew_at, 0)`
 
 func scanDeviceInfo(sc scanner) (DeviceInfo, error) {
@@ -170,7 +176,7 @@ func scanCertRecord(sc scanner) (CertRecord, error) {
 
 // filterSQL renders f as a WHERE clause and an ORDER BY, with ph(n) the
 // backend's n-th placeholder.
-func filterSQL(f DeviceFilter, ph func(int) string) (string, []any, error) {
+func filterSQL(f DeviceFilter, ph func(int) string, lastSeen string) (string, []any, error) {
 	var conds []string
 	var args []any
 	add := func(cond string, v any) {
@@ -206,7 +212,7 @@ func filterSQL(f DeviceFilter, ph func(int) string) (string, []any, error) {
 	case SortExpiry:
 		q += " ORDER BY d.not_after, d.id"
 	case SortLastSeen:
-		q += " ORDER BY d.last_seen DESC, d.id"
+		q += " ORDER BY " + lastSeen + " DESC, d.id"
 	default:
 		return "", nil, fmt.Errorf("device filter: unknown sort %q (id, expiry, last-seen)", f.Sort)
 	}
@@ -265,13 +271,17 @@ func recordInventoryTx(ctx context.Context, tx *sql.Tx, req IssueRequest) error 
 
 func sqlitePH(int) string { return "?" }
 
+// sqliteLastSeen is the later of the two last-seen times (SQLite's
+// two-argument max).
+const sqliteLastSeen = "MAX(d.last_seen, COALESCE(i.last_contact, 0))"
+
 // Inventory implements InventoryStore, on the read pool.
 func (s *SQLite) Inventory(ctx context.Context, f DeviceFilter) ([]DeviceInfo, error) {
-	where, args, err := filterSQL(f, sqlitePH)
+	where, args, err := filterSQL(f, sqlitePH, sqliteLastSeen)
 	if err != nil {
 		return nil, err
 	}
-	rows, err := s.r.QueryContext(ctx, `SELECT `+fmt.Sprintf(inventoryCols, "x''")+` FROM devices d LEFT JOIN device_inventory i ON i.device_id = d.id`+where, args...)
+	rows, err := s.r.QueryContext(ctx, `SELECT `+fmt.Sprintf(inventoryCols, sqliteLastSeen, "x''")+` FROM devices d LEFT JOIN device_inventory i ON i.device_id = d.id`+where, args...)
 	if err != nil {
 		return nil, fmt.Errorf("list devices: %w", err)
 	}
@@ -292,7 +302,7 @@ func (s *SQLite) Inventory(ctx context.Context, f DeviceFilter) ([]DeviceInfo, e
 
 // DeviceInfo implements InventoryStore.
 func (s *SQLite) DeviceInfo(ctx context.Context, id string) (DeviceInfo, error) {
-	d, err := scanDeviceInfo(s.r.QueryRowContext(ctx, `SELECT `+fmt.Sprintf(inventoryCols, "d.cert")+` FROM devices d LEFT JOIN device_inventory i ON i.device_id = d.id WHERE d.id = ?`, id))
+	d, err := scanDeviceInfo(s.r.QueryRowContext(ctx, `SELECT `+fmt.Sprintf(inventoryCols, sqliteLastSeen, "d.cert")+` FROM devices d LEFT JOIN device_inventory i ON i.device_id = d.id WHERE d.id = ?`, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return DeviceInfo{}, fmt.Errorf("device %s: %w", id, ErrNotFound)
 	}
@@ -331,23 +341,16 @@ func (s *SQLite) RecordContact(ctx context.Context, c Contact) error {
 }
 
 func contactTx(ctx context.Context, tx *sql.Tx, id, agent string, at time.Time) error {
-	res, err := tx.ExecContext(ctx, `UPDATE devices SET last_seen = ?1 WHERE id = ?2 AND last_seen < ?1`, unixNano(at), id)
-	if err != nil {
+	var one int
+	if err := tx.QueryRowContext(ctx, `SELECT 1 FROM devices WHERE id = ?`, id).Scan(&one); errors.Is(err, sql.ErrNoRows) {
+		return nil // unknown device: nothing to record
+	} else if err != nil {
 		return err
 	}
-	if agent == "" {
-		return nil
-	}
-	if n, _ := res.RowsAffected(); n == 0 {
-		var one int
-		if err := tx.QueryRowContext(ctx, `SELECT 1 FROM devices WHERE id = ?`, id).Scan(&one); errors.Is(err, sql.ErrNoRows) {
-			return nil // unknown device: nothing to record
-		} else if err != nil {
-			return err
-		}
-	}
-	_, err = tx.ExecContext(ctx, `INSERT INTO device_inventory (device_id, agent) VALUES (?1, ?2)
-		ON CONFLICT (device_id) DO UPDATE SET agent = ?2`, id, agent)
+	_, err := tx.ExecContext(ctx, `INSERT INTO device_inventory (device_id, agent, last_contact) VALUES (?1, ?2, ?3)
+		ON CONFLICT (device_id) DO UPDATE SET
+			agent = CASE WHEN ?2 = '' THEN device_inventory.agent ELSE ?2 END,
+			last_contact = MAX(device_inventory.last_contact, ?3)`, id, agent, unixNano(at))
 	return err
 }
 

@@ -18,7 +18,8 @@ const pgInventoryMigration = `CREATE TABLE device_inventory (
 		renew_result  TEXT NOT NULL DEFAULT '',
 		renew_code    TEXT NOT NULL DEFAULT '',
 		renew_reason  TEXT NOT NULL DEFAULT '',
-		renew_at      BIGINT NOT NULL DEFAULT 0
+		renew_at      BIGINT NOT NULL DEFAULT 0,
+		last_contact  BIGINT NOT NULL DEFAULT 0
 	);
 	CREATE TABLE cert_history (
 		device_id  TEXT NOT NULL,
@@ -32,6 +33,9 @@ const pgInventoryMigration = `CREATE TABLE device_inventory (
 	CREATE INDEX devices_not_after ON devices (not_after);`
 
 func pgPH(n int) string { return "$" + strconv.Itoa(n) }
+
+// pgLastSeen is sqliteLastSeen.
+const pgLastSeen = "GREATEST(d.last_seen, COALESCE(i.last_contact, 0))"
 
 // pgRecordInventoryTx is recordInventoryTx in Issue's transaction (the
 // device row is locked, so the inventory row is written by one Issue at a
@@ -69,16 +73,16 @@ func pgRecordInventoryTx(ctx context.Context, tx pgx.Tx, req IssueRequest) error
 
 // Inventory implements InventoryStore.
 func (p *Postgres) Inventory(ctx context.Context, f DeviceFilter) ([]DeviceInfo, error) {
-	where, args, err := filterSQL(f, pgPH)
+	where, args, err := filterSQL(f, pgPH, pgLastSeen)
 	if err != nil {
 		return nil, err
 	}
-	return pgList(ctx, p, "list devices", `SELECT `+fmt.Sprintf(inventoryCols, "''::bytea")+` FROM devices d LEFT JOIN device_inventory i ON i.device_id = d.id`+where, scanDeviceInfo, args...)
+	return pgList(ctx, p, "list devices", `SELECT `+fmt.Sprintf(inventoryCols, pgLastSeen, "''::bytea")+` FROM devices d LEFT JOIN device_inventory i ON i.device_id = d.id`+where, scanDeviceInfo, args...)
 }
 
 // DeviceInfo implements InventoryStore.
 func (p *Postgres) DeviceInfo(ctx context.Context, id string) (DeviceInfo, error) {
-	d, err := scanDeviceInfo(p.pool.QueryRow(ctx, `SELECT `+fmt.Sprintf(inventoryCols, "d.cert")+` FROM devices d LEFT JOIN device_inventory i ON i.device_id = d.id WHERE d.id = $1`, id))
+	d, err := scanDeviceInfo(p.pool.QueryRow(ctx, `SELECT `+fmt.Sprintf(inventoryCols, pgLastSeen, "d.cert")+` FROM devices d LEFT JOIN device_inventory i ON i.device_id = d.id WHERE d.id = $1`, id))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return DeviceInfo{}, fmt.Errorf("device %s: %w", id, ErrNotFound)
 	}
@@ -100,13 +104,10 @@ func pgContactTx(ctx context.Context, tx pgx.Tx, id, agent string, at int64) (kn
 	} else if err != nil {
 		return false, err
 	}
-	if _, err := tx.Exec(ctx, `UPDATE devices SET last_seen = $1 WHERE id = $2 AND last_seen < $1`, at, id); err != nil {
-		return true, err
-	}
-	if agent == "" {
-		return true, nil
-	}
-	_, err := tx.Exec(ctx, `INSERT INTO device_inventory (device_id, agent) VALUES ($1, $2) ON CONFLICT (device_id) DO UPDATE SET agent = $2`, id, agent)
+	_, err := tx.Exec(ctx, `INSERT INTO device_inventory (device_id, agent, last_contact) VALUES ($1, $2::text, $3::bigint)
+		ON CONFLICT (device_id) DO UPDATE SET
+			agent = CASE WHEN $2::text = '' THEN device_inventory.agent ELSE $2::text END,
+			last_contact = GREATEST(device_inventory.last_contact, $3::bigint)`, id, agent, at)
 	return true, err
 }
 

@@ -228,6 +228,11 @@ func inventoryContact(t *testing.T, b Backend) {
 			t.Errorf("step %d: last seen %s agent %q, want %s %q", i, d.LastSeen, d.Agent, now.Add(st.wantSeen), st.wantAg)
 		}
 	}
+	// The registry row keeps saying when the device was last issued a
+	// certificate: contacts are the inventory's.
+	if reg, err := ss[1].Device(ctx, "d1"); err != nil || !reg.LastSeen.Equal(now) {
+		t.Errorf("registry last seen %v (%v), want the issuance %s", reg.LastSeen, err, now)
+	}
 	if err := is[0].RecordContact(ctx, store.Contact{DeviceID: "ghost", At: now, Agent: "x/1"}); err != nil {
 		t.Fatal(err)
 	}
