@@ -336,4 +336,3 @@ func TestMonitoringFiles(t *testing.T) {
 		t.Fatalf("promtool check rules: %v\n%s", err, out)
 	}
 }
-
