@@ -320,3 +320,26 @@ func TestInventoryOverEST(t *testing.T) {
 		t.Fatal("an unknown state was accepted")
 	}
 }
+
+// FuzzAgentOf: whatever a client sends as User-Agent, what is stored is
+// at most maxAgentLen token characters, and cleaning twice changes
+// nothing.
+func FuzzAgentOf(f *testing.F) {
+	for _, s := range []string{"edgeagent/1.0", "", "a b", "\x00\xff/", strings.Repeat("x/", 100)} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, ua string) {
+		got := agentOf(ua)
+		if len(got) > maxAgentLen {
+			t.Fatalf("agentOf(%q) is %d bytes", ua, len(got))
+		}
+		for i := 0; i < len(got); i++ {
+			if c := got[i]; !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("/.-_+~", c) >= 0) {
+				t.Fatalf("agentOf(%q) = %q holds %q", ua, got, c)
+			}
+		}
+		if again := agentOf(got); again != got {
+			t.Fatalf("agentOf not idempotent: %q then %q", got, again)
+		}
+	})
+}
