@@ -234,26 +234,19 @@ func inventoryOp(req IssueRequest) string {
 	return "simpleenroll"
 }
 
-// recordInventoryTx writes the inventory of an enrollment in Issue's
-// transaction: the certificate in the history (keeping the newest
-// CertHistoryMax), and the device's agent, NotBefore and, for a renewal,
-// its result.
-func recordInventoryTx(ctx context.Context, tx *sql.Tx, req IssueRequest) error {
-	iss := req.Issuance
-	if iss.Serial == "" {
-		return nil
-	}
-	now := unixNano(req.Time)
-	if _, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO cert_history (device_id, serial, op, not_before, not_after, issued_at) VALUES (?, ?, ?, ?, ?, ?)`,
-		req.DeviceID, iss.Serial, inventoryOp(req), unixNano(iss.NotBefore), unixNano(iss.NotAfter), now); err != nil {
-		return fmt.Errorf("issue: record certificate history: %w", err)
-	}
-	if _, err := tx.ExecContext(ctx, `DELETE FROM cert_history WHERE device_id = ?1 AND serial NOT IN
-		(SELECT serial FROM cert_history WHERE device_id = ?1 ORDER BY issued_at DESC, serial DESC LIMIT ?2)`, req.DeviceID, CertHistoryMax); err != nil {
-		return fmt.Errorf("issue: trim certificate history: %w", err)
-	}
-	renewed := req.Presented != ""
-	if _, err := tx.ExecContext(ctx, `INSERT INTO device_inventory (device_id, agent, not_before, issued_at, renew_result, renew_at)
+// inventoryStmts are recordInventoryTx's statements, prepared once on
+// the writer connection: preparing costs more than running them.
+type inventoryStmts struct {
+	addHistory, trimHistory, upsert *sql.Stmt
+}
+
+const (
+	sqlAddHistory = `INSERT OR IGNORE INTO cert_history (device_id, serial, op, not_before, not_after, issued_at) VALUES (?, ?, ?, ?, ?, ?)`
+	// Deletes nothing (the subquery is NULL) until the device has more
+	// than CertHistoryMax certificates.
+	sqlTrimHistory = `DELETE FROM cert_history WHERE device_id = ?1 AND issued_at <
+		(SELECT issued_at FROM cert_history WHERE device_id = ?1 ORDER BY issued_at DESC LIMIT 1 OFFSET ?2)`
+	sqlUpsertInventory = `INSERT INTO device_inventory (device_id, agent, not_before, issued_at, renew_result, renew_at)
 		VALUES (?1, ?2, ?3, ?4, CASE WHEN ?5 THEN 'ok' ELSE '' END, CASE WHEN ?5 THEN ?4 ELSE 0 END)
 		ON CONFLICT (device_id) DO UPDATE SET
 			agent = CASE WHEN ?2 = '' THEN device_inventory.agent ELSE ?2 END,
@@ -262,8 +255,49 @@ func recordInventoryTx(ctx context.Context, tx *sql.Tx, req IssueRequest) error 
 			renew_result = CASE WHEN ?5 THEN 'ok' ELSE device_inventory.renew_result END,
 			renew_code = CASE WHEN ?5 THEN '' ELSE device_inventory.renew_code END,
 			renew_reason = CASE WHEN ?5 THEN '' ELSE device_inventory.renew_reason END,
-			renew_at = CASE WHEN ?5 THEN ?4 ELSE device_inventory.renew_at END`,
-		req.DeviceID, req.Agent, unixNano(iss.NotBefore), now, renewed); err != nil {
+			renew_at = CASE WHEN ?5 THEN ?4 ELSE device_inventory.renew_at END`
+)
+
+func (s *SQLite) prepareInventory(ctx context.Context) error {
+	for _, p := range []struct {
+		dst **sql.Stmt
+		q   string
+	}{{&s.inv.addHistory, sqlAddHistory}, {&s.inv.trimHistory, sqlTrimHistory}, {&s.inv.upsert, sqlUpsertInventory}} {
+		st, err := s.w.PrepareContext(ctx, p.q)
+		if err != nil {
+			return fmt.Errorf("prepare inventory: %w", err)
+		}
+		*p.dst = st
+	}
+	return nil
+}
+
+func (s *SQLite) closeInventory() {
+	for _, st := range []*sql.Stmt{s.inv.addHistory, s.inv.trimHistory, s.inv.upsert} {
+		if st != nil {
+			st.Close()
+		}
+	}
+}
+
+// recordInventoryTx writes the inventory of an enrollment in Issue's
+// transaction: the certificate in the history (keeping the newest
+// CertHistoryMax), and the device's agent, NotBefore and, for a renewal,
+// its result.
+func (s *SQLite) recordInventoryTx(ctx context.Context, tx *sql.Tx, req IssueRequest) error {
+	iss := req.Issuance
+	if iss.Serial == "" {
+		return nil
+	}
+	now := unixNano(req.Time)
+	if _, err := tx.StmtContext(ctx, s.inv.addHistory).ExecContext(ctx,
+		req.DeviceID, iss.Serial, inventoryOp(req), unixNano(iss.NotBefore), unixNano(iss.NotAfter), now); err != nil {
+		return fmt.Errorf("issue: record certificate history: %w", err)
+	}
+	if _, err := tx.StmtContext(ctx, s.inv.trimHistory).ExecContext(ctx, req.DeviceID, CertHistoryMax-1); err != nil {
+		return fmt.Errorf("issue: trim certificate history: %w", err)
+	}
+	if _, err := tx.StmtContext(ctx, s.inv.upsert).ExecContext(ctx, req.DeviceID, req.Agent, unixNano(iss.NotBefore), now, req.Presented != ""); err != nil {
 		return fmt.Errorf("issue: record inventory: %w", err)
 	}
 	return nil

@@ -50,8 +50,8 @@ func pgRecordInventoryTx(ctx context.Context, tx pgx.Tx, req IssueRequest) error
 		req.DeviceID, iss.Serial, inventoryOp(req), unixNano(iss.NotBefore), unixNano(iss.NotAfter), now); err != nil {
 		return fmt.Errorf("record certificate history: %w", err)
 	}
-	if _, err := tx.Exec(ctx, `DELETE FROM cert_history WHERE device_id = $1 AND serial NOT IN
-		(SELECT serial FROM cert_history WHERE device_id = $1 ORDER BY issued_at DESC, serial DESC LIMIT $2)`, req.DeviceID, CertHistoryMax); err != nil {
+	if _, err := tx.Exec(ctx, `DELETE FROM cert_history WHERE device_id = $1 AND issued_at <
+		(SELECT issued_at FROM cert_history WHERE device_id = $1 ORDER BY issued_at DESC LIMIT 1 OFFSET $2)`, req.DeviceID, CertHistoryMax-1); err != nil {
 		return fmt.Errorf("trim certificate history: %w", err)
 	}
 	renewed := req.Presented != ""

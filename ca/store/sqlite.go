@@ -35,8 +35,9 @@ const busyTimeout = 10 * time.Second
 type SQLite struct {
 	w, r *sql.DB
 
-	getToken, getDevice, useToken, upsertDevice, addAudit *sql.Stmt // on w
-	readDevice, readToken                                 *sql.Stmt // on r
+	getToken, getDevice, useToken, upsertDevice, addAudit *sql.Stmt      // on w
+	readDevice, readToken                                 *sql.Stmt      // on r
+	inv                                                   inventoryStmts // on w (inventory.go)
 
 	jobs       chan *issueJob // unbuffered: a sent job is always taken by the writer
 	mu         sync.RWMutex   // held for reading while sending to jobs, for writing by Close
@@ -97,6 +98,10 @@ func Open(ctx context.Context, path string) (*SQLite, error) {
 		s.Close()
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
+	if err := s.prepareInventory(ctx); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
 	s.started = true
 	go s.writer()
 	return s, nil
@@ -120,6 +125,7 @@ func (s *SQLite) Close() error {
 			st.Close()
 		}
 	}
+	s.closeInventory()
 	return errors.Join(s.w.Close(), s.r.Close())
 }
 
@@ -601,7 +607,7 @@ func (s *SQLite) runGroup(group []*issueJob) {
 			dbErr = recordIssuedTx(ctx, tx, j.req) // revocation.go
 		}
 		if dbErr == nil && errs[i] == nil {
-			dbErr = recordInventoryTx(ctx, tx, j.req) // inventory.go
+			dbErr = s.recordInventoryTx(ctx, tx, j.req) // inventory.go
 		}
 		if dbErr != nil {
 			_ = tx.Rollback()
