@@ -103,6 +103,9 @@ func (m *metrics) noteStoreLatency(op string, d time.Duration) {
 // fleetRefresh, not once per scrape.
 const fleetRefresh = 15 * time.Second
 
+// fleetTimeout bounds one fleet refresh.
+const fleetTimeout = 5 * time.Second
+
 // fleetTop is how many devices closest to expiry, and recent refusals,
 // the fleet summary keeps.
 const fleetTop = 20
@@ -166,6 +169,9 @@ func (c *CA) Fleet(ctx context.Context) (FleetSummary, error) {
 	if !ok {
 		return FleetSummary{}, fmt.Errorf("the store %T keeps no inventory", c.st)
 	}
+	// Scrapes wait for one another here: bound the wait on a slow store.
+	ctx, cancel := context.WithTimeout(ctx, fleetTimeout)
+	defer cancel()
 	devs, err := inv.Inventory(ctx, store.DeviceFilter{Sort: store.SortExpiry})
 	if err != nil {
 		return FleetSummary{}, fmt.Errorf("fleet summary: %w", err)
