@@ -5,8 +5,10 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
+	"log/slog"
 	"net"
 	"net/http"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -342,4 +344,37 @@ func FuzzAgentOf(f *testing.F) {
 			t.Fatalf("agentOf not idempotent: %q then %q", got, again)
 		}
 	})
+}
+
+// TestMetricsStoreAway: with the store closed, the scrape still answers,
+// saying not ready and no fleet gauges.
+func TestMetricsStoreAway(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "ca")
+	if err := Init(context.Background(), dir, InitOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Open(context.Background(), dir, Options{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	health := serveHealthOf(t, c)
+	if m := scrape(t, health); m["edgeca_ready"] != 1 || m["edgeca_fleet_up"] != 1 {
+		t.Fatalf("open store: ready %v fleet_up %v", m["edgeca_ready"], m["edgeca_fleet_up"])
+	}
+	c.fleet.mu.Lock()
+	c.fleet.ok = false // the next scrape reads the store again
+	c.fleet.mu.Unlock()
+	c.Close()
+	m := scrape(t, health)
+	if m["edgeca_ready"] != 0 || m["edgeca_fleet_up"] != 0 {
+		t.Fatalf("closed store: ready %v fleet_up %v", m["edgeca_ready"], m["edgeca_fleet_up"])
+	}
+	if _, ok := m[`edgeca_devices{state="active"}`]; ok {
+		t.Error("fleet gauges reported without a store")
+	}
+	if r, err := http.Get(health + FleetPath); err != nil || r.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("fleet page without a store: %v %v", r, err)
+	} else {
+		r.Body.Close()
+	}
 }

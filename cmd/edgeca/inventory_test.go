@@ -268,6 +268,39 @@ func scrapeNames(t *testing.T, base string) map[string]bool {
 
 var metricName = regexp.MustCompile(`\bedgeca_[a-z0-9_]+`)
 
+// metricsMissing returns how many edgeca_ metric names text uses, and
+// those of them that are not in names.
+func metricsMissing(names map[string]bool, text string) (used int, missing []string) {
+	for _, m := range metricName.FindAllString(text, -1) {
+		used++
+		if !names[m] && !slices.Contains(missing, m) {
+			missing = append(missing, m)
+		}
+	}
+	return used, missing
+}
+
+func TestMetricsMissing(t *testing.T) {
+	names := map[string]bool{"edgeca_ready": true, "edgeca_store_latency_seconds_bucket": true}
+	cases := []struct {
+		text    string
+		used    int
+		missing []string
+	}{
+		{`edgeca_ready == 0`, 1, nil},
+		{`histogram_quantile(0.9, rate(edgeca_store_latency_seconds_bucket[5m]))`, 1, nil},
+		{`rate(edgeca_store_latency_seconds[5m])`, 1, []string{"edgeca_store_latency_seconds"}}, // a histogram has no bare series
+		{`max(edgeca_devces) + max(edgeca_devces) > edgeca_ready`, 3, []string{"edgeca_devces"}},
+		{`up == 0`, 0, nil},
+	}
+	for _, tc := range cases {
+		used, missing := metricsMissing(names, tc.text)
+		if used != tc.used || !slices.Equal(missing, tc.missing) {
+			t.Errorf("%q: used %d missing %v, want %d %v", tc.text, used, missing, tc.used, tc.missing)
+		}
+	}
+}
+
 // TestMonitoringFiles checks the shipped alert rules and dashboard: every
 // edgeca_ metric they use is in a real scrape of a serving edgeca, and the
 // rules pass promtool check rules.
@@ -316,14 +349,12 @@ func TestMonitoringFiles(t *testing.T) {
 				t.Fatalf("%s: %v", name, err)
 			}
 		}
-		used := metricName.FindAllString(string(b), -1)
-		if len(used) == 0 {
+		used, missing := metricsMissing(names, string(b))
+		if used == 0 {
 			t.Fatalf("%s uses no edgeca metric", name)
 		}
-		for _, m := range used {
-			if !names[m] {
-				t.Errorf("%s uses %s, which a scrape of edgeca does not have", name, m)
-			}
+		for _, m := range missing {
+			t.Errorf("%s uses %s, which a scrape of edgeca does not have", name, m)
 		}
 	}
 	promtool, err := exec.LookPath("promtool")
