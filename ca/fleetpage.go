@@ -44,7 +44,8 @@ h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:24px 0 8px}
 .count .n{font-size:28px;font-weight:bold}
 .active .n{color:#1a7f37}.expiring .n{color:#b08800}.renewal-failing .n{color:#cf222e}.expired .n{color:#cf222e}.revoked .n{color:#666}
 table{border-collapse:collapse;background:#fff;font-size:13px;width:100%}
-th,td{border:1px solid #ddd;padding:4px 8px;text-align:left}
+th,td{border:1px solid #ddd;padding:4px 8px;text-align:left;white-space:nowrap}
+td:last-child{white-space:normal}
 th{background:#f0f0f0}
 td.state-expiring{background:#fff8c5}td.state-renewal-failing{background:#ffebe9}
 </style></head>

@@ -3,6 +3,8 @@ package ca
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/tls"
 	"image/png"
 	"net"
 	"net/http"
@@ -37,8 +39,14 @@ func chromium(t *testing.T, bin string, args ...string) []byte {
 func seedFleet(t *testing.T, s *testServer) {
 	t.Helper()
 	ctx := context.Background()
+	certs := map[string]*tls.Certificate{}
+	keys := map[string]*ecdsa.PrivateKey{}
 	for _, id := range []string{"pump-01", "pump-02", "valve-07"} {
-		s.enrolled(t, id)
+		certs[id], keys[id] = s.enrolled(t, id)
+	}
+	// pump-02 asks to renew for another id: refused, renewal-failing.
+	if r := s.client(certs["pump-02"]).reenroll(t, csrFor(t, keys["pump-02"], "pump-09", "urn:edgeagent:device:pump-09")); r.status == http.StatusOK {
+		t.Fatal("a renewal for another id was accepted")
 	}
 	if err := s.ca.RevokeDevice(ctx, "valve-07"); err != nil {
 		t.Fatal(err)
@@ -65,7 +73,8 @@ func TestFleetPageHTML(t *testing.T) {
 		!strings.Contains(resp.Header.Get("Content-Security-Policy"), "default-src 'none'") {
 		t.Fatalf("fleet page: %d %v", resp.StatusCode, resp.Header)
 	}
-	for _, want := range []string{"pump-01", "pump-02", `id="count-revoked"><div class="n">1<`, `id="count-active"><div class="n">2<`, "&lt;b&gt;evil&lt;/b&gt;"} {
+	for _, want := range []string{"pump-01", "pump-02", `id="count-revoked"><div class="n">1<`, `id="count-active"><div class="n">1<`,
+		`id="count-renewal-failing"><div class="n">1<`, "device_not_allowed", "&lt;b&gt;evil&lt;/b&gt;"} {
 		if !strings.Contains(body, want) {
 			t.Errorf("fleet page lacks %q", want)
 		}
@@ -88,11 +97,14 @@ func TestFleetPageChromium(t *testing.T) {
 	}
 	s := newTestServer(t, Options{CertTTL: time.Hour})
 	seedFleet(t, s)
+	// 45 minutes into their hour: pump-01 has missed its renewal.
+	s.clock.Advance(45 * time.Minute)
 	url := serveHealthOf(t, s.ca) + FleetPath
 
 	dom := string(chromium(t, bin, "--dump-dom", url))
-	for _, want := range []string{"pump-01", "pump-02", "edgeca fleet", `id="count-active"><div class="n">2</div>`, `id="count-revoked"><div class="n">1</div>`,
-		`id="count-expired"><div class="n">0</div>`, "&lt;b&gt;evil&lt;/b&gt;"} {
+	for _, want := range []string{"pump-01", "pump-02", "edgeca fleet", `id="count-active"><div class="n">0</div>`, `id="count-expiring"><div class="n">1</div>`,
+		`id="count-renewal-failing"><div class="n">1</div>`, `id="count-revoked"><div class="n">1</div>`, `id="count-expired"><div class="n">0</div>`,
+		`id="count-expiring-unrenewed"><div class="n">2</div>`, `<td class="state-expiring">expiring</td>`, "&lt;b&gt;evil&lt;/b&gt;"} {
 		if !strings.Contains(dom, want) {
 			t.Errorf("the rendered DOM lacks %q:\n%s", want, dom)
 		}
