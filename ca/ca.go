@@ -133,6 +133,11 @@ type CA struct {
 	rev store.RevocationStore // the revocation half of st
 	crl *crlState
 
+	// Inventory and metrics (inventory.go, metrics.go).
+	contacts *contactThrottle
+	metrics  *metrics
+	fleet    fleetCache
+
 	tlsMu       sync.Mutex
 	tlsCert     *tls.Certificate // leaf and intermediate
 	tlsCertRoot *tls.Certificate // the same with the root, for pin bootstrap
@@ -238,6 +243,8 @@ func Open(ctx context.Context, dir string, opts Options) (*CA, error) {
 	return &CA{
 		rev:         rev,
 		crl:         newCRLState(),
+		contacts:    newContactThrottle(),
+		metrics:     newMetrics(),
 		dir:         dir,
 		auth:        auth,
 		st:          st,

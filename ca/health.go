@@ -48,6 +48,10 @@ func (c *CA) HealthMux() *http.ServeMux {
 	// The CRL, for relying parties that reach the health address and not
 	// the EST port (it is public and signed).
 	mux.HandleFunc("GET "+CRLPathPrefix, c.serveCRL)
+	// Prometheus metrics and the read-only fleet page (metrics.go,
+	// fleetpage.go).
+	mux.HandleFunc("GET "+MetricsPath, c.serveMetrics)
+	mux.HandleFunc("GET "+FleetPath, c.serveFleetPage)
 	return mux
 }
 
@@ -63,7 +67,9 @@ func (c *CA) Ready(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
 	defer cancel()
+	start := time.Now()
 	err := c.st.Ping(ctx)
+	c.metrics.noteStoreLatency(storeOpPing, time.Since(start))
 	c.noteStore(err)
 	if err != nil {
 		return fmt.Errorf("store: %w", err)

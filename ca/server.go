@@ -172,6 +172,7 @@ func (c *CA) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case strings.HasPrefix(r.URL.Path, CRLPathPrefix):
 		c.serveCRL(w, r)
+		c.noteContact(r) // inventory.go
 		return
 	case r.URL.Path == revocation.FeedPath:
 		c.serveFeed(w, r)
@@ -191,6 +192,7 @@ func (c *CA) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Transfer-Encoding", est.TransferEncoding)
 		w.Header().Set("Content-Length", strconv.Itoa(len(c.cacerts)))
 		_, _ = w.Write(c.cacerts)
+		c.noteContact(r) // inventory.go
 	case est.OpCSRAttrs:
 		if !allowMethod(w, r, http.MethodGet) {
 			return
@@ -199,6 +201,7 @@ func (c *CA) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Transfer-Encoding", est.TransferEncoding)
 		w.Header().Set("Content-Length", strconv.Itoa(len(c.csrattrs)))
 		_, _ = w.Write(c.csrattrs)
+		c.noteContact(r)
 	case est.OpSimpleEnroll, est.OpSimpleReenroll:
 		if !allowMethod(w, r, http.MethodPost) {
 			return
@@ -275,11 +278,13 @@ const tokenInvalidMsg = "enrollment token not accepted (unknown, expired, used u
 // attempt collects what the audit record of one request says.
 type attempt struct {
 	op, peer, tokenID, deviceID string
+	agent                       string // agentOf the User-Agent (inventory.go)
+	authenticated               bool   // deviceID is from a verified client certificate
 }
 
 // enroll serves simpleenroll and simplereenroll.
 func (c *CA) enroll(w http.ResponseWriter, r *http.Request, op string) {
-	a := attempt{op: op, peer: r.RemoteAddr}
+	a := attempt{op: op, peer: r.RemoteAddr, agent: agentOf(r.Header.Get("User-Agent"))}
 	if n := c.inFlight.Add(1); n > maxInFlight {
 		// Shed like the gate's 503s: a jittered Retry-After, counted,
 		// not audited one by one (in a storm every second would bring
@@ -322,6 +327,8 @@ func (c *CA) enroll(w http.ResponseWriter, r *http.Request, op string) {
 		// a storm must not turn into a storm of audit writes.
 		if e.Code != est.CodeUnavailable {
 			c.recordFailure(r.Context(), a, e)
+			c.metrics.noteRefused(op, e.Code)
+			c.noteRenewalRefused(r.Context(), a, e) // inventory.go
 		}
 		drain(r.Body)
 		writeError(w, e)
@@ -344,6 +351,8 @@ func (c *CA) enroll(w http.ResponseWriter, r *http.Request, op string) {
 	h.Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(body)
+	c.metrics.noteIssued(op)
+	c.contacts.note("seen "+deviceid.Canonical(a.deviceID), c.now())
 	c.log.Info("certificate issued", "op", op, "peer", a.peer, "device", a.deviceID, "token", a.tokenID, "serial", SerialHex(cert.SerialNumber), "not_after", cert.NotAfter)
 }
 
@@ -422,6 +431,7 @@ func (c *CA) maintain(ctx context.Context) {
 		}
 		c.peerGuesses.sweep(now)
 		c.tokenGuesses.sweep(now)
+		c.contacts.sweep(now)
 		c.pruneAudit(ctx)
 	}
 }
@@ -538,6 +548,7 @@ func (c *CA) tokenEnroll(ctx context.Context, a *attempt, user, pass, peer strin
 		Time:       now,
 		Audit: store.AuditRecord{Time: now, Op: a.op, Peer: a.peer, TokenID: a.tokenID, DeviceID: csr.DeviceID,
 			Result: store.ResultOK, Reason: "enrolled with token"},
+		Agent: a.agent,
 	}
 	if attested != nil {
 		e.Audit.Reason = "enrolled with token and TPM attestation (EK sha256 " + attested.ekHex() + ")"
@@ -547,7 +558,9 @@ func (c *CA) tokenEnroll(ctx context.Context, a *attempt, user, pass, peer strin
 		return nil, err
 	}
 	e.Issuance = iss
+	start := time.Now()
 	out, err := c.st.IssueWithToken(ctx, e)
+	c.metrics.noteStoreLatency(storeOpIssue, time.Since(start))
 	c.noteStore(err)
 	if err != nil {
 		return nil, tokenRefusal(err, csr.DeviceID)
@@ -579,7 +592,7 @@ func (c *CA) sign(csr *CSR, now time.Time) (*x509.Certificate, store.Issuance, e
 	if err != nil {
 		return nil, store.Issuance{}, err
 	}
-	return cert, store.Issuance{Serial: SerialHex(cert.SerialNumber), NotAfter: cert.NotAfter,
+	return cert, store.Issuance{Serial: SerialHex(cert.SerialNumber), NotBefore: cert.NotBefore, NotAfter: cert.NotAfter,
 		DER: cert.Raw, KeyHash: sha256.Sum256(cert.RawSubjectPublicKeyInfo)}, nil
 }
 
@@ -656,7 +669,7 @@ func (c *CA) simpleReenroll(w http.ResponseWriter, r *http.Request, a *attempt) 
 		return nil, &Error{Status: http.StatusUnauthorized, Code: est.CodeClientCertRequired,
 			Msg: "the client certificate does not name a device: " + err.Error()}
 	}
-	a.deviceID = certID
+	a.deviceID, a.authenticated = certID, true
 	csr, err := readCSR(w, r)
 	if err != nil {
 		return nil, err
@@ -691,13 +704,16 @@ func (c *CA) simpleReenroll(w http.ResponseWriter, r *http.Request, a *attempt) 
 		Presented: peerSerial,
 		Audit: store.AuditRecord{Time: now, Op: a.op, Peer: a.peer, DeviceID: certID,
 			Result: store.ResultOK, Reason: reason},
+		Agent: a.agent,
 	}
 	cert, iss, err := c.sign(csr, now)
 	if err != nil {
 		return nil, err
 	}
 	rn.Issuance = iss
+	start := time.Now()
 	out, err := c.st.Reissue(r.Context(), rn)
+	c.metrics.noteStoreLatency(storeOpIssue, time.Since(start))
 	c.noteStore(err)
 	if err != nil {
 		return nil, renewalRefusal(err, certID, peerSerial)

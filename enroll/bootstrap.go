@@ -252,7 +252,7 @@ func provisionalCACerts(ctx context.Context, o PinOptions, presented []*x509.Cer
 		DisableKeepAlives:   true,
 	}
 	defer tr.CloseIdleConnections()
-	hc := &http.Client{Transport: tr, Timeout: o.Timeout, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	hc := &http.Client{Transport: withUserAgent(tr), Timeout: o.Timeout, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	u, _ := url.Parse(o.Server) // validated by presentedChain
 	u.Path = strings.TrimSuffix(u.Path, "/") + est.Path(o.Label, est.OpCACerts)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)

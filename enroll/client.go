@@ -143,7 +143,7 @@ func New(o Options) (*Client, error) {
 	return &Client{
 		base:       base,
 		label:      o.Label,
-		hc:         &http.Client{Transport: tr, Timeout: o.Timeout, CheckRedirect: sameOrigin},
+		hc:         &http.Client{Transport: withUserAgent(tr), Timeout: o.Timeout, CheckRedirect: sameOrigin},
 		now:        o.Time,
 		maxWait:    o.MaxRetryWait,
 		onResponse: o.OnResponse,

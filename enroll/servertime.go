@@ -115,7 +115,7 @@ func ServerTime(ctx context.Context, o TimeOptions) (TimeSample, error) {
 	}
 	tr := &http.Transport{TLSClientConfig: tc, TLSHandshakeTimeout: o.Timeout, Proxy: proxyFromEnvironment}
 	defer tr.CloseIdleConnections()
-	hc := &http.Client{Transport: tr, Timeout: o.Timeout, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	hc := &http.Client{Transport: withUserAgent(tr), Timeout: o.Timeout, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	u, _ := url.Parse(o.Server) // validated above
 	u.Path = strings.TrimSuffix(u.Path, "/") + est.Path(o.Label, est.OpCACerts)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)

@@ -17,6 +17,8 @@ have systemd-analyze || need+=(systemd)   # unit checks; systemctl and systemd-s
 have lintian || need+=(lintian)           # checks the .deb
 have rpm || need+=(rpm)                   # reads the .rpm back
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)   # edgeca's PostgreSQL store (internal/postgres)
+have chromium || need+=(chromium)       # the fleet page, rendered in a real headless browser (ca)
+have promtool || need+=(prometheus)      # promtool check rules on packaging/monitoring
 have gcc || need+=(gcc)                   # cgo for the race detector (tests only)
 [ -e /usr/include/stdlib.h ] || need+=(libc6-dev)
 

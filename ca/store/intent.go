@@ -21,6 +21,7 @@ type TokenEnrollment struct {
 	Time       time.Time
 	Issuance   Issuance // its KeyHash is the CSR's key, also the retry lookup
 	Audit      AuditRecord
+	Agent      string // the sanitized User-Agent product, for the inventory; "" keeps the one recorded
 }
 
 // Renewal is the intent of a simplereenroll: "record Issuance for DeviceID,
@@ -32,6 +33,7 @@ type Renewal struct {
 	Time      time.Time
 	Issuance  Issuance
 	Audit     AuditRecord
+	Agent     string // as in TokenEnrollment
 }
 
 // Recovery is the intent of an attested enrollment without a token: "record
@@ -42,6 +44,7 @@ type Recovery struct {
 	Time     time.Time
 	Issuance Issuance
 	Audit    AuditRecord
+	Agent    string // as in TokenEnrollment
 }
 
 // Outcome is what an issuing intent did.
@@ -127,10 +130,11 @@ type issueReq struct {
 	Issuance  Issuance
 	Presented string // see Renewal; "" for a token enrollment or recovery (clears Confirmed)
 	Audit     AuditRecord
+	Agent     string // for the inventory
 }
 
 func (e TokenEnrollment) record() issueReq {
-	return issueReq{TokenID: e.TokenID, DeviceID: e.DeviceID, Time: e.Time, Issuance: e.Issuance, Audit: e.Audit}
+	return issueReq{TokenID: e.TokenID, DeviceID: e.DeviceID, Time: e.Time, Issuance: e.Issuance, Audit: e.Audit, Agent: e.Agent}
 }
 
 func (e TokenEnrollment) decide(tok *Token, dev *Device) (bool, *Refusal) {
@@ -138,7 +142,7 @@ func (e TokenEnrollment) decide(tok *Token, dev *Device) (bool, *Refusal) {
 }
 
 func (r Renewal) record() issueReq {
-	return issueReq{DeviceID: r.DeviceID, Time: r.Time, Issuance: r.Issuance, Presented: r.Presented, Audit: r.Audit}
+	return issueReq{DeviceID: r.DeviceID, Time: r.Time, Issuance: r.Issuance, Presented: r.Presented, Audit: r.Audit, Agent: r.Agent}
 }
 
 func (r Renewal) decide(_ *Token, dev *Device) (bool, *Refusal) {
@@ -146,7 +150,7 @@ func (r Renewal) decide(_ *Token, dev *Device) (bool, *Refusal) {
 }
 
 func (r Recovery) record() issueReq {
-	return issueReq{DeviceID: r.DeviceID, Time: r.Time, Issuance: r.Issuance, Audit: r.Audit}
+	return issueReq{DeviceID: r.DeviceID, Time: r.Time, Issuance: r.Issuance, Audit: r.Audit, Agent: r.Agent}
 }
 
 func (r Recovery) decide(_ *Token, dev *Device) (bool, *Refusal) {

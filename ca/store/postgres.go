@@ -90,6 +90,8 @@ var pgMigrations = []string{
 		reason    TEXT NOT NULL DEFAULT '',
 		serial    TEXT NOT NULL DEFAULT ''
 	);`,
+	// Inventory (issue 16): postgres_inventory.go.
+	pgInventoryMigration,
 }
 
 // PostgresSchemaVersion is the PostgreSQL schema version this code writes.
@@ -519,7 +521,10 @@ func (p *Postgres) issueOnce(ctx context.Context, tx pgx.Tx, req issueReq, decid
 	if _, err := tx.Exec(ctx, pgAddAudit, auditArgs(a)...); err != nil {
 		return Outcome{}, fmt.Errorf("write audit record: %w", err)
 	}
-	return out, pgRecordIssuedTx(ctx, tx, req) // postgres_revocation.go
+	if err := pgRecordIssuedTx(ctx, tx, req); err != nil { // postgres_revocation.go
+		return Outcome{}, err
+	}
+	return out, pgRecordInventoryTx(ctx, tx, req) // postgres_inventory.go
 }
 
 // Snapshot is the whole state of a store, for copying it to another.

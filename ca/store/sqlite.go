@@ -35,8 +35,9 @@ const busyTimeout = 10 * time.Second
 type SQLite struct {
 	w, r *sql.DB
 
-	getToken, getDevice, useToken, upsertDevice, addAudit, recordIssued *sql.Stmt // on w
-	readDevice, readToken, readSetting                                  *sql.Stmt // on r
+	getToken, getDevice, useToken, upsertDevice, addAudit, recordIssued *sql.Stmt      // on w
+	readDevice, readToken, readSetting                                  *sql.Stmt      // on r
+	inv                                                                 inventoryStmts // on w (inventory.go)
 
 	jobs       chan *issueJob // unbuffered: a sent job is always taken by the writer
 	mu         sync.RWMutex   // held for reading while sending to jobs, for writing by Close
@@ -111,6 +112,10 @@ func openSQLite(ctx context.Context, path, synchronous string) (*SQLite, error) 
 		s.Close()
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
+	if err := s.prepareInventory(ctx); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
 	s.started = true
 	go s.writer()
 	return s, nil
@@ -134,6 +139,7 @@ func (s *SQLite) Close() error {
 			st.Close()
 		}
 	}
+	s.closeInventory()
 	return errors.Join(s.w.Close(), s.r.Close())
 }
 
@@ -202,6 +208,9 @@ var migrations = []string{
 	// but no longer found by id.
 	`UPDATE OR IGNORE devices SET id = lower(id) WHERE id <> lower(id);
 	UPDATE tokens SET device = lower(device), pattern = lower(pattern);`,
+	// Inventory (issue 16): agent version, renewal result and a short
+	// certificate history per device (inventory.go).
+	inventoryMigration,
 }
 
 // SchemaVersion is the schema version this code writes.
@@ -634,6 +643,9 @@ func (s *SQLite) runGroup(group []*issueJob) {
 		wrote, errs[i], dbErr = issueOne(ctx, stmts, j)
 		if dbErr == nil && wrote {
 			dbErr = recordIssuedTx(ctx, recordIssued, j.req) // revocation.go
+		}
+		if dbErr == nil && wrote {
+			dbErr = s.recordInventoryTx(ctx, tx, j.req) // inventory.go
 		}
 		if dbErr != nil {
 			_ = tx.Rollback()

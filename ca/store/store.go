@@ -87,10 +87,11 @@ type AuditRecord struct {
 // Issuance is the certificate an enrollment hands out, recorded with the
 // device.
 type Issuance struct {
-	Serial   string
-	NotAfter time.Time
-	DER      []byte   // the certificate, recorded as Device.Cert
-	KeyHash  [32]byte // SHA-256 of its SubjectPublicKeyInfo
+	Serial    string
+	NotBefore time.Time // for the inventory (cert_history)
+	NotAfter  time.Time
+	DER       []byte   // the certificate, recorded as Device.Cert
+	KeyHash   [32]byte // SHA-256 of its SubjectPublicKeyInfo
 }
 
 // The interfaces below state behaviour only, as certmagic's Storage does:

@@ -41,7 +41,8 @@ commands:
   token create --dir DIR [--url URL] [--device ID | --pattern 'sensor-*'] [--uses 1] [--ttl 24h]
   token list   --dir DIR [--json]
   token revoke --dir DIR ID
-  device list   --dir DIR [--json]
+  device list   --dir DIR [--state active|expiring|renewal-failing|expired|revoked]
+                [--expiring 72h] [--token ID] [--sort id|expiry|last-seen] [--limit N] [--json|--csv]
   device show   --dir DIR [--json] ID
   device revoke --dir DIR ID | --serial HEX
   device unrevoke --dir DIR ID
@@ -448,102 +449,7 @@ func cmdTokenRevoke(ctx context.Context, args []string, stderr io.Writer) error 
 	return nil
 }
 
-// deviceJSON is the --json form of a device.
-type deviceJSON struct {
-	ID          string    `json:"id"`
-	Status      string    `json:"status"`
-	Serial      string    `json:"serial"`
-	Confirmed   string    `json:"confirmed_serial,omitempty"`
-	NotAfter    time.Time `json:"not_after"`
-	FirstSeen   time.Time `json:"first_seen"`
-	LastSeen    time.Time `json:"last_seen"`
-	TokenID     string    `json:"token_id,omitempty"`
-	Enrollments int       `json:"enrollments"`
-	RevokedAt   time.Time `json:"revoked_at,omitzero"`
-	EKSHA256    string    `json:"ek_sha256,omitempty"`
-}
-
-func toDeviceJSON(d store.Device) deviceJSON {
-	return deviceJSON{ID: d.ID, Status: d.Status, Serial: d.Serial, Confirmed: d.Confirmed, NotAfter: d.NotAfter, FirstSeen: d.FirstSeen,
-		LastSeen: d.LastSeen, TokenID: d.TokenID, Enrollments: d.Enrollments, RevokedAt: d.RevokedAt}
-}
-
-func cmdDeviceList(ctx context.Context, args []string, stdout io.Writer) error {
-	fs, dir := newFlags("device list")
-	asJSON := fs.Bool("json", false, "print JSON")
-	if _, err := parse(fs, args); err != nil {
-		return err
-	}
-	c, err := open(ctx, *dir, fs)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	devs, err := c.Devices(ctx)
-	if err != nil {
-		return err
-	}
-	if *asJSON {
-		out := make([]deviceJSON, 0, len(devs))
-		for _, d := range devs {
-			out = append(out, toDeviceJSON(d))
-		}
-		return writeJSON(stdout, out)
-	}
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tSTATUS\tSERIAL\tNOT AFTER\tLAST SEEN")
-	for _, d := range devs {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", d.ID, d.Status, d.Serial, d.NotAfter.Local().Format(time.RFC3339), d.LastSeen.Local().Format(time.RFC3339))
-	}
-	return tw.Flush()
-}
-
-func cmdDeviceShow(ctx context.Context, args []string, stdout io.Writer) error {
-	fs, dir := newFlags("device show")
-	asJSON := fs.Bool("json", false, "print JSON")
-	pos, err := parse(fs, args, "ID")
-	if err != nil {
-		return err
-	}
-	c, err := open(ctx, *dir, fs)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	d, err := c.Device(ctx, pos[0])
-	if err != nil {
-		return err
-	}
-	ek, err := c.DeviceEK(ctx, d.ID)
-	if err != nil {
-		return err
-	}
-	if *asJSON {
-		j := toDeviceJSON(d)
-		j.EKSHA256 = ek
-		return writeJSON(stdout, j)
-	}
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	row := func(k, v string) { fmt.Fprintf(tw, "%s:\t%s\n", k, v) }
-	row("device", d.ID)
-	row("status", d.Status)
-	row("serial", d.Serial)
-	// The newest certificate the device renewed with: it stays good for
-	// renewal until the device renews with a newer one.
-	row("confirmed serial", dash(d.Confirmed))
-	row("not after", d.NotAfter.Local().Format(time.RFC3339))
-	row("first seen", d.FirstSeen.Local().Format(time.RFC3339))
-	row("last seen", d.LastSeen.Local().Format(time.RFC3339))
-	row("token", d.TokenID)
-	row("certificates", fmt.Sprint(d.Enrollments))
-	// The TPM the device proved its key is in; "-" for a device that never
-	// enrolled with attestation.
-	row("ek sha256", dash(ek))
-	if !d.RevokedAt.IsZero() {
-		row("revoked at", d.RevokedAt.Local().Format(time.RFC3339))
-	}
-	return tw.Flush()
-}
+// device list and device show are in inventory.go.
 
 func cmdDeviceRevoke(ctx context.Context, args []string, stderr io.Writer) error {
 	fs, dir := newFlags("device revoke")
