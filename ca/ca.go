@@ -108,8 +108,8 @@ type CA struct {
 	log      *slog.Logger
 	cacerts  []byte // the cacerts response body, computed once
 	csrattrs []byte // the csrattrs response body, computed once
-	// published is what /cacerts holds; cross, the current root certified
-	// by the previous one, goes in the TLS chain too (ca/rotate.go).
+	// published is what /cacerts holds; cross, the intermediate certified
+	// by the previous root, goes in the TLS chain too (ca/rotate.go).
 	published, cross []*x509.Certificate
 
 	// clientRoots anchors client certificate verification at the
@@ -202,11 +202,11 @@ func Open(ctx context.Context, dir string, opts Options) (*CA, error) {
 	if err := inter.CheckSignatureFrom(root); err != nil {
 		return nil, fmt.Errorf("open CA %s: %s is not signed by %s: %w", dir, IntermediateCertFile, RootCertFile, err)
 	}
-	ov, err := loadOverlap(dir, root)
+	ov, err := loadOverlap(dir, inter)
 	if err != nil {
 		return nil, fmt.Errorf("open CA %s: %w", dir, err)
 	}
-	// /cacerts: the issuing CA, the cross certificate (a device trusting
+	// /cacerts: the issuing CA, its cross certificate (a device trusting
 	// only the old root chains through it), the root, then the overlap.
 	published := withoutDup([]*x509.Certificate{inter}, ov.cross...)
 	published = withoutDup(published, root)

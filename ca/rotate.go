@@ -27,9 +27,12 @@ const (
 	// certificates they issued) and the old root. /cacerts publishes them
 	// until `edgeca rotate retire`.
 	PreviousCAFile = "previous.pem"
-	// CrossCertFile holds the current root certified by the previous one,
-	// sent in the EST server's TLS chain and in /cacerts, so a device that
-	// trusts only the old root accepts the server and the new chain.
+	// CrossCertFile holds the current intermediate certified by the
+	// previous root, sent in the EST server's TLS chain and in /cacerts,
+	// so a device that trusts only the old root accepts the server and
+	// the new chain. (The intermediate is cross-certified, not the new
+	// root: roots made by init allow one CA below them, path length 1, so
+	// leaf, intermediate, cross-certified root, old root is one too many.)
 	CrossCertFile = "cross.pem"
 )
 
@@ -140,7 +143,7 @@ type overlap struct {
 	cross    []*x509.Certificate // CrossCertFile
 }
 
-func loadOverlap(dir string, root *x509.Certificate) (overlap, error) {
+func loadOverlap(dir string, inter *x509.Certificate) (overlap, error) {
 	var o overlap
 	var err error
 	if o.previous, err = loadCerts(filepath.Join(dir, PreviousCAFile)); err != nil {
@@ -150,8 +153,8 @@ func loadOverlap(dir string, root *x509.Certificate) (overlap, error) {
 		return o, err
 	}
 	for _, c := range o.cross {
-		if !bytes.Equal(c.RawSubject, root.RawSubject) || !c.PublicKey.(interface{ Equal(crypto.PublicKey) bool }).Equal(root.PublicKey) {
-			return o, fmt.Errorf("%s holds %q, which is not %s certified by another root", CrossCertFile, c.Subject, RootCertFile)
+		if k, ok := c.PublicKey.(interface{ Equal(crypto.PublicKey) bool }); !ok || !bytes.Equal(c.RawSubject, inter.RawSubject) || !k.Equal(inter.PublicKey) {
+			return o, fmt.Errorf("%s holds %q, which is not %s certified by another root", CrossCertFile, c.Subject, IntermediateCertFile)
 		}
 	}
 	return o, nil
@@ -305,7 +308,7 @@ func stageRotation(ctx context.Context, dir string, o RotateOptions, old *x509.C
 }
 
 // RotateRoot rolls the root over: a new root and a new intermediate under
-// it, the new root certified by the old one (CrossCertFile), so that a
+// it, the new intermediate certified by the old root too (CrossCertFile), so that a
 // device trusting only the old root accepts the server and the new chain,
 // and learns the new root from /cacerts over a connection the old one
 // authenticated. The old root and intermediate stay in PreviousCAFile
@@ -350,19 +353,20 @@ func RotateRoot(ctx context.Context, dir string, o RotateOptions) (RotateResult,
 	if err != nil {
 		return RotateResult{}, fmt.Errorf("rotate root: %w", err)
 	}
-	// The same subject and key under the old root: a chain through it ends
-	// at the old root, a chain through root at the new one.
-	cross, err := newCACert(cn, &rk.PublicKey, oldRoot, oldKey, 1, oldRoot.NotAfter.Sub(now), now)
-	if err != nil {
-		return RotateResult{}, fmt.Errorf("rotate root: cross-certify: %w", err)
-	}
 	ik, err := newP256()
 	if err != nil {
 		return RotateResult{}, fmt.Errorf("rotate root: %w", err)
 	}
-	inter, err := newCACert(name+" issuing CA "+generation(now), &ik.PublicKey, root, rk, 0, IntermediateTTL, now)
+	interCN := name + " issuing CA " + generation(now)
+	inter, err := newCACert(interCN, &ik.PublicKey, root, rk, 0, IntermediateTTL, now)
 	if err != nil {
 		return RotateResult{}, fmt.Errorf("rotate root: %w", err)
+	}
+	// The same subject and key under the old root: a chain through it ends
+	// at the old root, a chain through inter at the new one.
+	cross, err := newCACert(interCN, &ik.PublicKey, oldRoot, oldKey, 0, min(IntermediateTTL, oldRoot.NotAfter.Sub(now)), now)
+	if err != nil {
+		return RotateResult{}, fmt.Errorf("rotate root: cross-certify: %w", err)
 	}
 	prev, err := loadCerts(filepath.Join(dir, PreviousCAFile))
 	if err != nil {

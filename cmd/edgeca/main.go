@@ -55,7 +55,7 @@ commands:
   backup    --dir DIR --out BACKUPDIR [--json]       online copy of the store and the CA files
   restore   --from BACKUPDIR --dir NEWDIR [--force]
   rotate intermediate --dir DIR [--root-key F]      new issuing CA under the root
-  rotate root --dir DIR [--root-key F --root-key-out F]  new root, cross-signed by the old
+  rotate root --dir DIR [--root-key F --root-key-out F]  new root; its intermediate cross-certified by the old root
   rotate retire --dir DIR [--renew-grace 72h] [--force]  end the overlap of a rotation
   cacerts   --dir DIR [--out FILE]                   the published CA bundle (a broker's cafile)
   version
