@@ -181,14 +181,14 @@ type stoppable struct {
 
 // serveStoppable is serve that the test stops (and waits for) before the
 // next rotation: a rotation takes effect when serve starts.
-func serveStoppable(t *testing.T, dir string) stoppable {
+func serveStoppable(t *testing.T, dir string, extra ...string) stoppable {
 	t.Helper()
 	addrFile := filepath.Join(t.TempDir(), "addr")
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan int, 1)
 	var logs bytes.Buffer
 	go func() {
-		done <- run(ctx, []string{"serve", "--dir", dir, "--listen", "127.0.0.1:0", "--addr-file", addrFile, "--health-listen", "off"}, io.Discard, &logs)
+		done <- run(ctx, append([]string{"serve", "--dir", dir, "--listen", "127.0.0.1:0", "--addr-file", addrFile, "--health-listen", "off"}, extra...), io.Discard, &logs)
 	}()
 	var once sync.Once
 	stop := func() {
