@@ -2,6 +2,7 @@ package ca
 
 import (
 	"context"
+	"crypto"
 	"crypto/x509"
 	"errors"
 	"os"
@@ -172,5 +173,35 @@ func TestRestoreRefusesDamagedBackups(t *testing.T) {
 				t.Errorf("restore wrote %s: %v", target, err)
 			}
 		})
+	}
+}
+
+// TestRotateRootWithTheKeyInTheDirectory: without --root-key the new root
+// key replaces root-key.pem and the old one is kept by its fingerprint.
+func TestRotateRootWithTheKeyInTheDirectory(t *testing.T) {
+	ctx := context.Background()
+	dir := filepath.Join(t.TempDir(), "ca")
+	if err := Init(ctx, dir, InitOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	res, err := RotateRoot(ctx, dir, RotateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k, err := loadRootKey(dir, "", res.NewRoot); err != nil {
+		t.Errorf("root-key.pem after the rollover: %v", err)
+	} else if !keyMatches(res.NewRoot, k) {
+		t.Error("root-key.pem is not the new root's key")
+	}
+	old, err := loadKey(filepath.Join(dir, "root-key."+fingerprint(res.OldRoot)[:16]+".retired.pem"))
+	if err != nil || !keyMatches(res.OldRoot, old) {
+		t.Errorf("the old root key was not kept: %v", err)
+	}
+	if err := res.Cross.CheckSignatureFrom(res.OldRoot); err != nil || !res.Cross.PublicKey.(interface{ Equal(crypto.PublicKey) bool }).Equal(res.NewIntermediate.PublicKey) {
+		t.Errorf("cross certificate: %v", err)
+	}
+	// And the intermediate key it replaced.
+	if _, err := os.Stat(filepath.Join(dir, "intermediate-key."+fingerprint(res.OldIntermediate)[:16]+".retired.pem")); err != nil {
+		t.Errorf("the old intermediate key was not kept: %v", err)
 	}
 }
