@@ -2,9 +2,17 @@ package e2e
 
 import (
 	"bytes"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
+	"math/big"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -279,4 +287,131 @@ func containsCert(list []*x509.Certificate, c *x509.Certificate) bool {
 		}
 	}
 	return false
+}
+
+// brokerCertUnder issues mosquitto a server certificate from the CA's
+// current intermediate (read from its directory), chain [leaf,
+// intermediate] only, so only a client that holds this intermediate's
+// root accepts it.
+func brokerCertUnder(t testing.TB, caDir, outDir string) (certFile, keyFile string) {
+	t.Helper()
+	inter := pemCerts(t, filepath.Join(caDir, "intermediate.pem"))[0]
+	kb, err := os.ReadFile(filepath.Join(caDir, "intermediate-key.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, _ := pem.Decode(kb)
+	if blk == nil {
+		t.Fatal("intermediate-key.pem: no PEM")
+	}
+	ik, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: "broker"},
+		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour), IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, inter, &key.PublicKey, ik.(crypto.Signer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile = filepath.Join(outDir, "broker.pem"), filepath.Join(outDir, "broker-key.pem")
+	chain := append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: inter.Raw})...)
+	if err := os.WriteFile(certFile, chain, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile
+}
+
+// TestUplinkTrustFollowsRootRollover: an agent whose MQTT uplink trusts
+// the enrolled CA bundle (no mqtt.ca_bundle) connects, after a root
+// rollover and its next renewal, to a broker whose server certificate now
+// comes from the new root's intermediate alone, without a restart: the
+// uplink is rebuilt with the bundle the renewal brought from /cacerts.
+func TestUplinkTrustFollowsRootRollover(t *testing.T) {
+	t.Parallel()
+	mosquitto.Binary(t)
+	dir := filepath.Join(t.TempDir(), "ca")
+	run(t, built.ca, "init", "--dir", dir)
+	ca := &caProc{t: t, dir: dir, listen: freePort(t)}
+	ca.start()
+	t.Cleanup(func() {
+		ca.stop()
+		if t.Failed() {
+			t.Logf("edgeca serve log:\n%s", ca.logs.String())
+		}
+	})
+	tok := strings.TrimSpace(run(t, built.ca, "token", "create", "--dir", dir, "--url", "https://"+ca.listen, "--device", "trust-dev"))
+	brokerDir := t.TempDir()
+	cafile := filepath.Join(brokerDir, "cafile.pem")
+	run(t, built.ca, "cacerts", "--dir", dir, "--out", cafile)
+	certFile, keyFile := brokerCertUnder(t, dir, brokerDir)
+	broker := mosquitto.Start(t, mosquitto.Options{CAFile: cafile, CertFile: certFile, KeyFile: keyFile})
+
+	work := t.TempDir()
+	state := filepath.Join(work, "state")
+	sock := filepath.Join(work, "api.sock")
+	cfgFile := filepath.Join(work, "edgeagent.yaml")
+	y := fmt.Sprintf(`device_id: trust-dev
+state_dir: %s
+api:
+  socket: %s
+metrics:
+  listen: ""
+collector:
+  interval: 0s
+mqtt:
+  url: %s
+renew:
+  fraction: 0.3
+  jitter: 0
+  retry_min: 500ms
+  retry_max: 2s
+  expired_policy: wait
+spool:
+  sync: never
+`, state, sock, broker.URL())
+	if err := os.WriteFile(cfgFile, []byte(y), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a := startDaemon(t, cfgFile, sock, "EDGEAGENT_TOKEN="+tok)
+	connections := func() int { return strings.Count(broker.Log(), " as trust-dev") }
+	waitUntil(t, 60*time.Second, "the agent connected to the broker", func() bool { return connections() > 0 })
+
+	ca.stop()
+	run(t, built.ca, "rotate", "root", "--dir", dir)
+	run(t, built.ca, "cacerts", "--dir", dir, "--out", cafile)
+	if err := syscall.Kill(broker.Pid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	ca.start()
+	root2 := pemCerts(t, filepath.Join(dir, "root.pem"))[0]
+	waitUntil(t, 90*time.Second, "the new root in the agent's bundle", func() bool {
+		_, bundle := agentCert(t, state)
+		return containsCert(bundle, root2)
+	})
+
+	// The broker's own certificate now comes from under the new root.
+	broker.Stop()
+	brokerCertUnder(t, dir, brokerDir)
+	before := connections()
+	broker.Start()
+	waitUntil(t, 60*time.Second, "the agent connected to the broker with the broker's new certificate", func() bool { return connections() > before })
+	if st := a.mustStatus(); !st.Connected {
+		waitUntil(t, 30*time.Second, "the agent's MQTT uplink up", func() bool { return a.mustStatus().Connected })
+	}
+	if strings.Contains(a.logs.String(), "re-enrolled") {
+		t.Error("the agent re-enrolled")
+	}
 }
