@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -132,12 +133,14 @@ func Backup(ctx context.Context, dir, out string, o BackupOptions) (Manifest, er
 		if pgdump == "" {
 			pgdump = "pg_dump"
 		}
-		args := []string{"--format=custom", "--no-owner", "--file", filepath.Join(tmp, PGDumpFile), o.DB}
+		dbURL, env := pgConn(o.DB)
+		args := []string{"--format=custom", "--no-owner", "--file", filepath.Join(tmp, PGDumpFile), "--dbname", dbURL}
 		if path, err := exec.LookPath(pgdump); err != nil {
 			// The keys are saved; the database is the operator's job.
 			m.PGDump = "pg_dump --format=custom --no-owner --file " + filepath.Join(out, PGDumpFile) + " DATABASE_URL"
 		} else {
 			cmd := exec.CommandContext(ctx, path, args...)
+			cmd.Env = env
 			if b, err := cmd.CombinedOutput(); err != nil {
 				return Manifest{}, fmt.Errorf("backup: pg_dump: %w: %s", err, strings.TrimSpace(string(b)))
 			}
@@ -384,7 +387,9 @@ func Restore(ctx context.Context, from, dir string, o RestoreOptions) (Manifest,
 		if err != nil {
 			return m, fmt.Errorf("restore: the CA files are in %s, but %s is not installed: run pg_restore --no-owner --dbname DATABASE_URL %s", dir, prog, filepath.Join(from, PGDumpFile))
 		}
-		cmd := exec.CommandContext(ctx, path, "--no-owner", "--exit-on-error", "--dbname", o.DB, filepath.Join(from, PGDumpFile))
+		dbURL, env := pgConn(o.DB)
+		cmd := exec.CommandContext(ctx, path, "--no-owner", "--exit-on-error", "--dbname", dbURL, filepath.Join(from, PGDumpFile))
+		cmd.Env = env
 		if b, err := cmd.CombinedOutput(); err != nil {
 			return m, fmt.Errorf("restore: pg_restore: %w: %s", err, strings.TrimSpace(string(b)))
 		}
@@ -425,4 +430,20 @@ func copyFile(src, dst string, perm os.FileMode) error {
 		return err
 	}
 	return atomicfile.SyncDir(filepath.Dir(dst))
+}
+
+// pgConn moves the password of a PostgreSQL URL into PGPASSWORD, so it
+// is not on pg_dump's command line for every local user to read in ps.
+func pgConn(db string) (string, []string) {
+	env := os.Environ()
+	u, err := url.Parse(db)
+	if err != nil || u.User == nil {
+		return db, env
+	}
+	pw, ok := u.User.Password()
+	if !ok {
+		return db, env
+	}
+	u.User = url.User(u.User.Username())
+	return u.String(), append(env, "PGPASSWORD="+pw)
 }

@@ -205,3 +205,23 @@ func TestRotateRootWithTheKeyInTheDirectory(t *testing.T) {
 		t.Errorf("the old intermediate key was not kept: %v", err)
 	}
 }
+
+// TestPGConn: the password leaves the URL for PGPASSWORD.
+func TestPGConn(t *testing.T) {
+	for _, tc := range []struct{ in, url, pw string }{
+		{"postgres://edgeca:s3cret@db.example/edgeca?sslmode=verify-full", "postgres://edgeca@db.example/edgeca?sslmode=verify-full", "s3cret"},
+		{"postgres://edgeca@db.example/edgeca", "postgres://edgeca@db.example/edgeca", ""},
+		{"postgres://db.example/edgeca", "postgres://db.example/edgeca", ""},
+	} {
+		u, env := pgConn(tc.in)
+		pw := ""
+		for _, e := range env {
+			if v, ok := strings.CutPrefix(e, "PGPASSWORD="); ok {
+				pw = v
+			}
+		}
+		if u != tc.url || pw != tc.pw {
+			t.Errorf("pgConn(%q) = %q, PGPASSWORD %q; want %q, %q", tc.in, u, pw, tc.url, tc.pw)
+		}
+	}
+}
