@@ -111,6 +111,9 @@ type CA struct {
 	// published is what /cacerts holds; cross, the intermediate certified
 	// by the previous root, goes in the TLS chain too (ca/rotate.go).
 	published, cross []*x509.Certificate
+	// retiring are the previous intermediates whose keys are kept: they
+	// sign CRLs for the certificates they issued (ca/rotate.go).
+	retiring []*authority
 
 	// clientRoots anchors client certificate verification at the
 	// intermediate: a certificate another intermediate under the same root
@@ -254,6 +257,7 @@ func Open(ctx context.Context, dir string, opts Options) (*CA, error) {
 			pool.AddCert(p)
 		}
 	}
+	prev := retiringAuthorities(dir, ov.previous, opts.CRLBaseURL, opts.Logger)
 	return &CA{
 		rev:         rev,
 		crl:         newCRLState(),
@@ -268,6 +272,7 @@ func Open(ctx context.Context, dir string, opts Options) (*CA, error) {
 		csrattrs:    attrs,
 		clientRoots: pool,
 		published:   published,
+		retiring:    prev,
 		cross:       ov.cross,
 		postQuantum: opts.PostQuantumTLS,
 		renewGrace:  opts.RenewGrace,

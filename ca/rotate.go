@@ -10,12 +10,16 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/edgeagent/edgeagent/ca/store"
+	"github.com/edgeagent/edgeagent/enroll/est"
 	"github.com/edgeagent/edgeagent/internal/atomicfile"
 )
 
@@ -506,3 +510,95 @@ func checkRetirable(devs []store.Device, retiring []*x509.Certificate, grace tim
 // what a broker's cafile (mosquitto) must hold to accept devices of every
 // generation of the overlap.
 func (c *CA) Bundle() []byte { return encodeCertPEM(c.published...) }
+
+// CRLRetiringPath serves the PEM CRLs of the retiring intermediates (404
+// when there are none): OpenSSL (mosquitto's crlfile) refuses a client
+// whose issuer has no CRL, so a broker's crlfile must hold them during
+// the overlap (edgeca mosquitto-sync appends them).
+const CRLRetiringPath = CRLPathPrefix + "retiring.pem"
+
+// retiringAuthorities are the previous issuing intermediates whose keys
+// the rotation kept (intermediate-key.<fingerprint>.retired.pem), as
+// CRL signers with the distribution point their leaves name.
+func retiringAuthorities(dir string, previous []*x509.Certificate, crlBase string, log *slog.Logger) []*authority {
+	if crlBase == "" {
+		crlBase = storedCRLBase(dir)
+	}
+	var out []*authority
+	for _, p := range previous {
+		if !isIssuingCA(p) {
+			continue
+		}
+		path := filepath.Join(dir, "intermediate-key."+fingerprint(p)[:16]+".retired.pem")
+		k, err := loadKey(path)
+		if err != nil || !keyMatches(p, k) {
+			log.Warn("no key for a retiring intermediate: no CRL covers the certificates it issued", "intermediate", p.Subject.CommonName, "file", path, "err", err)
+			continue
+		}
+		a := &authority{intermediate: p, signer: k}
+		if crlBase != "" {
+			a.crlURL = strings.TrimRight(crlBase, "/") + CRLPathPrefix + crlName(p) + ".crl"
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
+func (c *CA) retiringCRLIndex(path string) int {
+	for i, a := range c.retiring {
+		if path == CRLPathPrefix+crlName(a.intermediate)+".crl" {
+			return i
+		}
+	}
+	return -1
+}
+
+// RetiringCRLsPEM returns the CRLs of the retiring intermediates (PEM,
+// nil when there are none), generated with the current CRL.
+func (c *CA) RetiringCRLsPEM(ctx context.Context) ([]byte, error) {
+	if _, err := c.CRL(ctx); err != nil {
+		return nil, err
+	}
+	c.crl.mu.Lock()
+	defer c.crl.mu.Unlock()
+	return c.crl.retiring, nil
+}
+
+// serveRetiringCRL answers CRLRetiringPath (PEM, all of them) and each
+// retiring intermediate's own CRL path (DER).
+func (c *CA) serveRetiringCRL(w http.ResponseWriter, r *http.Request) {
+	all, err := c.RetiringCRLsPEM(r.Context())
+	if err != nil {
+		c.log.Error("serve CRL", "err", err)
+		writeError(w, refuse(http.StatusInternalServerError, est.CodeInternal, "internal error, see the edgeca log"))
+		return
+	}
+	if r.URL.Path == CRLRetiringPath {
+		if len(all) == 0 {
+			writeError(w, refuse(http.StatusNotFound, est.CodeNotFound, "no intermediate is retiring"))
+			return
+		}
+		w.Header().Set("Content-Type", "application/x-pem-file")
+		w.Header().Set("Content-Length", strconv.Itoa(len(all)))
+		w.Header().Set("Cache-Control", "max-age=0, must-revalidate")
+		_, _ = w.Write(all)
+		return
+	}
+	i := c.retiringCRLIndex(r.URL.Path)
+	rest := all
+	for j := 0; ; j++ {
+		var blk *pem.Block
+		blk, rest = pem.Decode(rest)
+		if blk == nil {
+			writeError(w, refuse(http.StatusNotFound, est.CodeNotFound, "no such CRL"))
+			return
+		}
+		if j == i {
+			w.Header().Set("Content-Type", "application/pkix-crl")
+			w.Header().Set("Content-Length", strconv.Itoa(len(blk.Bytes)))
+			w.Header().Set("Cache-Control", "max-age=0, must-revalidate")
+			_, _ = w.Write(blk.Bytes)
+			return
+		}
+	}
+}
