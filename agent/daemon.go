@@ -87,6 +87,9 @@ type Daemon struct {
 	health  *health
 	started time.Time
 	holder  *uplink.Identity
+	// uplinkBundle is the CA bundle the uplinks were built to trust.
+	bundleMu     sync.Mutex
+	uplinkBundle []*x509.Certificate
 
 	// uplinks are the configured uplinks (mqtt first), parts every
 	// component a reload can replace, by name; both are fixed at start.
@@ -164,6 +167,7 @@ func newDaemon(ctx context.Context, o Options) (*Daemon, error) {
 		d.log.Error("clock", "err", err)
 	}
 	d.holder = uplink.NewIdentity(id.TLSCertificate())
+	d.uplinkBundle = id.CABundle
 	if err := d.openUplinks(); err != nil {
 		d.close()
 		return nil, err
@@ -577,7 +581,7 @@ func (d *Daemon) newRenewer(id *Identity) *renewer {
 			ec := d.config().Enroll
 			user, pass := renewCredentials(ec, d.log)
 			return Renew(ctx, RenewOptions{StateDir: d.boot.StateDir, Keystore: d.ks, Rekey: p.Rekey, Current: id, Now: d.clock.Now,
-				OnResponse: d.observeDate, PostQuantumTLS: ec.PostQuantumTLS, Username: user, Password: pass})
+				OnResponse: d.observeDate, PostQuantumTLS: ec.PostQuantumTLS, Username: user, Password: pass, Server: d.config().Renew.Server})
 		},
 		rebootstrap: func(ctx context.Context, id *Identity) (*Identity, error) { return d.bootstrap(ctx, id.DeviceID) },
 		clockReady: func(ctx context.Context, id *Identity) error {
@@ -591,14 +595,58 @@ func (d *Daemon) newRenewer(id *Identity) *renewer {
 }
 
 // install makes nid the working identity for every new handshake and has
-// the uplinks reconnect with it.
-func (d *Daemon) install(nid *Identity) {
+// the uplinks reconnect with it. An uplink that trusts the enrolled CA
+// bundle (no ca_bundle of its own) is rebuilt when the renewal brought a
+// new bundle from /cacerts: a TLS config's roots are fixed, and a broker
+// whose certificate comes from a rotated CA must verify without a restart.
+func (d *Daemon) install(ctx context.Context, nid *Identity) {
 	d.holder.Store(nid.TLSCertificate())
+	d.bundleMu.Lock()
+	changed := !sameCerts(d.uplinkBundle, nid.CABundle)
+	d.uplinkBundle = nid.CABundle
+	d.bundleMu.Unlock()
+	cfg := d.config()
 	for _, p := range d.uplinks {
+		if changed && followsBundle(cfg, p.name) {
+			if r, err := p.build(cfg); err != nil {
+				d.log.Error("the CA bundle changed but the uplink could not be rebuilt with it; it keeps the old trust", "uplink", p.name, "err", err)
+			} else {
+				select {
+				case p.restart <- r:
+					d.log.Info("uplink trusts the refreshed CA bundle", "uplink", p.name, "certs", len(nid.CABundle))
+					continue
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
 		if u := p.uplink(); u != nil {
 			u.Reconnect()
 		}
 	}
+}
+
+// followsBundle: the uplink name trusts the enrolled CA bundle.
+func followsBundle(cfg config.Config, name string) bool {
+	switch name {
+	case "mqtt":
+		return cfg.MQTT.CABundle == ""
+	case "https":
+		return cfg.HTTPS.CABundle == ""
+	}
+	return false
+}
+
+func sameCerts(a, b []*x509.Certificate) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if !a[i].Equal(b[i]) {
+			return false
+		}
+	}
+	return true
 }
 
 // statusLine is the one-line state systemd shows in `systemctl status`.

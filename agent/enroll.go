@@ -227,6 +227,9 @@ type RenewOptions struct {
 	// Username and Password answer a server that wants HTTP Basic on
 	// reenroll as well as the certificate (enroll.Options.Username).
 	Username, Password string
+	// Server replaces the identity's EST server (renew.server: a CA that
+	// moved); "" keeps it.
+	Server string
 }
 
 // renewCredentials are the HTTP Basic credentials configured for a server
@@ -263,6 +266,13 @@ func Renew(ctx context.Context, o RenewOptions) (*Identity, error) {
 		if cur, err = LoadIdentity(o.StateDir, o.Keystore); err != nil {
 			return nil, fmt.Errorf("renew: %w", err)
 		}
+	}
+	if o.Server != "" && o.Server != cur.Server {
+		// The CA moved (renew.server): same CA, same pinned chain, new
+		// URL; the renewed identity records it.
+		moved := *cur
+		moved.Server = o.Server
+		cur = &moved
 	}
 	if o.CorrectClock {
 		now, err := oneShotClock(ctx, o.Now, o.Logger, cur.Server, cur.Label, cur.ESTPool(), token.Pin{}, o.Timeout, o.BuildTime, cur)

@@ -82,7 +82,7 @@ type renewerParts struct {
 	// asks the CA when the system clock is implausible); nil: always.
 	clockReady func(ctx context.Context, id *Identity) error
 	// install makes a new identity live (TLS holder, uplink reconnects).
-	install func(*Identity)
+	install func(context.Context, *Identity)
 }
 
 // renewer owns the renewal state machine: it schedules the renewal of the
@@ -373,7 +373,7 @@ func (r *renewer) attempt(ctx context.Context, id *Identity, p RenewPolicy) erro
 		r.log.Info("certificate renewed", "serial", nid.Serial(), "not_before", nid.NotBefore(), "not_after", nid.NotAfter(), "rekey", p.Rekey)
 		// Stored and in use (after a rekey it holds the new key), but a
 		// CA that caps at its own expiry may not have extended it.
-		r.set(nid)
+		r.set(ctx, nid)
 		err = enroll.CheckExtended(id.Leaf(), nid.Chain)
 	}
 	res, msg := "ok", ""
@@ -432,18 +432,18 @@ func (r *renewer) onExpired(ctx context.Context, id *Identity, p RenewPolicy, er
 	r.mu.Lock()
 	r.state.Renewals["rebootstrap"]++
 	r.mu.Unlock()
-	r.set(nid)
+	r.set(ctx, nid)
 	r.setExpired("")
 	return true
 }
 
 // set makes nid the working identity and installs it.
-func (r *renewer) set(nid *Identity) {
+func (r *renewer) set(ctx context.Context, nid *Identity) {
 	r.mu.Lock()
 	r.id = nid
 	r.mu.Unlock()
 	if r.install != nil {
-		r.install(nid)
+		r.install(ctx, nid)
 	}
 }
 

@@ -108,6 +108,12 @@ type CA struct {
 	log      *slog.Logger
 	cacerts  []byte // the cacerts response body, computed once
 	csrattrs []byte // the csrattrs response body, computed once
+	// published is what /cacerts holds; cross, the intermediate certified
+	// by the previous root, goes in the TLS chain too (ca/rotate.go).
+	published, cross []*x509.Certificate
+	// retiring are the previous intermediates whose keys are kept: they
+	// sign CRLs for the certificates they issued (ca/rotate.go).
+	retiring []*authority
 
 	// clientRoots anchors client certificate verification at the
 	// intermediate: a certificate another intermediate under the same root
@@ -204,7 +210,16 @@ func Open(ctx context.Context, dir string, opts Options) (*CA, error) {
 	if err := inter.CheckSignatureFrom(root); err != nil {
 		return nil, fmt.Errorf("open CA %s: %s is not signed by %s: %w", dir, IntermediateCertFile, RootCertFile, err)
 	}
-	der, err := est.EncodeCertsOnly([]*x509.Certificate{inter, root})
+	ov, err := loadOverlap(dir, inter)
+	if err != nil {
+		return nil, fmt.Errorf("open CA %s: %w", dir, err)
+	}
+	// /cacerts: the issuing CA, its cross certificate (a device trusting
+	// only the old root chains through it), the root, then the overlap.
+	published := withoutDup([]*x509.Certificate{inter}, ov.cross...)
+	published = withoutDup(published, root)
+	published = withoutDup(published, ov.previous...)
+	der, err := est.EncodeCertsOnly(published)
 	if err != nil {
 		return nil, fmt.Errorf("open CA %s: %w", dir, err)
 	}
@@ -240,6 +255,14 @@ func Open(ctx context.Context, dir string, opts Options) (*CA, error) {
 	}
 	pool := x509.NewCertPool()
 	pool.AddCert(inter)
+	for _, p := range ov.previous {
+		if isIssuingCA(p) {
+			// Devices renew with certificates a retiring intermediate
+			// issued until the overlap ends.
+			pool.AddCert(p)
+		}
+	}
+	prev := retiringAuthorities(dir, ov.previous, opts.CRLBaseURL, opts.Logger)
 	return &CA{
 		rev:         rev,
 		crl:         newCRLState(),
@@ -255,6 +278,9 @@ func Open(ctx context.Context, dir string, opts Options) (*CA, error) {
 		cacerts:     est.EncodeBase64(der),
 		csrattrs:    attrs,
 		clientRoots: pool,
+		published:   published,
+		retiring:    prev,
+		cross:       ov.cross,
 		postQuantum: opts.PostQuantumTLS,
 		renewGrace:  opts.RenewGrace,
 		attest:      newAttestState(opts.Attestation, opts.Now),
@@ -314,6 +340,9 @@ func (c *CA) serverCert(withRoot bool) (*tls.Certificate, error) {
 		cert, err := c.auth.issueServer(c.hosts, serverCertTTL, now)
 		if err != nil {
 			return nil, err
+		}
+		for _, x := range c.cross {
+			cert.Certificate = append(cert.Certificate, x.Raw)
 		}
 		withRoot := *cert
 		withRoot.Certificate = append(append([][]byte(nil), cert.Certificate...), c.auth.root.Raw)

@@ -76,6 +76,7 @@ type crlState struct {
 	nextRegen  time.Time
 	changed    chan struct{} // closed and replaced when seq moves on
 	lastNumber *big.Int
+	retiring   []byte // PEM CRLs of the retiring intermediates, same number
 	waiters    int
 }
 
@@ -170,7 +171,15 @@ func (c *CA) refreshCRL(ctx context.Context, force bool) error {
 	if err != nil {
 		return err
 	}
-	c.crl.der, c.crl.lastNumber, c.crl.nextRegen = der, number, now.Add(validity/2)
+	var prev []byte
+	for _, a := range c.retiring {
+		d, err := a.buildCRL(revoked, number, now, validity)
+		if err != nil {
+			return err
+		}
+		prev = append(prev, pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: d})...)
+	}
+	c.crl.der, c.crl.lastNumber, c.crl.nextRegen, c.crl.retiring = der, number, now.Add(validity/2), prev
 	if seq != c.crl.seq {
 		c.crl.seq = seq
 		close(c.crl.changed)
@@ -229,6 +238,10 @@ func (c *CA) followRevocations(ctx context.Context) {
 // serveCRL answers GET CRLPath with the DER CRL.
 func (c *CA) serveCRL(w http.ResponseWriter, r *http.Request) {
 	if !allowMethod(w, r, http.MethodGet) {
+		return
+	}
+	if r.URL.Path == CRLRetiringPath || c.retiringCRLIndex(r.URL.Path) >= 0 {
+		c.serveRetiringCRL(w, r)
 		return
 	}
 	if r.URL.Path != c.CRLPath() && r.URL.Path != CRLCurrentPath {

@@ -99,6 +99,10 @@ type Renew struct {
 	RetryMin      time.Duration `yaml:"retry_min"`      // first backoff after a failure
 	RetryMax      time.Duration `yaml:"retry_max"`      // backoff cap
 	ExpiredPolicy string        `yaml:"expired_policy"` // rebootstrap or wait
+	// Server, when set, is where renewals go instead of the EST server
+	// the device enrolled with: a CA that moved to a new URL. The first
+	// renewal there records it in identity.json. Applied on SIGHUP.
+	Server string `yaml:"server"`
 }
 
 // API is the local API for apps on the device.
@@ -339,6 +343,11 @@ func (c Config) Validate() error {
 	}
 	if c.Renew.RetryMin <= 0 || c.Renew.RetryMax < c.Renew.RetryMin {
 		bad("renew.retry_min", "must be positive and at most renew.retry_max (%v, %v)", c.Renew.RetryMin, c.Renew.RetryMax)
+	}
+	if c.Renew.Server != "" {
+		if err := token.ValidateURL(c.Renew.Server); err != nil {
+			bad("renew.server", "%v", err)
+		}
 	}
 	switch c.Renew.ExpiredPolicy {
 	case "rebootstrap", "wait":

@@ -85,6 +85,7 @@ func TestValidateNamesTheKey(t *testing.T) {
 		{"renew.jitter", func(c *Config) { c.Renew.Jitter = -1 }},
 		{"renew.retry_min", func(c *Config) { c.Renew.RetryMin = time.Hour }},
 		{"renew.expired_policy", func(c *Config) { c.Renew.ExpiredPolicy = "panic" }},
+		{"renew.server", func(c *Config) { c.Renew.Server = "http://ca.example:8443" }},
 		{"api.socket", func(c *Config) { c.API.Socket = "" }},
 		{"collector.interval", func(c *Config) { c.Collector.Interval = time.Millisecond }},
 		{"mqtt.url", func(c *Config) { c.MQTT.URL = "mqtt://broker:1883" }},

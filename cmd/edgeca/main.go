@@ -53,6 +53,12 @@ commands:
             (--pid-file F | --pid N) --broker HOST:PORT [--broker-ca F]
   audit     --dir DIR [--json] [--limit 100]
   audit prune --dir DIR [--older-than 2160h] [--keep N]
+  backup    --dir DIR --out BACKUPDIR [--json]       online copy of the store and the CA files
+  restore   --from BACKUPDIR --dir NEWDIR [--force]
+  rotate intermediate --dir DIR [--root-key F]      new issuing CA under the root
+  rotate root --dir DIR [--root-key F --root-key-out F]  new root; its intermediate cross-certified by the old root
+  rotate retire --dir DIR [--renew-grace 72h] [--force]  end the overlap of a rotation
+  cacerts   --dir DIR [--out FILE]                   the published CA bundle (a broker's cafile)
   version
 
 --dir defaults to $EDGECA_DIR, else /var/lib/edgeca. Every command takes
@@ -155,6 +161,8 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return cmdAudit(ctx, rest, stdout)
 	case "migrate":
 		return cmdMigrate(ctx, rest, stderr)
+	case "backup", "restore", "rotate", "cacerts":
+		return dispatchCAKeys(ctx, cmd, rest, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "edgeca", version.String())
 		return nil

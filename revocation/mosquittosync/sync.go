@@ -215,6 +215,11 @@ func (s *Syncer) UpdateCRL(ctx context.Context) error {
 		return nil
 	}
 	out := pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der})
+	retiring, err := s.retiringCRLs(ctx)
+	if err != nil {
+		return err
+	}
+	out = append(out, retiring...)
 	for _, f := range s.o.ExtraCRLs {
 		b, err := os.ReadFile(f)
 		if err != nil {
@@ -235,6 +240,41 @@ func (s *Syncer) UpdateCRL(ctx context.Context) error {
 	s.number = crl.Number.String()
 	s.o.Logger.Info("mosquitto sync: CRL written, mosquitto reloaded", "file", s.o.CRLFile, "revoked", len(crl.RevokedCertificateEntries), "pid", pid)
 	return nil
+}
+
+// RetiringCRLPath serves the CRLs of the intermediates a rotation is
+// retiring (PEM; 404 when none): OpenSSL refuses a client whose issuer has
+// no CRL, and devices hold their certificates until they renew.
+const RetiringCRLPath = "/crl/retiring.pem"
+
+// retiringCRLs fetches the retiring intermediates' CRLs, nil when none.
+func (s *Syncer) retiringCRLs(ctx context.Context) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.o.CAURL+RetiringCRLPath, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := s.client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("fetch retiring CRLs: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusNotFound {
+		return nil, nil
+	}
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil || resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("fetch retiring CRLs: %s %v", resp.Status, err)
+	}
+	for rest := b; ; {
+		var blk *pem.Block
+		if blk, rest = pem.Decode(rest); blk == nil {
+			break
+		}
+		if _, err := x509.ParseRevocationList(blk.Bytes); blk.Type != "X509 CRL" || err != nil {
+			return nil, fmt.Errorf("fetch retiring CRLs: a %q block that is not a CRL: %v", blk.Type, err)
+		}
+	}
+	return b, nil
 }
 
 // Kick takes over the session of client id clientID and leaves, so that
