@@ -5,6 +5,7 @@ import (
 	"encoding/csv"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -93,7 +94,7 @@ func cmdDeviceList(ctx context.Context, args []string, stdout io.Writer) error {
 	default:
 		return fmt.Errorf("%w: device list: --sort %q: one of id, expiry, last-seen", errUsage, q.Sort)
 	}
-	if q.State != "" && !contains(ca.States, q.State) {
+	if q.State != "" && !slices.Contains(ca.States, q.State) {
 		return fmt.Errorf("%w: device list: --state %q: one of %s", errUsage, q.State, strings.Join(ca.States, ", "))
 	}
 	if q.Expiring < 0 {
@@ -131,15 +132,6 @@ func cmdDeviceList(ctx context.Context, args []string, stdout io.Writer) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, d.State, d.Serial, d.NotAfter.Local().Format(time.RFC3339), d.LastSeen.Local().Format(time.RFC3339), dash(d.Agent))
 	}
 	return tw.Flush()
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 func cmdDeviceShow(ctx context.Context, args []string, stdout io.Writer) error {
