@@ -103,8 +103,8 @@ func TestUnitUnderSystemd(t *testing.T) {
 	conf := readFile(t, "edgeagent.yaml")
 	for old, repl := range map[string]string{
 		"state_dir: /var/lib/edgeagent\n": "device_id: sensor-0001\nstate_dir: /var/lib/edgeagent\n",
-		"  token_file: \"\"":               "  token_file: /etc/edgeagent/token",
-		"listen: 127.0.0.1:9810":           "listen: 127.0.0.1:" + metrics,
+		"  token_file: \"\"":              "  token_file: /etc/edgeagent/token",
+		"listen: 127.0.0.1:9810":          "listen: 127.0.0.1:" + metrics,
 	} {
 		if !strings.Contains(conf, old) {
 			t.Fatalf("packaged edgeagent.yaml has no %q", old)
