@@ -30,7 +30,7 @@ build:
 # binary lives in .demo/bin only: it is not built by `build` or `cross`.
 demo:
 	@mkdir -p .demo/bin
-	$(GO) build -o .demo/bin/edgedemo ./internal/demo/cmd/edgedemo
+	$(GO) build -o .demo/bin/edgedemo ./tools/demo/cmd/edgedemo
 	@.demo/bin/edgedemo --dir .demo
 
 test-deps:
@@ -42,7 +42,7 @@ test-deps:
 # test-deps); the shipped binaries stay CGO_ENABLED=0. The end-to-end, demo,
 # packaging and cmd tests drive separately built processes, which -race
 # would not instrument, so they run once.
-RACE_PKGS = $(shell $(GO) list ./... | grep -v -E '/internal/(e2e|demo)(/|$$)|/packaging$$|/cmd/')
+RACE_PKGS = $(shell $(GO) list ./... | grep -v -E '/(testkit/e2e|tools/demo)(/|$$)|/packaging$$|/cmd/')
 test: test-deps lint
 	$(GO) test -count=1 -timeout 30m ./...
 	$(MAKE) interop
@@ -71,8 +71,8 @@ lint:
 # raw ECDSA signing, the spool vs a plain file, the agent's MQTT path vs
 # mosquitto_pub on the same listener (plus the agent's RSS).
 bench: test-deps
-	$(GO) run ./internal/bench
-	$(GO) test -run '^$$' -bench . -benchtime 1x ./uplink/spool ./internal/e2e
+	$(GO) run ./tools/bench
+	$(GO) test -run '^$$' -bench . -benchtime 1x ./uplink/spool ./testkit/e2e
 
 cross:
 	@mkdir -p dist

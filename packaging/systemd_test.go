@@ -16,8 +16,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgeagent/edgeagent/internal/hosttest"
-	"github.com/edgeagent/edgeagent/internal/testca"
+	"github.com/edgeagent/edgeagent/testkit/hosttest"
+	"github.com/edgeagent/edgeagent/testkit/testpki"
 )
 
 // TestUnitUnderSystemd boots a real systemd as PID 1 of a container
@@ -96,7 +96,7 @@ func TestUnitUnderSystemd(t *testing.T) {
 		t.Errorf("the container sees this machine's %s", marker.Name())
 	}
 
-	ca := testca.Start(t, testca.Options{})
+	ca := testpki.StartEdgeCA(t, testpki.EdgeCAOptions{})
 	tok := ca.Token(t, "sensor-0001").String()
 	metrics := freePort(t) // the container shares this machine's network
 	c.run(t, "dpkg", "-i", "/mnt/pkg/"+filepath.Base(deb))

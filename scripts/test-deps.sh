@@ -18,7 +18,7 @@ have lintian || need+=(lintian)           # checks the .deb
 have rpm || need+=(rpm)                   # reads the .rpm back
 have systemd-nspawn || need+=(systemd-container)   # boots the packaged unit under a real systemd (packaging)
 have debootstrap || need+=(debootstrap)   # the root tree that systemd boots (scripts/test-rootfs.sh)
-compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)   # edgeca's PostgreSQL store (internal/postgres)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)   # edgeca's PostgreSQL store (testkit/postgres)
 have gcc || need+=(gcc)                   # cgo for the race detector (tests only)
 [ -e /usr/include/stdlib.h ] || need+=(libc6-dev)
 

@@ -38,8 +38,8 @@ func isUnder(pkg, p string) bool { return pkg == p || strings.HasPrefix(pkg, p+"
 // depend downward only (cmd -> agent -> {enroll, uplink, keystore};
 // cmd -> ca; agent and ca share only enroll's wire contract).
 func TestDependencyDirection(t *testing.T) {
-	harnesses := []string{"internal/mosquitto", "internal/swtpm", "internal/testca", "internal/testpki", "internal/hosttest",
-		"internal/syncbuf", "internal/demo", "internal/bench", "internal/e2e"}
+	harnesses := []string{"testkit/mosquitto", "testkit/swtpm", "testkit/testpki", "testkit/testpki", "testkit/hosttest",
+		"testkit/syncbuf", "tools/demo", "tools/bench", "testkit/e2e"}
 	forbiddenInAgentBinary := []string{"modernc.org/sqlite", "modernc.org/libc", "github.com/jackc/pgx", "github.com/mochi-mqtt",
 		"github.com/prometheus", "testing", "net/http/httptest", module + "/ca", module + "/cmd/edgeca"}
 	for _, h := range harnesses {

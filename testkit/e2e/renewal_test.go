@@ -16,8 +16,8 @@ import (
 	"github.com/prometheus/common/expfmt"
 
 	"github.com/edgeagent/edgeagent/ca/store"
-	"github.com/edgeagent/edgeagent/internal/mosquitto"
-	"github.com/edgeagent/edgeagent/internal/testca"
+	"github.com/edgeagent/edgeagent/testkit/mosquitto"
+	"github.com/edgeagent/edgeagent/testkit/testpki"
 )
 
 // issued is one certificate the CA issued to a device, from its audit log.
@@ -28,7 +28,7 @@ type issued struct {
 }
 
 // issuedTo lists the CA's successful issuances to device, oldest first.
-func issuedTo(t testing.TB, c *testca.CA, device string) []issued {
+func issuedTo(t testing.TB, c *testpki.EdgeCA, device string) []issued {
 	t.Helper()
 	recs, err := c.Audit(context.Background(), 10000)
 	if err != nil {
@@ -151,7 +151,7 @@ func TestTwentySecondCertificates(t *testing.T) {
 	t.Parallel()
 	mosquitto.Binary(t)
 	const ttl = 20 * time.Second
-	c := testca.Start(t, testca.Options{CertTTL: ttl, MinTTL: ttl})
+	c := testpki.StartEdgeCA(t, testpki.EdgeCAOptions{CertTTL: ttl, MinTTL: ttl})
 	be := startBackend(t, c.Dir, func(o *mosquitto.Options) { o.MaxTLS12 = true })
 	proxy := startCertProxy(t, be.broker.Addr)
 	work := t.TempDir()

@@ -9,7 +9,7 @@ import (
 	"testing"
 
 	"github.com/edgeagent/edgeagent/ca"
-	"github.com/edgeagent/edgeagent/internal/testpki"
+	"github.com/edgeagent/edgeagent/testkit/testpki"
 )
 
 func gzipLines(t *testing.T, lines ...string) []byte {

@@ -25,7 +25,7 @@ import (
 
 	"github.com/edgeagent/edgeagent/ca"
 	"github.com/edgeagent/edgeagent/enroll/est"
-	"github.com/edgeagent/edgeagent/internal/postgres"
+	"github.com/edgeagent/edgeagent/testkit/postgres"
 )
 
 // benchT lets the PostgreSQL test harness run in the benchmark program:

@@ -1,6 +1,6 @@
-// Package testca runs a real edgeca in-process on a loopback port for tests
+// StartEdgeCA runs a real edgeca in-process on a loopback port for tests
 // of the agent side: real TLS, real EST, real SQLite store.
-package testca
+package testpki
 
 import (
 	"context"
@@ -15,8 +15,8 @@ import (
 	"github.com/edgeagent/edgeagent/enroll/token"
 )
 
-// CA is a running edgeca.
-type CA struct {
+// EdgeCA is a running edgeca.
+type EdgeCA struct {
 	*ca.CA
 	URL  string
 	Addr string
@@ -29,8 +29,8 @@ type CA struct {
 	done    chan error
 }
 
-// Options tune the CA under test.
-type Options struct {
+// EdgeCAOptions tune the CA under test.
+type EdgeCAOptions struct {
 	CertTTL time.Duration // default 1h
 	// MinTTL lowers the CA's minimum lifetime (ca.Options.MinTTL) for
 	// lifecycle tests with certificates of seconds.
@@ -42,9 +42,9 @@ type Options struct {
 	Attestation *ca.AttestOptions
 }
 
-// Start initializes a CA in a temporary dir and serves EST on 127.0.0.1:0
+// StartEdgeCA initializes a CA in a temporary dir and serves EST on 127.0.0.1:0
 // until the test ends.
-func Start(t testing.TB, o Options) *CA {
+func StartEdgeCA(t testing.TB, o EdgeCAOptions) *EdgeCA {
 	t.Helper()
 	if o.CertTTL == 0 {
 		o.CertTTL = time.Hour
@@ -62,7 +62,7 @@ func Start(t testing.TB, o Options) *CA {
 	if err != nil {
 		t.Fatalf("testca: listen: %v", err)
 	}
-	tc := &CA{CA: c, URL: "https://" + ln.Addr().String(), Addr: ln.Addr().String(), Dir: dir, t: t}
+	tc := &EdgeCA{CA: c, URL: "https://" + ln.Addr().String(), Addr: ln.Addr().String(), Dir: dir, t: t}
 	tc.serve(ln)
 	t.Cleanup(func() {
 		tc.Stop()
@@ -71,7 +71,7 @@ func Start(t testing.TB, o Options) *CA {
 	return tc
 }
 
-func (c *CA) serve(ln net.Listener) {
+func (c *EdgeCA) serve(ln net.Listener) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- c.CA.Serve(ctx, ln) }()
@@ -79,7 +79,7 @@ func (c *CA) serve(ln net.Listener) {
 }
 
 // Stop stops serving (an outage); the store stays open. Idempotent.
-func (c *CA) Stop() {
+func (c *EdgeCA) Stop() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.stopped {
@@ -93,7 +93,7 @@ func (c *CA) Stop() {
 }
 
 // Resume serves again on the same address after Stop.
-func (c *CA) Resume() {
+func (c *EdgeCA) Resume() {
 	c.t.Helper()
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -108,7 +108,7 @@ func (c *CA) Resume() {
 }
 
 // Token creates a single-use token bound to deviceID.
-func (c *CA) Token(t testing.TB, deviceID string) token.Token {
+func (c *EdgeCA) Token(t testing.TB, deviceID string) token.Token {
 	t.Helper()
 	tok, _, err := c.CreateToken(context.Background(), ca.TokenOptions{URL: c.URL, Device: deviceID})
 	if err != nil {

@@ -8,7 +8,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/edgeagent/edgeagent/internal/demo"
+	"github.com/edgeagent/edgeagent/tools/demo"
 )
 
 func main() {

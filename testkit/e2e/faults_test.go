@@ -20,9 +20,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgeagent/edgeagent/internal/mosquitto"
-	"github.com/edgeagent/edgeagent/internal/testca"
-	"github.com/edgeagent/edgeagent/internal/testpki"
+	"github.com/edgeagent/edgeagent/testkit/mosquitto"
+	"github.com/edgeagent/edgeagent/testkit/testpki"
 )
 
 // ids returns every id seen.
@@ -220,7 +219,7 @@ type rigOptions struct {
 
 func startFaultRig(t *testing.T, o rigOptions) *faultRig {
 	t.Helper()
-	c := testca.Start(t, testca.Options{})
+	c := testpki.StartEdgeCA(t, testpki.EdgeCAOptions{})
 	be := startBackend(t, c.Dir)
 	sinkAddr, sinkCA, sinkIDs := startSink(t, c.Dir)
 	work := t.TempDir()

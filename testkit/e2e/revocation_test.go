@@ -22,10 +22,10 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
-	"github.com/edgeagent/edgeagent/internal/mosquitto"
-	"github.com/edgeagent/edgeagent/internal/testpki"
 	"github.com/edgeagent/edgeagent/revocation"
 	"github.com/edgeagent/edgeagent/revocation/httpsguard"
+	"github.com/edgeagent/edgeagent/testkit/mosquitto"
+	"github.com/edgeagent/edgeagent/testkit/testpki"
 )
 
 // revDevice is one device of the revocation scenario: an MQTT session and

@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"github.com/edgeagent/edgeagent/ca"
-	"github.com/edgeagent/edgeagent/internal/mosquitto"
-	"github.com/edgeagent/edgeagent/internal/testca"
+	"github.com/edgeagent/edgeagent/testkit/mosquitto"
+	"github.com/edgeagent/edgeagent/testkit/testpki"
 )
 
 // agentStatus is the part of GET /v1/status these tests read.
@@ -58,9 +58,9 @@ func deliver(t testing.TB, a *daemon, be *backend, what string) {
 // outageSetup starts a CA issuing ttl certificates, a broker and the agent
 // process with a two-use token (so re-enrollment after expiry is possible)
 // and the given expired policy, and waits until it publishes.
-func outageSetup(t *testing.T, device string, ttl time.Duration, policy string) (*testca.CA, *backend, *daemon) {
+func outageSetup(t *testing.T, device string, ttl time.Duration, policy string) (*testpki.EdgeCA, *backend, *daemon) {
 	t.Helper()
-	c := testca.Start(t, testca.Options{CertTTL: ttl, MinTTL: ttl})
+	c := testpki.StartEdgeCA(t, testpki.EdgeCAOptions{CertTTL: ttl, MinTTL: ttl})
 	tok, _, err := c.CreateToken(context.Background(), ca.TokenOptions{URL: c.URL, Device: device, Uses: 2})
 	if err != nil {
 		t.Fatal(err)

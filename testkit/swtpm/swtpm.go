@@ -3,7 +3,7 @@
 // transport (and keystore/tpm's Options.Address) talks over a plain
 // net.Conn; the control port is only used by swtpm itself.
 //
-// Process is the plain API (usable from internal/bench); Start wraps it for
+// Process is the plain API (usable from tools/bench); Start wraps it for
 // tests, failing the test on errors and stopping swtpm at cleanup.
 package swtpm
 
@@ -19,7 +19,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgeagent/edgeagent/internal/syncbuf"
+	"github.com/edgeagent/edgeagent/testkit/syncbuf"
 )
 
 // startTimeout bounds how long a start waits for swtpm to accept

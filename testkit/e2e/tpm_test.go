@@ -12,10 +12,10 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/edgeagent/edgeagent/agent"
-	"github.com/edgeagent/edgeagent/internal/mosquitto"
-	"github.com/edgeagent/edgeagent/internal/swtpm"
-	"github.com/edgeagent/edgeagent/internal/testpki"
 	"github.com/edgeagent/edgeagent/keystore/tpm"
+	"github.com/edgeagent/edgeagent/testkit/mosquitto"
+	"github.com/edgeagent/edgeagent/testkit/swtpm"
+	"github.com/edgeagent/edgeagent/testkit/testpki"
 )
 
 // TestTPMKeyEnrollsRenewsAndConnects: with the key in a (software) TPM, the

@@ -17,9 +17,9 @@ import (
 
 	"github.com/edgeagent/edgeagent/ca"
 	"github.com/edgeagent/edgeagent/enroll"
-	"github.com/edgeagent/edgeagent/internal/swtpm"
 	"github.com/edgeagent/edgeagent/keystore"
 	"github.com/edgeagent/edgeagent/keystore/tpm"
+	"github.com/edgeagent/edgeagent/testkit/swtpm"
 )
 
 const attestRounds = 20

@@ -10,9 +10,9 @@ import (
 	"time"
 
 	"github.com/edgeagent/edgeagent/ca"
-	"github.com/edgeagent/edgeagent/internal/mosquitto"
-	"github.com/edgeagent/edgeagent/internal/swtpm"
-	"github.com/edgeagent/edgeagent/internal/testca"
+	"github.com/edgeagent/edgeagent/testkit/mosquitto"
+	"github.com/edgeagent/edgeagent/testkit/swtpm"
+	"github.com/edgeagent/edgeagent/testkit/testpki"
 )
 
 // TestAttestedAgentRecoversAfterExpiry: the agent process with its key in
@@ -29,7 +29,7 @@ func TestAttestedAgentRecoversAfterExpiry(t *testing.T) {
 	roots, inter := x509.NewCertPool(), x509.NewCertPool()
 	roots.AddCert(m.Root)
 	inter.AddCert(m.Issuer)
-	c := testca.Start(t, testca.Options{CertTTL: ttl, MinTTL: ttl,
+	c := testpki.StartEdgeCA(t, testpki.EdgeCAOptions{CertTTL: ttl, MinTTL: ttl,
 		Attestation: &ca.AttestOptions{Roots: roots, Intermediates: inter, Recovery: true}})
 	const device = "attested-dev"
 	tok, _, err := c.CreateToken(context.Background(), ca.TokenOptions{URL: c.URL, Device: device, RequireTPM: true})

@@ -20,10 +20,10 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/edgeagent/edgeagent/internal/swtpm"
 	"github.com/edgeagent/edgeagent/keystore"
 	"github.com/edgeagent/edgeagent/keystore/file"
 	"github.com/edgeagent/edgeagent/keystore/tpm"
+	"github.com/edgeagent/edgeagent/testkit/swtpm"
 )
 
 // tpmSection measures signatures per second and mutual-TLS handshake
