@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/edgeagent/edgeagent/testkit/hosttest"
+	"github.com/edgeagent/edgeagent/testkit/poll"
 	"github.com/edgeagent/edgeagent/testkit/testpki"
 )
 
@@ -392,19 +393,7 @@ func (c *container) waitActive(t *testing.T, unit, oldPID string) {
 // fails the test with cond's last explanation.
 func eventually(t *testing.T, within time.Duration, what string, cond func() (bool, string)) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		ok, why := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v:\n%s", what, within, why)
-		}
-		<-tick.C
-	}
+	poll.UntilWhy(t, within, what, cond)
 }
 
 func freePort(t *testing.T) string {
