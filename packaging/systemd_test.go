@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -150,8 +151,12 @@ ExecStartPre=/bin/sh -c 'exec 3<>/dev/tpmrm0 && echo "tpm-probe: opened /dev/tpm
 			t.Errorf("/run/edgeagent/api.sock: %q", got)
 		}
 		out := c.run(t, "edgeagent", "status", "--json")
-		if !strings.Contains(out, `"sensor-0001"`) {
-			t.Errorf("edgeagent status over the API socket does not name sensor-0001:\n%s", out)
+		var st struct {
+			DeviceID string `json:"device_id"`
+			Phase    string `json:"phase"`
+		}
+		if err := json.Unmarshal([]byte(out), &st); err != nil || st.DeviceID != "sensor-0001" || st.Phase != "valid" {
+			t.Errorf("edgeagent status --json over the API socket: %+v (%v), want sensor-0001 valid:\n%s", st, err, out)
 		}
 		if devs, _ := os.ReadFile("/proc/devices"); !strings.Contains(string(devs), " tpmrm\n") {
 			t.Logf("NOT SHOWN: this kernel has no TPM driver (no tpmrm in /proc/devices), so DeviceAllow=char-tpmrm " +
