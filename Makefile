@@ -30,7 +30,7 @@ build:
 # binary lives in .demo/bin only: it is not built by `build` or `cross`.
 demo:
 	@mkdir -p .demo/bin
-	$(GO) build -o .demo/bin/edgedemo ./internal/demo/cmd/edgedemo
+	$(GO) build -o .demo/bin/edgedemo ./tools/demo/cmd/edgedemo
 	@.demo/bin/edgedemo --dir .demo
 
 test-deps:
@@ -42,7 +42,7 @@ test-deps:
 # test-deps); the shipped binaries stay CGO_ENABLED=0. The end-to-end, demo,
 # packaging and cmd tests drive separately built processes, which -race
 # would not instrument, so they run once.
-RACE_PKGS = $(shell $(GO) list ./... | grep -v -E '/internal/(e2e|demo)(/|$$)|/packaging$$|/cmd/')
+RACE_PKGS = $(shell $(GO) list ./... | grep -v -E '/(testkit/e2e|tools/demo)(/|$$)|/packaging$$|/cmd/')
 test: test-deps lint
 	$(GO) test -count=1 -timeout 30m ./...
 	$(MAKE) interop
@@ -55,7 +55,7 @@ test: test-deps lint
 # go-tpm v0.3 cannot share a build with ours), outside ./... .
 INTEROP_MODULES = enroll/interop ca/interop
 interop:
-	@for m in $(INTEROP_MODULES); do (cd $$m && $(GO) test -count=1 -timeout 10m ./...) || exit 1; done
+	@for m in $(INTEROP_MODULES) $(BENCH_PEER); do (cd $$m && $(GO) test -count=1 -timeout 10m ./...) || exit 1; done
 
 fuzz:
 	FUZZTIME=$(FUZZTIME) bash scripts/fuzz.sh
@@ -72,10 +72,10 @@ lint:
 # mosquitto_pub on the same listener (plus the agent's RSS), and edgeca
 # beside GlobalSign's EST server driven by the same clients (a module of
 # its own, as the interop ones, running a built edgeca).
-BENCH_PEER = internal/bench/peer
+BENCH_PEER = tools/bench/peer
 bench: test-deps
-	$(GO) run ./internal/bench
-	$(GO) test -run '^$$' -bench . -benchtime 1x ./uplink/spool ./internal/e2e
+	$(GO) run ./tools/bench
+	$(GO) test -run '^$$' -bench . -benchtime 1x ./uplink/spool ./testkit/e2e
 	cd $(BENCH_PEER) && GO=$(GO) $(GO) run .
 
 cross:

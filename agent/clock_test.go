@@ -19,10 +19,9 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/edgeagent/edgeagent/agent/localapi"
-	"github.com/edgeagent/edgeagent/internal/mosquitto"
-	"github.com/edgeagent/edgeagent/internal/syncbuf"
-	"github.com/edgeagent/edgeagent/internal/testca"
-	"github.com/edgeagent/edgeagent/internal/testpki"
+	"github.com/edgeagent/edgeagent/testkit/mosquitto"
+	"github.com/edgeagent/edgeagent/testkit/syncbuf"
+	"github.com/edgeagent/edgeagent/testkit/testpki"
 )
 
 // testBroker is a real mosquitto that requires client certificates from
@@ -35,7 +34,7 @@ type testBroker struct {
 	seen   map[string]int
 }
 
-func startTestBroker(t *testing.T, devCA *testca.CA) *testBroker {
+func startTestBroker(t *testing.T, devCA *testpki.EdgeCA) *testBroker {
 	t.Helper()
 	pki := testpki.New(t, "backend-ca")
 	srv := pki.Server(t)
@@ -97,7 +96,7 @@ func (b *testBroker) has(ids ...string) bool {
 // on schedule on the corrected clock (uncorrected, the renewal would be 56
 // years away).
 func TestClockIn1970EnrollsConnectsAndRenews(t *testing.T) {
-	c := testca.Start(t, testca.Options{CertTTL: 20 * time.Second, MinTTL: 20 * time.Second})
+	c := testpki.StartEdgeCA(t, testpki.EdgeCAOptions{CertTTL: 20 * time.Second, MinTTL: 20 * time.Second})
 	broker := startTestBroker(t, c)
 	dir := t.TempDir()
 	tokFile := filepath.Join(dir, "token")

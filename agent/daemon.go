@@ -403,7 +403,9 @@ func (in *intake) Submit(_ context.Context, msgs []json.RawMessage) ([]string, e
 	payloads := make([][]byte, len(msgs))
 	for i, m := range msgs {
 		ids[i] = in.idPrefix + strconv.FormatUint(in.seq.Add(1), 10)
-		payloads[i] = appendEnvelope(nil, ids[i], in.deviceID, now, m)
+		// Sized once: appending to nil would grow it three or four times.
+		size := len(`{"id":"","device_id":"","time":"","data":}`) + len(ids[i]) + len(in.deviceID) + len(now) + len(m)
+		payloads[i] = appendEnvelope(make([]byte, 0, size), ids[i], in.deviceID, now, m)
 	}
 	g := in.group
 	if g == nil { // an intake built without openUplinks (tests)

@@ -31,8 +31,9 @@ import (
 
 	"github.com/edgeagent/edgeagent/agent/config"
 	"github.com/edgeagent/edgeagent/agent/localapi"
-	"github.com/edgeagent/edgeagent/internal/syncbuf"
-	"github.com/edgeagent/edgeagent/internal/testca"
+	"github.com/edgeagent/edgeagent/testkit/poll"
+	"github.com/edgeagent/edgeagent/testkit/syncbuf"
+	"github.com/edgeagent/edgeagent/testkit/testpki"
 )
 
 // httpsSink is a backend that requires a client certificate from the
@@ -45,7 +46,7 @@ type httpsSink struct {
 	serialOf map[string]string // message id -> client cert serial
 }
 
-func newHTTPSSink(t *testing.T, deviceCA *testca.CA) *httpsSink {
+func newHTTPSSink(t *testing.T, deviceCA *testpki.EdgeCA) *httpsSink {
 	t.Helper()
 	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "sink"}, IsCA: true, BasicConstraintsValid: true,
@@ -106,15 +107,7 @@ func (s *httpsSink) has(ids []string) bool {
 
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		<-tick.C
-	}
+	poll.Until(t, 30*time.Second, what, cond)
 }
 
 // TestDaemonEnrollsShipsAndRenewsWithoutLoss runs the daemon against a real
@@ -122,7 +115,7 @@ func eventually(t *testing.T, what string, cond func() bool) {
 // posted to the local API, renews on demand mid-stream, and the sink sees
 // the new certificate on the next connection with no message lost.
 func TestDaemonEnrollsShipsAndRenewsWithoutLoss(t *testing.T) {
-	c := testca.Start(t, testca.Options{})
+	c := testpki.StartEdgeCA(t, testpki.EdgeCAOptions{})
 	sink := newHTTPSSink(t, c)
 	dir := t.TempDir()
 	tokFile := filepath.Join(dir, "token")
@@ -249,7 +242,7 @@ func TestDaemonEnrollsShipsAndRenewsWithoutLoss(t *testing.T) {
 // the failure may not have created its socket yet), so it catches one
 // often, not always; the error and Ready are checked deterministically.
 func TestRunRefusesTakenMetricsPortBeforeStarting(t *testing.T) {
-	c := testca.Start(t, testca.Options{})
+	c := testpki.StartEdgeCA(t, testpki.EdgeCAOptions{})
 	taken, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -18,9 +18,9 @@ import (
 	"github.com/edgeagent/edgeagent/agent/localapi"
 	"github.com/edgeagent/edgeagent/ca"
 	"github.com/edgeagent/edgeagent/enroll/token"
-	"github.com/edgeagent/edgeagent/internal/syncbuf"
-	"github.com/edgeagent/edgeagent/internal/testca"
 	"github.com/edgeagent/edgeagent/keystore/file"
+	"github.com/edgeagent/edgeagent/testkit/syncbuf"
+	"github.com/edgeagent/edgeagent/testkit/testpki"
 )
 
 // packagedConfig loads packaging/edgeagent.yaml, the config the package
@@ -100,7 +100,7 @@ func postTelemetry(t *testing.T, api *http.Client, n int) []string {
 // with a per-device ACL lets through; the messages are counted at a
 // subscriber, not at PUBACK (MQTT 3.1.1 acknowledges a denied publish).
 func TestPackageFlowPublishesAsEnrolledDevice(t *testing.T) {
-	c := testca.Start(t, testca.Options{})
+	c := testpki.StartEdgeCA(t, testpki.EdgeCAOptions{})
 	broker := startTestBroker(t, c)
 	dir := t.TempDir()
 	state := filepath.Join(dir, "state")
@@ -150,7 +150,7 @@ func TestPackageFlowPublishesAsEnrolledDevice(t *testing.T) {
 // retained status never comes back and says so in status, health and
 // metrics.
 func TestBrokerDroppingPublishesIsLoud(t *testing.T) {
-	c := testca.Start(t, testca.Options{})
+	c := testpki.StartEdgeCA(t, testpki.EdgeCAOptions{})
 	broker := startTestBroker(t, c)
 	dir := t.TempDir()
 	tokFile := filepath.Join(dir, "token")
@@ -197,7 +197,7 @@ func TestBrokerDroppingPublishesIsLoud(t *testing.T) {
 // contradicts the stored identity is refused with both names, and the
 // refusal needs the operator (systemd does not restart it).
 func TestStoredIdentityDecidesTheDeviceID(t *testing.T) {
-	c := testca.Start(t, testca.Options{})
+	c := testpki.StartEdgeCA(t, testpki.EdgeCAOptions{})
 	dir, ks, _ := enrolled(t, c, "dev-a")
 	_ = ks.Close()
 	for _, tc := range []struct {
@@ -228,7 +228,7 @@ func TestStoredIdentityDecidesTheDeviceID(t *testing.T) {
 // enroll again; the CA issues nothing. enroll --force then recovers under
 // the same device id.
 func TestDamagedIdentityNeverReenrolls(t *testing.T) {
-	c := testca.Start(t, testca.Options{})
+	c := testpki.StartEdgeCA(t, testpki.EdgeCAOptions{})
 	for _, tc := range []struct {
 		name   string
 		damage func(dir string) error
@@ -305,7 +305,7 @@ func TestDamagedIdentityNeverReenrolls(t *testing.T) {
 // fails at once with what to set, marked ErrNeedsOperator (exit 78, which
 // the unit does not restart on), and the token stays unused.
 func TestRefusedEnrollmentNeedsTheOperator(t *testing.T) {
-	c := testca.Start(t, testca.Options{})
+	c := testpki.StartEdgeCA(t, testpki.EdgeCAOptions{})
 	host, _ := os.Hostname()
 	if host == "sensor-0001" {
 		t.Fatal("this test needs a host name other than sensor-0001")
@@ -428,7 +428,7 @@ func testTokenString() string {
 // reenroll the daemon moves the damaged files aside (nothing is deleted)
 // and enrolls again with its token under the device's id, keeping the key.
 func TestDamagedIdentityPolicyReenroll(t *testing.T) {
-	c := testca.Start(t, testca.Options{})
+	c := testpki.StartEdgeCA(t, testpki.EdgeCAOptions{})
 	dir, ks, old := enrolled(t, c, "dmg-policy")
 	_ = ks.Close()
 	if err := os.Remove(filepath.Join(dir, CertFile)); err != nil {
@@ -462,7 +462,7 @@ func TestDamagedIdentityPolicyReenroll(t *testing.T) {
 // its CA is down retries in the process with backoff (no exit, no
 // restart loop) and enrolls once the CA is back.
 func TestFirstEnrollmentWaitsOutACAOutage(t *testing.T) {
-	c := testca.Start(t, testca.Options{})
+	c := testpki.StartEdgeCA(t, testpki.EdgeCAOptions{})
 	dir := t.TempDir()
 	tokFile := filepath.Join(dir, "token")
 	if err := os.WriteFile(tokFile, []byte(c.Token(t, "outage-1").String()), 0o600); err != nil {

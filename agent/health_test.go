@@ -14,8 +14,8 @@ import (
 	"time"
 
 	"github.com/edgeagent/edgeagent/agent/metrics"
-	"github.com/edgeagent/edgeagent/internal/syncbuf"
-	"github.com/edgeagent/edgeagent/internal/testca"
+	"github.com/edgeagent/edgeagent/testkit/syncbuf"
+	"github.com/edgeagent/edgeagent/testkit/testpki"
 )
 
 // TestHealthProblems table-tests the health decision.
@@ -118,7 +118,7 @@ func freeAddr(t *testing.T) string {
 // status says unhealthy, and /metrics has the build info, the
 // certificate's not-after, the send errors and process series.
 func TestHealthzTellsTheTruth(t *testing.T) {
-	c := testca.Start(t, testca.Options{})
+	c := testpki.StartEdgeCA(t, testpki.EdgeCAOptions{})
 	sink := newHTTPSSink(t, c)
 	dir := t.TempDir()
 	tokFile := filepath.Join(dir, "token")

@@ -10,12 +10,12 @@ import (
 	"time"
 
 	"github.com/edgeagent/edgeagent/enroll"
-	"github.com/edgeagent/edgeagent/internal/testca"
 	"github.com/edgeagent/edgeagent/keystore"
 	"github.com/edgeagent/edgeagent/keystore/file"
+	"github.com/edgeagent/edgeagent/testkit/testpki"
 )
 
-func enrolled(t *testing.T, c *testca.CA, id string) (string, *file.Store, *Identity) {
+func enrolled(t *testing.T, c *testpki.EdgeCA, id string) (string, *file.Store, *Identity) {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "state")
 	ks, err := file.Open(dir)
@@ -31,7 +31,7 @@ func enrolled(t *testing.T, c *testca.CA, id string) (string, *file.Store, *Iden
 }
 
 func TestEnrollLoadRenew(t *testing.T) {
-	c := testca.Start(t, testca.Options{})
+	c := testpki.StartEdgeCA(t, testpki.EdgeCAOptions{})
 	dir, ks, ident := enrolled(t, c, "dev-a")
 	if ident.Leaf().Subject.CommonName != "dev-a" || len(ident.CABundle) != 2 {
 		t.Fatalf("identity %s, bundle %d", ident.Summary(), len(ident.CABundle))
@@ -74,7 +74,7 @@ func ptr[T any](v T) *T { return &v }
 // TestFailedRenewalKeepsIdentity: a rekey the CA refuses leaves the old
 // certificate and key in place, and no pending key behind.
 func TestFailedRenewalKeepsIdentity(t *testing.T) {
-	c := testca.Start(t, testca.Options{})
+	c := testpki.StartEdgeCA(t, testpki.EdgeCAOptions{})
 	dir, ks, ident := enrolled(t, c, "dev-b")
 	before := readAll(t, dir)
 	if err := c.RevokeDevice(context.Background(), "dev-b"); err != nil {
@@ -96,7 +96,7 @@ func TestFailedRenewalKeepsIdentity(t *testing.T) {
 // TestCrashBetweenCertAndKeyCommit: the new certificate was stored but the
 // process died before the new key became current; loading finishes it.
 func TestCrashBetweenCertAndKeyCommit(t *testing.T) {
-	c := testca.Start(t, testca.Options{})
+	c := testpki.StartEdgeCA(t, testpki.EdgeCAOptions{})
 	dir, ks, ident := enrolled(t, c, "dev-c")
 	rot, err := ks.BeginRotate(keystore.ECDSAP256)
 	if err != nil {
@@ -152,7 +152,7 @@ func TestLoadIdentityErrors(t *testing.T) {
 	if _, err := LoadIdentity(dir, ks); !errors.Is(err, ErrNoIdentity) {
 		t.Fatalf("empty dir: %v", err)
 	}
-	c := testca.Start(t, testca.Options{})
+	c := testpki.StartEdgeCA(t, testpki.EdgeCAOptions{})
 	sdir, sks, _ := enrolled(t, c, "dev-d")
 	// A key that does not match the certificate.
 	if err := os.Remove(filepath.Join(sdir, file.KeyFile)); err != nil {

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/edgeagent/edgeagent/agent/config"
-	"github.com/edgeagent/edgeagent/internal/swtpm"
+	"github.com/edgeagent/edgeagent/testkit/swtpm"
 )
 
 // TestStatusNamesTheTPM: with keystore: tpm the status says so, with the

@@ -7,9 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgeagent/edgeagent/internal/syncbuf"
-	"github.com/edgeagent/edgeagent/internal/testca"
 	"github.com/edgeagent/edgeagent/keystore/file"
+	"github.com/edgeagent/edgeagent/testkit/syncbuf"
+	"github.com/edgeagent/edgeagent/testkit/testpki"
 )
 
 // TestOneShotEnrollRenewIn1970: `edgeagent enroll` and `renew` on a board
@@ -17,7 +17,7 @@ import (
 // the pinned handshake fails (the CA's certificates are not yet valid);
 // with it both run on the CA's time and the identity records that time.
 func TestOneShotEnrollRenewIn1970(t *testing.T) {
-	c := testca.Start(t, testca.Options{})
+	c := testpki.StartEdgeCA(t, testpki.EdgeCAOptions{})
 	boot := time.Now()
 	device := func() time.Time { return time.Unix(0, 0).Add(time.Since(boot)) }
 	build := boot.Add(-24 * time.Hour)

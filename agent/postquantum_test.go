@@ -9,15 +9,15 @@ import (
 	"time"
 
 	"github.com/edgeagent/edgeagent/enroll"
-	"github.com/edgeagent/edgeagent/internal/testca"
 	"github.com/edgeagent/edgeagent/keystore/file"
+	"github.com/edgeagent/edgeagent/testkit/testpki"
 )
 
 // TestPostQuantumTLSReachesTheWire: enroll.post_quantum_tls makes enroll
 // and renew negotiate the hybrid key exchange with an edgeca that offers
 // it, and the default stays classical, as seen on the real connections.
 func TestPostQuantumTLSReachesTheWire(t *testing.T) {
-	c := testca.Start(t, testca.Options{PostQuantumTLS: true})
+	c := testpki.StartEdgeCA(t, testpki.EdgeCAOptions{PostQuantumTLS: true})
 	for _, tc := range []struct {
 		name string
 		pq   bool

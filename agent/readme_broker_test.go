@@ -16,10 +16,9 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
-	"github.com/edgeagent/edgeagent/internal/mosquitto"
-	"github.com/edgeagent/edgeagent/internal/testca"
-	"github.com/edgeagent/edgeagent/internal/testpki"
 	"github.com/edgeagent/edgeagent/keystore/file"
+	"github.com/edgeagent/edgeagent/testkit/mosquitto"
+	"github.com/edgeagent/edgeagent/testkit/testpki"
 )
 
 // readmeBlock returns the README's fenced block whose first line is
@@ -49,7 +48,7 @@ func TestReadmeMosquittoRecipe(t *testing.T) {
 	bin := mosquitto.Binary(t)
 	conf := readmeBlock(t, "# /etc/mosquitto/conf.d/edgeagent.conf")
 	acl := readmeBlock(t, "# /etc/mosquitto/edgeagent.acl")
-	c := testca.Start(t, testca.Options{})
+	c := testpki.StartEdgeCA(t, testpki.EdgeCAOptions{})
 	dir := t.TempDir()
 	var devCA bytes.Buffer
 	for _, p := range []string{"root.pem", "intermediate.pem"} {

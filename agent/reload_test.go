@@ -13,8 +13,8 @@ import (
 	"github.com/edgeagent/edgeagent/agent/config"
 	"github.com/edgeagent/edgeagent/agent/lifecycle"
 	"github.com/edgeagent/edgeagent/agent/localapi"
-	"github.com/edgeagent/edgeagent/internal/syncbuf"
-	"github.com/edgeagent/edgeagent/internal/testca"
+	"github.com/edgeagent/edgeagent/testkit/syncbuf"
+	"github.com/edgeagent/edgeagent/testkit/testpki"
 	"github.com/edgeagent/edgeagent/uplink/spool"
 )
 
@@ -24,7 +24,7 @@ import (
 // restart are named and keep their values; renew.* applies at once and
 // reschedules the renewal without renewing.
 func TestReloadRefusesWhatCannotRun(t *testing.T) {
-	c := testca.Start(t, testca.Options{})
+	c := testpki.StartEdgeCA(t, testpki.EdgeCAOptions{})
 	broker := startTestBroker(t, c)
 	dir := t.TempDir()
 	cfg := testDaemonConfig(dir, "reload-1")

@@ -9,14 +9,14 @@ import (
 	"testing"
 
 	"github.com/edgeagent/edgeagent/agent/localapi"
-	"github.com/edgeagent/edgeagent/internal/testca"
+	"github.com/edgeagent/edgeagent/testkit/testpki"
 )
 
 // TestRevokedIsTerminal: once the CA answers a renewal with "device
 // revoked", the agent says so in status and metrics and stops renewing:
 // a renewal on demand is answered at once without asking the CA again.
 func TestRevokedIsTerminal(t *testing.T) {
-	c := testca.Start(t, testca.Options{})
+	c := testpki.StartEdgeCA(t, testpki.EdgeCAOptions{})
 	sink := newHTTPSSink(t, c)
 	dir := t.TempDir()
 	tokFile := filepath.Join(dir, "token")

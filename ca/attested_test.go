@@ -14,9 +14,9 @@ import (
 
 	"github.com/edgeagent/edgeagent/ca/attest"
 	"github.com/edgeagent/edgeagent/enroll"
-	"github.com/edgeagent/edgeagent/internal/swtpm"
 	"github.com/edgeagent/edgeagent/keystore"
 	"github.com/edgeagent/edgeagent/keystore/tpm"
+	"github.com/edgeagent/edgeagent/testkit/swtpm"
 )
 
 // attestedDevice is a device whose key is in a manufactured swtpm.

@@ -19,8 +19,8 @@ import (
 	"time"
 
 	"github.com/edgeagent/edgeagent/enroll/est"
-	"github.com/edgeagent/edgeagent/internal/postgres"
-	"github.com/edgeagent/edgeagent/internal/syncbuf"
+	"github.com/edgeagent/edgeagent/testkit/postgres"
+	"github.com/edgeagent/edgeagent/testkit/syncbuf"
 )
 
 // replicaSet is n edgeca servers on one PostgreSQL database, each with its

@@ -17,7 +17,7 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/edgeagent/edgeagent/internal/hosttest"
+	"github.com/edgeagent/edgeagent/testkit/hosttest"
 )
 
 const testVersion = "pkgtest"

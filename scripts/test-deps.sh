@@ -16,13 +16,16 @@ have qemu-aarch64-static || need+=(qemu-user-static)
 have systemd-analyze || need+=(systemd)   # unit checks; systemctl and systemd-sysusers for service install
 have lintian || need+=(lintian)           # checks the .deb
 have rpm || need+=(rpm)                   # reads the .rpm back
-compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)   # edgeca's PostgreSQL store (internal/postgres)
+have systemd-nspawn || need+=(systemd-container)   # boots the packaged unit under a real systemd (packaging)
+have debootstrap || need+=(debootstrap)   # the root tree that systemd boots (scripts/test-rootfs.sh)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)   # edgeca's PostgreSQL store (testkit/postgres)
 have chromium || need+=(chromium)       # the fleet page, rendered in a real headless browser (ca)
 have promtool || need+=(prometheus)      # promtool check rules on packaging/monitoring
 have gcc || need+=(gcc)                   # cgo for the race detector (tests only)
 [ -e /usr/include/stdlib.h ] || need+=(libc6-dev)
 
-[ ${#need[@]} -eq 0 ] && exit 0
+rootfs() { [ "$(id -u)" -ne 0 ] || bash "$(dirname "$0")/test-rootfs.sh"; }
+[ ${#need[@]} -eq 0 ] && { rootfs; exit 0; }
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
@@ -41,3 +44,4 @@ if ! $SUDO apt-get install -y --no-install-recommends "${need[@]}" >/tmp/edgeage
 		exit 1
 	}
 fi
+rootfs

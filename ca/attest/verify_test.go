@@ -16,8 +16,8 @@ import (
 
 	"github.com/edgeagent/edgeagent/ca/attest"
 	wire "github.com/edgeagent/edgeagent/enroll/attest"
-	"github.com/edgeagent/edgeagent/internal/swtpm"
 	"github.com/edgeagent/edgeagent/keystore/tpm"
+	"github.com/edgeagent/edgeagent/testkit/swtpm"
 )
 
 // rig is one manufactured swtpm spoken to with raw commands, so that the

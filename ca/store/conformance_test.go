@@ -9,7 +9,7 @@ import (
 
 	"github.com/edgeagent/edgeagent/ca/store"
 	"github.com/edgeagent/edgeagent/ca/store/storetest"
-	"github.com/edgeagent/edgeagent/internal/postgres"
+	"github.com/edgeagent/edgeagent/testkit/postgres"
 )
 
 func TestConformanceSQLite(t *testing.T) {

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/edgeagent/edgeagent/ca/store"
-	"github.com/edgeagent/edgeagent/internal/postgres"
+	"github.com/edgeagent/edgeagent/testkit/postgres"
 )
 
 // TestMigrateCopiesRevocations copies a SQLite store with issued, revoked

@@ -69,7 +69,7 @@ func Open(ctx context.Context, path string) (*SQLite, error) {
 // OpenSyncNormal opens the database like Open but with
 // synchronous=NORMAL: a commit is not fsynced, so a power cut can lose
 // answered enrollments. It exists only as the benchmark's baseline for
-// what FULL costs (internal/bench); edgeca never opens its store so.
+// what FULL costs (tools/bench); edgeca never opens its store so.
 func OpenSyncNormal(ctx context.Context, path string) (*SQLite, error) {
 	return openSQLite(ctx, path, "NORMAL")
 }

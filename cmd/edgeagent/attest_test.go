@@ -8,8 +8,8 @@ import (
 	"testing"
 
 	"github.com/edgeagent/edgeagent/ca"
-	"github.com/edgeagent/edgeagent/internal/swtpm"
-	"github.com/edgeagent/edgeagent/internal/testca"
+	"github.com/edgeagent/edgeagent/testkit/swtpm"
+	"github.com/edgeagent/edgeagent/testkit/testpki"
 )
 
 // TestAttestedEnrollCLI: `edgeagent enroll --attest tpm` with a
@@ -23,7 +23,7 @@ func TestAttestedEnrollCLI(t *testing.T) {
 	roots, inter := x509.NewCertPool(), x509.NewCertPool()
 	roots.AddCert(m.Root)
 	inter.AddCert(m.Issuer)
-	c := testca.Start(t, testca.Options{Attestation: &ca.AttestOptions{Roots: roots, Intermediates: inter, Recovery: true}})
+	c := testpki.StartEdgeCA(t, testpki.EdgeCAOptions{Attestation: &ca.AttestOptions{Roots: roots, Intermediates: inter, Recovery: true}})
 	tok, _, err := c.CreateToken(context.Background(), ca.TokenOptions{URL: c.URL, Device: "tpm-7", RequireTPM: true})
 	if err != nil {
 		t.Fatal(err)

@@ -34,12 +34,16 @@ func isUnder(pkg, p string) bool { return pkg == p || strings.HasPrefix(pkg, p+"
 // TestDependencyDirection keeps the architecture of DESIGN.md true, as
 // tailscale's cmd/tailscaled/deps_test.go does: the edgeagent binary, for
 // every architecture it ships on, links no SQLite, no PostgreSQL driver,
-// no broker, no Prometheus client, no CA and no test harness; and packages
+// no broker, no Prometheus client, no CA and nothing of testkit/ or
+// tools/; the edgeca binary links no agent and nothing of testkit/ or
+// tools/ either; and packages
 // depend downward only (cmd -> agent -> {enroll, uplink, keystore};
 // cmd -> ca; agent and ca share only enroll's wire contract).
 func TestDependencyDirection(t *testing.T) {
-	harnesses := []string{"internal/mosquitto", "internal/swtpm", "internal/testca", "internal/testpki", "internal/hosttest",
-		"internal/syncbuf", "internal/demo", "internal/bench", "internal/e2e"}
+	// Everything under testkit/ (harnesses that start real peers, test
+	// PKIs, polling) and tools/ (the demo, the bench) is for tests and
+	// people, never for a shipped binary.
+	harnesses := []string{"testkit", "tools"}
 	forbiddenInAgentBinary := []string{"modernc.org/sqlite", "modernc.org/libc", "github.com/jackc/pgx", "github.com/mochi-mqtt",
 		"github.com/prometheus", "testing", "net/http/httptest", module + "/ca", module + "/cmd/edgeca"}
 	for _, h := range harnesses {
@@ -61,10 +65,13 @@ func TestDependencyDirection(t *testing.T) {
 		{"edgeagent linux/amd64", []string{"GOOS=linux", "GOARCH=amd64", "CGO_ENABLED=0"}, []string{"./cmd/edgeagent"}, forbiddenInAgentBinary},
 		{"edgeagent linux/arm64", []string{"GOOS=linux", "GOARCH=arm64", "CGO_ENABLED=0"}, []string{"./cmd/edgeagent"}, forbiddenInAgentBinary},
 		{"edgeagent linux/armv6", []string{"GOOS=linux", "GOARCH=arm", "GOARM=6", "CGO_ENABLED=0"}, []string{"./cmd/edgeagent"}, forbiddenInAgentBinary},
+		{"edgeca linux/amd64", []string{"GOOS=linux", "GOARCH=amd64", "CGO_ENABLED=0"}, []string{"./cmd/edgeca"},
+			append([]string{"testing", "net/http/httptest"}, prefixed(append([]string{"agent", "uplink", "keystore"}, harnesses...)...)...)},
 		{"agent", nil, []string{"./agent/..."}, append(prefixed("ca", "cmd"), forbiddenInAgentBinary...)},
 		{"ca", nil, []string{"./ca/..."}, prefixed(append([]string{"agent", "uplink", "keystore", "cmd"}, harnesses...)...)},
 		{"enroll", nil, []string{"./enroll/..."}, prefixed(append([]string{"agent", "ca", "uplink", "cmd"}, harnesses...)...)},
 		{"uplink", nil, []string{"./uplink/..."}, prefixed(append([]string{"agent", "ca", "enroll", "keystore", "cmd"}, harnesses...)...)},
+		{"internal", nil, []string{"./internal/..."}, prefixed(append([]string{"agent", "ca", "enroll", "uplink", "keystore", "cmd"}, harnesses...)...)},
 		{"keystore", nil, []string{"./keystore/..."}, prefixed(append([]string{"agent", "ca", "enroll", "uplink", "cmd"}, harnesses...)...)},
 	}
 	for _, c := range cases {

@@ -16,7 +16,7 @@ import (
 
 	"github.com/edgeagent/edgeagent/agent"
 	"github.com/edgeagent/edgeagent/agent/localapi"
-	"github.com/edgeagent/edgeagent/internal/testca"
+	"github.com/edgeagent/edgeagent/testkit/testpki"
 )
 
 // TestOneWriterPerStateDir: while `run` holds the state dir, a second
@@ -24,7 +24,7 @@ import (
 // the running agent over its API instead of writing under its feet (the
 // agent's status shows that renewal).
 func TestOneWriterPerStateDir(t *testing.T) {
-	c := testca.Start(t, testca.Options{})
+	c := testpki.StartEdgeCA(t, testpki.EdgeCAOptions{})
 	dir := t.TempDir()
 	state := filepath.Join(dir, "state")
 	tok := c.Token(t, "locked-1")

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/edgeagent/edgeagent/internal/testca"
+	"github.com/edgeagent/edgeagent/testkit/testpki"
 )
 
 func TestUsageErrors(t *testing.T) {
@@ -54,7 +54,7 @@ func TestUsageErrors(t *testing.T) {
 }
 
 func TestEnrollFromEnvAndRenew(t *testing.T) {
-	c := testca.Start(t, testca.Options{})
+	c := testpki.StartEdgeCA(t, testpki.EdgeCAOptions{})
 	state := filepath.Join(t.TempDir(), "s")
 	tok := c.Token(t, "env-dev")
 	env := func(k string) string {
@@ -135,7 +135,7 @@ func edgeagentEnv(t *testing.T, getenv func(string) string, args ...string) (str
 // daemon's config file, so a hand enrollment cannot land elsewhere than
 // where `run` looks; flags given override only what they name.
 func TestEnrollAndRenewWithTheDaemonsConfig(t *testing.T) {
-	c := testca.Start(t, testca.Options{})
+	c := testpki.StartEdgeCA(t, testpki.EdgeCAOptions{})
 	dir := t.TempDir()
 	state := filepath.Join(dir, "state")
 	tokFile := filepath.Join(dir, "token")

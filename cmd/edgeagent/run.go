@@ -74,10 +74,16 @@ func setLevel(lvl *slog.LevelVar, cfg config.Config) {
 
 func newLoggerAt(cfg config.Config, w io.Writer, lvl slog.Leveler) *slog.Logger {
 	o := &slog.HandlerOptions{Level: lvl}
-	if cfg.Log.Format == "json" {
-		return slog.New(slog.NewJSONHandler(w, o))
+	mk := func(w io.Writer) slog.Handler {
+		if cfg.Log.Format == "json" {
+			return slog.NewJSONHandler(w, o)
+		}
+		return slog.NewTextHandler(w, o)
 	}
-	return slog.New(slog.NewTextHandler(w, o))
+	if f, ok := w.(*os.File); ok && stderrIsJournal(f, os.Getenv("JOURNAL_STREAM")) {
+		return slog.New(newJournalHandler(w, mk))
+	}
+	return slog.New(mk(w))
 }
 
 func cmdRun(ctx context.Context, args []string, stderr io.Writer, getenv func(string) string) error {

@@ -13,8 +13,8 @@ import (
 	"testing"
 
 	"github.com/edgeagent/edgeagent/agent/sysservice"
-	"github.com/edgeagent/edgeagent/internal/hosttest"
 	"github.com/edgeagent/edgeagent/packaging"
+	"github.com/edgeagent/edgeagent/testkit/hosttest"
 )
 
 // TestServiceInstallRoundTrip runs the real edgeagent binary's install and

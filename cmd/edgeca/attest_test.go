@@ -15,9 +15,9 @@ import (
 	caattest "github.com/edgeagent/edgeagent/ca/attest"
 	enrollc "github.com/edgeagent/edgeagent/enroll"
 	"github.com/edgeagent/edgeagent/enroll/token"
-	"github.com/edgeagent/edgeagent/internal/swtpm"
 	"github.com/edgeagent/edgeagent/keystore"
 	"github.com/edgeagent/edgeagent/keystore/tpm"
+	"github.com/edgeagent/edgeagent/testkit/swtpm"
 )
 
 // TestCLIAttestedEnrollment: edgeca serve --attest-roots with the

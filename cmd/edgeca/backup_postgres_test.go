@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/edgeagent/edgeagent/ca"
-	"github.com/edgeagent/edgeagent/internal/postgres"
+	"github.com/edgeagent/edgeagent/testkit/postgres"
 )
 
 func copyDir(t *testing.T, from, to string) {

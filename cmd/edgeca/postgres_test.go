@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgeagent/edgeagent/internal/postgres"
+	"github.com/edgeagent/edgeagent/testkit/postgres"
 )
 
 // waitFile polls for a file written by a server starting in the background.

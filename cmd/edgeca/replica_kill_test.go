@@ -25,7 +25,7 @@ import (
 	"github.com/edgeagent/edgeagent/ca/store"
 	"github.com/edgeagent/edgeagent/enroll/est"
 	"github.com/edgeagent/edgeagent/enroll/token"
-	"github.com/edgeagent/edgeagent/internal/postgres"
+	"github.com/edgeagent/edgeagent/testkit/postgres"
 )
 
 // The test binary runs as edgeca when this is set: replica processes that

@@ -10,9 +10,9 @@ import (
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
 
-	"github.com/edgeagent/edgeagent/internal/swtpm"
 	"github.com/edgeagent/edgeagent/keystore"
 	"github.com/edgeagent/edgeagent/keystore/tpm"
+	"github.com/edgeagent/edgeagent/testkit/swtpm"
 )
 
 // TestStoreAttestsWithinObjectSlots: on a plain swtpm (no persistent EK,

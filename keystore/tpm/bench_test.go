@@ -7,9 +7,9 @@ import (
 	"crypto/sha256"
 	"testing"
 
-	"github.com/edgeagent/edgeagent/internal/swtpm"
 	"github.com/edgeagent/edgeagent/keystore"
 	"github.com/edgeagent/edgeagent/keystore/file"
+	"github.com/edgeagent/edgeagent/testkit/swtpm"
 )
 
 // BenchmarkSign compares signatures made in the TPM with signatures by a

@@ -17,8 +17,8 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
-	"github.com/edgeagent/edgeagent/internal/swtpm"
 	"github.com/edgeagent/edgeagent/keystore"
+	"github.com/edgeagent/edgeagent/testkit/swtpm"
 )
 
 // TestClassify is the table of TPM failures an operator can act on: each

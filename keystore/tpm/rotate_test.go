@@ -13,8 +13,8 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
-	"github.com/edgeagent/edgeagent/internal/swtpm"
 	"github.com/edgeagent/edgeagent/keystore"
+	"github.com/edgeagent/edgeagent/testkit/swtpm"
 )
 
 func mustSign(t *testing.T, k crypto.Signer) {

@@ -14,8 +14,8 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
-	"github.com/edgeagent/edgeagent/internal/swtpm"
 	"github.com/edgeagent/edgeagent/keystore"
+	"github.com/edgeagent/edgeagent/testkit/swtpm"
 )
 
 // TestKeyNotExtractable checks, through the TPM itself, that the device key

@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgeagent/edgeagent/internal/swtpm"
 	"github.com/edgeagent/edgeagent/keystore"
+	"github.com/edgeagent/edgeagent/testkit/swtpm"
 )
 
 // testCA is a throwaway CA made with crypto/x509.

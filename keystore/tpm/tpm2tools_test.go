@@ -15,8 +15,8 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/edgeagent/edgeagent/internal/swtpm"
 	"github.com/edgeagent/edgeagent/keystore"
+	"github.com/edgeagent/edgeagent/testkit/swtpm"
 )
 
 func tpm2Tool(t *testing.T, name string) string {

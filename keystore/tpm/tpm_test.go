@@ -13,8 +13,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/edgeagent/edgeagent/internal/swtpm"
 	"github.com/edgeagent/edgeagent/keystore"
+	"github.com/edgeagent/edgeagent/testkit/swtpm"
 )
 
 // openStore opens a Store on the swtpm with blobs in dir; it is closed when

@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgeagent/edgeagent/testkit/poll"
 	"github.com/edgeagent/edgeagent/uplink/spool"
 )
 
@@ -154,15 +155,7 @@ func start(t *testing.T, o Options) (*Sender, func()) {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		<-tick.C
-	}
+	poll.Until(t, 20*time.Second, what, cond)
 }
 
 func clientTLS(p *pki) *tls.Config {

@@ -13,8 +13,9 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
-	"github.com/edgeagent/edgeagent/internal/mosquitto"
-	"github.com/edgeagent/edgeagent/internal/testpki"
+	"github.com/edgeagent/edgeagent/testkit/mosquitto"
+	"github.com/edgeagent/edgeagent/testkit/poll"
+	"github.com/edgeagent/edgeagent/testkit/testpki"
 	"github.com/edgeagent/edgeagent/uplink"
 	"github.com/edgeagent/edgeagent/uplink/spool"
 )
@@ -96,15 +97,7 @@ func (s *subscriber) on(topic string) []string {
 
 func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		<-tick.C
-	}
+	poll.Until(t, timeout, what, cond)
 }
 
 func fill(t *testing.T, sp *spool.Spool, from, n int) {

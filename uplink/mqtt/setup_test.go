@@ -11,7 +11,7 @@ import (
 
 	"github.com/eclipse/paho.mqtt.golang/packets"
 
-	"github.com/edgeagent/edgeagent/internal/testpki"
+	"github.com/edgeagent/edgeagent/testkit/testpki"
 	"github.com/edgeagent/edgeagent/uplink"
 	"github.com/edgeagent/edgeagent/uplink/spool"
 )

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgeagent/edgeagent/internal/syncbuf"
+	"github.com/edgeagent/edgeagent/testkit/syncbuf"
 )
 
 // recInfo is where one record sits in a segment file.

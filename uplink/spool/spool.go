@@ -818,7 +818,9 @@ func (s *Spool) closeActiveLocked() error {
 
 // zeroFill writes n zero bytes at the start of the empty file f.
 func zeroFill(f *os.File, n int64) error {
-	zeros := make([]byte, min(n, 256<<10))
+	// 64 KiB: a bigger buffer saves few syscalls and is a heap spike at
+	// every segment the agent opens.
+	zeros := make([]byte, min(n, 64<<10))
 	for off := int64(0); off < n; {
 		w, err := f.WriteAt(zeros[:min(int64(len(zeros)), n-off)], off)
 		if err != nil {
@@ -921,7 +923,12 @@ func (s *Spool) skipDoneLocked(seq uint64) uint64 {
 }
 
 func (s *Spool) readLocked(maxRecords int) []Record {
+	// Sized for what is visible, not grown by append: the uplinks read
+	// batches of hundreds.
 	var out []Record
+	if maxRecords > 0 && s.visible > s.cursor {
+		out = make([]Record, 0, min(uint64(maxRecords), s.visible-s.cursor))
+	}
 	for len(out) < maxRecords {
 		s.cursor = s.skipDoneLocked(s.cursor)
 		if s.cursor >= s.visible {
