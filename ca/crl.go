@@ -358,14 +358,16 @@ func (c *CA) kickCRL(ctx context.Context) {
 	}
 }
 
+// normalSerial reads a serial as an operator pastes it: hex with or
+// without 0x, colons or leading zeros, any case, odd length included (a
+// serial is a number: Go's Text(16) and some tools drop a leading zero).
 func normalSerial(s string) (string, error) {
 	t := strings.ToLower(strings.TrimPrefix(strings.TrimPrefix(strings.TrimSpace(s), "0x"), "0X"))
 	t = strings.ReplaceAll(t, ":", "")
-	b, err := hex.DecodeString(t)
-	if err != nil || len(b) == 0 || len(b) > 21 {
-		return "", fmt.Errorf("serial %q: want the certificate serial in hex", s)
+	n, ok := new(big.Int).SetString(t, 16)
+	if !ok || t == "" || len(t) > 64 || strings.ContainsAny(t, "+-_") || n.BitLen() > 20*8 {
+		return "", fmt.Errorf("serial %q: want the certificate serial in hex (at most 20 bytes)", s)
 	}
-	n := new(big.Int).SetBytes(b)
 	if n.Sign() == 0 {
 		return "", errors.New("serial 0 is never issued")
 	}
