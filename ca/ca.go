@@ -383,10 +383,13 @@ func (c *CA) CreateToken(ctx context.Context, o TokenOptions) (token.Token, stor
 		ID:     "t" + hex.EncodeToString(idb[:]),
 		Secret: base64.RawURLEncoding.EncodeToString(secret[:]),
 	}
+	now := c.now()
+	// Informative for the agent (the store decides), rounded up so the
+	// agent never calls a token expired that the CA still accepts.
+	tok.Expires = now.Add(o.TTL).Add(time.Second - 1).Unix()
 	if err := tok.Validate(); err != nil {
 		return token.Token{}, store.Token{}, fmt.Errorf("create token: %w", err)
 	}
-	now := c.now()
 	rec := store.Token{
 		ID:         tok.ID,
 		SecretHash: sha256.Sum256([]byte(tok.Secret)),
