@@ -90,6 +90,8 @@ var pgMigrations = []string{
 		reason    TEXT NOT NULL DEFAULT '',
 		serial    TEXT NOT NULL DEFAULT ''
 	);`,
+	// Fleet: labels, renew-now marks, expiry notices, webhook outbox.
+	fleetSchemaPostgres, // fleet.go
 }
 
 // PostgresSchemaVersion is the PostgreSQL schema version this code writes.
@@ -469,7 +471,10 @@ func (p *Postgres) issueOnce(ctx context.Context, tx pgx.Tx, req IssueRequest, d
 	if _, err := tx.Exec(ctx, pgAddAudit, auditArgs(a)...); err != nil {
 		return fmt.Errorf("write audit record: %w", err)
 	}
-	return pgRecordIssuedTx(ctx, tx, req) // postgres_revocation.go
+	if err := pgRecordIssuedTx(ctx, tx, req); err != nil { // postgres_revocation.go
+		return err
+	}
+	return fleetIssued(ctx, pgFtx{tx}, req) // fleet.go
 }
 
 // Snapshot is the whole state of a store, for copying it to another.

@@ -188,6 +188,8 @@ var migrations = []string{
 	// but no longer found by id.
 	`UPDATE OR IGNORE devices SET id = lower(id) WHERE id <> lower(id);
 	UPDATE tokens SET device = lower(device), pattern = lower(pattern);`,
+	// Fleet: labels, renew-now marks, expiry notices, webhook outbox.
+	fleetSchemaSQLite, // fleet.go
 }
 
 // SchemaVersion is the schema version this code writes.
@@ -596,6 +598,9 @@ func (s *SQLite) runGroup(group []*issueJob) {
 		errs[i], dbErr = issueOne(ctx, stmts, j)
 		if dbErr == nil && errs[i] == nil {
 			dbErr = recordIssuedTx(ctx, tx, j.req) // revocation.go
+		}
+		if dbErr == nil && errs[i] == nil {
+			dbErr = fleetIssued(ctx, sqliteFtx{tx}, j.req) // fleet.go
 		}
 		if dbErr != nil {
 			_ = tx.Rollback()

@@ -105,6 +105,9 @@ type IssueRequest struct {
 	// enrollment clears Confirmed.
 	Presented string
 	Audit     AuditRecord // written on success, with Serial filled in
+	// Outbox are webhook events queued in the same transaction (fleet.go),
+	// so that an event exists exactly when the enrollment committed.
+	Outbox []OutboxEvent
 }
 
 // The interfaces below state behaviour only, as certmagic's Storage does:
