@@ -140,10 +140,11 @@ func (c *CA) Serve(ctx context.Context, ln net.Listener) error {
 	defer func() { _ = plain.Close(); <-plainDone }()
 	go func() { errc <- srv.Serve(tls.NewListener(sniff.TLS(), cfg)) }()
 	mctx, stopMaintain := context.WithCancel(context.WithoutCancel(ctx))
-	maintained := make(chan struct{}, 2)
+	maintained := make(chan struct{}, 3)
 	go func() { defer func() { maintained <- struct{}{} }(); c.maintain(mctx) }()
 	go func() { defer func() { maintained <- struct{}{} }(); c.followRevocations(mctx) }()
-	defer func() { stopMaintain(); <-maintained; <-maintained }()
+	go func() { defer func() { maintained <- struct{}{} }(); c.runFleet(mctx) }() // webhook_hooks.go
+	defer func() { stopMaintain(); <-maintained; <-maintained; <-maintained }()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("serve EST: %w", err)
@@ -391,6 +392,7 @@ func (c *CA) recordFailure(ctx context.Context, a attempt, e *Error) {
 		Result: result, Code: string(e.Code), Reason: reason,
 	})
 	c.log.Info("enrollment refused", "op", a.op, "peer", a.peer, "token", a.tokenID, "device", a.deviceID, "code", e.Code, "reason", reason)
+	c.refusedEvent(ctx, a, e, now) // webhook_hooks.go
 }
 
 func (c *CA) writeSummary(ctx context.Context, rec store.AuditRecord) {
@@ -525,6 +527,10 @@ func (c *CA) tokenEnroll(ctx context.Context, a *attempt, user, pass, peer strin
 			return nil, err
 		}
 	}
+	// Before Issue: a denied device does not spend the token (authorize.go).
+	if err := c.authorizeEnroll(ctx, a, user, csr.DeviceID, now); err != nil {
+		return nil, err
+	}
 	keyHash := sha256.Sum256(csr.Request.RawSubjectPublicKeyInfo)
 	var reenrolled bool // the device was enrolled before: supersede its certificates
 	check := func(tok *store.Token, dev *store.Device) error {
@@ -584,11 +590,13 @@ func (c *CA) issue(ctx context.Context, req store.IssueRequest, csr *CSR, check 
 	}
 	req.Issuance = store.Issuance{Serial: SerialHex(cert.SerialNumber), NotAfter: cert.NotAfter,
 		DER: cert.Raw, KeyHash: sha256.Sum256(cert.RawSubjectPublicKeyInfo)}
+	req.Outbox = c.issuedEvents(ctx, req) // webhook_hooks.go
 	err = c.st.Issue(ctx, req, check)
 	c.noteStore(err)
 	if err != nil {
 		return nil, err
 	}
+	c.wakeWebhooks()
 	return cert, nil
 }
 
