@@ -207,6 +207,8 @@ func (c *CA) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		c.enroll(w, r, op)
+	case est.OpRenewalInfo:
+		c.serveRenewalInfo(w, r) // renewalinfo.go
 	default:
 		writeError(w, refuse(http.StatusNotFound, est.CodeNotFound, fmt.Sprintf("EST operation %q is not supported", op)))
 	}

@@ -89,15 +89,17 @@ var (
 var ErrBadLabel = errors.New("bad label")
 
 // ValidateLabel checks a label: the key 1 to 63 of [a-z0-9._/-] starting
-// with a letter or digit, the value 0 to 63 of [A-Za-z0-9._-].
+// and ending with a letter or digit, the value 0 to 63 of [A-Za-z0-9._-].
 func ValidateLabel(k, v string) error {
 	if k == "" || len(k) > MaxLabelKey {
 		return fmt.Errorf("%w: key %q must be 1 to %d characters", ErrBadLabel, k, MaxLabelKey)
 	}
 	for i, c := range k {
-		ok := c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || i > 0 && strings.ContainsRune("._/-", c)
+		// Punctuation neither first nor last: "key-" means "remove key"
+		// on the command line.
+		ok := c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || i > 0 && i < len(k)-1 && strings.ContainsRune("._/-", c)
 		if !ok {
-			return fmt.Errorf("%w: key %q: lower-case letters, digits and . _ / - (not first) only", ErrBadLabel, k)
+			return fmt.Errorf("%w: key %q: lower-case letters, digits and . _ / - (not first or last) only", ErrBadLabel, k)
 		}
 	}
 	if len(v) > MaxLabelValue {
