@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/edgeagent/edgeagent/ca/store"
@@ -37,7 +38,16 @@ type fleetState struct {
 	dispatcher *webhook.Dispatcher // nil: webhooks off in this process
 	expiry     time.Duration
 	authorize  *authorizer // nil: no authorizing hook
+
+	// The store's "webhooks on" setting as last read (at onReadAt, Unix
+	// nanoseconds), so that an enrollment does not read it each time.
+	onReadAt atomic.Int64
+	onCached atomic.Bool
 }
+
+// webhookSettingTTL is how long the store's "webhooks on" setting is
+// trusted once read.
+const webhookSettingTTL = 5 * time.Second
 
 func newFleetState(o FleetOptions, st store.Store, now func() time.Time) (*fleetState, error) {
 	fs, ok := st.(store.FleetStore)
@@ -106,8 +116,17 @@ func (c *CA) webhooksOn(ctx context.Context) bool {
 	if c.fleet.dispatcher != nil {
 		return true
 	}
+	now := time.Now() // a cache age, not a CA time
+	if at := c.fleet.onReadAt.Load(); at != 0 && now.Sub(time.Unix(0, at)) < webhookSettingTTL {
+		return c.fleet.onCached.Load()
+	}
 	v, err := c.st.Setting(ctx, settingWebhooks)
-	return err == nil && v == "1"
+	if err != nil {
+		return false
+	}
+	c.fleet.onCached.Store(v == "1")
+	c.fleet.onReadAt.Store(now.UnixNano())
+	return v == "1"
 }
 
 // Event is the JSON body of a webhook delivery.
