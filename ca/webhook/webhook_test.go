@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -226,4 +227,33 @@ func TestNewRejects(t *testing.T) {
 			t.Errorf("%s: accepted", name)
 		}
 	}
+}
+
+// FuzzVerify: no header or body makes Verify panic or accept a signature
+// it did not make.
+func FuzzVerify(f *testing.F) {
+	now := time.Unix(1_800_000_000, 0)
+	f.Add(webhook.Sign(secret, now, []byte(`{}`)), []byte(`{}`))
+	f.Add("t=1800000000,v1=00", []byte("x"))
+	f.Add(",,=,t=,v1=", []byte{})
+	f.Fuzz(func(t *testing.T, header string, body []byte) {
+		err := webhook.Verify(secret, header, body, now, 5*time.Minute)
+		if err == nil && !strings.Contains(header, webhook.Sign(secret, now, body)[len("t=1800000000,"):]) {
+			// Accepted: the header must hold the real HMAC of some t in
+			// the tolerance; re-sign with the t it names to check.
+			ok := false
+			for _, part := range strings.Split(header, ",") {
+				if ts, found := strings.CutPrefix(strings.TrimSpace(part), "t="); found {
+					var sec int64
+					if _, err := fmt.Sscan(ts, &sec); err == nil {
+						want := webhook.Sign(secret, time.Unix(sec, 0), body)
+						ok = ok || strings.Contains(header, want[strings.Index(want, "v1="):])
+					}
+				}
+			}
+			if !ok {
+				t.Fatalf("Verify accepted %q for %q", header, body)
+			}
+		}
+	})
 }
