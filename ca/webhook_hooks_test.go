@@ -3,6 +3,7 @@ package ca
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -10,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgeagent/edgeagent/ca/store"
 	"github.com/edgeagent/edgeagent/ca/webhook"
+	"github.com/edgeagent/edgeagent/internal/postgres"
 )
 
 var hookSecret = []byte("test-webhook-secret-0123456789")
@@ -261,4 +262,27 @@ func TestAuthorizeDecision(t *testing.T) {
 	}
 }
 
-var _ = store.DefaultOutboxMax
+// Two replicas on one PostgreSQL database, each with a dispatcher: the
+// enrollments made through either arrive, each event once or more, none
+// missing, all signed.
+func TestWebhooksAcrossReplicas(t *testing.T) {
+	pg := postgres.Start(t)
+	sink := newEventSink(t)
+	o := Options{Fleet: FleetOptions{Webhooks: &webhook.Config{URLs: []string{sink.url}, Secret: hookSecret,
+		Poll: 20 * time.Millisecond, MinDelay: 5 * time.Millisecond, MaxDelay: 20 * time.Millisecond}}}
+	rs := startReplicas(t, pg, pg.CreateDB("webhooks"), 2, o)
+	const n = 10
+	for i := range n {
+		s := rs.srvs[i%2]
+		id := fmt.Sprintf("dev-r%d", i)
+		s.client(nil).enroll(t, csrFor(t, newKey(t), id), s.token(t, TokenOptions{Device: id})).certs(t)
+	}
+	for i := range n {
+		sink.wait(t, webhook.TypeEnrolled, fmt.Sprintf("dev-r%d", i))
+	}
+	sink.mu.Lock()
+	defer sink.mu.Unlock()
+	if sink.bad != 0 || len(sink.events) != n {
+		t.Fatalf("%d events (want %d), %d bad signatures", len(sink.events), n, sink.bad)
+	}
+}
