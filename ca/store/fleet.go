@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -224,14 +225,50 @@ type frows interface {
 	Close()
 }
 
-type sqliteFtx struct{ tx *sql.Tx }
+// sqliteFtx runs statements prepared once per store (stmts), so that the
+// few an enrollment adds cost no parsing on the writer's hot path.
+type sqliteFtx struct {
+	tx    *sql.Tx
+	stmts *sync.Map // query -> *sql.Stmt on the write pool (prepareFleet)
+}
 
 func (t sqliteFtx) exec(ctx context.Context, q string, args ...any) (int64, error) {
-	res, err := t.tx.ExecContext(ctx, q, args...)
+	var res sql.Result
+	var err error
+	// Only the hot statements are prepared, at Open: preparing here
+	// would wait for the write pool's one connection, which tx holds.
+	if st, ok := t.stmts.Load(q); ok {
+		res, err = t.tx.StmtContext(ctx, st.(*sql.Stmt)).ExecContext(ctx, args...)
+	} else {
+		res, err = t.tx.ExecContext(ctx, q, args...)
+	}
 	if err != nil {
 		return 0, err
 	}
 	return res.RowsAffected()
+}
+
+// The statements every enrollment runs (fleetIssued, enqueueTx).
+const (
+	qInheritLabels = `INSERT INTO device_labels (device_id, key, value)
+			SELECT CAST(? AS TEXT), key, value FROM token_labels WHERE token_id = ? AND true
+			ON CONFLICT (device_id, key) DO NOTHING`
+	qClearRenew  = `DELETE FROM renew_requests WHERE device_id = ? AND requested_at <= ?`
+	qEnqueue     = `INSERT INTO webhook_outbox (id, kind, created_at, body) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`
+	qBoundOutbox = `DELETE FROM webhook_outbox WHERE seq <= (SELECT MAX(seq) FROM webhook_outbox) - ?`
+)
+
+// prepareFleet prepares the enrollment's fleet statements on the write
+// pool, before the writer starts.
+func (s *SQLite) prepareFleet(ctx context.Context) error {
+	for _, q := range []string{qInheritLabels, qClearRenew, qEnqueue, qBoundOutbox} {
+		st, err := s.w.PrepareContext(ctx, q)
+		if err != nil {
+			return fmt.Errorf("prepare: %w", err)
+		}
+		s.fleetStmts.Store(q, st)
+	}
+	return nil
 }
 
 type sqlRows struct{ *sql.Rows }
@@ -285,8 +322,10 @@ func (t pgFtx) query(ctx context.Context, q string, args ...any) (frows, error) 
 func (pgFtx) postgres() bool { return true }
 
 func (s *SQLite) fleet(ctx context.Context, what string, fn func(ftx) error) error {
-	return s.writeTx(ctx, what, func(tx *sql.Tx) error { return fn(sqliteFtx{tx}) })
+	return s.writeTx(ctx, what, func(tx *sql.Tx) error { return fn(s.ftx(tx)) })
 }
+
+func (s *SQLite) ftx(tx *sql.Tx) sqliteFtx { return sqliteFtx{tx: tx, stmts: &s.fleetStmts} }
 
 func (p *Postgres) fleet(ctx context.Context, what string, fn func(ftx) error) error {
 	if err := pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error { return fn(pgFtx{tx}) }); err != nil {
@@ -301,13 +340,11 @@ func (p *Postgres) fleet(ctx context.Context, what string, fn func(ftx) error) e
 // queued if and only if the enrollment committed).
 func fleetIssued(ctx context.Context, tx ftx, req IssueRequest) error {
 	if req.TokenID != "" {
-		if _, err := tx.exec(ctx, `INSERT INTO device_labels (device_id, key, value)
-			SELECT CAST(? AS TEXT), key, value FROM token_labels WHERE token_id = ? AND true
-			ON CONFLICT (device_id, key) DO NOTHING`, req.DeviceID, req.TokenID); err != nil {
+		if _, err := tx.exec(ctx, qInheritLabels, req.DeviceID, req.TokenID); err != nil {
 			return fmt.Errorf("inherit labels of token %s: %w", req.TokenID, err)
 		}
 	}
-	if _, err := tx.exec(ctx, `DELETE FROM renew_requests WHERE device_id = ? AND requested_at <= ?`, req.DeviceID, unixNano(req.Time)); err != nil {
+	if _, err := tx.exec(ctx, qClearRenew, req.DeviceID, unixNano(req.Time)); err != nil {
 		return fmt.Errorf("clear renew-now mark: %w", err)
 	}
 	return enqueueTx(ctx, tx, req.Outbox, DefaultOutboxMax)
@@ -325,14 +362,14 @@ func enqueueTx(ctx context.Context, tx ftx, evs []OutboxEvent, max int) error {
 		if body == nil {
 			body = []byte{}
 		}
-		if _, err := tx.exec(ctx, `INSERT INTO webhook_outbox (id, kind, created_at, body) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`,
+		if _, err := tx.exec(ctx, qEnqueue,
 			ev.ID, ev.Kind, unixNano(ev.Created), body); err != nil {
 			return fmt.Errorf("queue webhook event %s: %w", ev.ID, err)
 		}
 	}
 	// Keep the newest max sequence numbers: a range scan of the primary
 	// key that finds nothing in the usual case.
-	n, err := tx.exec(ctx, `DELETE FROM webhook_outbox WHERE seq <= (SELECT MAX(seq) FROM webhook_outbox) - ?`, max)
+	n, err := tx.exec(ctx, qBoundOutbox, max)
 	if err != nil {
 		return fmt.Errorf("bound the webhook outbox: %w", err)
 	}

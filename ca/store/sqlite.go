@@ -44,6 +44,8 @@ type SQLite struct {
 	started    bool // the writer goroutine runs
 	stop       chan struct{}
 	writerDone chan struct{}
+
+	fleetStmts sync.Map // fleet.go: prepared statements on w
 }
 
 // maxGroup bounds how many enrollments share one transaction.
@@ -94,6 +96,10 @@ func Open(ctx context.Context, path string) (*SQLite, error) {
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
 	if err := s.prepare(ctx); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	if err := s.prepareFleet(ctx); err != nil { // fleet.go
 		s.Close()
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
@@ -600,7 +606,7 @@ func (s *SQLite) runGroup(group []*issueJob) {
 			dbErr = recordIssuedTx(ctx, tx, j.req) // revocation.go
 		}
 		if dbErr == nil && errs[i] == nil {
-			dbErr = fleetIssued(ctx, sqliteFtx{tx}, j.req) // fleet.go
+			dbErr = fleetIssued(ctx, s.ftx(tx), j.req) // fleet.go
 		}
 		if dbErr != nil {
 			_ = tx.Rollback()
