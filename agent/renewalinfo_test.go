@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/edgeagent/edgeagent/enroll/est"
+	"github.com/edgeagent/edgeagent/internal/testca"
 )
 
 func TestRenewEarly(t *testing.T) {
@@ -99,5 +100,37 @@ func TestRenewerHonoursRenewNowAtNextCheck(t *testing.T) {
 	}
 	if due := first.Leaf().NotBefore.Add(15 * time.Hour); !attempts[0].Before(due) {
 		t.Fatalf("renewed at %v, not before the schedule", attempts[0])
+	}
+}
+
+// The agent's own renewal-info call against a real edgeca: the normal
+// window, then, after `edgeca device renew-now`, one that has started so
+// RenewEarly says renew; after the renewal the mark is gone.
+func TestAskRenewalInfoFromEdgeca(t *testing.T) {
+	c := testca.Start(t, testca.Options{CertTTL: 24 * time.Hour})
+	dir, ks, ident := enrolled(t, c, "dev-ri")
+	ctx := context.Background()
+	ri, again, err := AskRenewalInfo(ctx, ident, time.Now, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf := ident.Leaf()
+	due := leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) * 66 / 100)
+	if again != time.Hour || RenewEarly(ri.SuggestedWindow, time.Now(), due) {
+		t.Fatalf("normal answer %+v (again %v) asks for an early renewal", ri, again)
+	}
+	at := time.Now().Add(-time.Second)
+	if n, err := c.Fleet().RequestRenewal(ctx, []string{"dev-ri"}, at); err != nil || n != 1 {
+		t.Fatalf("RequestRenewal = %d, %v", n, err)
+	}
+	if ri, _, err = AskRenewalInfo(ctx, ident, time.Now, false); err != nil || !RenewEarly(ri.SuggestedWindow, time.Now(), due) {
+		t.Fatalf("after renew-now: %+v, %v", ri, err)
+	}
+	nid, err := Renew(ctx, RenewOptions{StateDir: dir, Keystore: ks, Current: ident, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ri, _, err = AskRenewalInfo(ctx, nid, time.Now, false); err != nil || RenewEarly(ri.SuggestedWindow, time.Now(), nid.NotAfter()) {
+		t.Fatalf("after the renewal: %+v, %v", ri, err)
 	}
 }
