@@ -199,24 +199,30 @@ func (d *Dispatcher) round(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("claim events: %w", err)
 	}
+	// A delivery made is acknowledged even while shutting down, so that
+	// a restart does not post it again.
+	actx := context.WithoutCancel(ctx)
 	for _, ev := range evs {
+		if ctx.Err() != nil {
+			return len(evs), nil // the rest go back when the lease ends
+		}
 		err := d.deliver(ctx, ev)
 		now := d.cfg.Now()
 		switch {
 		case err == nil:
-			if err := d.out.AckEvent(ctx, ev.ID, d.owner); err != nil {
+			if err := d.out.AckEvent(actx, ev.ID, d.owner); err != nil {
 				return len(evs), fmt.Errorf("acknowledge event %s: %w", ev.ID, err)
 			}
 			d.cfg.Logger.Debug("webhook delivered", "event", ev.ID, "type", ev.Kind, "attempt", ev.Attempts+1)
 		case GiveUp(ev.Created, now, d.cfg.MaxAge):
 			d.cfg.Logger.Error("webhook event given up", "event", ev.ID, "type", ev.Kind, "attempts", ev.Attempts+1, "err", err)
-			if err := d.out.AckEvent(ctx, ev.ID, d.owner); err != nil {
+			if err := d.out.AckEvent(actx, ev.ID, d.owner); err != nil {
 				return len(evs), fmt.Errorf("drop event %s: %w", ev.ID, err)
 			}
 		default:
 			delay := backoff.Delay(ev.Attempts, d.cfg.MinDelay, d.cfg.MaxDelay, jitter())
 			d.cfg.Logger.Warn("webhook delivery failed, will retry", "event", ev.ID, "type", ev.Kind, "attempt", ev.Attempts+1, "retry_in", delay.Round(time.Millisecond).String(), "err", err)
-			if err := d.out.RetryEvent(ctx, ev.ID, d.owner, now.Add(delay)); err != nil {
+			if err := d.out.RetryEvent(actx, ev.ID, d.owner, now.Add(delay)); err != nil {
 				return len(evs), fmt.Errorf("release event %s: %w", ev.ID, err)
 			}
 		}
