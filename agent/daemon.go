@@ -593,6 +593,9 @@ func (d *Daemon) newRenewer(id *Identity) *renewer {
 			return d.calibrateClock(ctx, id, id.Server, id.Label, id.ESTPool(), token.Pin{})
 		},
 		install: d.install,
+		renewalInfo: func(ctx context.Context, id *Identity) (est.RenewalInfo, time.Duration, error) { // renewer.go
+			return AskRenewalInfo(ctx, id, d.config().Renew.Server, d.clock.Now, d.config().Enroll.PostQuantumTLS)
+		},
 	}, id)
 }
 

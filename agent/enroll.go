@@ -73,6 +73,11 @@ func Enroll(ctx context.Context, o EnrollOptions) (*Identity, error) {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	if o.Token != nil {
+		// The token's own expiry is informative (the CA decides), but a
+		// passed one is certain to be refused: say so before asking.
+		if err := o.Token.CheckExpiry(o.Now()); err != nil {
+			return nil, needsOperator(err)
+		}
 		o.Server, o.CAPin, o.Username, o.Password = o.Token.URL, o.Token.Pin, o.Token.ID, o.Token.Secret
 	}
 	if o.Server == "" && o.Attest && o.Keystore != nil && !attestRecoveryOptions(&o) {

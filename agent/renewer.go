@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -10,6 +11,7 @@ import (
 	"github.com/edgeagent/edgeagent/agent/config"
 	"github.com/edgeagent/edgeagent/agent/lifecycle"
 	"github.com/edgeagent/edgeagent/enroll"
+	"github.com/edgeagent/edgeagent/enroll/est"
 )
 
 // Clock is the renewer's time: the agent's (corrected) now, and timers
@@ -59,12 +61,15 @@ type RenewPolicy struct {
 	RetryMin, RetryMax time.Duration
 	Expired            ExpiredPolicy
 	Rekey              bool
+	// InfoInterval is how often the CA's renewal-info is asked whether
+	// to renew before the schedule (renew-now); 0: never.
+	InfoInterval time.Duration
 }
 
 // PolicyOf reads renew.* (validated by config.Validate).
 func PolicyOf(c config.Renew) RenewPolicy {
 	return RenewPolicy{Fraction: c.Fraction, Jitter: c.Jitter, RetryMin: c.RetryMin, RetryMax: c.RetryMax,
-		Expired: ExpiredPolicy(c.ExpiredPolicy), Rekey: c.Rekey}
+		Expired: ExpiredPolicy(c.ExpiredPolicy), Rekey: c.Rekey, InfoInterval: c.RenewalInfoInterval}
 }
 
 // renewerParts are what a renewer works with.
@@ -83,6 +88,9 @@ type renewerParts struct {
 	clockReady func(ctx context.Context, id *Identity) error
 	// install makes a new identity live (TLS holder, uplink reconnects).
 	install func(context.Context, *Identity)
+	// renewalInfo asks the CA's renewal-info for id (the suggested
+	// window, and how soon to ask again); nil: never asked.
+	renewalInfo func(ctx context.Context, id *Identity) (est.RenewalInfo, time.Duration, error)
 }
 
 // renewer owns the renewal state machine: it schedules the renewal of the
@@ -284,6 +292,7 @@ func (r *renewer) Run(ctx context.Context) error {
 	var retryAt, due time.Time
 	var dueFor *Identity
 	var duePolicy RenewPolicy
+	var infoAt time.Time // next renewal-info check; zero: to be drawn
 	for {
 		id := r.Current()
 		leaf := id.Leaf()
@@ -321,12 +330,44 @@ func (r *renewer) Run(ctx context.Context) error {
 		r.mu.Lock()
 		r.state.Next, r.state.Due = next, due
 		r.mu.Unlock()
-		c, why := r.wait(ctx, next)
+		// Between renewals the CA may be asked whether it wants one
+		// sooner; a pending retry has its own schedule.
+		checkInfo := false
+		if r.renewalInfo != nil && p.InfoInterval > 0 && retryAt.IsZero() {
+			if infoAt.IsZero() {
+				infoAt = r.clock.Now().Add(InfoDelay(p.InfoInterval, r.rand()))
+			}
+			checkInfo = infoAt.Before(next)
+		}
+		waitUntil := next
+		if checkInfo {
+			waitUntil = infoAt
+		}
+		c, why := r.wait(ctx, waitUntil)
 		switch why {
 		case wakeDone:
 			return nil
 		case wakeReschedule:
 			continue
+		}
+		if why == wakeDue && checkInfo {
+			infoAt = time.Time{}
+			ri, again, err := r.renewalInfo(ctx, id)
+			now := r.clock.Now()
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				r.log.Debug("renewal-info check failed; keeping the schedule", "err", err)
+				continue
+			}
+			if again > p.InfoInterval {
+				infoAt = now.Add(InfoDelay(again, r.rand()))
+			}
+			if !RenewEarly(ri.SuggestedWindow, now, due) {
+				continue
+			}
+			r.log.Info("the CA asks for a renewal now (renewal-info)", "window_start", ri.SuggestedWindow.Start, "due", due)
 		}
 		err := r.attempt(ctx, id, p)
 		if c != nil {
@@ -364,6 +405,19 @@ func (r *renewer) Run(ctx context.Context) error {
 		}
 		r.log.Warn("renewal failed", "err", err, "retry_at", retryAt, "retryable", enroll.Retryable(err))
 	}
+}
+
+// RenewEarly is the pure decision on a renewal-info answer: renew now when
+// the CA's suggested window has started before the renewer's own due
+// time. A window after due never delays a renewal.
+func RenewEarly(w est.Window, now, due time.Time) bool {
+	return !w.Start.IsZero() && !now.Before(w.Start) && w.Start.Before(due)
+}
+
+// InfoDelay is the jittered wait before the next renewal-info check:
+// interval ± 10%, so a fleet started together does not ask together.
+func InfoDelay(interval time.Duration, r float64) time.Duration {
+	return interval - interval/10 + time.Duration(r*float64(interval/5))
 }
 
 // attempt renews id once and records the result.
@@ -451,4 +505,28 @@ func (r *renewer) setExpired(msg string) {
 	r.mu.Lock()
 	r.state.Expired = msg
 	r.mu.Unlock()
+}
+
+// AskRenewalInfo asks the CA that issued cur when it suggests renewing
+// (GET renewal-info with cur as the client certificate), at server when
+// it is set (renew.server: a CA that moved), else where cur enrolled.
+func AskRenewalInfo(ctx context.Context, cur *Identity, server string, now func() time.Time, postQuantum bool) (est.RenewalInfo, time.Duration, error) {
+	tlsCert := cur.TLSCertificate()
+	if server == "" {
+		server = cur.Server
+	}
+	client, err := enroll.New(enroll.Options{
+		Server:         server,
+		Label:          cur.Label,
+		Roots:          cur.ESTPool(),
+		Intermediates:  cur.CABundle,
+		Certificate:    func() *tls.Certificate { return tlsCert },
+		Time:           now,
+		PostQuantumTLS: postQuantum,
+	})
+	if err != nil {
+		return est.RenewalInfo{}, 0, fmt.Errorf("renewal-info: %w", err)
+	}
+	defer client.CloseIdleConnections()
+	return client.RenewalInfo(ctx)
 }

@@ -229,8 +229,12 @@ func (c *CA) recoverByAttestation(ctx context.Context, a *attempt, now time.Time
 		return nil, err
 	}
 	rc.Issuance = iss
+	rc.Outbox = c.issuedEvents(ctx, "", id, now, iss, a.peer) // webhook_hooks.go
 	_, err = c.st.Recover(ctx, rc)
 	c.noteStore(err)
+	if err == nil {
+		c.wakeWebhooks()
+	}
 	var r *store.Refusal
 	switch {
 	case errors.As(err, &r) && r.Kind == store.RefuseDeviceUnknown:

@@ -86,6 +86,8 @@ type Options struct {
 	// Shed bounds the wait of an enrollment before it is refused with
 	// 503 + Retry-After (see ShedOptions).
 	Shed ShedOptions
+	// Fleet: webhooks and the authorizing hook (webhook_hooks.go).
+	Fleet FleetOptions
 }
 
 // DefaultHostnames is localhost, 127.0.0.1, ::1 and the machine's host name.
@@ -142,11 +144,13 @@ type CA struct {
 	// Inventory and metrics (inventory.go, metrics.go).
 	contacts *contactThrottle
 	metrics  *metrics
-	fleet    fleetCache
+	summary  summaryCache
 
 	tlsMu       sync.Mutex
 	tlsCert     *tls.Certificate // leaf and intermediate
 	tlsCertRoot *tls.Certificate // the same with the root, for pin bootstrap
+
+	fleet *fleetState // webhook_hooks.go
 }
 
 // Open opens the CA in dir, made by Init: it loads the certificates and the
@@ -246,6 +250,11 @@ func Open(ctx context.Context, dir string, opts Options) (*CA, error) {
 		st.Close()
 		return nil, fmt.Errorf("open CA %s: the store %T keeps no revocations", dir, st)
 	}
+	fleet, err := newFleetState(opts.Fleet, st, opts.Now)
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("open CA %s: %w", dir, err)
+	}
 	auth := &authority{root: root, intermediate: inter, signer: key}
 	if opts.CRLBaseURL == "" {
 		opts.CRLBaseURL = storedCRLBase(dir)
@@ -265,6 +274,7 @@ func Open(ctx context.Context, dir string, opts Options) (*CA, error) {
 	prev := retiringAuthorities(dir, ov.previous, opts.CRLBaseURL, opts.Logger)
 	return &CA{
 		rev:         rev,
+		fleet:       fleet,
 		crl:         newCRLState(),
 		contacts:    newContactThrottle(),
 		metrics:     newMetrics(),
@@ -374,6 +384,25 @@ var ErrNoURL = errors.New("no EST server URL known")
 // CreateToken makes a token and stores its hash. The returned Token holds
 // the only copy of the secret.
 func (c *CA) CreateToken(ctx context.Context, o TokenOptions) (token.Token, store.Token, error) {
+	tok, rec, err := c.makeToken(ctx, o)
+	if err != nil {
+		return token.Token{}, store.Token{}, err
+	}
+	if o.RequireTPM {
+		// Recorded before the token exists: a crash in between leaves an
+		// unused setting, never a token without its requirement.
+		if err := c.st.SetSetting(ctx, settingTokenRequiresTPM+tok.ID, "1"); err != nil {
+			return token.Token{}, store.Token{}, fmt.Errorf("create token: record --require-tpm: %w", err)
+		}
+	}
+	if err := c.st.CreateToken(ctx, rec); err != nil {
+		return token.Token{}, store.Token{}, fmt.Errorf("create token: %w", err)
+	}
+	return tok, rec, nil
+}
+
+// makeToken checks o and mints a token and its record, storing nothing.
+func (c *CA) makeToken(ctx context.Context, o TokenOptions) (token.Token, store.Token, error) {
 	if o.Uses == 0 {
 		o.Uses = 1
 	}
@@ -419,10 +448,13 @@ func (c *CA) CreateToken(ctx context.Context, o TokenOptions) (token.Token, stor
 		ID:     "t" + hex.EncodeToString(idb[:]),
 		Secret: base64.RawURLEncoding.EncodeToString(secret[:]),
 	}
+	now := c.now()
+	// Informative for the agent (the store decides), rounded up so the
+	// agent never calls a token expired that the CA still accepts.
+	tok.Expires = now.Add(o.TTL).Add(time.Second - 1).Unix()
 	if err := tok.Validate(); err != nil {
 		return token.Token{}, store.Token{}, fmt.Errorf("create token: %w", err)
 	}
-	now := c.now()
 	rec := store.Token{
 		ID:         tok.ID,
 		SecretHash: sha256.Sum256([]byte(tok.Secret)),
@@ -431,16 +463,6 @@ func (c *CA) CreateToken(ctx context.Context, o TokenOptions) (token.Token, stor
 		MaxUses:    o.Uses,
 		CreatedAt:  now,
 		ExpiresAt:  now.Add(o.TTL),
-	}
-	if o.RequireTPM {
-		// Recorded before the token exists: a crash in between leaves an
-		// unused setting, never a token without its requirement.
-		if err := c.st.SetSetting(ctx, settingTokenRequiresTPM+tok.ID, "1"); err != nil {
-			return token.Token{}, store.Token{}, fmt.Errorf("create token: record --require-tpm: %w", err)
-		}
-	}
-	if err := c.st.CreateToken(ctx, rec); err != nil {
-		return token.Token{}, store.Token{}, fmt.Errorf("create token: %w", err)
 	}
 	return tok, rec, nil
 }

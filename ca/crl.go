@@ -296,7 +296,9 @@ func (c *CA) Revoke(ctx context.Context, id string) (Revocation, error) {
 		return Revocation{}, err
 	}
 	c.kickCRL(ctx)
-	return Revocation{DeviceID: id, Certs: certs}, nil
+	rv := Revocation{DeviceID: id, Certs: certs}
+	c.revokedEvent(ctx, rv) // webhook_hooks.go
+	return rv, nil
 }
 
 // RevokeSerial revokes one certificate by its serial (hex, any case, an

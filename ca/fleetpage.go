@@ -81,7 +81,7 @@ func (c *CA) serveFleetPage(w http.ResponseWriter, r *http.Request) {
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("X-Frame-Options", "DENY")
 	h.Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")
-	fs, err := c.Fleet(r.Context())
+	fs, err := c.Summary(r.Context())
 	if err != nil {
 		c.noteStore(err)
 		h.Set("Content-Type", "text/plain; charset=utf-8")

@@ -361,9 +361,9 @@ func TestMetricsStoreAway(t *testing.T) {
 	if m := scrape(t, health); m["edgeca_ready"] != 1 || m["edgeca_fleet_up"] != 1 {
 		t.Fatalf("open store: ready %v fleet_up %v", m["edgeca_ready"], m["edgeca_fleet_up"])
 	}
-	c.fleet.mu.Lock()
-	c.fleet.ok = false // the next scrape reads the store again
-	c.fleet.mu.Unlock()
+	c.summary.mu.Lock()
+	c.summary.ok = false // the next scrape reads the store again
+	c.summary.mu.Unlock()
 	c.Close()
 	m := scrape(t, health)
 	if m["edgeca_ready"] != 0 || m["edgeca_fleet_up"] != 0 {

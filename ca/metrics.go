@@ -149,21 +149,21 @@ func summarizeFleet(devs []store.DeviceInfo, now time.Time) FleetSummary {
 	return s
 }
 
-// fleetCache holds the last summary.
-type fleetCache struct {
+// summaryCache holds the last summary.
+type summaryCache struct {
 	mu   sync.Mutex
 	last FleetSummary
 	ok   bool
 }
 
-// Fleet returns the fleet summary, from the store at most once per
+// Summary returns the fleet summary, from the store at most once per
 // fleetRefresh.
-func (c *CA) Fleet(ctx context.Context) (FleetSummary, error) {
-	c.fleet.mu.Lock()
-	defer c.fleet.mu.Unlock()
+func (c *CA) Summary(ctx context.Context) (FleetSummary, error) {
+	c.summary.mu.Lock()
+	defer c.summary.mu.Unlock()
 	now := c.now()
-	if c.fleet.ok && now.Sub(c.fleet.last.At) < fleetRefresh && !now.Before(c.fleet.last.At) {
-		return c.fleet.last, nil
+	if c.summary.ok && now.Sub(c.summary.last.At) < fleetRefresh && !now.Before(c.summary.last.At) {
+		return c.summary.last, nil
 	}
 	inv, ok := c.st.(store.InventoryStore)
 	if !ok {
@@ -198,7 +198,7 @@ func (c *CA) Fleet(ctx context.Context) (FleetSummary, error) {
 			s.Refusals = append(s.Refusals, a)
 		}
 	}
-	c.fleet.last, c.fleet.ok = s, true
+	c.summary.last, c.summary.ok = s, true
 	return s, nil
 }
 
@@ -303,7 +303,7 @@ func (c *CA) writeMetrics(ctx context.Context, w io.Writer) {
 	family(w, "edgeca_intermediate_not_after_timestamp_seconds", "gauge", "When the issuing intermediate certificate expires (Unix time).")
 	fmt.Fprintf(w, "edgeca_intermediate_not_after_timestamp_seconds %d\n", c.auth.intermediate.NotAfter.Unix())
 
-	fs, err := c.Fleet(ctx)
+	fs, err := c.Summary(ctx)
 	family(w, "edgeca_fleet_up", "gauge", "1 when the fleet gauges below could be read from the store, else 0.")
 	if err != nil {
 		fmt.Fprintf(w, "edgeca_fleet_up 0\n")

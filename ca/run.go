@@ -43,6 +43,8 @@ type ServeConfig struct {
 	HealthListen, HealthAddrFile string
 	// Shed: see Options.Shed.
 	Shed ShedOptions
+	// Fleet: see Options.Fleet.
+	Fleet FleetOptions
 }
 
 // defaultCRLBase picks the CRL distribution point host: relying parties
@@ -95,7 +97,7 @@ func Run(ctx context.Context, cfg ServeConfig) error {
 	}
 	c, err := Open(ctx, cfg.Dir, Options{CRLBaseURL: crlBase, CertTTL: cfg.CertTTL, RenewGrace: cfg.RenewGrace, AuditMaxRows: cfg.AuditMaxRows, AuditRefusalsPerMinute: cfg.AuditRefusalsPerMinute,
 		MaxConnsPerPeer: cfg.MaxConnsPerPeer, MaxConns: cfg.MaxConns, Hostnames: hosts, Logger: log, PostQuantumTLS: cfg.PostQuantumTLS,
-		Attestation: cfg.Attestation, DB: cfg.DB, Shed: cfg.Shed})
+		Attestation: cfg.Attestation, DB: cfg.DB, Shed: cfg.Shed, Fleet: cfg.Fleet})
 	if err != nil {
 		return err
 	}

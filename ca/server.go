@@ -138,10 +138,11 @@ func (c *CA) Serve(ctx context.Context, ln net.Listener) error {
 	defer func() { _ = plain.Close(); <-plainDone }()
 	go func() { errc <- srv.Serve(tls.NewListener(sniff.TLS(), cfg)) }()
 	mctx, stopMaintain := context.WithCancel(context.WithoutCancel(ctx))
-	maintained := make(chan struct{}, 2)
+	maintained := make(chan struct{}, 3)
 	go func() { defer func() { maintained <- struct{}{} }(); c.maintain(mctx) }()
 	go func() { defer func() { maintained <- struct{}{} }(); c.followRevocations(mctx) }()
-	defer func() { stopMaintain(); <-maintained; <-maintained }()
+	go func() { defer func() { maintained <- struct{}{} }(); c.runFleet(mctx) }() // webhook_hooks.go
+	defer func() { stopMaintain(); <-maintained; <-maintained; <-maintained }()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("serve EST: %w", err)
@@ -207,6 +208,8 @@ func (c *CA) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		c.enroll(w, r, op)
+	case est.OpRenewalInfo:
+		c.serveRenewalInfo(w, r) // renewalinfo.go
 	default:
 		writeError(w, refuse(http.StatusNotFound, est.CodeNotFound, fmt.Sprintf("EST operation %q is not supported", op)))
 	}
@@ -403,6 +406,7 @@ func (c *CA) recordFailure(ctx context.Context, a attempt, e *Error) {
 		Result: result, Code: string(e.Code), Reason: reason,
 	})
 	c.log.Info("enrollment refused", "op", a.op, "peer", a.peer, "token", a.tokenID, "device", a.deviceID, "code", e.Code, "reason", reason)
+	c.refusedEvent(ctx, a, e, now) // webhook_hooks.go
 }
 
 func (c *CA) writeSummary(ctx context.Context, rec store.AuditRecord) {
@@ -541,6 +545,10 @@ func (c *CA) tokenEnroll(ctx context.Context, a *attempt, user, pass, peer strin
 			return nil, err
 		}
 	}
+	// Before the intent: a denied device does not spend the token (authorize.go).
+	if err := c.authorizeEnroll(ctx, a, user, csr.DeviceID, now); err != nil {
+		return nil, err
+	}
 	e := store.TokenEnrollment{
 		TokenID:    user,
 		SecretHash: secretHash,
@@ -558,6 +566,7 @@ func (c *CA) tokenEnroll(ctx context.Context, a *attempt, user, pass, peer strin
 		return nil, err
 	}
 	e.Issuance = iss
+	e.Outbox = c.issuedEvents(ctx, user, e.DeviceID, now, iss, a.peer) // webhook_hooks.go
 	start := time.Now()
 	out, err := c.st.IssueWithToken(ctx, e)
 	c.metrics.noteStoreLatency(storeOpIssue, time.Since(start))
@@ -568,6 +577,7 @@ func (c *CA) tokenEnroll(ctx context.Context, a *attempt, user, pass, peer strin
 	if out.Replayed {
 		return nil, enrollReplayOf(user, &out.Device, now)
 	}
+	c.wakeWebhooks()
 	if out.Existed {
 		// The device was enrolled before: a token enrollment supersedes
 		// its older certificates.
@@ -711,6 +721,7 @@ func (c *CA) simpleReenroll(w http.ResponseWriter, r *http.Request, a *attempt) 
 		return nil, err
 	}
 	rn.Issuance = iss
+	rn.Outbox = c.issuedEvents(r.Context(), "", certID, now, iss, a.peer) // webhook_hooks.go
 	start := time.Now()
 	out, err := c.st.Reissue(r.Context(), rn)
 	c.metrics.noteStoreLatency(storeOpIssue, time.Since(start))
@@ -721,6 +732,7 @@ func (c *CA) simpleReenroll(w http.ResponseWriter, r *http.Request, a *attempt) 
 	if out.Replayed {
 		return nil, renewalReplayOf(&out.Device, peerSerial, now)
 	}
+	c.wakeWebhooks()
 	return cert, nil
 }
 

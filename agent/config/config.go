@@ -103,6 +103,9 @@ type Renew struct {
 	// the device enrolled with: a CA that moved to a new URL. The first
 	// renewal there records it in identity.json. Applied on SIGHUP.
 	Server string `yaml:"server"`
+	// RenewalInfoInterval is how often the CA's renewal-info is asked
+	// whether to renew now (edgeca device renew-now); 0 disables.
+	RenewalInfoInterval time.Duration `yaml:"renewal_info_interval"`
 }
 
 // API is the local API for apps on the device.
@@ -158,7 +161,7 @@ func Default() Config {
 		KeyAlgorithm: string(keystore.DefaultAlgorithm),
 		TPM:          TPM{Device: "/dev/tpmrm0"},
 		Enroll:       Enroll{DamagedIdentity: "refuse"},
-		Renew:        Renew{Fraction: 0.66, Jitter: 0.05, RetryMin: 10 * time.Second, RetryMax: 30 * time.Minute, ExpiredPolicy: "rebootstrap"},
+		Renew:        Renew{Fraction: 0.66, Jitter: 0.05, RetryMin: 10 * time.Second, RetryMax: 30 * time.Minute, ExpiredPolicy: "rebootstrap", RenewalInfoInterval: time.Hour},
 		API:          API{Socket: "/run/edgeagent/api.sock"},
 		Metrics:      Metrics{Listen: "127.0.0.1:9810"},
 		Collector:    Collector{Interval: 60 * time.Second, Disks: []string{"/"}},
@@ -340,6 +343,9 @@ func (c Config) Validate() error {
 	}
 	if c.Renew.Jitter < 0 || c.Renew.Jitter > 0.2 {
 		bad("renew.jitter", "%v: must be between 0 and 0.2", c.Renew.Jitter)
+	}
+	if c.Renew.RenewalInfoInterval != 0 && (c.Renew.RenewalInfoInterval < time.Minute || c.Renew.RenewalInfoInterval > 24*time.Hour) {
+		bad("renew.renewal_info_interval", "must be 0 (off) or between 1m and 24h, got %v", c.Renew.RenewalInfoInterval)
 	}
 	if c.Renew.RetryMin <= 0 || c.Renew.RetryMax < c.Renew.RetryMin {
 		bad("renew.retry_min", "must be positive and at most renew.retry_max (%v, %v)", c.Renew.RetryMin, c.Renew.RetryMax)

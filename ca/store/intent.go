@@ -22,6 +22,9 @@ type TokenEnrollment struct {
 	Issuance   Issuance // its KeyHash is the CSR's key, also the retry lookup
 	Audit      AuditRecord
 	Agent      string // the sanitized User-Agent product, for the inventory; "" keeps the one recorded
+	// Outbox are webhook events queued in the same transaction (fleet.go),
+	// so that an event exists exactly when the enrollment committed.
+	Outbox []OutboxEvent
 }
 
 // Renewal is the intent of a simplereenroll: "record Issuance for DeviceID,
@@ -33,7 +36,8 @@ type Renewal struct {
 	Time      time.Time
 	Issuance  Issuance
 	Audit     AuditRecord
-	Agent     string // as in TokenEnrollment
+	Agent     string        // as in TokenEnrollment
+	Outbox    []OutboxEvent // as in TokenEnrollment
 }
 
 // Recovery is the intent of an attested enrollment without a token: "record
@@ -44,7 +48,8 @@ type Recovery struct {
 	Time     time.Time
 	Issuance Issuance
 	Audit    AuditRecord
-	Agent    string // as in TokenEnrollment
+	Agent    string        // as in TokenEnrollment
+	Outbox   []OutboxEvent // as in TokenEnrollment
 }
 
 // Outcome is what an issuing intent did.
@@ -130,11 +135,12 @@ type issueReq struct {
 	Issuance  Issuance
 	Presented string // see Renewal; "" for a token enrollment or recovery (clears Confirmed)
 	Audit     AuditRecord
-	Agent     string // for the inventory
+	Agent     string        // for the inventory
+	Outbox    []OutboxEvent // webhook events, queued with the issue
 }
 
 func (e TokenEnrollment) record() issueReq {
-	return issueReq{TokenID: e.TokenID, DeviceID: e.DeviceID, Time: e.Time, Issuance: e.Issuance, Audit: e.Audit, Agent: e.Agent}
+	return issueReq{TokenID: e.TokenID, DeviceID: e.DeviceID, Time: e.Time, Issuance: e.Issuance, Audit: e.Audit, Agent: e.Agent, Outbox: e.Outbox}
 }
 
 func (e TokenEnrollment) decide(tok *Token, dev *Device) (bool, *Refusal) {
@@ -142,7 +148,7 @@ func (e TokenEnrollment) decide(tok *Token, dev *Device) (bool, *Refusal) {
 }
 
 func (r Renewal) record() issueReq {
-	return issueReq{DeviceID: r.DeviceID, Time: r.Time, Issuance: r.Issuance, Presented: r.Presented, Audit: r.Audit, Agent: r.Agent}
+	return issueReq{DeviceID: r.DeviceID, Time: r.Time, Issuance: r.Issuance, Presented: r.Presented, Audit: r.Audit, Agent: r.Agent, Outbox: r.Outbox}
 }
 
 func (r Renewal) decide(_ *Token, dev *Device) (bool, *Refusal) {
@@ -150,7 +156,7 @@ func (r Renewal) decide(_ *Token, dev *Device) (bool, *Refusal) {
 }
 
 func (r Recovery) record() issueReq {
-	return issueReq{DeviceID: r.DeviceID, Time: r.Time, Issuance: r.Issuance, Audit: r.Audit, Agent: r.Agent}
+	return issueReq{DeviceID: r.DeviceID, Time: r.Time, Issuance: r.Issuance, Audit: r.Audit, Agent: r.Agent, Outbox: r.Outbox}
 }
 
 func (r Recovery) decide(_ *Token, dev *Device) (bool, *Refusal) {

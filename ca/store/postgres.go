@@ -92,6 +92,8 @@ var pgMigrations = []string{
 	);`,
 	// Inventory (issue 16): postgres_inventory.go.
 	pgInventoryMigration,
+	// Fleet: labels, renew-now marks, expiry notices, webhook outbox.
+	fleetSchemaPostgres, // fleet.go
 }
 
 // PostgresSchemaVersion is the PostgreSQL schema version this code writes.
@@ -524,7 +526,10 @@ func (p *Postgres) issueOnce(ctx context.Context, tx pgx.Tx, req issueReq, decid
 	if err := pgRecordIssuedTx(ctx, tx, req); err != nil { // postgres_revocation.go
 		return Outcome{}, err
 	}
-	return out, pgRecordInventoryTx(ctx, tx, req) // postgres_inventory.go
+	if err := pgRecordInventoryTx(ctx, tx, req); err != nil { // postgres_inventory.go
+		return Outcome{}, err
+	}
+	return out, fleetIssued(ctx, pgFtx{tx}, req) // fleet.go
 }
 
 // Snapshot is the whole state of a store, for copying it to another.

@@ -45,6 +45,8 @@ type SQLite struct {
 	started    bool // the writer goroutine runs
 	stop       chan struct{}
 	writerDone chan struct{}
+
+	fleetStmts sync.Map // fleet.go: prepared statements on w
 }
 
 // maxGroup bounds how many enrollments share one transaction.
@@ -113,6 +115,10 @@ func openSQLite(ctx context.Context, path, synchronous string) (*SQLite, error) 
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
 	if err := s.prepareInventory(ctx); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	if err := s.prepareFleet(ctx); err != nil { // fleet.go
 		s.Close()
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
@@ -211,6 +217,8 @@ var migrations = []string{
 	// Inventory (issue 16): agent version, renewal result and a short
 	// certificate history per device (inventory.go).
 	inventoryMigration,
+	// Fleet: labels, renew-now marks, expiry notices, webhook outbox.
+	fleetSchemaSQLite, // fleet.go
 }
 
 // SchemaVersion is the schema version this code writes.
@@ -646,6 +654,9 @@ func (s *SQLite) runGroup(group []*issueJob) {
 		}
 		if dbErr == nil && wrote {
 			dbErr = s.recordInventoryTx(ctx, tx, j.req) // inventory.go
+		}
+		if dbErr == nil && wrote {
+			dbErr = fleetIssued(ctx, s.ftx(tx), j.req) // fleet.go
 		}
 		if dbErr != nil {
 			_ = tx.Rollback()

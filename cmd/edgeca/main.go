@@ -38,13 +38,18 @@ commands:
             [--health-listen 127.0.0.1:8442] [--health-addr-file F]
             [--shed-max-wait 500ms] [--shed-retry-spread 30s] [--shed-off]
   migrate   --from DIR --db postgres://...   copy a SQLite CA's state into PostgreSQL
+            [--webhook-url URL]... [--webhook-secret-file F]
+            [--authorize-url URL [--authorize-default deny|allow] [--authorize-timeout 5s]]
   token create --dir DIR [--url URL] [--device ID | --pattern 'sensor-*'] [--uses 1] [--ttl 24h]
+               [--count N] [--label key=value]... [--json | --csv]
   token list   --dir DIR [--json]
   token revoke --dir DIR ID
   device list   --dir DIR [--state active|expiring|renewal-failing|expired|revoked]
                 [--expiring 72h] [--token ID] [--sort id|expiry|last-seen] [--limit N] [--json|--csv]
   device show   --dir DIR [--json] ID
-  device revoke --dir DIR ID | --serial HEX
+  device revoke --dir DIR ID | --serial HEX | --label key=value...
+  device label  --dir DIR [--json] ID [key=value | key-]...
+  device renew-now --dir DIR ID... | --label key=value...
   device unrevoke --dir DIR ID
   device delete --dir DIR ID
   enforcer create --dir DIR [--out .] NAME
@@ -116,7 +121,7 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		switch s {
 		case "create":
-			return cmdTokenCreate(ctx, r, stdout, stderr)
+			return cmdTokensCreate(ctx, r, stdout, stderr) // tokens.go
 		case "list":
 			return cmdTokenList(ctx, r, stdout)
 		case "revoke":
@@ -134,7 +139,11 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		case "show":
 			return cmdDeviceShow(ctx, r, stdout)
 		case "revoke":
-			return cmdDeviceRevoke(ctx, r, stderr)
+			return cmdDeviceRevokeAny(ctx, r, stderr) // labels.go
+		case "label":
+			return cmdDeviceLabel(ctx, r, stdout)
+		case "renew-now":
+			return cmdDeviceRenewNow(ctx, r, stderr)
 		case "unrevoke":
 			return cmdDeviceUnrevoke(ctx, r, stderr)
 		case "delete":
@@ -278,6 +287,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.BoolVar(&cfg.Shed.Off, "shed-off", false, "never shed load: every enrollment waits its turn, however long")
 	fs.DurationVar(&cfg.Shed.MaxWait, "shed-max-wait", ca.DefaultShedMaxWait, "an enrollment that waits longer than this for a worker is refused with 503 and a jittered Retry-After")
 	fs.DurationVar(&cfg.Shed.RetrySpread, "shed-retry-spread", ca.DefaultShedRetrySpread, "spread of the Retry-After of shed enrollments")
+	fleet := addFleetFlags(fs) // webhooks.go
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	if _, err := parse(fs, args); err != nil {
@@ -300,6 +310,10 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 		cfg.Attestation = o
 	} else if *attestRecovery || *requireTPM {
 		return fmt.Errorf("%w: --attest-recovery and --require-tpm need --attest-roots or --attest-allowlist (which TPMs to trust)", errUsage)
+	}
+	var err error
+	if cfg.Fleet, err = fleet.options(); err != nil {
+		return err
 	}
 	if cfg.CertTTL < ca.MinCertTTL {
 		return fmt.Errorf("%w: --cert-ttl %s is below the minimum of %s", errUsage, cfg.CertTTL, ca.MinCertTTL)

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+	"time"
 )
 
 // Prefix starts every token string; the digit is the format version.
@@ -35,6 +36,36 @@ type Token struct {
 	Pin    Pin    `json:"pin"`    // SHA-256 of a CA certificate in the server's chain
 	ID     string `json:"id"`     // HTTP Basic user name
 	Secret string `json:"secret"` // HTTP Basic password
+	// Expires is when the CA stops accepting the token, in Unix seconds;
+	// 0 in tokens made before it was carried. It is informative: the
+	// agent says "expired" before it asks the CA, the CA decides from
+	// its own record.
+	Expires int64 `json:"exp,omitempty"`
+}
+
+// ExpiresAt is the token's expiry, zero when the token does not say.
+func (t Token) ExpiresAt() time.Time {
+	if t.Expires == 0 {
+		return time.Time{}
+	}
+	return time.Unix(t.Expires, 0).UTC()
+}
+
+// ExpiredError says a token's own expiry has passed: only the operator can
+// help (a new token).
+type ExpiredError struct{ At time.Time }
+
+func (e *ExpiredError) Error() string {
+	return "this enrollment token expired at " + e.At.Format(time.RFC3339) + "; ask the operator for a new one"
+}
+
+// CheckExpiry returns an *ExpiredError when the token says it expired at or
+// before now, nil otherwise (also when it does not say).
+func (t Token) CheckExpiry(now time.Time) error {
+	if at := t.ExpiresAt(); !at.IsZero() && !now.Before(at) {
+		return &ExpiredError{At: at}
+	}
+	return nil
 }
 
 // String encodes t as a token string. It does not validate t.
@@ -85,6 +116,9 @@ func (t Token) Validate() error {
 	}
 	if err := ValidateID(t.ID); err != nil {
 		return err
+	}
+	if t.Expires < 0 {
+		return fmt.Errorf("expiry %d is negative", t.Expires)
 	}
 	if len(t.Secret) < MinSecretLen || len(t.Secret) > 256 {
 		return fmt.Errorf("secret must be %d to 256 characters, got %d", MinSecretLen, len(t.Secret))

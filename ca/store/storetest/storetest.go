@@ -49,6 +49,7 @@ func Run(t *testing.T, b Backend) {
 	}
 	tests = append(tests, revocationTests...) // revocation.go
 	tests = append(tests, inventoryTests...)  // inventory.go
+	tests = append(tests, fleetTests...)      // fleet.go
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, b) })
 	}
