@@ -45,7 +45,7 @@ func fleetBulkTokensAndLabels(t *testing.T, b Backend) {
 	labels := map[string]string{"site": "berlin", "hw": "rev-b"}
 	var toks []store.Token
 	for i := range 500 {
-		toks = append(toks, store.Token{ID: fmt.Sprintf("bulk-%03d", i), SecretHash: [32]byte{byte(i)}, MaxUses: 1, CreatedAt: now, ExpiresAt: now.Add(time.Hour)})
+		toks = append(toks, store.Token{ID: fmt.Sprintf("bulk-%03d", i), SecretHash: secret, MaxUses: 1, CreatedAt: now, ExpiresAt: now.Add(time.Hour)})
 	}
 	if err := fs[0].CreateTokens(ctx, toks, labels); err != nil {
 		t.Fatal(err)
