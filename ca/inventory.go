@@ -79,7 +79,8 @@ type InventoryQuery struct {
 	State    string        // one of States, "" for all
 	Expiring time.Duration // only devices whose certificate ends within this (not yet expired), 0: no bound
 	TokenID  string
-	Sort     string // store.SortID, store.SortExpiry or store.SortLastSeen
+	Labels   map[string]string // only devices carrying all of them
+	Sort     string            // store.SortID, store.SortExpiry or store.SortLastSeen
 	Limit    int
 }
 
@@ -100,7 +101,7 @@ func (c *CA) Inventory(ctx context.Context, q InventoryQuery) ([]InventoryDevice
 		return nil, fmt.Errorf("the store %T keeps no inventory", c.st)
 	}
 	now := c.now()
-	f := store.DeviceFilter{TokenID: q.TokenID, Sort: q.Sort}
+	f := store.DeviceFilter{TokenID: q.TokenID, Labels: q.Labels, Sort: q.Sort}
 	switch q.State {
 	case "":
 	case StateRevoked:

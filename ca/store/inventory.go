@@ -5,6 +5,8 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 )
@@ -76,8 +78,10 @@ type DeviceFilter struct {
 	// RenewalRefused keeps devices whose last renewal attempt was
 	// refused after their newest certificate was issued.
 	RenewalRefused bool
-	Sort           string // SortID when ""
-	Limit          int    // all when <= 0
+	// Labels keeps devices that carry every one of these labels.
+	Labels map[string]string
+	Sort   string // SortID when ""
+	Limit  int    // all when <= 0
 }
 
 // Contact is one authenticated contact of a device with the CA.
@@ -198,6 +202,10 @@ func filterSQL(f DeviceFilter, ph func(int) string, lastSeen string) (string, []
 	}
 	if !f.NotAfterBefore.IsZero() {
 		add("d.not_after < ?", unixNano(f.NotAfterBefore))
+	}
+	for _, k := range slices.Sorted(maps.Keys(f.Labels)) {
+		args = append(args, k, f.Labels[k])
+		conds = append(conds, "EXISTS (SELECT 1 FROM device_labels l WHERE l.device_id = d.id AND l.key = "+ph(len(args)-1)+" AND l.value = "+ph(len(args))+")")
 	}
 	if f.RenewalRefused {
 		conds = append(conds, "i.renew_result = '"+RenewalRefused+"' AND i.renew_at >= i.issued_at")

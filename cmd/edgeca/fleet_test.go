@@ -264,7 +264,18 @@ func TestReadmeOperatingAFleet(t *testing.T) {
 	}
 	c.Close()
 
-	if _, errOut := run(7); !strings.Contains(errOut, "2 device(s) labelled site=berlin revoked") {
+	out, _ = run(7)
+	var listed []struct {
+		ID     string `json:"id"`
+		Labels map[string]string
+	}
+	if err := json.Unmarshal([]byte(out), &listed); err != nil || len(listed) != 2 || listed[0].ID != "sensor-0001" || listed[1].ID != "sensor-0002" {
+		t.Fatalf("device list --label site=berlin --json: %v\n%s", err, out)
+	}
+	if err := json.Unmarshal([]byte(mustRun(t, "device", "show", "--json", "--dir", dir, "sensor-0003")), &listed[0]); err != nil || listed[0].Labels["site"] != "paris" {
+		t.Fatalf("device show --json: labels %v (%v), want site=paris", listed[0].Labels, err)
+	}
+	if _, errOut := run(8); !strings.Contains(errOut, "2 device(s) labelled site=berlin revoked") {
 		t.Fatalf("revoke by label: %s", errOut)
 	}
 	var dev map[string]any

@@ -25,22 +25,23 @@ type renewalJSON struct {
 
 // deviceJSON is the --json form of a device in device list and show.
 type deviceJSON struct {
-	ID          string       `json:"id"`
-	State       string       `json:"state"`  // ca.States
-	Status      string       `json:"status"` // active or revoked, as registered
-	Serial      string       `json:"serial"`
-	Confirmed   string       `json:"confirmed_serial,omitempty"`
-	NotBefore   time.Time    `json:"not_before,omitzero"`
-	NotAfter    time.Time    `json:"not_after"`
-	FirstSeen   time.Time    `json:"first_seen"`
-	LastSeen    time.Time    `json:"last_seen"`
-	TokenID     string       `json:"token_id,omitempty"`
-	Enrollments int          `json:"enrollments"`
-	Agent       string       `json:"agent,omitempty"`
-	Renewal     *renewalJSON `json:"last_renewal,omitempty"`
-	RevokedAt   time.Time    `json:"revoked_at,omitzero"`
-	EKSHA256    string       `json:"ek_sha256,omitempty"`
-	History     []certJSON   `json:"certificates,omitempty"`
+	ID          string            `json:"id"`
+	State       string            `json:"state"`  // ca.States
+	Status      string            `json:"status"` // active or revoked, as registered
+	Serial      string            `json:"serial"`
+	Confirmed   string            `json:"confirmed_serial,omitempty"`
+	NotBefore   time.Time         `json:"not_before,omitzero"`
+	NotAfter    time.Time         `json:"not_after"`
+	FirstSeen   time.Time         `json:"first_seen"`
+	LastSeen    time.Time         `json:"last_seen"`
+	TokenID     string            `json:"token_id,omitempty"`
+	Enrollments int               `json:"enrollments"`
+	Agent       string            `json:"agent,omitempty"`
+	Renewal     *renewalJSON      `json:"last_renewal,omitempty"`
+	RevokedAt   time.Time         `json:"revoked_at,omitzero"`
+	EKSHA256    string            `json:"ek_sha256,omitempty"`
+	Labels      map[string]string `json:"labels,omitempty"`
+	History     []certJSON        `json:"certificates,omitempty"`
 }
 
 type certJSON struct {
@@ -78,6 +79,8 @@ func cmdDeviceList(ctx context.Context, args []string, stdout io.Writer) error {
 	fs.StringVar(&q.State, "state", "", "only devices in this state: "+strings.Join(ca.States, ", "))
 	fs.DurationVar(&q.Expiring, "expiring", 0, "only devices whose certificate expires within this duration (e.g. 72h), not yet expired")
 	fs.StringVar(&q.TokenID, "token", "", "only devices enrolled (last) with this token id")
+	labels := labelFlags{}
+	fs.Var(labels, "label", "only devices with this label key=value (repeatable: all of them)")
 	fs.StringVar(&q.Sort, "sort", store.SortID, "order: id, expiry (soonest first) or last-seen (most recent first)")
 	fs.IntVar(&q.Limit, "limit", 0, "print at most this many devices (0: all)")
 	if _, err := parse(fs, args); err != nil {
@@ -85,6 +88,9 @@ func cmdDeviceList(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	if *asJSON && *asCSV {
 		return fmt.Errorf("%w: device list: give --json or --csv, not both", errUsage)
+	}
+	if len(labels) > 0 {
+		q.Labels = labels
 	}
 	if q.Limit < 0 {
 		return fmt.Errorf("%w: device list: --limit %d: must not be negative", errUsage, q.Limit)
@@ -154,9 +160,14 @@ func cmdDeviceShow(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	labels, err := c.Fleet().DeviceLabels(ctx, d.ID)
+	if err != nil {
+		return err
+	}
 	if *asJSON {
 		j := toDeviceJSON(d.InventoryDevice)
 		j.EKSHA256 = ek
+		j.Labels = labels
 		j.History = []certJSON{}
 		for _, h := range d.History {
 			j.History = append(j.History, certJSON{Serial: h.Serial, Op: h.Op, NotBefore: h.NotBefore, NotAfter: h.NotAfter, IssuedAt: h.IssuedAt})
@@ -184,6 +195,7 @@ func cmdDeviceShow(ctx context.Context, args []string, stdout io.Writer) error {
 	row("last seen", ts(d.LastSeen))
 	row("token", dash(d.TokenID))
 	row("agent", dash(d.Agent))
+	row("labels", dash(formatLabels(labels)))
 	switch d.Renewal.Result {
 	case "":
 		row("last renewal", "-")

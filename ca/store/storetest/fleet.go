@@ -94,6 +94,33 @@ func fleetBulkTokensAndLabels(t *testing.T, b Backend) {
 	if ids, _ := fs[1].DevicesWithLabel(ctx, "ring", "canary"); !slices.Equal(ids, []string{"dev-a"}) {
 		t.Fatalf("ring=canary: %v", ids)
 	}
+	// The inventory filters by labels too: every label given must match.
+	inv, ok := ss[1].(store.InventoryStore)
+	if !ok {
+		t.Fatalf("the store %T is not a store.InventoryStore", ss[1])
+	}
+	for _, tc := range []struct {
+		labels map[string]string
+		want   []string
+	}{
+		{map[string]string{"site": "berlin"}, []string{"dev-b"}},
+		{map[string]string{"site": "paris"}, []string{"dev-a"}},
+		{map[string]string{"site": "paris", "ring": "canary"}, []string{"dev-a"}},
+		{map[string]string{"site": "paris", "ring": "stable"}, nil},
+		{map[string]string{"hw": "rev-b"}, []string{"dev-b"}},
+	} {
+		got, err := inv.Inventory(ctx, store.DeviceFilter{Labels: tc.labels})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, d := range got {
+			ids = append(ids, d.ID)
+		}
+		if !slices.Equal(ids, tc.want) {
+			t.Errorf("Inventory(labels %v) = %v, want %v", tc.labels, ids, tc.want)
+		}
+	}
 	too := map[string]string{}
 	for i := range store.MaxLabels + 1 {
 		too[fmt.Sprintf("k%d", i)] = "v"
