@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"reflect"
 	"testing"
@@ -121,5 +122,84 @@ func TestMigrateCopiesRevocations(t *testing.T) {
 	}
 	if len(evs) != 1 || evs[0].Seq != last+1 || evs[0].Serial != "a2" {
 		t.Errorf("events after the copied ones: %+v, want one for a2 with seq %d", evs, last+1)
+	}
+}
+
+// TestMigrateCopiesFleetTables: the inventory (agent, certificate
+// history), the labels of tokens and devices, a renew-now mark and a
+// queued webhook event arrive in a real PostgreSQL as they were, and a new
+// event queues after the copied one.
+func TestMigrateCopiesFleetTables(t *testing.T) {
+	ctx := context.Background()
+	now := time.Unix(1_800_000_000, 0)
+	src, err := store.Open(ctx, filepath.Join(t.TempDir(), "edgeca.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	labels := map[string]string{"site": "berlin"}
+	if err := src.CreateTokens(ctx, []store.Token{{ID: "fleet", MaxUses: 1, CreatedAt: now, ExpiresAt: now.Add(time.Hour)}}, labels); err != nil {
+		t.Fatal(err)
+	}
+	audit := store.AuditRecord{Time: now, Op: "simpleenroll", DeviceID: "pump-1", Result: store.ResultOK}
+	if _, err := src.IssueWithToken(ctx, store.TokenEnrollment{TokenID: "fleet", DeviceID: "pump-1", Time: now, Agent: "edgeagent/1.2.3",
+		Issuance: store.Issuance{Serial: "a1", NotBefore: now, NotAfter: now.Add(time.Hour), KeyHash: [32]byte{1}}, Audit: audit}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := src.Reissue(ctx, store.Renewal{DeviceID: "pump-1", Presented: "a1", Time: now.Add(time.Minute),
+		Issuance: store.Issuance{Serial: "a2", NotBefore: now, NotAfter: now.Add(2 * time.Hour), KeyHash: [32]byte{2}}, Audit: audit}); err != nil {
+		t.Fatal(err)
+	}
+	if err := src.LabelDevice(ctx, "pump-1", map[string]string{"ring": "canary"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := src.RequestRenewal(ctx, []string{"pump-1"}, now.Add(2*time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if err := src.Enqueue(ctx, []store.OutboxEvent{{ID: "evt-1", Kind: "device.enrolled", Created: now, Body: []byte(`{"a":1}`)}}, 0); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := src.Snapshot(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	pg := postgres.Start(t)
+	dst, err := store.OpenPostgres(ctx, pg.CreateDB("migratefleet"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dst.Close()
+	if err := dst.Import(ctx, snap); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []interface {
+		store.InventoryStore
+		store.FleetStore
+	}{src, dst} {
+		name := fmt.Sprintf("%T", s)
+		d, err := s.DeviceInfo(ctx, "pump-1")
+		if err != nil || d.Agent != "edgeagent/1.2.3" || d.Renewal.Result != store.RenewalOK {
+			t.Errorf("%s: device info %+v, %v", name, d, err)
+		}
+		if h, err := s.CertHistory(ctx, "pump-1"); err != nil || len(h) != 2 || h[0].Serial != "a2" || h[1].Serial != "a1" {
+			t.Errorf("%s: history %+v, %v", name, h, err)
+		}
+		if l, err := s.DeviceLabels(ctx, "pump-1"); err != nil || !reflect.DeepEqual(l, map[string]string{"site": "berlin", "ring": "canary"}) {
+			t.Errorf("%s: device labels %v, %v", name, l, err)
+		}
+		if l, err := s.TokenLabels(ctx, "fleet"); err != nil || !reflect.DeepEqual(l, labels) {
+			t.Errorf("%s: token labels %v, %v", name, l, err)
+		}
+		if at, err := s.RenewalRequested(ctx, "pump-1"); err != nil || !at.Equal(now.Add(2*time.Minute)) {
+			t.Errorf("%s: renew-now mark %v, %v", name, at, err)
+		}
+	}
+	if err := dst.Enqueue(ctx, []store.OutboxEvent{{ID: "evt-2", Kind: "device.renewed", Created: now, Body: []byte(`{}`)}}, 0); err != nil {
+		t.Fatal(err)
+	}
+	evs, err := dst.ClaimEvents(ctx, "r1", now.Add(time.Hour), time.Minute, 10)
+	if err != nil || len(evs) != 2 || evs[0].ID != "evt-1" || string(evs[0].Body) != `{"a":1}` || evs[1].ID != "evt-2" {
+		t.Fatalf("outbox after the move: %+v, %v", evs, err)
 	}
 }

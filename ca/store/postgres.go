@@ -544,6 +544,8 @@ type Snapshot struct {
 	Issued  []IssuedCert
 	Revoked []RevokedCert
 	Events  []RevocationEvent // oldest first
+	// Tables are the fleet tables, copied verbatim (migrate_tables.go).
+	Tables []TableRows
 }
 
 // IssuedCert is one certificate the CA issued, as revocation knows it.
@@ -605,6 +607,9 @@ func (p *Postgres) Import(ctx context.Context, snap Snapshot) error {
 				return fmt.Errorf("import setting %s: %w", k, err)
 			}
 		}
-		return importRevocations(ctx, tx, snap)
+		if err := importRevocations(ctx, tx, snap); err != nil {
+			return err
+		}
+		return importTables(ctx, tx, snap.Tables)
 	})
 }

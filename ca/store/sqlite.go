@@ -852,5 +852,8 @@ func (s *SQLite) Snapshot(ctx context.Context) (Snapshot, error) {
 	}); err != nil {
 		return Snapshot{}, err
 	}
+	if snap.Tables, err = snapshotTables(ctx, tx); err != nil {
+		return Snapshot{}, err
+	}
 	return snap, nil
 }
