@@ -59,10 +59,11 @@ func main() {
 	repo := flag.String("repo", filepath.Join("..", "..", ".."), "the edgeagent module to build edgeca from")
 	n1 := flag.Int("n1", 150, "enrollments per run at concurrency 1")
 	n16 := flag.Int("n16", 600, "enrollments per run at concurrency 16")
+	prebuilt := flag.String("edgeca", "", "a built edgeca binary to run instead of building one from -repo (to profile it, or to compare two builds)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	if err := run(ctx, os.Stdout, *repo, *n1, *n16); err != nil {
+	if err := run(ctx, os.Stdout, *repo, *prebuilt, *n1, *n16); err != nil {
 		fmt.Fprintln(os.Stderr, "bench peer:", err)
 		os.Exit(1)
 	}
@@ -70,15 +71,18 @@ func main() {
 
 const warmup = 20
 
-func run(ctx context.Context, w io.Writer, repo string, n1, n16 int) error {
+func run(ctx context.Context, w io.Writer, repo, prebuilt string, n1, n16 int) error {
 	dir, err := os.MkdirTemp("", "edgeca-bench-peer-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	bin := filepath.Join(dir, "edgeca")
-	if err := buildEdgeca(ctx, repo, bin); err != nil {
-		return err
+	bin := prebuilt
+	if bin == "" {
+		bin = filepath.Join(dir, "edgeca")
+		if err := buildEdgeca(ctx, repo, bin); err != nil {
+			return err
+		}
 	}
 	total := 2*(n1+n16) + 4*warmup
 	ed, err := startEdgeca(ctx, bin, filepath.Join(dir, "ca"), total)
