@@ -63,7 +63,6 @@ func main() {
 	n1 := flag.Int("n1", 150, "enrollments per run at concurrency 1")
 	n16 := flag.Int("n16", 600, "enrollments per run at concurrency 16")
 	prebuilt := flag.String("edgeca", "", "a built edgeca binary to run instead of building one from -repo (to profile it, or to compare two builds)")
-	godebug := flag.String("edgeca-godebug", "adaptivestackstart=1", "GODEBUG for edgeca serve; the default is packaging/edgeca.env's")
 	servePeer := flag.String("serve-peer", "", "internal: serve the peer EST server, writing its address and root to this directory, until SIGTERM")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -75,7 +74,7 @@ func main() {
 		}
 		return
 	}
-	if err := run(ctx, os.Stdout, *repo, *prebuilt, *godebug, *n1, *n16); err != nil {
+	if err := run(ctx, os.Stdout, *repo, *prebuilt, *n1, *n16); err != nil {
 		fmt.Fprintln(os.Stderr, "bench peer:", err)
 		os.Exit(1)
 	}
@@ -83,7 +82,7 @@ func main() {
 
 const warmup = 20
 
-func run(ctx context.Context, w io.Writer, repo, prebuilt, godebug string, n1, n16 int) error {
+func run(ctx context.Context, w io.Writer, repo, prebuilt string, n1, n16 int) error {
 	dir, err := os.MkdirTemp("", "edgeca-bench-peer-")
 	if err != nil {
 		return err
@@ -97,7 +96,7 @@ func run(ctx context.Context, w io.Writer, repo, prebuilt, godebug string, n1, n
 		}
 	}
 	total := 2*(n1+n16) + 4*warmup
-	ed, err := startEdgeca(ctx, bin, filepath.Join(dir, "ca"), godebug, total)
+	ed, err := startEdgeca(ctx, bin, filepath.Join(dir, "ca"), total)
 	if err != nil {
 		return err
 	}
@@ -109,8 +108,8 @@ func run(ctx context.Context, w io.Writer, repo, prebuilt, godebug string, n1, n
 	defer pr.stop()
 
 	fmt.Fprintf(w, "== edgeca beside GlobalSign est %s (same clients, TLS on 127.0.0.1) ==\n", "v1.0.6")
-	fmt.Fprintf(w, "%s/%s, GOMAXPROCS=%d, %s; edgeca: its own process (SQLite, synchronous=FULL, shedding off, GODEBUG=%s); peer: est.NewRouter + crypto/x509 CA, its own process\n",
-		runtime.GOOS, runtime.GOARCH, runtime.GOMAXPROCS(0), runtime.Version(), godebug)
+	fmt.Fprintf(w, "%s/%s, GOMAXPROCS=%d, %s; edgeca: its own process (SQLite, synchronous=FULL, shedding off); peer: est.NewRouter + crypto/x509 CA, its own process\n",
+		runtime.GOOS, runtime.GOARCH, runtime.GOMAXPROCS(0), runtime.Version())
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintf(tw, "client\tc\tserver\tenrollments\tenroll/s\tp50 ms\tp99 ms\tserver CPU us/enroll\tedgeca/peer enroll/s\tedgeca/peer CPU/enroll\t\n")
 	seq := 0
@@ -187,7 +186,7 @@ type edgecaProc struct {
 	cancel     context.CancelFunc
 }
 
-func startEdgeca(ctx context.Context, bin, dir, godebug string, uses int) (*edgecaProc, error) {
+func startEdgeca(ctx context.Context, bin, dir string, uses int) (*edgecaProc, error) {
 	if out, err := exec.CommandContext(ctx, bin, "init", "--dir", dir).CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("edgeca init: %w\n%s", err, out)
 	}
@@ -195,7 +194,6 @@ func startEdgeca(ctx context.Context, bin, dir, godebug string, uses int) (*edge
 	sctx, cancel := context.WithCancel(ctx)
 	cmd := exec.CommandContext(sctx, bin, "serve", "--dir", dir, "--listen", "127.0.0.1:0", "--addr-file", addrFile,
 		"--health-listen", "off", "--shed-off", "--max-conns-per-peer", "4096", "--log-level", "warn")
-	cmd.Env = append(os.Environ(), "GODEBUG="+godebug)
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	logs := &bytes.Buffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
