@@ -1,7 +1,9 @@
 // Command peer is the `make bench` row that puts edgeca beside another EST
 // server driven by the same clients: GlobalSign's est server
-// (est.NewRouter) with a Go crypto/x509 CA behind it, in this process, and
-// a separately built `edgeca serve` process, both behind TLS on 127.0.0.1.
+// (est.NewRouter) with a Go crypto/x509 CA behind it, run as a process of
+// its own (this program with -serve-peer), and a separately built `edgeca
+// serve` process, both behind TLS on 127.0.0.1; each server's CPU is its
+// process's, the clients run in this one.
 // Two clients drive each: a device-like net/http client doing a full EST
 // enrollment (a fresh P-256 key, a CSR, a new TLS connection, the PKCS#7
 // answer parsed), and GlobalSign's own est.Client, at concurrency 1 and 16.
@@ -29,6 +31,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
@@ -59,10 +62,19 @@ func main() {
 	repo := flag.String("repo", filepath.Join("..", "..", ".."), "the edgeagent module to build edgeca from")
 	n1 := flag.Int("n1", 150, "enrollments per run at concurrency 1")
 	n16 := flag.Int("n16", 600, "enrollments per run at concurrency 16")
+	prebuilt := flag.String("edgeca", "", "a built edgeca binary to run instead of building one from -repo (to profile it, or to compare two builds)")
+	servePeer := flag.String("serve-peer", "", "internal: serve the peer EST server, writing its address and root to this directory, until SIGTERM")
 	flag.Parse()
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, os.Stdout, *repo, *n1, *n16); err != nil {
+	if *servePeer != "" {
+		if err := runPeer(ctx, *servePeer); err != nil {
+			fmt.Fprintln(os.Stderr, "bench peer server:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if err := run(ctx, os.Stdout, *repo, *prebuilt, *n1, *n16); err != nil {
 		fmt.Fprintln(os.Stderr, "bench peer:", err)
 		os.Exit(1)
 	}
@@ -70,15 +82,18 @@ func main() {
 
 const warmup = 20
 
-func run(ctx context.Context, w io.Writer, repo string, n1, n16 int) error {
+func run(ctx context.Context, w io.Writer, repo, prebuilt string, n1, n16 int) error {
 	dir, err := os.MkdirTemp("", "edgeca-bench-peer-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	bin := filepath.Join(dir, "edgeca")
-	if err := buildEdgeca(ctx, repo, bin); err != nil {
-		return err
+	bin := prebuilt
+	if bin == "" {
+		bin = filepath.Join(dir, "edgeca")
+		if err := buildEdgeca(ctx, repo, bin); err != nil {
+			return err
+		}
 	}
 	total := 2*(n1+n16) + 4*warmup
 	ed, err := startEdgeca(ctx, bin, filepath.Join(dir, "ca"), total)
@@ -86,17 +101,17 @@ func run(ctx context.Context, w io.Writer, repo string, n1, n16 int) error {
 		return err
 	}
 	defer ed.stop()
-	pr, err := startPeer()
+	pr, err := startPeerProc(ctx, filepath.Join(dir, "peer"))
 	if err != nil {
 		return err
 	}
-	defer pr.close()
+	defer pr.stop()
 
 	fmt.Fprintf(w, "== edgeca beside GlobalSign est %s (same clients, TLS on 127.0.0.1) ==\n", "v1.0.6")
-	fmt.Fprintf(w, "%s/%s, GOMAXPROCS=%d, %s; edgeca: its own process (SQLite, synchronous=FULL, shedding off); peer: est.NewRouter + crypto/x509 CA in this process\n",
+	fmt.Fprintf(w, "%s/%s, GOMAXPROCS=%d, %s; edgeca: its own process (SQLite, synchronous=FULL, shedding off); peer: est.NewRouter + crypto/x509 CA, its own process\n",
 		runtime.GOOS, runtime.GOARCH, runtime.GOMAXPROCS(0), runtime.Version())
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "client\tc\tserver\tenrollments\tenroll/s\tp50 ms\tp99 ms\tserver CPU us/enroll\tedgeca/peer enroll/s\t\n")
+	fmt.Fprintf(tw, "client\tc\tserver\tenrollments\tenroll/s\tp50 ms\tp99 ms\tserver CPU us/enroll\tedgeca/peer enroll/s\tedgeca/peer CPU/enroll\t\n")
 	seq := 0
 	for _, c := range []struct{ conc, n int }{{1, n1}, {16, n16}} {
 		for _, cl := range []clientKind{deviceClient, globalsignClient} {
@@ -115,17 +130,13 @@ func run(ctx context.Context, w io.Writer, repo string, n1, n16 int) error {
 				rows[i] = res
 			}
 			ed, peer := rows[0], rows[1]
-			// The peer runs in this process: its CPU is this process's
-			// minus the client's, taken from the edgeca run of the same
-			// client at the same concurrency (where all of this
-			// process's CPU is the client's).
-			peer.serverCPU = max(0, peer.selfCPU-ed.selfCPU)
 			for i, r := range []result{ed, peer} {
-				ratio := ""
+				ratio, cpuRatio := "", ""
 				if i == 0 {
 					ratio = fmt.Sprintf("%.2f", ed.rate/peer.rate)
+					cpuRatio = fmt.Sprintf("%.2f", float64(ed.serverCPU)/float64(peer.serverCPU))
 				}
-				fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%.0f\t%.2f\t%.2f\t%.0f\t%s\t\n", cl, c.conc, []string{"edgeca", "peer"}[i], c.n, r.rate, ms(r.p50), ms(r.p99), us(r.serverCPU), ratio)
+				fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%.0f\t%.2f\t%.2f\t%.0f\t%s\t%s\t\n", cl, c.conc, []string{"edgeca", "peer"}[i], c.n, r.rate, ms(r.p50), ms(r.p99), us(r.serverCPU), ratio, cpuRatio)
 			}
 		}
 	}
@@ -133,7 +144,7 @@ func run(ctx context.Context, w io.Writer, repo string, n1, n16 int) error {
 		return err
 	}
 	fmt.Fprintln(w, "not like for like: edgeca checks a token and commits the token use, the device, the audit record and the issued certificate with an fsync before each answer (group commit under concurrency); the peer checks a fixed password and stores nothing.")
-	fmt.Fprintln(w, "CPU: edgeca's from /proc/PID/stat (10 ms ticks); the peer's is this process's minus the same client's CPU in the edgeca run beside it, so it carries that difference's noise. Each enrollment is a new TLS connection (full handshake), as a device's is.")
+	fmt.Fprintln(w, "CPU: each server process's user+system time from /proc/PID/stat (10 ms ticks), the clients run in this process. Each enrollment is a new TLS connection (full handshake), as a device's is.")
 	return nil
 }
 
@@ -271,20 +282,11 @@ func parseStatCPU(s string) (time.Duration, error) {
 	return time.Duration(ut+st) * time.Second / clkTck, nil
 }
 
-// selfCPU is this process's user+system CPU time.
-func selfCPU() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
 // peer is GlobalSign's EST server with a Go x509 CA that stores nothing.
 type peer struct {
-	srv   *http.Server
-	addr  string
-	roots *x509.CertPool
+	srv  *http.Server
+	addr string
+	root *x509.Certificate
 }
 
 const (
@@ -332,15 +334,98 @@ func startPeer() (*peer, error) {
 		ErrorLog:          log.New(io.Discard, "", 0),
 	}
 	go srv.ServeTLS(ln, "", "")
-	roots := x509.NewCertPool()
-	roots.AddCert(ca.root)
-	return &peer{srv: srv, addr: ln.Addr().String(), roots: roots}, nil
+	return &peer{srv: srv, addr: ln.Addr().String(), root: ca.root}, nil
 }
 
-func (p *peer) close() { p.srv.Close() }
+// runPeer is the peer's process: it serves until ctx is done, having
+// written its address and root (PEM) into dir.
+func runPeer(ctx context.Context, dir string) error {
+	p, err := startPeer()
+	if err != nil {
+		return err
+	}
+	defer p.srv.Close()
+	for _, f := range []struct{ name, body string }{
+		{"root.pem", string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: p.root.Raw}))},
+		{"addr", p.addr + "\n"}, // last: its presence says the peer is up
+	} {
+		if err := os.WriteFile(filepath.Join(dir, f.name), []byte(f.body), 0o600); err != nil {
+			return err
+		}
+	}
+	<-ctx.Done()
+	return nil
+}
 
-func (p *peer) target() target {
-	return target{name: "peer", addr: p.addr, roots: p.roots, user: peerUser, pass: peerPass}
+// peerProc is the peer running as a process of its own (this program
+// with -serve-peer), so that its CPU is measured as edgeca's is.
+type peerProc struct {
+	cmd    *exec.Cmd
+	addr   string
+	roots  *x509.CertPool
+	cancel context.CancelFunc
+}
+
+func startPeerProc(ctx context.Context, dir string) (*peerProc, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return nil, err
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	cmd := exec.CommandContext(sctx, self, "-serve-peer", dir)
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	logs := &bytes.Buffer{}
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		cancel()
+		return nil, err
+	}
+	p := &peerProc{cmd: cmd, cancel: cancel}
+	addr, err := waitFile(filepath.Join(dir, "addr"), logs)
+	if err != nil {
+		p.stop()
+		return nil, fmt.Errorf("peer: %w", err)
+	}
+	p.addr = addr
+	rootPEM, err := os.ReadFile(filepath.Join(dir, "root.pem"))
+	if err != nil {
+		p.stop()
+		return nil, err
+	}
+	p.roots = x509.NewCertPool()
+	if !p.roots.AppendCertsFromPEM(rootPEM) {
+		p.stop()
+		return nil, errors.New("peer: no root in root.pem")
+	}
+	return p, nil
+}
+
+func (p *peerProc) stop() {
+	p.cancel()
+	_ = p.cmd.Wait()
+}
+
+func (p *peerProc) target() target {
+	return target{name: "peer", addr: p.addr, roots: p.roots, user: peerUser, pass: peerPass, cpu: func() (time.Duration, error) { return procCPU(p.cmd.Process.Pid) }}
+}
+
+// waitFile waits (polling, with a deadline) for a process to write a
+// one-line file, and returns the line.
+func waitFile(path string, logs *bytes.Buffer) (string, error) {
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		b, err := os.ReadFile(path)
+		if err == nil && strings.HasSuffix(string(b), "\n") {
+			return strings.TrimSpace(string(b)), nil
+		}
+		if time.Now().After(deadline) {
+			return "", fmt.Errorf("%s not written: %v\n%s", path, err, logs.String())
+		}
+		time.Sleep(20 * time.Millisecond) // polling for the file, with a deadline
+	}
 }
 
 // peerCA is the peer's CA: a P-256 root and intermediate, as edgeca's, and
@@ -440,9 +525,9 @@ const (
 
 // result is one run.
 type result struct {
-	rate               float64
-	p50, p99           time.Duration
-	serverCPU, selfCPU time.Duration // per enrollment
+	rate      float64
+	p50, p99  time.Duration
+	serverCPU time.Duration // per enrollment
 }
 
 // drive runs n enrollments of fresh device ids with concurrency workers
@@ -465,7 +550,6 @@ func drive(ctx context.Context, kind clientKind, srv target, id func(int) string
 			return result{}, err
 		}
 	}
-	self0 := selfCPU()
 	start := time.Now()
 	var wg sync.WaitGroup
 	for range concurrency {
@@ -491,7 +575,7 @@ func drive(ctx context.Context, kind clientKind, srv target, id func(int) string
 	if firstErr != nil {
 		return result{}, firstErr
 	}
-	res := result{rate: float64(n) / elapsed.Seconds(), selfCPU: (selfCPU() - self0) / time.Duration(n)}
+	res := result{rate: float64(n) / elapsed.Seconds()}
 	if cpu != nil {
 		srv1, err := cpu()
 		if err != nil {
