@@ -20,7 +20,7 @@ func (d *Daemon) newMQTT(c config.MQTT, sp *spool.Spool) (Uplink, error) {
 		return nil, fmt.Errorf("agent: mqtt.ca_bundle: %w", err)
 	}
 	var pub *mqtt.Publisher
-	echo := &statusEcho{now: d.clock.Now, grace: d.o.EchoGrace, conns: func() uint64 { return pub.Stats().Reconnects }}
+	echo := &statusEcho{now: d.clock.Now, grace: d.o.EchoGrace, conns: func() uint64 { return pub.Setup() }}
 	if echo.grace <= 0 {
 		echo.grace = defaultEchoGrace
 	}

@@ -41,7 +41,7 @@ func (u mqttUplink) State() UplinkState {
 	s := u.Stats()
 	st := UplinkState{Connected: s.Connected, LastError: s.LastError, Acked: s.Acked, Errors: s.Reconnects}
 	if u.echo != nil {
-		st.Dropping = u.echo.dropping(s.Connected, s.Reconnects)
+		st.Dropping = u.echo.dropping(s.Connected, s.Conn)
 	}
 	return st
 }
@@ -55,8 +55,9 @@ func (u mqttUplink) State() UplinkState {
 type statusEcho struct {
 	now   func() time.Time
 	grace time.Duration
-	// conns returns the publisher's connection count (Stats.Reconnects),
-	// which tells the connections apart.
+	// conns returns the number of the connection being set up or in use
+	// (Publisher.Setup; dropping is given Stats.Conn), which tells the
+	// connections apart: the echo comes back during the setup.
 	conns func() uint64
 
 	mu       sync.Mutex

@@ -92,7 +92,10 @@ type Stats struct {
 	Published  uint64 // PUBLISH packets sent, re-sends included
 	Acked      uint64 // messages acknowledged by the broker and acked in the spool
 	Reconnects uint64 // connections made after the first
-	LastError  string // last connection or publish error, "" once healthy
+	// Conn numbers the connection in use by its setup (Setup's count when
+	// it began), so a status echo is matched to the connection it came on.
+	Conn      uint64
+	LastError string // last connection or publish error, "" once healthy
 }
 
 // ErrAckTimeout ends a connection on which a PUBACK did not come in time.
@@ -124,6 +127,8 @@ type Publisher struct {
 	acked     atomic.Uint64
 	published atomic.Uint64
 	reconns   atomic.Uint64
+	setups    atomic.Uint64 // connection setups begun (see Setup)
+	inUse     atomic.Uint64 // the setup number of the connection in use
 	mu        sync.Mutex
 	lastErr   string
 }
@@ -170,8 +175,14 @@ func New(o Options) (*Publisher, error) {
 
 // Stats returns counters and the connection state.
 func (p *Publisher) Stats() Stats {
-	return Stats{Connected: p.Connected(), Published: p.published.Load(), Acked: p.Acked(), Reconnects: p.Reconnects(), LastError: p.LastError()}
+	return Stats{Connected: p.Connected(), Published: p.published.Load(), Acked: p.Acked(), Reconnects: p.Reconnects(), Conn: p.inUse.Load(), LastError: p.LastError()}
 }
+
+// Setup counts connection setups begun. A connection's own retained
+// "online" comes back while it is being set up, before it is counted in
+// Reconnects or becomes Stats.Conn: an OnStatusEcho handler reads Setup to
+// know which connection the echo belongs to.
+func (p *Publisher) Setup() uint64 { return p.setups.Load() }
 
 // Connected reports whether a broker connection is up.
 func (p *Publisher) Connected() bool { return p.connected.Load() }
@@ -274,6 +285,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 			}
 			first = false
 			c, lost = nc, nl
+			p.inUse.Store(p.setups.Load())
 			p.connected.Store(true)
 			p.setErr(nil)
 		}
@@ -319,6 +331,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 			// arrived with the same client id; this releases ours.
 			c.Disconnect(0)
 			c, lost = nc, nl
+			p.inUse.Store(p.setups.Load())
 			p.setErr(nil)
 		default:
 			stopRetry()
@@ -352,6 +365,7 @@ func sleep(ctx context.Context, d time.Duration) bool {
 // connect makes one connection, announces the device online and
 // subscribes to the command topic.
 func (p *Publisher) connect(ctx context.Context) (paho.Client, <-chan error, error) {
+	p.setups.Add(1)
 	lost := make(chan error, 1)
 	opts := paho.NewClientOptions().
 		AddBroker(p.broker).
