@@ -112,6 +112,10 @@ func TestPlanCSR(t *testing.T) {
 		unhonour  []string // substrings, one each
 	}{
 		{name: "nothing", preferred: algECDSAP256, wantAlg: algECDSAP256},
+		// edgeca's own answer: CN and an ECDSA P-256 key with SHA-256.
+		{name: "commonName is always sent", attrs: est.CSRAttrs{OIDs: []asn1.ObjectIdentifier{{2, 5, 4, 3}, oidECPublicKey, {1, 2, 840, 10045, 3, 1, 7}, {1, 2, 840, 10045, 4, 3, 2}}},
+			preferred: algECDSAP256, wantAlg: algECDSAP256, wantSig: x509.ECDSAWithSHA256},
+		{name: "commonName as an attribute", attrs: est.CSRAttrs{Attributes: []est.Attribute{{Type: asn1.ObjectIdentifier{2, 5, 4, 3}}}}, preferred: algECDSAP256, wantAlg: algECDSAP256},
 		{
 			// The example of RFC 7030 §4.5.2.
 			name: "RFC 7030 example",

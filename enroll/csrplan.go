@@ -22,6 +22,10 @@ var (
 	oidECPublicKey       = asn1.ObjectIdentifier{1, 2, 840, 10045, 2, 1}
 	oidRSAEncryption     = asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 1, 1}
 	oidChallengePassword = asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 9, 7}
+	// commonName: the agent always sends one (the device id, or on
+	// renewal the current certificate's subject), so asking for it is
+	// honoured, not a warning (edgeca's own /csrattrs asks for it).
+	oidCommonName = asn1.ObjectIdentifier{2, 5, 4, 3}
 	oidExtensionRequest  = asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 9, 14}
 
 	curveOIDs = map[string]string{
@@ -82,6 +86,7 @@ func PlanCSR(a est.CSRAttrs) CSRPlan {
 			p.Curve = curveOIDs[s]
 		case signatureOIDs[s] != x509.UnknownSignatureAlgorithm:
 			p.SignatureAlgorithm = signatureOIDs[s]
+		case oid.Equal(oidCommonName):
 		case oid.Equal(oidChallengePassword):
 			p.Unhonoured = append(p.Unhonoured, "challengePassword (tls-unique channel binding, RFC 7030 §3.5) is not sent")
 		default:
@@ -110,6 +115,7 @@ func PlanCSR(a est.CSRAttrs) CSRPlan {
 				}
 				p.RSABits = bits
 			}
+		case at.Type.Equal(oidCommonName):
 		case at.Type.Equal(oidExtensionRequest):
 			for _, v := range at.Values {
 				var exts []pkix.Extension
