@@ -21,7 +21,7 @@ func parseAny(fs *flag.FlagSet, args []string) ([]string, error) {
 	for {
 		if err := fs.Parse(args); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
-				return nil, err
+				return nil, helpError{fs}
 			}
 			return nil, fmt.Errorf("%w: %s: %v", errUsage, fs.Name(), err)
 		}

@@ -81,12 +81,26 @@ func main() {
 // errUsage marks command line mistakes (exit status 2).
 var errUsage = errors.New("usage")
 
+// helpError is -h on a subcommand: its own flags are printed, not only the
+// general usage (which names no flag of serve's).
+type helpError struct{ fs *flag.FlagSet }
+
+func (e helpError) Error() string { return "help for " + e.fs.Name() }
+func (e helpError) Unwrap() error { return flag.ErrHelp }
+
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	err := dispatch(ctx, args, stdout, stderr)
 	switch {
 	case err == nil:
 		return 0
 	case errors.Is(err, flag.ErrHelp):
+		var h helpError
+		if errors.As(err, &h) {
+			fmt.Fprintf(stdout, "usage: edgeca %s [flags]\n\nflags:\n", h.fs.Name())
+			h.fs.SetOutput(stdout)
+			h.fs.PrintDefaults()
+			return 0
+		}
 		fmt.Fprint(stdout, usage)
 		return 0
 	case errors.Is(err, errUsage):
@@ -204,7 +218,7 @@ func parse(fs *flag.FlagSet, args []string, positional ...string) ([]string, err
 	for {
 		if err := fs.Parse(args); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
-				return nil, err
+				return nil, helpError{fs}
 			}
 			return nil, fmt.Errorf("%w: %s: %v", errUsage, fs.Name(), err)
 		}

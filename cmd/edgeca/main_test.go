@@ -354,3 +354,26 @@ func TestInitRootKeyOut(t *testing.T) {
 	// The CA works without it.
 	mustRun(t, "token", "create", "--dir", dir, "--url", "https://ca.example:8443")
 }
+
+// TestSubcommandHelp: -h on a subcommand prints that command's own flags
+// (serve's --crl-url and --db are not in the general usage), exit 0.
+func TestSubcommandHelp(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"serve", "-h"}, []string{"usage: edgeca serve", "-crl-url", "-db", "-health-listen"}},
+		{[]string{"device", "list", "--help"}, []string{"usage: edgeca device list", "-label", "-expiring"}},
+		{[]string{"device", "label", "-h"}, []string{"usage: edgeca device label"}},
+	} {
+		code, out, errOut := edgeca(t, tc.args...)
+		if code != 0 {
+			t.Errorf("%q: exit %d: %s", tc.args, code, errOut)
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(out, w) {
+				t.Errorf("%q printed no %q:\n%s", tc.args, w, out)
+			}
+		}
+	}
+}
