@@ -275,7 +275,7 @@ func emptyOrAbsent(dir string) error {
 		return err
 	}
 	if len(ents) > 0 {
-		return fmt.Errorf("%s is not empty", dir)
+		return fmt.Errorf("%s: %w", dir, ErrNotEmpty)
 	}
 	return nil
 }
@@ -338,7 +338,7 @@ func Restore(ctx context.Context, from, dir string, o RestoreOptions) (Manifest,
 		return m, fmt.Errorf("restore: %s: unknown store %q", ManifestFile, m.Store)
 	}
 	if err := emptyOrAbsent(dir); err != nil && !o.Force {
-		return m, fmt.Errorf("restore into %s: %w (%w): pass --force to replace it", dir, ErrNotEmpty, err)
+		return m, fmt.Errorf("restore: %w: pass --force to replace it", err)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return m, fmt.Errorf("restore: %w", err)

@@ -141,7 +141,7 @@ func Run(ctx context.Context, cfg ServeConfig) error {
 			}
 		}()
 		defer func() { stopHealth(); <-healthDone }()
-		log.Info("edgeca health endpoints", "addr", hln.Addr().String(), "paths", "/healthz /readyz")
+		log.Info("edgeca health endpoints", "addr", hln.Addr().String(), "paths", "/healthz /readyz "+MetricsPath+" "+FleetPath+" "+CRLPathPrefix)
 	}
 	if _, err := os.Stat(filepath.Join(cfg.Dir, RootKeyFile)); err == nil {
 		log.Warn("the root CA key is on this server; serve never reads it: move it offline (see README, Root key offline)", "file", filepath.Join(cfg.Dir, RootKeyFile))
