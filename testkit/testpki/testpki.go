@@ -60,9 +60,9 @@ type CA struct {
 	Key  *ecdsa.PrivateKey
 	// Chain is Cert followed by its issuers up to and including the root
 	// (for a root, Cert alone).
-	Chain  []*x509.Certificate
-	dir    string
-	serial *atomic.Int64 // shared by a root and its intermediates
+	Chain     []*x509.Certificate
+	dir       string
+	crlNumber *atomic.Int64 // shared by a root and its intermediates
 }
 
 // CAOptions tune a CA; the zero value is New's CA.
@@ -84,9 +84,7 @@ func New(t testing.TB, name string) *CA {
 // NewWith is New with options.
 func NewWith(t testing.TB, name string, o CAOptions) *CA {
 	t.Helper()
-	serial := new(atomic.Int64)
-	serial.Store(100)
-	ca, err := makeCA(name, o, nil, serial)
+	ca, err := makeCA(name, o, nil, new(atomic.Int64))
 	if err != nil {
 		t.Fatalf("testpki: %v", err)
 	}
@@ -99,7 +97,7 @@ func NewWith(t testing.TB, name string, o CAOptions) *CA {
 // Issued.TLS, so a server or client presents the whole chain but the root.
 func (ca *CA) Intermediate(t testing.TB, name string) *CA {
 	t.Helper()
-	in, err := makeCA(name, CAOptions{NotBefore: ca.Cert.NotBefore, NotAfter: ca.Cert.NotAfter}, ca, ca.serial)
+	in, err := makeCA(name, CAOptions{NotBefore: ca.Cert.NotBefore, NotAfter: ca.Cert.NotAfter}, ca, ca.crlNumber)
 	if err != nil {
 		t.Fatalf("testpki: %v", err)
 	}
@@ -107,13 +105,17 @@ func (ca *CA) Intermediate(t testing.TB, name string) *CA {
 	return in
 }
 
-func makeCA(name string, o CAOptions, parent *CA, serial *atomic.Int64) (*CA, error) {
+func makeCA(name string, o CAOptions, parent *CA, crlNumber *atomic.Int64) (*CA, error) {
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("generate CA key: %w", err)
 	}
+	sn, err := serial()
+	if err != nil {
+		return nil, err
+	}
 	nb, na := validity(o.NotBefore, o.NotAfter)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial.Add(1)), Subject: pkix.Name{CommonName: name}, IsCA: true, BasicConstraintsValid: true,
+	tmpl := &x509.Certificate{SerialNumber: sn, Subject: pkix.Name{CommonName: name}, IsCA: true, BasicConstraintsValid: true,
 		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign, NotBefore: nb, NotAfter: na}
 	issuer, issuerKey := tmpl, k
 	if parent != nil {
@@ -127,11 +129,23 @@ func makeCA(name string, o CAOptions, parent *CA, serial *atomic.Int64) (*CA, er
 	if err != nil {
 		return nil, err
 	}
-	ca := &CA{Cert: c, Key: k, Chain: []*x509.Certificate{c}, serial: serial}
+	ca := &CA{Cert: c, Key: k, Chain: []*x509.Certificate{c}, crlNumber: crlNumber}
 	if parent != nil {
 		ca.Chain = append(ca.Chain, parent.Chain...)
 	}
 	return ca, nil
+}
+
+// serial is random, as a real CA's (RFC 5280 §4.1.2.2 asks for unique;
+// CA/B forum for unpredictable): certificates of different test CAs in
+// one test never share a serial, so nothing keyed by serial alone (a
+// revocation set, a session cache) confuses them.
+func serial() (*big.Int, error) {
+	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
+	if err != nil {
+		return nil, fmt.Errorf("testpki: serial: %w", err)
+	}
+	return n.Add(n, big.NewInt(1)), nil
 }
 
 func validity(nb, na time.Time) (time.Time, time.Time) {
@@ -260,12 +274,16 @@ func (ca *CA) Sign(l Leaf) (*x509.Certificate, error) {
 	if l.PublicKey == nil {
 		return nil, errors.New("testpki: Sign needs Leaf.PublicKey")
 	}
+	sn, err := serial()
+	if err != nil {
+		return nil, err
+	}
 	nb, na := validity(l.NotBefore, l.NotAfter)
 	subject := l.Subject
 	if l.CN != "" {
 		subject.CommonName = l.CN
 	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(ca.serial.Add(1)), Subject: subject, NotBefore: nb, NotAfter: na,
+	tmpl := &x509.Certificate{SerialNumber: sn, Subject: subject, NotBefore: nb, NotAfter: na,
 		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: l.ExtKeyUsage, DNSNames: l.DNSNames, IPAddresses: l.IPs, URIs: l.URIs}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, l.PublicKey, ca.Key)
 	if err != nil {
@@ -286,7 +304,7 @@ func write(t testing.TB, p string, b []byte) {
 // so a broker configured with it sees the latest list when it restarts).
 func (ca *CA) CRL(t testing.TB, revoked ...*x509.Certificate) string {
 	t.Helper()
-	der, err := ca.CRLDER(ca.serial.Add(1), revoked...)
+	der, err := ca.CRLDER(ca.crlNumber.Add(1), revoked...)
 	if err != nil {
 		t.Fatal(err)
 	}
