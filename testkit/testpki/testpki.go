@@ -207,8 +207,9 @@ type Leaf struct {
 	URIs     []*url.URL
 	// ExtKeyUsage: none by default (any use, as x509 reads it).
 	ExtKeyUsage []x509.ExtKeyUsage
-	// NotBefore and NotAfter: zero means an hour ago and 24 hours ahead.
-	// Set them to make an expired or a not-yet-valid certificate.
+	// NotBefore and NotAfter: zero means an hour ago and 24 hours ahead,
+	// clamped to the issuing CA's validity (as a real CA does). Set them
+	// to make an expired or a not-yet-valid certificate.
 	NotBefore, NotAfter time.Time
 	// PublicKey, when set, is certified instead of a new key (a CSR's, a
 	// TPM's); Issued then has only Cert and CertFile.
@@ -279,6 +280,12 @@ func (ca *CA) Sign(l Leaf) (*x509.Certificate, error) {
 		return nil, err
 	}
 	nb, na := validity(l.NotBefore, l.NotAfter)
+	if l.NotBefore.IsZero() && nb.Before(ca.Cert.NotBefore) {
+		nb = ca.Cert.NotBefore
+	}
+	if l.NotAfter.IsZero() && na.After(ca.Cert.NotAfter) {
+		na = ca.Cert.NotAfter
+	}
 	subject := l.Subject
 	if l.CN != "" {
 		subject.CommonName = l.CN

@@ -141,6 +141,10 @@ func TestLeafOptions(t *testing.T) {
 	if lookalike.Cert.Subject.String() != root.Cert.Subject.String() || inter.Root() != root.Cert {
 		t.Fatal("look-alike subject or intermediate root wrong")
 	}
+	short := NewWith(t, "short", CAOptions{NotBefore: now.Add(-time.Minute), NotAfter: now.Add(time.Hour)})
+	if l := short.Issue(t, Leaf{CN: "clamped"}).Cert; !l.NotAfter.Equal(short.Cert.NotAfter) || !l.NotBefore.Equal(short.Cert.NotBefore) {
+		t.Fatalf("default validity %v..%v not clamped to the CA's %v..%v", l.NotBefore, l.NotAfter, short.Cert.NotBefore, short.Cert.NotAfter)
+	}
 	if _, err := root.Sign(Leaf{CN: "no key"}); err == nil {
 		t.Fatal("Sign without a public key succeeded")
 	}
