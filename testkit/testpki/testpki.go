@@ -11,25 +11,31 @@
 //
 // # What stays local and why
 //
-// Some tests build certificates themselves because the odd certificate is
-// what they test, or because the code under test is the issuer:
+// Some tests build certificates themselves: the odd certificate is what
+// they test, the code under test is the issuer, or they cannot import
+// this package:
 //
-//   - ca/ (tbs_test.go, init_test.go, helpers_test.go and the rest of the
-//     package's tests): ca's own issuance is under test; its fast-path
-//     TBS encoder is compared with x509.CreateCertificate byte for byte,
-//     and imported roots and intermediates (RSA, look-alikes, wrong key
-//     usage) are the inputs being validated.
-//   - ca/store/storetest: the store conformance suite stores opaque
-//     certificates of its own; it belongs to the store's engineers.
+//   - ca/ (tbs_test.go compares the fast-path TBS encoder with
+//     x509.CreateCertificate byte for byte; the other tests get their
+//     certificates from ca itself): ca's own issuance is under test, and
+//     its internal tests cannot import testpki, which imports ca for
+//     StartEdgeCA.
+//   - enroll/est: its internal tests cannot import testpki either
+//     (testpki imports ca, which imports enroll/est); its self-signed
+//     certificates are only payload for the certs-only encoding.
+//   - enroll/interop (and ca/interop): modules of their own that do not
+//     require this module; the interop CA is deliberately odd (it rewrites
+//     the subject and SAN, caps NotAfter, backdates, reissues the raw
+//     subject and SAN bytes on reenroll) and keeps its own polling loop.
 //   - testkit/e2e/rotation_test.go: signs a broker certificate with the
 //     real edgeca's intermediate key read from its key file, to show a
-//     certificate from the rotated intermediate is trusted; a test CA
-//     here would not be that intermediate.
-//   - Fuzz seeds and CSR helpers (x509.CreateCertificateRequest in
-//     cmd/edgeca, ca/interop, tools/bench): a CSR is the device's request,
-//     not a PKI.
-//   - tools/bench and tools/bench/peer: shipped tools, not tests; they
-//     cannot import testkit (the dependency test forbids it).
+//     certificate of the rotated intermediate is trusted; a test CA here
+//     would not be that intermediate.
+//   - ca/store/storetest: the store conformance suite's own certificates.
+//   - tools/bench and tools/bench/peer: not tests but the bench and its
+//     peer module (its own module), which build their PKIs at run time.
+//   - CSRs (x509.CreateCertificateRequest in cmd/edgeca, ca/interop,
+//     tools/bench): a CSR is the device's request, not a PKI.
 package testpki
 
 import (
