@@ -20,6 +20,7 @@ import (
 
 	"github.com/edgeagent/edgeagent/agent/localapi"
 	"github.com/edgeagent/edgeagent/testkit/mosquitto"
+	"github.com/edgeagent/edgeagent/testkit/poll"
 	"github.com/edgeagent/edgeagent/testkit/syncbuf"
 	"github.com/edgeagent/edgeagent/testkit/testpki"
 )
@@ -136,7 +137,7 @@ func TestClockIn1970EnrollsConnectsAndRenews(t *testing.T) {
 			cancel()
 			t.Fatalf("%s: daemon stopped: %v\n%s", phase, err, logs.String())
 		}
-		eventually(t, "the local API", func() bool {
+		poll.Until(t, 30*time.Second, "the local API", func() bool {
 			resp, err := api.Get("http://agent/v1/status")
 			if err == nil {
 				resp.Body.Close()
@@ -157,13 +158,13 @@ func TestClockIn1970EnrollsConnectsAndRenews(t *testing.T) {
 			t.Fatalf("%s: certificate not after %v", phase, st.NotAfter)
 		}
 		first := st.Serial
-		eventually(t, "a renewal on the corrected schedule", func() bool {
+		poll.Until(t, 30*time.Second, "a renewal on the corrected schedule", func() bool {
 			st = getStatus()
 			return st.LastRenew.Counts["ok"] >= 1 && st.Serial != first
 		})
 		// A message sent now reaches the subscriber through mosquitto,
 		// which verified the renewed certificate.
-		eventually(t, "mqtt connected", func() bool { return getStatus().Uplinks["mqtt"].Connected })
+		poll.Until(t, 30*time.Second, "mqtt connected", func() bool { return getStatus().Uplinks["mqtt"].Connected })
 		resp, err := api.Post("http://agent/v1/telemetry", "application/json", strings.NewReader(`{"boot":"1970"}`))
 		if err != nil {
 			t.Fatal(err)
@@ -173,7 +174,7 @@ func TestClockIn1970EnrollsConnectsAndRenews(t *testing.T) {
 			t.Fatalf("post: %v %v", err, out)
 		}
 		resp.Body.Close()
-		eventually(t, "the message at the subscriber", func() bool { return broker.has(out.IDs...) })
+		poll.Until(t, 30*time.Second, "the message at the subscriber", func() bool { return broker.has(out.IDs...) })
 		if !strings.Contains(logs.String(), "system clock is implausible") || !strings.Contains(logs.String(), "clock corrected") {
 			t.Fatalf("%s: log does not report the clock:\n%s", phase, logs.String())
 		}

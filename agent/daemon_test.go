@@ -5,20 +5,14 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/hex"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -48,18 +42,8 @@ type httpsSink struct {
 
 func newHTTPSSink(t *testing.T, deviceCA *testpki.EdgeCA) *httpsSink {
 	t.Helper()
-	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "sink"}, IsCA: true, BasicConstraintsValid: true,
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &httpsSink{ids: map[string]int{}, serialOf: map[string]string{}, caFile: filepath.Join(t.TempDir(), "sink-ca.pem")}
-	if err := os.WriteFile(s.caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	sinkCA := testpki.New(t, "sink")
+	s := &httpsSink{ids: map[string]int{}, serialOf: map[string]string{}, caFile: sinkCA.CAFile(t)}
 	clientCAs := x509.NewCertPool()
 	clientCAs.AddCert(deviceCA.Root())
 	clientCAs.AddCert(deviceCA.Intermediate())
@@ -88,7 +72,7 @@ func newHTTPSSink(t *testing.T, deviceCA *testpki.EdgeCA) *httpsSink {
 		}
 		w.WriteHeader(http.StatusOK)
 	}))
-	s.srv.TLS = &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: k}}, ClientCAs: clientCAs, ClientAuth: tls.RequireAndVerifyClientCert}
+	s.srv.TLS = &tls.Config{Certificates: []tls.Certificate{*sinkCA.Server(t).TLS}, ClientCAs: clientCAs, ClientAuth: tls.RequireAndVerifyClientCert}
 	s.srv.StartTLS()
 	t.Cleanup(s.srv.Close)
 	return s
@@ -103,11 +87,6 @@ func (s *httpsSink) has(ids []string) bool {
 		}
 	}
 	return true
-}
-
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	poll.Until(t, 30*time.Second, what, cond)
 }
 
 // TestDaemonEnrollsShipsAndRenewsWithoutLoss runs the daemon against a real
@@ -160,7 +139,7 @@ func TestDaemonEnrollsShipsAndRenewsWithoutLoss(t *testing.T) {
 		gotNotify[strings.SplitN(string(buf[:n]), "\n", 2)[0]] = true
 	}
 	api := localapi.Client(cfg.API.Socket, 0)
-	eventually(t, "the local API", func() bool {
+	poll.Until(t, 30*time.Second, "the local API", func() bool {
 		resp, err := api.Get("http://agent/v1/status")
 		if err == nil {
 			resp.Body.Close()
@@ -212,7 +191,7 @@ func TestDaemonEnrollsShipsAndRenewsWithoutLoss(t *testing.T) {
 	}
 	later := post(200, 5000)
 	all = append(all, later...)
-	eventually(t, "every message at the sink", func() bool { return sink.has(all) })
+	poll.Until(t, 30*time.Second, "every message at the sink", func() bool { return sink.has(all) })
 	sink.mu.Lock()
 	for _, id := range later {
 		if got := sink.serialOf[id]; got != after.Serial {
@@ -221,7 +200,7 @@ func TestDaemonEnrollsShipsAndRenewsWithoutLoss(t *testing.T) {
 		}
 	}
 	sink.mu.Unlock()
-	eventually(t, "spool drained", func() bool { return getStatus().Uplinks["https"].SpoolDepth == 0 })
+	poll.Until(t, 30*time.Second, "spool drained", func() bool { return getStatus().Uplinks["https"].SpoolDepth == 0 })
 	st := getStatus()
 	if u := st.Uplinks["https"]; !u.Connected || u.Acked != uint64(len(all)) {
 		t.Fatalf("uplink status %+v, want connected with %d acked", u, len(all))

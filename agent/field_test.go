@@ -19,6 +19,7 @@ import (
 	"github.com/edgeagent/edgeagent/ca"
 	"github.com/edgeagent/edgeagent/enroll/token"
 	"github.com/edgeagent/edgeagent/keystore/file"
+	"github.com/edgeagent/edgeagent/testkit/poll"
 	"github.com/edgeagent/edgeagent/testkit/syncbuf"
 	"github.com/edgeagent/edgeagent/testkit/testpki"
 )
@@ -60,7 +61,7 @@ func startDaemon(t *testing.T, o Options) *http.Client {
 		t.Fatalf("daemon stopped: %v", err)
 	}
 	api := localapi.Client(o.Config.API.Socket, 0)
-	eventually(t, "the local API", func() bool {
+	poll.Until(t, 30*time.Second, "the local API", func() bool {
 		resp, err := api.Get("http://agent/v1/status")
 		if err == nil {
 			resp.Body.Close()
@@ -126,8 +127,8 @@ func TestPackageFlowPublishesAsEnrolledDevice(t *testing.T) {
 	// agent's own retained status came back through the broker.
 	api := startDaemon(t, Options{Config: cfg, Logger: newTestLogger(&logs), EchoGrace: time.Nanosecond})
 	ids := postTelemetry(t, api, 20)
-	eventually(t, "every message at the subscriber", func() bool { return broker.has(ids...) })
-	eventually(t, "the status echo and a healthy agent", func() bool {
+	poll.Until(t, 30*time.Second, "every message at the subscriber", func() bool { return broker.has(ids...) })
+	poll.Until(t, 30*time.Second, "the status echo and a healthy agent", func() bool {
 		st := fetchStatus(t, api)
 		return st.Healthy && !st.Uplinks["mqtt"].Dropping
 	})
@@ -167,7 +168,7 @@ func TestBrokerDroppingPublishesIsLoud(t *testing.T) {
 	api := startDaemon(t, Options{Config: cfg, EchoGrace: time.Nanosecond})
 	ids := postTelemetry(t, api, 5)
 	var st Status
-	eventually(t, "the broker's acks and the dropping noticed", func() bool {
+	poll.Until(t, 30*time.Second, "the broker's acks and the dropping noticed", func() bool {
 		st = fetchStatus(t, api)
 		u := st.Uplinks["mqtt"]
 		return u.Acked >= uint64(len(ids)) && u.Dropping && !st.Healthy
@@ -480,7 +481,7 @@ func TestFirstEnrollmentWaitsOutACAOutage(t *testing.T) {
 	go func() {
 		done <- Run(ctx, Options{Config: cfg, Logger: newTestLogger(&logs), Ready: func() { close(ready) }})
 	}()
-	eventually(t, "two failed attempts", func() bool { return strings.Count(logs.String(), "enrollment failed; retrying") >= 2 })
+	poll.Until(t, 30*time.Second, "two failed attempts", func() bool { return strings.Count(logs.String(), "enrollment failed; retrying") >= 2 })
 	select {
 	case err := <-done:
 		t.Fatalf("Run gave up while the CA was down: %v", err)
@@ -504,7 +505,7 @@ func TestFirstEnrollmentWaitsOutACAOutage(t *testing.T) {
 	done2 := make(chan error, 1)
 	var logs2 syncbuf.Buffer
 	go func() { done2 <- Run(ctx2, Options{Config: cfg2, Logger: newTestLogger(&logs2)}) }()
-	eventually(t, "a failed attempt", func() bool { return strings.Contains(logs2.String(), "enrollment failed; retrying") })
+	poll.Until(t, 30*time.Second, "a failed attempt", func() bool { return strings.Contains(logs2.String(), "enrollment failed; retrying") })
 	cancel2()
 	if err := <-done2; err != nil {
 		t.Fatalf("Run stopped while enrolling: %v", err)

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/edgeagent/edgeagent/agent/metrics"
+	"github.com/edgeagent/edgeagent/testkit/poll"
 	"github.com/edgeagent/edgeagent/testkit/syncbuf"
 	"github.com/edgeagent/edgeagent/testkit/testpki"
 )
@@ -143,14 +144,14 @@ func TestHealthzTellsTheTruth(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(b)
 	}
-	eventually(t, "/healthz ok", func() bool { code, _ := get("/healthz"); return code == http.StatusOK })
+	poll.Until(t, 30*time.Second, "/healthz ok", func() bool { code, _ := get("/healthz"); return code == http.StatusOK })
 	ids := postTelemetry(t, api, 5)
-	eventually(t, "delivery", func() bool { return sink.has(ids) })
+	poll.Until(t, 30*time.Second, "delivery", func() bool { return sink.has(ids) })
 
 	sink.srv.Close() // the backend goes away
 	postTelemetry(t, api, 5)
 	var body string
-	eventually(t, "/healthz to fail", func() bool {
+	poll.Until(t, 30*time.Second, "/healthz to fail", func() bool {
 		var code int
 		code, body = get("/healthz")
 		return code == http.StatusServiceUnavailable
@@ -162,7 +163,7 @@ func TestHealthzTellsTheTruth(t *testing.T) {
 		t.Fatalf("status healthy=%v problems %q", st.Healthy, st.Problems)
 	}
 	var metrics string
-	eventually(t, "send errors counted", func() bool {
+	poll.Until(t, 30*time.Second, "send errors counted", func() bool {
 		_, metrics = get("/metrics")
 		return !strings.Contains(metrics, `edgeagent_uplink_send_errors_total{uplink="https"} 0`) &&
 			strings.Contains(metrics, `edgeagent_uplink_send_errors_total{uplink="https"}`)
@@ -245,7 +246,7 @@ func TestMetricsListenerIsBounded(t *testing.T) {
 		defer c.Close()
 		idle = append(idle, c)
 	}
-	eventually(t, "the listener full", func() bool {
+	poll.Until(t, 30*time.Second, "the listener full", func() bool {
 		cl.mu.Lock()
 		defer cl.mu.Unlock()
 		return cl.open == metricsMaxConns
@@ -253,7 +254,7 @@ func TestMetricsListenerIsBounded(t *testing.T) {
 	// The idle ones are dropped by the header timeout; then /healthz
 	// answers.
 	client := &http.Client{}
-	eventually(t, "/healthz after the idle connections were dropped", func() bool {
+	poll.Until(t, 30*time.Second, "/healthz after the idle connections were dropped", func() bool {
 		resp, err := client.Get("http://" + ln.Addr().String() + "/healthz")
 		if err != nil {
 			return false

@@ -1,48 +1,21 @@
 package agent
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
-)
 
-func testCA(t *testing.T, cn string, parent *x509.Certificate, parentKey *ecdsa.PrivateKey) (*x509.Certificate, *ecdsa.PrivateKey) {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	if parent == nil {
-		parent, parentKey = tmpl, k
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &k.PublicKey, parentKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c, k
-}
+	"github.com/edgeagent/edgeagent/testkit/testpki"
+)
 
 // TestWithPinned: cacerts must contain the pinned certificate or chain to
 // it; in the second case the pinned root completes the bundle.
 func TestWithPinned(t *testing.T) {
-	root, rootKey := testCA(t, "root", nil, nil)
-	inter, _ := testCA(t, "issuing", root, rootKey)
-	other, _ := testCA(t, "other root", nil, nil)
+	rootCA := testpki.New(t, "root")
+	root, inter, other := rootCA.Cert, rootCA.Intermediate(t, "issuing").Cert, testpki.New(t, "other root").Cert
 	now := time.Now()
 	cases := []struct {
 		name   string
@@ -79,8 +52,8 @@ func TestWithPinned(t *testing.T) {
 }
 
 func TestIdentityAccessors(t *testing.T) {
-	root, rootKey := testCA(t, "root", nil, nil)
-	leaf, _ := testCA(t, "dev-1", root, rootKey)
+	rootCA := testpki.New(t, "root")
+	root, leaf := rootCA.Cert, rootCA.Issue(t, testpki.Leaf{CN: "dev-1"}).Cert
 	id := &Identity{Meta: Meta{DeviceID: "dev-1"}, Chain: []*x509.Certificate{leaf}, CABundle: []*x509.Certificate{root}}
 	if id.NotAfter() != leaf.NotAfter || id.NotBefore() != leaf.NotBefore || id.Issuer() != "CN=root" {
 		t.Fatalf("accessors: %v %v %q", id.NotBefore(), id.NotAfter(), id.Issuer())
@@ -88,7 +61,7 @@ func TestIdentityAccessors(t *testing.T) {
 	if !strings.HasPrefix(id.Summary(), "device dev-1 serial ") {
 		t.Fatalf("summary %q", id.Summary())
 	}
-	other, _ := testCA(t, "tls root", nil, nil)
+	other := testpki.New(t, "tls root").Cert
 	id.ServerRoots = []*x509.Certificate{other}
 	if _, err := leaf.Verify(x509.VerifyOptions{Roots: id.ESTPool()}); err != nil {
 		t.Fatalf("EST pool lacks the CA bundle: %v", err)
@@ -107,8 +80,8 @@ func TestLoadIdentityBadMeta(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			dir := t.TempDir()
-			root, rootKey := testCA(t, "root", nil, nil)
-			leaf, _ := testCA(t, "dev-1", root, rootKey)
+			rootCA := testpki.New(t, "root")
+			root, leaf := rootCA.Cert, rootCA.Issue(t, testpki.Leaf{CN: "dev-1"}).Cert
 			if err := saveIdentity(dir, Meta{DeviceID: "dev-1", Server: "https://ca"}, []*x509.Certificate{leaf}, []*x509.Certificate{root}, nil); err != nil {
 				t.Fatal(err)
 			}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/edgeagent/edgeagent/keystore/file"
 	"github.com/edgeagent/edgeagent/testkit/mosquitto"
+	"github.com/edgeagent/edgeagent/testkit/poll"
 	"github.com/edgeagent/edgeagent/testkit/testpki"
 )
 
@@ -97,7 +98,7 @@ func TestReadmeMosquittoRecipe(t *testing.T) {
 			t.Logf("mosquitto:\n%s", out.String())
 		}
 	})
-	eventually(t, "mosquitto listening", func() bool {
+	poll.Until(t, 30*time.Second, "mosquitto listening", func() bool {
 		conn, err := net.DialTimeout("tcp", addr, time.Second)
 		if err == nil {
 			conn.Close()
@@ -144,7 +145,7 @@ func TestReadmeMosquittoRecipe(t *testing.T) {
 	cfg.Spool.Sync = "never"
 	api := startDaemon(t, Options{Config: cfg, EchoGrace: time.Nanosecond})
 	ids := postTelemetry(t, api, 10)
-	eventually(t, "every message at the consumer", func() bool {
+	poll.Until(t, 30*time.Second, "every message at the consumer", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		for _, id := range ids {
@@ -154,7 +155,7 @@ func TestReadmeMosquittoRecipe(t *testing.T) {
 		}
 		return true
 	})
-	eventually(t, "the agent's own status back through the broker", func() bool {
+	poll.Until(t, 30*time.Second, "the agent's own status back through the broker", func() bool {
 		st := fetchStatus(t, api)
 		return st.Healthy && !st.Uplinks["mqtt"].Dropping
 	})

@@ -13,6 +13,7 @@ import (
 	"github.com/edgeagent/edgeagent/agent/config"
 	"github.com/edgeagent/edgeagent/agent/lifecycle"
 	"github.com/edgeagent/edgeagent/agent/localapi"
+	"github.com/edgeagent/edgeagent/testkit/poll"
 	"github.com/edgeagent/edgeagent/testkit/syncbuf"
 	"github.com/edgeagent/edgeagent/testkit/testpki"
 	"github.com/edgeagent/edgeagent/uplink/spool"
@@ -53,7 +54,7 @@ func TestReloadRefusesWhatCannotRun(t *testing.T) {
 	send := func(what string) {
 		t.Helper()
 		var id string
-		eventually(t, "the API to take "+what, func() bool {
+		poll.Until(t, 30*time.Second, "the API to take "+what, func() bool {
 			resp, err := api.Post("http://agent/v1/telemetry", "application/json", strings.NewReader(`{"what":"`+what+`"}`))
 			if err != nil {
 				return false
@@ -66,7 +67,7 @@ func TestReloadRefusesWhatCannotRun(t *testing.T) {
 			id = out.IDs[0]
 			return true
 		})
-		eventually(t, what+" at the broker", func() bool { return broker.has(id) })
+		poll.Until(t, 30*time.Second, what+" at the broker", func() bool { return broker.has(id) })
 	}
 	send("before")
 
@@ -74,7 +75,7 @@ func TestReloadRefusesWhatCannotRun(t *testing.T) {
 	bad.MQTT.CABundle = filepath.Join(dir, "missing.pem")
 	bad.Renew.Fraction = 0.5
 	reload <- bad
-	eventually(t, "the refusal", func() bool {
+	poll.Until(t, 30*time.Second, "the refusal", func() bool {
 		return strings.Contains(logs.String(), `level=ERROR msg="reload refused: mqtt; the running config stays"`)
 	})
 	if !strings.Contains(logs.String(), "missing.pem") || len(running) != 0 {
@@ -84,13 +85,13 @@ func TestReloadRefusesWhatCannotRun(t *testing.T) {
 
 	status := func() Status { return fetchStatus(t, api) }
 	var before Status
-	eventually(t, "the renewal scheduled", func() bool { before = status(); return !before.NextRenew.IsZero() })
+	poll.Until(t, 30*time.Second, "the renewal scheduled", func() bool { before = status(); return !before.NextRenew.IsZero() })
 
 	next := cfg
 	next.StateDir = filepath.Join(dir, "elsewhere")
 	next.Renew.Fraction, next.Renew.RetryMax = 0.5, time.Minute
 	reload <- next
-	eventually(t, "the reload", func() bool { return strings.Contains(logs.String(), `msg="config reloaded" applied=[renew]`) })
+	poll.Until(t, 30*time.Second, "the reload", func() bool { return strings.Contains(logs.String(), `msg="config reloaded" applied=[renew]`) })
 	if !strings.Contains(logs.String(), "keys=[state_dir]") {
 		t.Fatalf("the restart-only key is not named:\n%s", logs.String())
 	}
@@ -101,7 +102,7 @@ func TestReloadRefusesWhatCannotRun(t *testing.T) {
 	// before the default 0.66±0.05) without renewing: a fleet-wide config
 	// push must not send every device to the CA at once.
 	var after Status
-	eventually(t, "the renewal rescheduled with renew.fraction 0.5", func() bool {
+	poll.Until(t, 30*time.Second, "the renewal rescheduled with renew.fraction 0.5", func() bool {
 		after = status()
 		return after.Serial != before.Serial || after.NextRenew.Before(before.NextRenew)
 	})

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/edgeagent/edgeagent/testkit/poll"
 )
 
 // fakeCA issues identities on the fake clock: lifetime long, refusing
@@ -211,7 +213,7 @@ func TestRenewerRenewNowIsCoalesced(t *testing.T) {
 	for i := 1; i < asks; i++ {
 		go func() { errs <- r.RenewNow(context.Background()) }()
 	}
-	eventually(t, "every ask joined the renewal under way", func() bool {
+	poll.Until(t, 30*time.Second, "every ask joined the renewal under way", func() bool {
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		return r.call != nil && r.call.waiters == asks-1

@@ -7,8 +7,10 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/edgeagent/edgeagent/agent/localapi"
+	"github.com/edgeagent/edgeagent/testkit/poll"
 	"github.com/edgeagent/edgeagent/testkit/testpki"
 )
 
@@ -41,7 +43,7 @@ func TestRevokedIsTerminal(t *testing.T) {
 		t.Fatalf("daemon stopped: %v", err)
 	}
 	api := localapi.Client(cfg.API.Socket, 0)
-	eventually(t, "the local API", func() bool {
+	poll.Until(t, 30*time.Second, "the local API", func() bool {
 		resp, err := api.Get("http://agent/v1/status")
 		if err == nil {
 			resp.Body.Close()

@@ -8,12 +8,10 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
 	"errors"
 	"io"
 	"log"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -24,14 +22,15 @@ import (
 
 	"github.com/edgeagent/edgeagent/enroll/est"
 	"github.com/edgeagent/edgeagent/enroll/token"
+	"github.com/edgeagent/edgeagent/testkit/testpki"
 )
 
 // testPKI is a root, an intermediate and a server certificate: a CA that
 // is not edgeca, so the client is tested against another implementation.
 type testPKI struct {
-	root, inter       *x509.Certificate
-	rootKey, interKey *ecdsa.PrivateKey
-	server            tls.Certificate
+	root, inter     *x509.Certificate
+	rootCA, interCA *testpki.CA
+	server          tls.Certificate // leaf, intermediate, root
 }
 
 func mustKey(t testing.TB) *ecdsa.PrivateKey {
@@ -43,54 +42,34 @@ func mustKey(t testing.TB) *ecdsa.PrivateKey {
 	return k
 }
 
-func issue(t testing.TB, tmpl, parent *x509.Certificate, pub crypto.PublicKey, signer crypto.Signer) *x509.Certificate {
+// issue certifies pub under ca as the leaf l.
+func issue(t testing.TB, ca *testpki.CA, l testpki.Leaf, pub crypto.PublicKey) *x509.Certificate {
 	t.Helper()
-	c, err := sign(tmpl, parent, pub, signer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
+	l.PublicKey = pub
+	return ca.Issue(t, l).Cert
 }
 
-func sign(tmpl, parent *x509.Certificate, pub crypto.PublicKey, signer crypto.Signer) (*x509.Certificate, error) {
-	tmpl.SerialNumber = big.NewInt(time.Now().UnixNano())
-	if tmpl.NotBefore.IsZero() {
-		tmpl.NotBefore = time.Now().Add(-time.Hour)
-		tmpl.NotAfter = time.Now().Add(time.Hour)
-	}
-	if parent == nil {
-		parent = tmpl
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, signer)
-	if err != nil {
-		return nil, err
-	}
-	return x509.ParseCertificate(der)
-}
-
+// newPKI's CAs, and so every certificate they issue by default, are valid
+// for an hour either side of now.
 func newPKI(t testing.TB, serverNames ...string) *testPKI {
-	p := &testPKI{rootKey: mustKey(t), interKey: mustKey(t)}
-	p.root = issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "other root"}, IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}, nil, &p.rootKey.PublicKey, p.rootKey)
-	p.inter = issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "other issuing"}, IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}, p.root, &p.interKey.PublicKey, p.rootKey)
-	sk := mustKey(t)
-	tmpl := &x509.Certificate{Subject: pkix.Name{CommonName: "est server"}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	now := time.Now()
+	p := &testPKI{rootCA: testpki.NewWith(t, "other root", testpki.CAOptions{NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour)})}
+	p.interCA = p.rootCA.Intermediate(t, "other issuing")
+	p.root, p.inter = p.rootCA.Cert, p.interCA.Cert
+	l := testpki.Leaf{CN: "est server", ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
 	for _, n := range serverNames {
 		if ip := net.ParseIP(n); ip != nil {
-			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+			l.IPs = append(l.IPs, ip)
 		} else {
-			tmpl.DNSNames = append(tmpl.DNSNames, n)
+			l.DNSNames = append(l.DNSNames, n)
 		}
 	}
-	leaf := issue(t, tmpl, p.inter, &sk.PublicKey, p.interKey)
-	p.server = tls.Certificate{Certificate: [][]byte{leaf.Raw, p.inter.Raw, p.root.Raw}, PrivateKey: sk}
+	srv := p.interCA.Issue(t, l)
+	p.server = tls.Certificate{Certificate: append(srv.TLS.Certificate, p.root.Raw), PrivateKey: srv.TLS.PrivateKey}
 	return p
 }
 
-func (p *testPKI) pool() *x509.CertPool {
-	pool := x509.NewCertPool()
-	pool.AddCert(p.root)
-	return pool
-}
+func (p *testPKI) pool() *x509.CertPool { return p.rootCA.Pool() }
 
 // estServer is a minimal EST server with behaviour edgeca does not have:
 // it returns the leaf only, wraps base64 with LF, omits the transfer
@@ -174,7 +153,7 @@ func (s *estServer) enroll(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "bad csr", http.StatusBadRequest)
 		return
 	}
-	leaf, err := sign(&x509.Certificate{Subject: csr.Subject, URIs: csr.URIs, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, KeyUsage: x509.KeyUsageDigitalSignature}, s.pki.inter, csr.PublicKey, s.pki.interKey)
+	leaf, err := s.pki.interCA.Sign(testpki.Leaf{Subject: csr.Subject, URIs: csr.URIs, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, PublicKey: csr.PublicKey})
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return
@@ -330,7 +309,7 @@ func TestClientErrors(t *testing.T) {
 func TestCheckIssuedRejects(t *testing.T) {
 	p := newPKI(t)
 	key, other := mustKey(t), mustKey(t)
-	leaf := issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "dev-1"}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, p.inter, &key.PublicKey, p.interKey)
+	leaf := issue(t, p.interCA, testpki.Leaf{CN: "dev-1", ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, &key.PublicKey)
 	bundle := []*x509.Certificate{p.root, p.inter}
 	if _, err := CheckIssued([]*x509.Certificate{leaf}, other.Public(), "dev-1", bundle, time.Now()); !errors.Is(err, ErrResponse) {
 		t.Fatalf("other key: %v", err)

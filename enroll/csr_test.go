@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/edgeagent/edgeagent/enroll/est"
+	"github.com/edgeagent/edgeagent/testkit/testpki"
 )
 
 func sanOf(exts []pkix.Extension) *pkix.Extension {
@@ -44,17 +45,17 @@ func TestBuildRenewalCSR(t *testing.T) {
 	}
 	cases := []struct {
 		name string
-		tmpl *x509.Certificate
+		tmpl testpki.Leaf
 	}{
-		{"as edgeca issues", &x509.Certificate{Subject: pkix.Name{CommonName: "dev-1"}, URIs: []*url.URL{uri}}},
-		{"CA added O= and OU=", &x509.Certificate{Subject: pkix.Name{CommonName: "dev-1", Organization: []string{"Example Fleet"}, OrganizationalUnit: []string{"sensors"}}, URIs: []*url.URL{uri}}},
-		{"CA dropped the SAN", &x509.Certificate{Subject: pkix.Name{CommonName: "dev-1", Country: []string{"DE"}}}},
-		{"CA rewrote the SAN", &x509.Certificate{Subject: pkix.Name{CommonName: "dev-1"}, DNSNames: []string{"dev-1.fleet.example"}, IPAddresses: []net.IP{net.ParseIP("10.0.0.7")}}},
-		{"empty subject, critical SAN", &x509.Certificate{URIs: []*url.URL{uri}}},
+		{"as edgeca issues", testpki.Leaf{Subject: pkix.Name{CommonName: "dev-1"}, URIs: []*url.URL{uri}}},
+		{"CA added O= and OU=", testpki.Leaf{Subject: pkix.Name{CommonName: "dev-1", Organization: []string{"Example Fleet"}, OrganizationalUnit: []string{"sensors"}}, URIs: []*url.URL{uri}}},
+		{"CA dropped the SAN", testpki.Leaf{Subject: pkix.Name{CommonName: "dev-1", Country: []string{"DE"}}}},
+		{"CA rewrote the SAN", testpki.Leaf{Subject: pkix.Name{CommonName: "dev-1"}, DNSNames: []string{"dev-1.fleet.example"}, IPs: []net.IP{net.ParseIP("10.0.0.7")}}},
+		{"empty subject, critical SAN", testpki.Leaf{URIs: []*url.URL{uri}}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			cur := issue(t, c.tmpl, p.inter, &key.PublicKey, p.interKey)
+			cur := issue(t, p.interCA, c.tmpl, &key.PublicKey)
 			for _, k := range []struct {
 				name string
 				key  crypto.Signer
@@ -298,7 +299,7 @@ func TestClientCSRPlan(t *testing.T) {
 			// An RSA key (a renewal without rekey keeps it) against a
 			// server that wants ECDSA: built, and logged.
 			uri, _ := url.Parse(DeviceURIPrefix + "dev-1")
-			cur := issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "dev-1"}, URIs: []*url.URL{uri}}, p.inter, &rsaKey.PublicKey, p.interKey)
+			cur := issue(t, p.interCA, testpki.Leaf{CN: "dev-1", URIs: []*url.URL{uri}}, &rsaKey.PublicKey)
 			if _, err := BuildRenewalCSR(rsaKey, cur, plan); err != nil {
 				t.Fatal(err)
 			}

@@ -7,6 +7,8 @@ import (
 	"net/url"
 	"testing"
 	"time"
+
+	"github.com/edgeagent/edgeagent/testkit/testpki"
 )
 
 // TestCheckIssuedWith: the answer to enroll or reenroll may hold the leaf
@@ -16,16 +18,16 @@ import (
 func TestCheckIssuedWith(t *testing.T) {
 	p := newPKI(t, "127.0.0.1")
 	other := newPKI(t, "127.0.0.1")
-	k2 := mustKey(t)
-	inter2 := issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "rotated issuing"}, IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}, p.root, &k2.PublicKey, p.rootKey)
+	inter2CA := p.rootCA.Intermediate(t, "rotated issuing")
+	inter2 := inter2CA.Cert
 	dev := mustKey(t)
 	uri, _ := url.Parse(DeviceURIPrefix + "dev-1")
-	tmpl := func() *x509.Certificate {
-		return &x509.Certificate{Subject: pkix.Name{CommonName: "dev-1", Organization: []string{"Added by the CA"}}, URIs: []*url.URL{uri}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+	tmpl := func() testpki.Leaf {
+		return testpki.Leaf{Subject: pkix.Name{CommonName: "dev-1", Organization: []string{"Added by the CA"}}, URIs: []*url.URL{uri}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
 	}
-	leaf1 := issue(t, tmpl(), p.inter, &dev.PublicKey, p.interKey)
-	leaf2 := issue(t, tmpl(), inter2, &dev.PublicKey, k2)
-	foreign := issue(t, tmpl(), other.inter, &dev.PublicKey, other.interKey)
+	leaf1 := issue(t, p.interCA, tmpl(), &dev.PublicKey)
+	leaf2 := issue(t, inter2CA, tmpl(), &dev.PublicKey)
+	foreign := issue(t, other.interCA, tmpl(), &dev.PublicKey)
 	certs := func(c ...*x509.Certificate) []*x509.Certificate { return c }
 	cases := []struct {
 		name           string

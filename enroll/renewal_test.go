@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/edgeagent/edgeagent/testkit/testpki"
 )
 
 // TestReenrollBasicAfter401: RFC 7030 §3.2.3 lets a server want HTTP
@@ -19,7 +21,7 @@ import (
 func TestReenrollBasicAfter401(t *testing.T) {
 	p := newPKI(t, "127.0.0.1")
 	dev := mustKey(t)
-	cur := issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "dev-1"}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, p.inter, &dev.PublicKey, p.interKey)
+	cur := issue(t, p.interCA, testpki.Leaf{CN: "dev-1", ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, &dev.PublicKey)
 	tlsCert := &tls.Certificate{Certificate: [][]byte{cur.Raw, p.inter.Raw}, PrivateKey: dev}
 	cases := []struct {
 		name       string

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/edgeagent/edgeagent/enroll/est"
+	"github.com/edgeagent/edgeagent/testkit/testpki"
 )
 
 // serveTLS runs h over TLS with p's server certificate on 127.0.0.1.
@@ -60,7 +61,7 @@ func issueFor(t *testing.T, p *testPKI, w http.ResponseWriter, r *http.Request) 
 		http.Error(w, "bad csr", http.StatusBadRequest)
 		return
 	}
-	leaf, err := sign(&x509.Certificate{Subject: csr.Subject, URIs: csr.URIs, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, p.inter, csr.PublicKey, p.interKey)
+	leaf, err := p.interCA.Sign(testpki.Leaf{Subject: csr.Subject, URIs: csr.URIs, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, PublicKey: csr.PublicKey})
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return

@@ -85,7 +85,7 @@ func TestUnitUnderSystemd(t *testing.T) {
 	c := boot(t, rootfs, filepath.Dir(deb))
 	// Until its manager listens, systemctl cannot connect; then --wait
 	// waits for the boot to finish ("degraded", a failed unit, fails).
-	eventually(t, 60*time.Second, "the container's boot", func() (bool, string) {
+	poll.UntilWhy(t, 60*time.Second, "the container's boot", func() (bool, string) {
 		out, err := c.exec("systemctl", "is-system-running", "--wait")
 		return err == nil, out + c.journalTail()
 	})
@@ -286,7 +286,7 @@ func boot(t *testing.T, rootfs, pkgDir string) *container {
 	go func() { c.exited <- c.cmd.Wait() }()
 	t.Cleanup(func() { c.shutdown(t) })
 	// The container's PID 1 is nspawn's child.
-	eventually(t, 30*time.Second, "the container's PID 1", func() (bool, string) {
+	poll.UntilWhy(t, 30*time.Second, "the container's PID 1", func() (bool, string) {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", c.cmd.Process.Pid, c.cmd.Process.Pid))
 		if f := strings.Fields(string(b)); err == nil && len(f) > 0 {
 			c.leader = atoi(f[0])
@@ -367,7 +367,7 @@ func (c *container) waitJournal(t *testing.T, unit, want string) {
 	if unit != "" {
 		args = append(args, "-u", unit)
 	}
-	eventually(t, 60*time.Second, "journal message "+strconv.Quote(want), func() (bool, string) {
+	poll.UntilWhy(t, 60*time.Second, "journal message "+strconv.Quote(want), func() (bool, string) {
 		j := c.journal(t, args...)
 		return strings.Contains(j, want), c.journalTail()
 	})
@@ -391,18 +391,11 @@ func (c *container) props(t *testing.T, names ...string) map[string]string {
 // other than oldPID.
 func (c *container) waitActive(t *testing.T, unit, oldPID string) {
 	t.Helper()
-	eventually(t, 90*time.Second, unit+" active with a new main process", func() (bool, string) {
+	poll.UntilWhy(t, 90*time.Second, unit+" active with a new main process", func() (bool, string) {
 		p := c.props(t, "ActiveState", "SubState", "MainPID")
 		ok := p["ActiveState"] == "active" && p["SubState"] == "running" && p["MainPID"] != "0" && p["MainPID"] != oldPID
 		return ok, fmt.Sprintf("%v\n%s", p, c.journalTail())
 	})
-}
-
-// eventually polls cond until it holds or the deadline passes; then it
-// fails the test with cond's last explanation.
-func eventually(t *testing.T, within time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	poll.UntilWhy(t, within, what, cond)
 }
 
 func freePort(t *testing.T) string {

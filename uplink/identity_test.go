@@ -1,57 +1,18 @@
 package uplink
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"math/big"
-	"net"
 	"testing"
-	"time"
+
+	"github.com/edgeagent/edgeagent/testkit/testpki"
 )
-
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-}
-
-func newCA(t *testing.T) *testCA {
-	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "ca"}, IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, _ := x509.ParseCertificate(der)
-	return &testCA{c, k}
-}
-
-func (ca *testCA) issue(t *testing.T, serial int64, server bool) *tls.Certificate {
-	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: "dev"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
-	if server {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-		tmpl.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1)}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &k.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: k}
-}
 
 // TestIdentitySwapTakesEffectOnNextHandshake runs real TLS handshakes: the
 // server sees the serial of whatever the Identity held at handshake time.
 func TestIdentitySwapTakesEffectOnNextHandshake(t *testing.T) {
-	ca := newCA(t)
-	pool := x509.NewCertPool()
-	pool.AddCert(ca.cert)
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{*ca.issue(t, 100, true)}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert})
+	ca := testpki.New(t, "ca")
+	pool := ca.Pool()
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{*ca.Server(t).TLS}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,7 +34,8 @@ func TestIdentitySwapTakesEffectOnNextHandshake(t *testing.T) {
 			c.Close()
 		}
 	}()
-	id := NewIdentity(ca.issue(t, 1, false))
+	first, second := ca.Client(t, "dev"), ca.Client(t, "dev")
+	id := NewIdentity(first.TLS)
 	cfg := ClientTLSConfig(TLSOptions{RootCAs: pool, Identity: id})
 	if cfg.MinVersion < tls.VersionTLS12 || cfg.ClientSessionCache == nil {
 		t.Fatal("config must require TLS 1.2 and cache sessions")
@@ -90,15 +52,15 @@ func TestIdentitySwapTakesEffectOnNextHandshake(t *testing.T) {
 		return c.ConnectionState().DidResume
 	}
 	dial()
-	if s := <-serials; s != 1 {
-		t.Fatalf("first handshake used serial %d", s)
+	if s := <-serials; s != first.Cert.SerialNumber.Int64() {
+		t.Fatalf("first handshake used serial %d, want %d", s, first.Cert.SerialNumber)
 	}
 	if !dial() {
 		t.Fatal("a reconnect with the same identity did not resume the session")
 	}
 	<-serials
 	changed := id.Changed()
-	id.Store(ca.issue(t, 2, false))
+	id.Store(second.TLS)
 	select {
 	case <-changed:
 	default:
@@ -107,8 +69,8 @@ func TestIdentitySwapTakesEffectOnNextHandshake(t *testing.T) {
 	if dial() {
 		t.Fatal("resumed a session made with the old identity")
 	}
-	if s := <-serials; s != 2 {
-		t.Fatalf("handshake after swap used serial %d, want 2", s)
+	if s := <-serials; s != second.Cert.SerialNumber.Int64() {
+		t.Fatalf("handshake after swap used serial %d, want %d", s, second.Cert.SerialNumber)
 	}
 }
 

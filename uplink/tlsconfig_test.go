@@ -1,51 +1,28 @@
 package uplink
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"math/big"
 	"net"
 	"sync"
 	"testing"
 	"time"
-)
 
-// serverCert issues a server certificate for 127.0.0.1 valid in
-// [from, until].
-func (ca *testCA) serverCert(t *testing.T, from, until time.Time) tls.Certificate {
-	t.Helper()
-	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "server"}, NotBefore: from, NotAfter: until,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, DNSNames: []string{"broker.test"}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &k.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: k}
-}
+	"github.com/edgeagent/edgeagent/testkit/testpki"
+)
 
 func TestClientTLSConfigHandshakes(t *testing.T) {
 	now := time.Now()
-	// newCA's CA lives an hour around now; the clock cases below need a
-	// longer-lived one.
-	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "long ca"}, IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign, NotBefore: now.Add(-72 * time.Hour), NotAfter: now.Add(72 * time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &k.PublicKey, k)
-	if err != nil {
-		t.Fatal(err)
+	// The clock cases below need a CA valid well before now.
+	ca := testpki.NewWith(t, "long ca", testpki.CAOptions{NotBefore: now.Add(-72 * time.Hour), NotAfter: now.Add(72 * time.Hour)})
+	pool := ca.Pool()
+	serverCert := func(from, until time.Time) tls.Certificate {
+		return *ca.Issue(t, testpki.Leaf{CN: "server", NotBefore: from, NotAfter: until, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+			IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, DNSNames: []string{"broker.test"}}).TLS
 	}
-	caCert, _ := x509.ParseCertificate(der)
-	ca := &testCA{cert: caCert, key: k}
-	pool := x509.NewCertPool()
-	pool.AddCert(ca.cert)
-	valid := ca.serverCert(t, now.Add(-time.Hour), now.Add(time.Hour))
-	expired := ca.serverCert(t, now.Add(-48*time.Hour), now.Add(-24*time.Hour))
-	client := ca.issue(t, 50, false)
+	valid := serverCert(now.Add(-time.Hour), now.Add(time.Hour))
+	expired := serverCert(now.Add(-48*time.Hour), now.Add(-24*time.Hour))
+	client := ca.Client(t, "dev").TLS
 	past := func() time.Time { return now.Add(-36 * time.Hour) }
 
 	cases := []struct {
@@ -115,8 +92,8 @@ func TestClientTLSConfigHandshakes(t *testing.T) {
 }
 
 func TestIdentityChangedIsClosedAndReplacedOnEveryStore(t *testing.T) {
-	ca := newCA(t)
-	certs := []*tls.Certificate{ca.issue(t, 1, false), ca.issue(t, 2, false), ca.issue(t, 3, false)}
+	ca := testpki.New(t, "ca")
+	certs := []*tls.Certificate{ca.Client(t, "dev").TLS, ca.Client(t, "dev").TLS, ca.Client(t, "dev").TLS}
 	id := NewIdentity(nil)
 	if id.Load() != nil {
 		t.Fatal("empty identity has a certificate")
@@ -150,8 +127,8 @@ func TestIdentityChangedIsClosedAndReplacedOnEveryStore(t *testing.T) {
 // TestIdentityConcurrentUse is for -race: handshakes load while renewals
 // store and uplinks wait on Changed.
 func TestIdentityConcurrentUse(t *testing.T) {
-	ca := newCA(t)
-	a, b := ca.issue(t, 1, false), ca.issue(t, 2, false)
+	ca := testpki.New(t, "ca")
+	a, b := ca.Client(t, "dev").TLS, ca.Client(t, "dev").TLS
 	id := NewIdentity(a)
 	var wg sync.WaitGroup
 	stop := make(chan struct{})

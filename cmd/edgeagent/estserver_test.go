@@ -1,17 +1,11 @@
 package main
 
 import (
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
 	"io"
 	"log"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -21,6 +15,7 @@ import (
 	"time"
 
 	"github.com/edgeagent/edgeagent/enroll/est"
+	"github.com/edgeagent/edgeagent/testkit/testpki"
 )
 
 // testEST is a small RFC 7030 server that is not edgeca, so the agent is
@@ -30,11 +25,11 @@ import (
 // its TLS certificate may come from a CA other than the one it enrolls
 // devices into.
 type testEST struct {
-	root, inter       *x509.Certificate // the CA devices enroll into
-	rootKey, interKey *ecdsa.PrivateKey
-	tlsRoot           *x509.Certificate // issues the server's TLS certificate
-	srv               *httptest.Server
-	url               string
+	root, inter *x509.Certificate // the CA devices enroll into
+	interCA     *testpki.CA
+	tlsRoot     *x509.Certificate // issues the server's TLS certificate
+	srv         *httptest.Server
+	url         string
 
 	mu               sync.Mutex
 	users            map[string]string // single-use HTTP Basic credentials
@@ -53,65 +48,26 @@ type testESTOptions struct {
 	SeparateTLSCA bool
 }
 
-func newTestKey(t testing.TB) *ecdsa.PrivateKey {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
-func signCert(tmpl, parent *x509.Certificate, pub crypto.PublicKey, signer crypto.Signer) (*x509.Certificate, error) {
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 120))
-	if err != nil {
-		return nil, err
-	}
-	tmpl.SerialNumber = serial
-	tmpl.NotBefore = time.Now().Add(-5 * time.Minute)
-	tmpl.NotAfter = time.Now().Add(time.Hour)
-	if parent == nil {
-		parent = tmpl
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, signer)
-	if err != nil {
-		return nil, err
-	}
-	return x509.ParseCertificate(der)
-}
-
-func mustSign(t testing.TB, tmpl, parent *x509.Certificate, pub crypto.PublicKey, signer crypto.Signer) *x509.Certificate {
-	t.Helper()
-	c, err := signCert(tmpl, parent, pub, signer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
-
-func caTemplate(cn string) *x509.Certificate {
-	return &x509.Certificate{Subject: pkix.Name{CommonName: cn}, IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign}
-}
-
 func startTestEST(t *testing.T, o testESTOptions) *testEST {
 	t.Helper()
-	s := &testEST{rootKey: newTestKey(t), interKey: newTestKey(t), users: map[string]string{}}
-	s.root = mustSign(t, caTemplate("Other Root CA"), nil, &s.rootKey.PublicKey, s.rootKey)
-	s.inter = mustSign(t, caTemplate("Other Issuing CA"), s.root, &s.interKey.PublicKey, s.rootKey)
+	// Every certificate of this server is valid from five minutes ago for
+	// an hour: its CAs are, and their leaves are clamped to them.
+	validity := testpki.CAOptions{NotBefore: time.Now().Add(-5 * time.Minute), NotAfter: time.Now().Add(time.Hour)}
+	rootCA := testpki.NewWith(t, "Other Root CA", validity)
+	s := &testEST{interCA: rootCA.Intermediate(t, "Other Issuing CA"), users: map[string]string{}}
+	s.root, s.inter = rootCA.Cert, s.interCA.Cert
 
-	serverKey := newTestKey(t)
-	serverTmpl := &x509.Certificate{Subject: pkix.Name{CommonName: "est.test"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, KeyUsage: x509.KeyUsageDigitalSignature}
+	serverLeaf := testpki.Leaf{CN: "est.test", IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	var server *testpki.Issued
 	var chain [][]byte
 	if o.SeparateTLSCA {
-		tlsKey := newTestKey(t)
-		s.tlsRoot = mustSign(t, caTemplate("TLS Root CA"), nil, &tlsKey.PublicKey, tlsKey)
-		leaf := mustSign(t, serverTmpl, s.tlsRoot, &serverKey.PublicKey, tlsKey)
-		chain = [][]byte{leaf.Raw, s.tlsRoot.Raw}
+		tlsCA := testpki.NewWith(t, "TLS Root CA", validity)
+		s.tlsRoot = tlsCA.Cert
+		server = tlsCA.Issue(t, serverLeaf)
+		chain = [][]byte{server.Cert.Raw, s.tlsRoot.Raw}
 	} else {
-		leaf := mustSign(t, serverTmpl, s.inter, &serverKey.PublicKey, s.interKey)
-		chain = [][]byte{leaf.Raw, s.inter.Raw, s.root.Raw}
+		server = s.interCA.Issue(t, serverLeaf)
+		chain = [][]byte{server.Cert.Raw, s.inter.Raw, s.root.Raw}
 	}
 
 	mux := http.NewServeMux()
@@ -127,7 +83,7 @@ func startTestEST(t *testing.T, o testESTOptions) *testEST {
 	s.srv.Config.ErrorLog = log.New(io.Discard, "", 0) // refused handshakes are the point of some tests
 	s.srv.TLS = &tls.Config{
 		MinVersion:   tls.VersionTLS12,
-		Certificates: []tls.Certificate{{Certificate: chain, PrivateKey: serverKey}},
+		Certificates: []tls.Certificate{{Certificate: chain, PrivateKey: server.TLS.PrivateKey}},
 		ClientAuth:   tls.VerifyClientCertIfGiven,
 		ClientCAs:    clientCAs,
 	}
@@ -255,9 +211,8 @@ func (s *testEST) issue(w http.ResponseWriter, r *http.Request, mustCN string) {
 		http.Error(w, "CSR subject differs from the client certificate", http.StatusForbidden)
 		return
 	}
-	leaf, err := signCert(&x509.Certificate{Subject: pkix.Name{CommonName: csr.Subject.CommonName}, URIs: csr.URIs,
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}},
-		s.inter, csr.PublicKey, s.interKey)
+	leaf, err := s.interCA.Sign(testpki.Leaf{CN: csr.Subject.CommonName, URIs: csr.URIs,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, PublicKey: csr.PublicKey})
 	if err != nil {
 		http.Error(w, "signing failed", http.StatusInternalServerError)
 		return

@@ -2,94 +2,27 @@ package tpm
 
 import (
 	"bytes"
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"io"
-	"math/big"
 	"net"
 	"testing"
 	"time"
 
 	"github.com/edgeagent/edgeagent/keystore"
 	"github.com/edgeagent/edgeagent/testkit/swtpm"
+	"github.com/edgeagent/edgeagent/testkit/testpki"
 )
-
-// testCA is a throwaway CA made with crypto/x509.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pool *x509.CertPool
-}
-
-func newTestCA(t testing.TB) *testCA {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "tpm test CA"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(c)
-	return &testCA{cert: c, key: k, pool: pool}
-}
-
-// issue signs a certificate for pub; client selects clientAuth, otherwise a
-// serverAuth certificate for 127.0.0.1.
-func (ca *testCA) issue(t testing.TB, pub crypto.PublicKey, cn string, client bool) []byte {
-	t.Helper()
-	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
-	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: cn},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-	}
-	if client {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
-		tmpl.IPAddresses = nil
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, pub, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return der
-}
 
 // TestTLSHandshakeWithTPMKey runs real mutual-TLS handshakes in which the
 // client proves possession of the TPM key: the server requires and verifies
 // a client certificate issued for the TPM public key.
 func TestTLSHandshakeWithTPMKey(t *testing.T) {
 	sw := swtpm.Start(t)
-	ca := newTestCA(t)
-	srvKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srvCert := tls.Certificate{Certificate: [][]byte{ca.issue(t, &srvKey.PublicKey, "server", false)}, PrivateKey: srvKey}
+	ca := testpki.New(t, "tpm test CA")
+	srvCert := *ca.Server(t).TLS
 
 	tests := []struct {
 		name    string
@@ -121,9 +54,10 @@ func TestTLSHandshakeWithTPMKey(t *testing.T) {
 			if err := csr.CheckSignature(); err != nil {
 				t.Fatalf("CSR signature: %v", err)
 			}
-			clientCert := tls.Certificate{Certificate: [][]byte{ca.issue(t, csr.PublicKey, "device-1", true)}, PrivateKey: k}
+			clientLeaf := ca.Issue(t, testpki.Leaf{CN: "device-1", ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, PublicKey: csr.PublicKey})
+			clientCert := tls.Certificate{Certificate: [][]byte{clientLeaf.Cert.Raw}, PrivateKey: k}
 
-			peer, state := handshake(t, srvCert, clientCert, ca.pool, tc.version)
+			peer, state := handshake(t, srvCert, clientCert, ca.Pool(), tc.version)
 			if state.Version != tc.version {
 				t.Fatalf("negotiated TLS version %x, want %x", state.Version, tc.version)
 			}

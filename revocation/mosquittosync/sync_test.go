@@ -2,14 +2,9 @@ package mosquittosync
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
-	"math/big"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -20,16 +15,14 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/edgeagent/edgeagent/testkit/testpki"
 )
 
 // TestUpdateCRL: the CRL is written (with the extra CRLs after it) and
 // mosquitto signalled only when the CA's CRL number changes.
 func TestUpdateCRL(t *testing.T) {
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "ca"}, NotBefore: time.Now().Add(-time.Hour),
-		NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign}
-	der, _ := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	issuer, _ := x509.ParseCertificate(der)
+	issuer := testpki.New(t, "ca")
 	var number atomic.Int64
 	number.Store(1)
 	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -37,8 +30,7 @@ func TestUpdateCRL(t *testing.T) {
 			http.NotFound(w, r)
 			return
 		}
-		crl, err := x509.CreateRevocationList(rand.Reader, &x509.RevocationList{Number: big.NewInt(number.Load()),
-			ThisUpdate: time.Now().Add(-time.Minute), NextUpdate: time.Now().Add(time.Hour)}, issuer, key)
+		crl, err := issuer.CRLDER(number.Load())
 		if err != nil {
 			http.Error(w, err.Error(), 500)
 			return

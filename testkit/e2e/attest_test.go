@@ -11,6 +11,7 @@ import (
 
 	"github.com/edgeagent/edgeagent/ca"
 	"github.com/edgeagent/edgeagent/testkit/mosquitto"
+	"github.com/edgeagent/edgeagent/testkit/poll"
 	"github.com/edgeagent/edgeagent/testkit/swtpm"
 	"github.com/edgeagent/edgeagent/testkit/testpki"
 )
@@ -52,9 +53,9 @@ func TestAttestedAgentRecoversAfterExpiry(t *testing.T) {
 	first := a.mustStatus().Serial
 
 	c.Stop()
-	waitUntil(t, 2*ttl, "the certificate expired, reported", func() bool { return a.mustStatus().Phase == "expired" })
+	poll.Until(t, 2*ttl, "the certificate expired, reported", func() bool { return a.mustStatus().Phase == "expired" })
 	c.Resume()
-	waitUntil(t, 30*time.Second, "recovery after the CA returned", func() bool {
+	poll.Until(t, 30*time.Second, "recovery after the CA returned", func() bool {
 		st := a.mustStatus()
 		return st.Serial != first && st.Phase == "valid"
 	})
@@ -81,9 +82,9 @@ func TestAttestedAgentRecoversAfterExpiry(t *testing.T) {
 	}
 	_ = a.cmd.Process.Kill()
 	<-a.done
-	waitUntil(t, 2*ttl, "the recovered certificate expired", func() bool { return time.Now().After(notAfter) })
+	poll.Until(t, 2*ttl, "the recovered certificate expired", func() bool { return time.Now().After(notAfter) })
 	b := startDaemon(t, cfgFile, sock)
-	waitUntil(t, 30*time.Second, "recovery without a token", func() bool {
+	poll.Until(t, 30*time.Second, "recovery without a token", func() bool {
 		st := b.mustStatus()
 		return st.Phase == "valid" && len(issuedTo(t, c, device)) == 3
 	})

@@ -20,6 +20,7 @@ import (
 
 	"github.com/edgeagent/edgeagent/agent/localapi"
 	"github.com/edgeagent/edgeagent/testkit/mosquitto"
+	"github.com/edgeagent/edgeagent/testkit/poll"
 	"github.com/edgeagent/edgeagent/testkit/testpki"
 )
 
@@ -84,7 +85,7 @@ func benchTelemetryOnce(b *testing.B) {
 	agent := startAgent(t, cfgFile, "EDGEAGENT_TOKEN="+tok)
 	defer agent.kill()
 	api := localapi.Client(sock, 30*time.Second)
-	waitUntil(t, 30*time.Second, "the agent's API", func() bool {
+	poll.Until(t, 30*time.Second, "the agent's API", func() bool {
 		resp, err := api.Get("http://agent/v1/status")
 		if err == nil {
 			resp.Body.Close()
@@ -140,11 +141,11 @@ func benchTelemetryOnce(b *testing.B) {
 			}
 			resp.Body.Close()
 		}
-		waitUntil(t, 2*time.Minute, "PUBACKs for the agent's messages", func() bool { return acked() >= ackedBefore+n })
+		poll.Until(t, 2*time.Minute, "PUBACKs for the agent's messages", func() bool { return acked() >= ackedBefore+n })
 		rate := float64(n) / time.Since(start).Seconds()
 		agentCPU += cpuOf(agent.cmd.Process.Pid) - cpu0
 		brokerAgentCPU += cpuOf(broker.Pid()) - bcpu0
-		waitUntil(t, 2*time.Minute, "agent messages at the subscriber", func() bool { return count.Load() >= before+n })
+		poll.Until(t, 2*time.Minute, "agent messages at the subscriber", func() bool { return count.Load() >= before+n })
 		return rate
 	}
 	// Baseline: mosquitto_pub with the agent's own certificate and key.
@@ -164,7 +165,7 @@ func benchTelemetryOnce(b *testing.B) {
 		rate := float64(n) / time.Since(start).Seconds()
 		pubCPU += cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 		brokerPubCPU += cpuOf(broker.Pid()) - bcpu0
-		waitUntil(t, 2*time.Minute, "mosquitto_pub messages at the subscriber", func() bool { return count.Load() >= before+n })
+		poll.Until(t, 2*time.Minute, "mosquitto_pub messages at the subscriber", func() bool { return count.Load() >= before+n })
 		return rate
 	}
 	// Alternate the two, three trials each, and report medians: the

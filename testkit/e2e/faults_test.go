@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/edgeagent/edgeagent/testkit/mosquitto"
+	"github.com/edgeagent/edgeagent/testkit/poll"
 	"github.com/edgeagent/edgeagent/testkit/testpki"
 )
 
@@ -264,7 +265,7 @@ log:
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 60*time.Second, "the first message at the subscriber and the sink", func() bool { return r.bothHave([]string{id}) })
+	poll.Until(t, 60*time.Second, "the first message at the subscriber and the sink", func() bool { return r.bothHave([]string{id}) })
 	r.firstID = id
 	return r
 }
@@ -308,7 +309,7 @@ func TestHalfOpenLinksRecover(t *testing.T) {
 			t.Fatalf("%s: the agent accepted nothing during the outage", what)
 		}
 		var mqttAt, httpsAt time.Duration
-		waitUntil(t, 3*time.Minute, what+": every accepted message at both backends after healing", func() bool {
+		poll.Until(t, 3*time.Minute, what+": every accepted message at both backends after healing", func() bool {
 			if m, _ := r.be.seen.check(ids); m == 0 && mqttAt == 0 {
 				mqttAt = time.Since(healed)
 			}
@@ -422,14 +423,14 @@ func TestFullDiskRefusesAndRecovers(t *testing.T) {
 		t.Fatalf("refused messages counted %v for https, want at least 600", v)
 	}
 	// Delivery of what is stored goes on with writes failing.
-	waitUntil(t, 2*time.Minute, "the accepted messages at the sink while the disk is full", func() bool {
+	poll.Until(t, 2*time.Minute, "the accepted messages at the sink while the disk is full", func() bool {
 		m, _ := r.sinkIDs.check(accepted)
 		return m == 0
 	})
 
 	r.be.broker.Start()
 	// The agent stores again by itself once MQTT acks free its segments.
-	waitUntil(t, 2*time.Minute, "the agent accepting messages again", func() bool {
+	poll.Until(t, 2*time.Minute, "the agent accepting messages again", func() bool {
 		code, ids, _ := postBatch(t, r.agent, n, 200)
 		n += 200
 		if code == http.StatusAccepted {
@@ -438,7 +439,7 @@ func TestFullDiskRefusesAndRecovers(t *testing.T) {
 		}
 		return false
 	})
-	waitUntil(t, 2*time.Minute, "every accepted message at both backends", func() bool { return r.bothHave(accepted) })
+	poll.Until(t, 2*time.Minute, "every accepted message at both backends", func() bool { return r.bothHave(accepted) })
 	want := map[string]bool{}
 	for _, id := range accepted {
 		want[id] = true
@@ -450,7 +451,7 @@ func TestFullDiskRefusesAndRecovers(t *testing.T) {
 			}
 		}
 	}
-	waitUntil(t, 30*time.Second, "/healthz ok again", func() bool {
+	poll.Until(t, 30*time.Second, "/healthz ok again", func() bool {
 		resp, err := http.Get("http://" + r.metrics + "/healthz")
 		if err != nil {
 			return false
@@ -493,7 +494,7 @@ func TestDamagedSpoolDeliversIntactRecords(t *testing.T) {
 		}
 		accepted = append(accepted, ids...)
 	}
-	waitUntil(t, time.Minute, "the HTTPS sink has everything", func() bool { m, _ := r.sinkIDs.check(accepted); return m == 0 })
+	poll.Until(t, time.Minute, "the HTTPS sink has everything", func() bool { m, _ := r.sinkIDs.check(accepted); return m == 0 })
 	_ = r.agent.cmd.Process.Kill()
 	<-r.agent.done
 
@@ -539,8 +540,8 @@ func TestDamagedSpoolDeliversIntactRecords(t *testing.T) {
 			intact = append(intact, id)
 		}
 	}
-	waitUntil(t, 2*time.Minute, "every intact message at the subscriber", func() bool { return r.be.has(intact) })
-	waitUntil(t, 30*time.Second, "an empty mqtt spool", func() bool {
+	poll.Until(t, 2*time.Minute, "every intact message at the subscriber", func() bool { return r.be.has(intact) })
+	poll.Until(t, 30*time.Second, "an empty mqtt spool", func() bool {
 		st, err := r.agent.status()
 		if err != nil {
 			return false

@@ -20,6 +20,7 @@ import (
 
 	"github.com/edgeagent/edgeagent/agent/localapi"
 	"github.com/edgeagent/edgeagent/testkit/mosquitto"
+	"github.com/edgeagent/edgeagent/testkit/poll"
 	"github.com/edgeagent/edgeagent/testkit/syncbuf"
 	"github.com/edgeagent/edgeagent/testkit/testpki"
 )
@@ -52,7 +53,7 @@ func startDaemon(t testing.TB, cfgFile, sock string, env ...string) *daemon {
 			t.Logf("agent log:\n%s", d.logs.String())
 		}
 	})
-	waitUntil(t, 30*time.Second, "the agent's API", func() bool {
+	poll.Until(t, 30*time.Second, "the agent's API", func() bool {
 		select {
 		case <-d.done:
 			t.Fatalf("agent exited: %v\n%s", d.err, d.logs.String())
@@ -96,7 +97,7 @@ func (d *daemon) send(body string) (string, error) {
 // waitLog waits until the agent's log contains s.
 func (d *daemon) waitLog(timeout time.Duration, s string) {
 	d.t.Helper()
-	waitUntil(d.t, timeout, fmt.Sprintf("%q in the agent log", s), func() bool { return strings.Contains(d.logs.String(), s) })
+	poll.Until(d.t, timeout, fmt.Sprintf("%q in the agent log", s), func() bool { return strings.Contains(d.logs.String(), s) })
 }
 
 // wait waits for the process to exit and returns its exit code.
@@ -245,7 +246,7 @@ func TestSIGTERMDrainsAndExitsZero(t *testing.T) {
 	cfg.write(t, cfgFile)
 
 	a := startDaemon(t, cfgFile, sock, "EDGEAGENT_TOKEN="+tok)
-	waitUntil(t, 30*time.Second, "mqtt connected", func() bool {
+	poll.Until(t, 30*time.Second, "mqtt connected", func() bool {
 		st, err := a.status()
 		return err == nil && st["uplinks"].(map[string]any)["mqtt"].(map[string]any)["connected"] == true
 	})
@@ -298,7 +299,7 @@ func TestSIGTERMDrainsAndExitsZero(t *testing.T) {
 	if !strings.Contains(a.logs.String(), "drained: every spooled message was acknowledged") {
 		t.Fatalf("no drained log:\n%s", a.logs.String())
 	}
-	waitUntil(t, 30*time.Second, "both batches at the subscriber", func() bool { return be.has(ids) })
+	poll.Until(t, 30*time.Second, "both batches at the subscriber", func() bool { return be.has(ids) })
 }
 
 // TestSIGHUPReloadsConfig: SIGHUP applies a new log level, turns the
@@ -321,7 +322,7 @@ func TestSIGHUPReloadsConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 30*time.Second, "a message at broker 1", func() bool { return be1.has([]string{id1}) })
+	poll.Until(t, 30*time.Second, "a message at broker 1", func() bool { return be1.has([]string{id1}) })
 
 	hup := func() {
 		t.Helper()
@@ -342,7 +343,7 @@ func TestSIGHUPReloadsConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 30*time.Second, "a message at broker 1 after a bad reload", func() bool { return be1.has([]string{id2}) })
+	poll.Until(t, 30*time.Second, "a message at broker 1 after a bad reload", func() bool { return be1.has([]string{id2}) })
 
 	// A good one: debug logging, the collector every second, broker 2.
 	cfg.Level, cfg.Collector, cfg.MQTTURL, cfg.MQTTCA = "debug", "1s", be2.broker.URL(), be2.caFile
@@ -353,8 +354,8 @@ func TestSIGHUPReloadsConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 30*time.Second, "a message at broker 2", func() bool { return be2.has([]string{id3}) })
-	waitUntil(t, 30*time.Second, "collector samples at broker 2", func() bool {
+	poll.Until(t, 30*time.Second, "a message at broker 2", func() bool { return be2.has([]string{id3}) })
+	poll.Until(t, 30*time.Second, "collector samples at broker 2", func() bool {
 		be2.seen.mu.Lock()
 		defer be2.seen.mu.Unlock()
 		return len(be2.seen.seen) >= 3 // id3 and at least two samples

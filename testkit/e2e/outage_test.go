@@ -10,6 +10,7 @@ import (
 
 	"github.com/edgeagent/edgeagent/ca"
 	"github.com/edgeagent/edgeagent/testkit/mosquitto"
+	"github.com/edgeagent/edgeagent/testkit/poll"
 	"github.com/edgeagent/edgeagent/testkit/testpki"
 )
 
@@ -52,7 +53,7 @@ func deliver(t testing.TB, a *daemon, be *backend, what string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 30*time.Second, what+" at the subscriber", func() bool { return be.has([]string{id}) })
+	poll.Until(t, 30*time.Second, what+" at the subscriber", func() bool { return be.has([]string{id}) })
 }
 
 // outageSetup starts a CA issuing ttl certificates, a broker and the agent
@@ -91,7 +92,7 @@ func TestCAOutage(t *testing.T) {
 		c, be, a := outageSetup(t, "outage-dev", ttl, "rebootstrap")
 		first := a.mustStatus().Serial
 		c.Stop()
-		waitUntil(t, ttl, "two failed renewal attempts", func() bool { return a.mustStatus().Counts["error"] >= 2 })
+		poll.Until(t, ttl, "two failed renewal attempts", func() bool { return a.mustStatus().Counts["error"] >= 2 })
 		deliver(t, a, be, "a message while the CA is down")
 		if st := a.mustStatus(); st.Serial != first || st.Phase != "renewing" {
 			t.Fatalf("while the CA is down: %+v", st)
@@ -99,7 +100,7 @@ func TestCAOutage(t *testing.T) {
 		failedBefore := a.mustStatus().Counts["error"]
 		back := time.Now()
 		c.Resume()
-		waitUntil(t, 20*time.Second, "a renewal after the CA returned", func() bool { return a.mustStatus().Serial != first })
+		poll.Until(t, 20*time.Second, "a renewal after the CA returned", func() bool { return a.mustStatus().Serial != first })
 		certs := issuedTo(t, c, "outage-dev")
 		if len(certs) != 2 || certs[1].Op != "simplereenroll" {
 			t.Fatalf("issued %+v", certs)
@@ -131,7 +132,7 @@ func TestCAOutage(t *testing.T) {
 		c, _, a := outageSetup(t, "wait-dev", ttl, "wait")
 		first := a.mustStatus().Serial
 		c.Stop()
-		waitUntil(t, 2*ttl, "the certificate expired, reported", func() bool {
+		poll.Until(t, 2*ttl, "the certificate expired, reported", func() bool {
 			st := a.mustStatus()
 			return st.Phase == "expired" && strings.Contains(st.Expired, "renew.expired_policy: wait")
 		})
@@ -141,7 +142,7 @@ func TestCAOutage(t *testing.T) {
 		}
 		c.Resume()
 		errs := a.mustStatus().Counts["error"]
-		waitUntil(t, 20*time.Second, "two more renewal attempts with the CA back", func() bool { return a.mustStatus().Counts["error"] >= errs+2 })
+		poll.Until(t, 20*time.Second, "two more renewal attempts with the CA back", func() bool { return a.mustStatus().Counts["error"] >= errs+2 })
 		st := a.mustStatus()
 		if st.Serial != first || st.Phase != "expired" || st.Counts["rebootstrap"] != 0 {
 			t.Fatalf("with policy wait the agent changed identity: %+v", st)
@@ -160,13 +161,13 @@ func TestCAOutage(t *testing.T) {
 		c, be, a := outageSetup(t, "reboot-dev", ttl, "rebootstrap")
 		first := a.mustStatus().Serial
 		c.Stop()
-		waitUntil(t, 2*ttl, "the certificate expired, reported", func() bool {
+		poll.Until(t, 2*ttl, "the certificate expired, reported", func() bool {
 			st := a.mustStatus()
 			return st.Phase == "expired" && strings.Contains(st.Expired, "renew.expired_policy: rebootstrap")
 		})
 		a.waitLog(10*time.Second, `level=ERROR msg="re-enrollment after expiry failed; will retry"`)
 		c.Resume()
-		waitUntil(t, 20*time.Second, "re-enrollment after the CA returned", func() bool {
+		poll.Until(t, 20*time.Second, "re-enrollment after the CA returned", func() bool {
 			st := a.mustStatus()
 			return st.Serial != first && st.Counts["rebootstrap"] == 1 && st.Phase == "valid"
 		})

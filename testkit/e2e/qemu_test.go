@@ -17,6 +17,7 @@ import (
 
 	"github.com/edgeagent/edgeagent/agent/localapi"
 	"github.com/edgeagent/edgeagent/testkit/mosquitto"
+	"github.com/edgeagent/edgeagent/testkit/poll"
 	"github.com/edgeagent/edgeagent/testkit/testpki"
 )
 
@@ -91,7 +92,7 @@ func TestARMBuildsEnrollAndPublishUnderQEMU(t *testing.T) {
 				}
 			}()
 			api := localapi.Client(sock, 30*time.Second)
-			waitUntil(t, 60*time.Second, "the agent's API under qemu", func() bool {
+			poll.Until(t, 60*time.Second, "the agent's API under qemu", func() bool {
 				resp, err := api.Post("http://agent/v1/telemetry", "application/json", strings.NewReader(`{"arch":"`+dev+`"}`))
 				if err != nil {
 					return false
@@ -99,7 +100,7 @@ func TestARMBuildsEnrollAndPublishUnderQEMU(t *testing.T) {
 				resp.Body.Close()
 				return resp.StatusCode == http.StatusAccepted
 			})
-			waitUntil(t, 60*time.Second, "the message at the subscriber", func() bool { return got.Load() >= int64(i+1) })
+			poll.Until(t, 60*time.Second, "the message at the subscriber", func() bool { return got.Load() >= int64(i+1) })
 		})
 	}
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/edgeagent/edgeagent/ca/store"
 	"github.com/edgeagent/edgeagent/testkit/mosquitto"
+	"github.com/edgeagent/edgeagent/testkit/poll"
 	"github.com/edgeagent/edgeagent/testkit/testpki"
 )
 
@@ -170,7 +171,7 @@ func TestTwentySecondCertificates(t *testing.T) {
 		t.Fatalf("agent exited: %v", a.err)
 	}
 	ids := s.end()
-	waitUntil(t, 60*time.Second, "every accepted message at the subscriber", func() bool { return be.has(ids) })
+	poll.Until(t, 60*time.Second, "every accepted message at the subscriber", func() bool { return be.has(ids) })
 	_, dups := be.seen.check(ids)
 	if s.errs > 0 {
 		t.Fatalf("the agent refused %d messages", s.errs)

@@ -25,6 +25,7 @@ import (
 	"github.com/edgeagent/edgeagent/revocation"
 	"github.com/edgeagent/edgeagent/revocation/httpsguard"
 	"github.com/edgeagent/edgeagent/testkit/mosquitto"
+	"github.com/edgeagent/edgeagent/testkit/poll"
 	"github.com/edgeagent/edgeagent/testkit/testpki"
 )
 
@@ -227,7 +228,7 @@ func startRevScenario(t testing.TB) *revScenario {
 		go s.publish(d)
 	}
 	// Every device is through on both before anything is revoked.
-	waitUntil(t, 30*time.Second, "every device publishing on both", func() bool {
+	poll.Until(t, 30*time.Second, "every device publishing on both", func() bool {
 		for _, d := range s.devices {
 			d.mu.Lock()
 			ok := len(d.mqttAcked) > 0 && len(d.httpsAcked) > 0
@@ -348,7 +349,7 @@ func TestRevocationCutsDeviceOff(t *testing.T) {
 		before = append(before, len(d.mqttAcked))
 		d.mu.Unlock()
 	}
-	waitUntil(t, 30*time.Second, "the other devices publishing after the revocation", func() bool {
+	poll.Until(t, 30*time.Second, "the other devices publishing after the revocation", func() bool {
 		for i, d := range others {
 			d.mu.Lock()
 			n := len(d.mqttAcked)
@@ -364,7 +365,7 @@ func TestRevocationCutsDeviceOff(t *testing.T) {
 		if !d.lost().IsZero() {
 			t.Errorf("%s lost its MQTT session at %s: the revocation touched another device", d.id, d.lost())
 		}
-		waitUntil(t, 30*time.Second, d.id+"'s acknowledged messages at the subscriber", func() bool {
+		poll.Until(t, 30*time.Second, d.id+"'s acknowledged messages at the subscriber", func() bool {
 			s.mu.Lock()
 			defer s.mu.Unlock()
 			for _, n := range d.mqttAcked {

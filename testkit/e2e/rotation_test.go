@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/edgeagent/edgeagent/testkit/mosquitto"
+	"github.com/edgeagent/edgeagent/testkit/poll"
 )
 
 // caProc is `edgeca serve` as a process on a fixed address, stopped and
@@ -47,7 +48,7 @@ func (c *caProc) start() {
 	c.exited = make(chan error, 1)
 	cmd, exited := c.cmd, c.exited
 	go func() { exited <- cmd.Wait() }()
-	waitUntil(c.t, 30*time.Second, "edgeca serve listening on "+c.listen, func() bool {
+	poll.Until(c.t, 30*time.Second, "edgeca serve listening on "+c.listen, func() bool {
 		select {
 		case err := <-exited:
 			c.t.Fatalf("edgeca serve exited: %v\n%s", err, c.logs.String())
@@ -180,7 +181,7 @@ spool:
 	s := startStream(a, 100*time.Millisecond)
 	enrolled := func() identityJSON {
 		var id identityJSON
-		waitUntil(t, 30*time.Second, "the agent's identity", func() bool {
+		poll.Until(t, 30*time.Second, "the agent's identity", func() bool {
 			_, err := os.Stat(filepath.Join(state, "identity.json"))
 			return err == nil
 		})
@@ -195,7 +196,7 @@ spool:
 		t.Helper()
 		inter := pemCerts(t, filepath.Join(dir, "intermediate.pem"))[0]
 		var serial string
-		waitUntil(t, 90*time.Second, "a certificate of "+what, func() bool {
+		poll.Until(t, 90*time.Second, "a certificate of "+what, func() bool {
 			leaf, _ := agentCert(t, state)
 			if leaf.CheckSignatureFrom(inter) != nil {
 				return false
@@ -203,14 +204,14 @@ spool:
 			serial = leaf.SerialNumber.String()
 			return true
 		})
-		waitUntil(t, 60*time.Second, "a renewal after the first certificate of "+what, func() bool {
+		poll.Until(t, 60*time.Second, "a renewal after the first certificate of "+what, func() bool {
 			leaf, _ := agentCert(t, state)
 			return leaf.SerialNumber.String() != serial && leaf.CheckSignatureFrom(inter) == nil
 		})
 		s.mu.Lock()
 		sent := append([]string(nil), s.ids...)
 		s.mu.Unlock()
-		waitUntil(t, 60*time.Second, "the messages sent so far at the subscriber", func() bool { return be.has(sent) })
+		poll.Until(t, 60*time.Second, "the messages sent so far at the subscriber", func() bool { return be.has(sent) })
 		return inter
 	}
 	inter1 := issuedBy("the first intermediate")
@@ -247,11 +248,11 @@ spool:
 	if err := a.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 60*time.Second, "a renewal at the CA's new URL", func() bool { return readIdentity(t, state).Server == moved })
+	poll.Until(t, 60*time.Second, "a renewal at the CA's new URL", func() bool { return readIdentity(t, state).Server == moved })
 	issuedBy("the CA at its new URL")
 
 	ids := s.end()
-	waitUntil(t, 60*time.Second, "every accepted message at the subscriber", func() bool { return be.has(ids) })
+	poll.Until(t, 60*time.Second, "every accepted message at the subscriber", func() bool { return be.has(ids) })
 	missing, dups := be.seen.check(ids)
 	if missing != 0 || s.errs > 0 {
 		t.Fatalf("%d messages lost, %d refused by the agent", missing, s.errs)
@@ -387,7 +388,7 @@ spool:
 	}
 	a := startDaemon(t, cfgFile, sock, "EDGEAGENT_TOKEN="+tok)
 	connections := func() int { return strings.Count(broker.Log(), " as trust-dev") }
-	waitUntil(t, 60*time.Second, "the agent connected to the broker", func() bool { return connections() > 0 })
+	poll.Until(t, 60*time.Second, "the agent connected to the broker", func() bool { return connections() > 0 })
 
 	ca.stop()
 	run(t, built.ca, "rotate", "root", "--dir", dir)
@@ -397,7 +398,7 @@ spool:
 	}
 	ca.start()
 	root2 := pemCerts(t, filepath.Join(dir, "root.pem"))[0]
-	waitUntil(t, 90*time.Second, "the new root in the agent's bundle", func() bool {
+	poll.Until(t, 90*time.Second, "the new root in the agent's bundle", func() bool {
 		_, bundle := agentCert(t, state)
 		return containsCert(bundle, root2)
 	})
@@ -407,9 +408,9 @@ spool:
 	brokerCertUnder(t, dir, brokerDir)
 	before := connections()
 	broker.Start()
-	waitUntil(t, 60*time.Second, "the agent connected to the broker with the broker's new certificate", func() bool { return connections() > before })
+	poll.Until(t, 60*time.Second, "the agent connected to the broker with the broker's new certificate", func() bool { return connections() > before })
 	if st := a.mustStatus(); !st.Connected {
-		waitUntil(t, 30*time.Second, "the agent's MQTT uplink up", func() bool { return a.mustStatus().Connected })
+		poll.Until(t, 30*time.Second, "the agent's MQTT uplink up", func() bool { return a.mustStatus().Connected })
 	}
 	if strings.Contains(a.logs.String(), "re-enrolled") {
 		t.Error("the agent re-enrolled")

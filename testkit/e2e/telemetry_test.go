@@ -104,11 +104,6 @@ func (p *agentProc) kill() {
 	<-p.done
 }
 
-func waitUntil(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	poll.Until(t, timeout, what, cond)
-}
-
 // TestTelemetrySurvivesBrokerAndAgentCrashes sends 100,000 messages through
 // the agent's local API while mosquitto is restarted three times and the
 // agent is killed with SIGKILL once: every message the agent accepted
@@ -208,7 +203,7 @@ log:
 	}
 	agent := startAgent(t, cfgFile, "EDGEAGENT_TOKEN="+tok)
 	api := localapi.Client(sock, 30*time.Second)
-	waitUntil(t, 30*time.Second, "the agent's API", func() bool {
+	poll.Until(t, 30*time.Second, "the agent's API", func() bool {
 		resp, err := api.Get("http://agent/v1/status")
 		if err == nil {
 			resp.Body.Close()
@@ -248,7 +243,7 @@ log:
 		case 35000:
 			agent.kill() // SIGKILL, mid-stream
 			agent = startAgent(t, cfgFile)
-			waitUntil(t, 30*time.Second, "the restarted agent", func() bool {
+			poll.Until(t, 30*time.Second, "the restarted agent", func() bool {
 				resp, err := api.Get("http://agent/v1/status")
 				if err == nil {
 					resp.Body.Close()
@@ -260,7 +255,7 @@ log:
 			sent += batch
 		}
 	}
-	waitUntil(t, 3*time.Minute, "every accepted message at both backends", func() bool {
+	poll.Until(t, 3*time.Minute, "every accepted message at both backends", func() bool {
 		m1, _ := mqttSeen.check(accepted)
 		m2, _ := httpsSeen.check(accepted)
 		return m1 == 0 && m2 == 0

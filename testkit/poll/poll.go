@@ -1,6 +1,7 @@
 // Package poll waits in tests for a condition with a deadline, never with
 // a sleep: the one polling loop of the test suites (the agent's, the
-// uplinks', the end-to-end and the packaging tests wrap it).
+// uplinks', the end-to-end and the packaging tests call it directly; only
+// the interop modules, which do not require this module, keep their own).
 package poll
 
 import (

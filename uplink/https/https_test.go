@@ -4,16 +4,10 @@ import (
 	"bufio"
 	"compress/gzip"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
 	"fmt"
-	"math/big"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -23,6 +17,7 @@ import (
 	"time"
 
 	"github.com/edgeagent/edgeagent/testkit/poll"
+	"github.com/edgeagent/edgeagent/testkit/testpki"
 	"github.com/edgeagent/edgeagent/uplink/spool"
 )
 
@@ -34,31 +29,8 @@ type pki struct {
 
 func newPKI(t *testing.T) *pki {
 	t.Helper()
-	mk := func(tmpl, parent *x509.Certificate, parentKey *ecdsa.PrivateKey) (*x509.Certificate, *ecdsa.PrivateKey) {
-		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tmpl.SerialNumber = big.NewInt(time.Now().UnixNano())
-		tmpl.NotBefore, tmpl.NotAfter = time.Now().Add(-time.Hour), time.Now().Add(time.Hour)
-		if parent == nil {
-			parent, parentKey = tmpl, k
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &k.PublicKey, parentKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c, _ := x509.ParseCertificate(der)
-		return c, k
-	}
-	ca, caKey := mk(&x509.Certificate{Subject: pkix.Name{CommonName: "ca"}, IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}, nil, nil)
-	srv, srvKey := mk(&x509.Certificate{Subject: pkix.Name{CommonName: "sink"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}, ca, caKey)
-	cli, cliKey := mk(&x509.Certificate{Subject: pkix.Name{CommonName: "dev-1"}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, ca, caKey)
-	p := &pki{pool: x509.NewCertPool()}
-	p.pool.AddCert(ca)
-	p.server = tls.Certificate{Certificate: [][]byte{srv.Raw}, PrivateKey: srvKey}
-	p.client = tls.Certificate{Certificate: [][]byte{cli.Raw}, PrivateKey: cliKey}
-	return p
+	ca := testpki.New(t, "ca")
+	return &pki{pool: ca.Pool(), server: *ca.Server(t).TLS, client: *ca.Client(t, "dev-1").TLS}
 }
 
 // sink is an mTLS HTTPS backend that records message ids.
@@ -153,11 +125,6 @@ func start(t *testing.T, o Options) (*Sender, func()) {
 	return s, stop
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	poll.Until(t, 20*time.Second, what, cond)
-}
-
 func clientTLS(p *pki) *tls.Config {
 	return &tls.Config{RootCAs: p.pool, Certificates: []tls.Certificate{p.client}, MinVersion: tls.VersionTLS12}
 }
@@ -172,8 +139,8 @@ func TestDeliversEverythingOverMTLS(t *testing.T) {
 	t.Cleanup(func() { sp.Close() })
 	fill(t, sp, 5000)
 	s, _ := start(t, Options{URL: sk.srv.URL + "/ingest", TLS: clientTLS(p), Spool: sp, BatchMax: 300, BatchBytes: 8 << 10})
-	waitFor(t, "5000 messages", func() bool { u, _ := sk.count(); return u == 5000 })
-	waitFor(t, "spool drained", func() bool { return sp.Stats().Depth == 0 })
+	poll.Until(t, 20*time.Second, "5000 messages", func() bool { u, _ := sk.count(); return u == 5000 })
+	poll.Until(t, 20*time.Second, "spool drained", func() bool { return sp.Stats().Depth == 0 })
 	if _, dup := sk.count(); dup != 0 {
 		t.Fatalf("%d duplicates on a clean run", dup)
 	}
@@ -189,7 +156,7 @@ func TestWithoutClientCertRefused(t *testing.T) {
 	t.Cleanup(func() { sp.Close() })
 	fill(t, sp, 10)
 	s, _ := start(t, Options{URL: sk.srv.URL, TLS: &tls.Config{RootCAs: p.pool, MinVersion: tls.VersionTLS12}, Spool: sp, RetryMin: 10 * time.Millisecond, RetryMax: 20 * time.Millisecond})
-	waitFor(t, "a failure", func() bool { return s.Stats().Failures > 0 })
+	poll.Until(t, 20*time.Second, "a failure", func() bool { return s.Stats().Failures > 0 })
 	if u, _ := sk.count(); u != 0 || sp.Stats().Depth != 10 {
 		t.Fatalf("messages left the spool without mTLS: %d delivered, depth %d", u, sp.Stats().Depth)
 	}
@@ -216,7 +183,7 @@ func TestRetryAfterHonoured(t *testing.T) {
 	fill(t, sp, 50)
 	// RetryMin is tiny: only Retry-After can explain a wait of a second.
 	start(t, Options{URL: sk.srv.URL, TLS: clientTLS(p), Spool: sp, RetryMin: time.Millisecond, RetryMax: time.Minute})
-	waitFor(t, "delivery after 429", func() bool { u, _ := sk.count(); return u == 50 })
+	poll.Until(t, 20*time.Second, "delivery after 429", func() bool { u, _ := sk.count(); return u == 50 })
 	if gap := time.Duration(secondAt.Load() - firstAt.Load()); gap < time.Second {
 		t.Fatalf("retried %v after 429 with Retry-After: 1", gap)
 	}
@@ -238,12 +205,12 @@ func TestIdentityRejectedIsReportedAndNotAcked(t *testing.T) {
 	t.Cleanup(func() { sp.Close() })
 	fill(t, sp, 20)
 	s, _ := start(t, Options{URL: sk.srv.URL, TLS: clientTLS(p), Spool: sp, RetryMin: 10 * time.Millisecond, RetryMax: 50 * time.Millisecond})
-	waitFor(t, "identity error", func() bool { return strings.Contains(s.Stats().LastError, "rejected the device identity") })
+	poll.Until(t, 20*time.Second, "identity error", func() bool { return strings.Contains(s.Stats().LastError, "rejected the device identity") })
 	if sp.Stats().Depth != 20 {
 		t.Fatalf("rejected batch was acked: depth %d", sp.Stats().Depth)
 	}
 	reject.Store(false)
-	waitFor(t, "delivery once accepted", func() bool { u, _ := sk.count(); return u == 20 })
+	poll.Until(t, 20*time.Second, "delivery once accepted", func() bool { u, _ := sk.count(); return u == 20 })
 }
 
 func TestTakeBatch(t *testing.T) {

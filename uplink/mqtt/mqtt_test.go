@@ -95,11 +95,6 @@ func (s *subscriber) on(topic string) []string {
 	return append([]string(nil), s.msgs[topic]...)
 }
 
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	poll.Until(t, timeout, what, cond)
-}
-
 func fill(t *testing.T, sp *spool.Spool, from, n int) {
 	t.Helper()
 	var batch [][]byte
@@ -223,8 +218,8 @@ func TestPublishStatusAndCommands(t *testing.T) {
 	cmds := make(chan string, 1)
 	d := e.device(t, "dev-a", "dev-a", func(topic string, p []byte) { cmds <- topic + " " + string(p) })
 	fill(t, d.sp, 0, 500)
-	eventually(t, 20*time.Second, "500 messages", func() bool { m, _ := sub.counts(500); return m == 0 })
-	eventually(t, 10*time.Second, "spool drained", func() bool { return d.sp.Stats().Depth == 0 })
+	poll.Until(t, 20*time.Second, "500 messages", func() bool { m, _ := sub.counts(500); return m == 0 })
+	poll.Until(t, 10*time.Second, "spool drained", func() bool { return d.sp.Stats().Depth == 0 })
 	if got := sub.on("devices/dev-a/status"); len(got) == 0 || got[0] != "online" {
 		t.Fatalf("status topic: %v", got)
 	}
@@ -247,7 +242,7 @@ func TestPublishStatusAndCommands(t *testing.T) {
 		t.Fatal("command never arrived")
 	}
 	d.stop()
-	eventually(t, 10*time.Second, "offline status", func() bool {
+	poll.Until(t, 10*time.Second, "offline status", func() bool {
 		got := sub.on("devices/dev-a/status")
 		return len(got) > 0 && got[len(got)-1] == "offline"
 	})
@@ -261,10 +256,10 @@ func TestACLKeepsDevicesApart(t *testing.T) {
 	fill0 := e.device(t, "dev-a", "dev-b", nil)
 	fill(t, fill0.sp, 0, 20)
 	// mosquitto acks and drops a denied QoS 1 publish; the spool drains.
-	eventually(t, 20*time.Second, "publishes acknowledged", func() bool { return fill0.pub.Acked() >= 20 })
+	poll.Until(t, 20*time.Second, "publishes acknowledged", func() bool { return fill0.pub.Acked() >= 20 })
 	legit := e.device(t, "dev-b", "dev-b", nil)
 	fill(t, legit.sp, 100, 1)
-	eventually(t, 20*time.Second, "dev-b's own message", func() bool { return len(sub.on("devices/dev-b/telemetry")) >= 1 })
+	poll.Until(t, 20*time.Second, "dev-b's own message", func() bool { return len(sub.on("devices/dev-b/telemetry")) >= 1 })
 	// dev-a's 20 were acknowledged before dev-b connected: had the ACL
 	// let them through, the subscriber would have them before m-100.
 	for _, p := range sub.on("devices/dev-b/telemetry") {
@@ -310,7 +305,7 @@ func TestBrokerRestartsLoseNothing(t *testing.T) {
 	fill(t, d.sp, 0, n)
 	var last uint64
 	for i := range uint64(3) {
-		eventually(t, 30*time.Second, fmt.Sprintf("reconnect %d and 1000 more messages acknowledged", i), func() bool {
+		poll.Until(t, 30*time.Second, fmt.Sprintf("reconnect %d and 1000 more messages acknowledged", i), func() bool {
 			return d.pub.Reconnects() >= i && d.pub.Acked() >= last+1000
 		})
 		if depth := d.sp.Stats().Depth; depth == 0 {
@@ -320,8 +315,8 @@ func TestBrokerRestartsLoseNothing(t *testing.T) {
 		e.broker.Stop()
 		e.broker.Start()
 	}
-	eventually(t, 60*time.Second, "every message", func() bool { m, _ := sub.counts(n); return m == 0 })
-	eventually(t, 10*time.Second, "spool drained", func() bool { return d.sp.Stats().Depth == 0 })
+	poll.Until(t, 60*time.Second, "every message", func() bool { m, _ := sub.counts(n); return m == 0 })
+	poll.Until(t, 10*time.Second, "spool drained", func() bool { return d.sp.Stats().Depth == 0 })
 	_, dups := sub.counts(n)
 	st := d.pub.Stats()
 	t.Logf("%d messages through 3 broker restarts, %d duplicates; stats %+v", n, dups, st)
@@ -346,16 +341,16 @@ func TestIdentitySwapReconnectsWithNewCertificate(t *testing.T) {
 	d := e.device(t, "dev-s", "dev-s", nil)
 	original := d.id.Load()
 	fill(t, d.sp, 0, 1000)
-	eventually(t, 20*time.Second, "the first messages", func() bool { return d.pub.Acked() >= 200 })
+	poll.Until(t, 20*time.Second, "the first messages", func() bool { return d.pub.Acked() >= 200 })
 	before := d.pub.Reconnects()
 
 	renewed := e.ca.Client(t, "dev-s")
 	d.id.Store(renewed.TLS)
 	fill(t, d.sp, 1000, 1000)
-	eventually(t, 20*time.Second, "a connection with the renewed certificate", func() bool {
+	poll.Until(t, 20*time.Second, "a connection with the renewed certificate", func() bool {
 		return d.hs.used(renewed.Cert.SerialNumber.String()) && d.pub.Reconnects() > before && d.pub.Connected()
 	})
-	eventually(t, 30*time.Second, "all 2000 messages", func() bool { m, _ := sub.counts(2000); return m == 0 })
+	poll.Until(t, 30*time.Second, "all 2000 messages", func() bool { m, _ := sub.counts(2000); return m == 0 })
 	if c := strings.Count(e.broker.Log(), "as dev-s ("); c < 2 {
 		t.Fatalf("broker saw %d connections of dev-s:\n%s", c, e.broker.Log())
 	}
@@ -378,7 +373,7 @@ func TestIdentitySwapReconnectsWithNewCertificate(t *testing.T) {
 		t.Fatal("the broker still accepts the revoked certificate")
 	}
 	fill(t, d.sp, 2000, 1000)
-	eventually(t, 30*time.Second, "all 3000 messages", func() bool { m, _ := sub.counts(3000); return m == 0 })
+	poll.Until(t, 30*time.Second, "all 3000 messages", func() bool { m, _ := sub.counts(3000); return m == 0 })
 	_, dups := sub.counts(3000)
 	st := d.pub.Stats()
 	t.Logf("3000 messages, %d duplicates; stats %+v", dups, st)
@@ -395,28 +390,28 @@ func TestRejectedRenewalKeepsOldConnection(t *testing.T) {
 	sub := e.subscribe(t, "devices/dev-k/telemetry")
 	d := e.device(t, "dev-k", "dev-k", nil)
 	fill(t, d.sp, 0, 100)
-	eventually(t, 20*time.Second, "the first messages", func() bool { m, _ := sub.counts(100); return m == 0 })
+	poll.Until(t, 20*time.Second, "the first messages", func() bool { m, _ := sub.counts(100); return m == 0 })
 	before := d.pub.Reconnects()
 
 	bad := testpki.New(t, "rogue-ca").Client(t, "dev-k")
 	d.id.Store(bad.TLS)
-	eventually(t, 20*time.Second, "the rejected switch reported", func() bool {
+	poll.Until(t, 20*time.Second, "the rejected switch reported", func() bool {
 		return d.hs.used(bad.Cert.SerialNumber.String()) && strings.Contains(d.pub.LastError(), "renewed identity")
 	})
 	fill(t, d.sp, 100, 500)
-	eventually(t, 20*time.Second, "messages over the old connection", func() bool { m, _ := sub.counts(600); return m == 0 })
+	poll.Until(t, 20*time.Second, "messages over the old connection", func() bool { m, _ := sub.counts(600); return m == 0 })
 	if st := d.pub.Stats(); !st.Connected || st.Reconnects != before {
 		t.Fatalf("old connection did not carry on: %+v", st)
 	}
 
 	good := e.ca.Client(t, "dev-k")
 	d.id.Store(good.TLS)
-	eventually(t, 20*time.Second, "a switch with the good certificate", func() bool {
+	poll.Until(t, 20*time.Second, "a switch with the good certificate", func() bool {
 		st := d.pub.Stats()
 		return d.hs.used(good.Cert.SerialNumber.String()) && st.Reconnects > before && st.LastError == ""
 	})
 	fill(t, d.sp, 600, 100)
-	eventually(t, 20*time.Second, "all 700 messages", func() bool { m, _ := sub.counts(700); return m == 0 })
+	poll.Until(t, 20*time.Second, "all 700 messages", func() bool { m, _ := sub.counts(700); return m == 0 })
 }
 
 // BenchmarkThroughput compares the publisher (spool with fsync, QoS 1,
@@ -493,11 +488,11 @@ func TestReconnectRequestSwitchesConnection(t *testing.T) {
 	sub := e.subscribe(t, "devices/dev-q/telemetry")
 	d := e.device(t, "dev-q", "dev-q", nil)
 	fill(t, d.sp, 0, 1000)
-	eventually(t, 20*time.Second, "the first messages", func() bool { return d.pub.Acked() >= 100 })
+	poll.Until(t, 20*time.Second, "the first messages", func() bool { return d.pub.Acked() >= 100 })
 	d.pub.Reconnect()
 	fill(t, d.sp, 1000, 1000)
-	eventually(t, 20*time.Second, "the switch", func() bool { return d.pub.Reconnects() == 1 && d.pub.Connected() })
-	eventually(t, 30*time.Second, "all 2000 messages", func() bool { m, _ := sub.counts(2000); return m == 0 })
+	poll.Until(t, 20*time.Second, "the switch", func() bool { return d.pub.Reconnects() == 1 && d.pub.Connected() })
+	poll.Until(t, 30*time.Second, "all 2000 messages", func() bool { m, _ := sub.counts(2000); return m == 0 })
 	if c := strings.Count(e.broker.Log(), "as dev-q ("); c != 2 {
 		t.Fatalf("broker saw %d connections of dev-q, want 2:\n%s", c, e.broker.Log())
 	}
@@ -509,7 +504,7 @@ func TestReconnectRequestSwitchesConnection(t *testing.T) {
 func TestCommandsQueuedWhileAwayArrive(t *testing.T) {
 	e := newEnv(t)
 	first := e.device(t, "dev-c", "dev-c", func(string, []byte) {})
-	eventually(t, 20*time.Second, "first connection", first.pub.Connected)
+	poll.Until(t, 20*time.Second, "first connection", first.pub.Connected)
 	first.stop()
 
 	tool := e.ca.Client(t, "dev-c")
