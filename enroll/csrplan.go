@@ -25,8 +25,8 @@ var (
 	// commonName: the agent always sends one (the device id, or on
 	// renewal the current certificate's subject), so asking for it is
 	// honoured, not a warning (edgeca's own /csrattrs asks for it).
-	oidCommonName = asn1.ObjectIdentifier{2, 5, 4, 3}
-	oidExtensionRequest  = asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 9, 14}
+	oidCommonName       = asn1.ObjectIdentifier{2, 5, 4, 3}
+	oidExtensionRequest = asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 9, 14}
 
 	curveOIDs = map[string]string{
 		"1.2.840.10045.3.1.7": "P-256",

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgeagent/edgeagent/testkit/poll"
 	"github.com/edgeagent/edgeagent/uplink"
 	"github.com/edgeagent/edgeagent/uplink/spool"
 )
@@ -55,11 +56,11 @@ func TestStatusEchoCountsItsConnection(t *testing.T) {
 			t.Errorf("Run: %v", err)
 		}
 	})
-	eventually(t, 20*time.Second, "the first connection's echo", func() bool { return pub.Connected() && lastEcho.Load() == int64(pub.Stats().Conn) })
+	poll.Until(t, 20*time.Second, "the first connection's echo", func() bool { return pub.Connected() && lastEcho.Load() == int64(pub.Stats().Conn) })
 	for i := uint64(1); i <= 3; i++ {
 		id.Store(e.ca.Client(t, "dev-e").TLS) // a renewal: make-before-break switch
-		eventually(t, 20*time.Second, "the switch", func() bool { return pub.Reconnects() == i && pub.Connected() })
-		eventually(t, 20*time.Second, "the new connection's echo", func() bool {
+		poll.Until(t, 20*time.Second, "the switch", func() bool { return pub.Reconnects() == i && pub.Connected() })
+		poll.Until(t, 20*time.Second, "the new connection's echo", func() bool {
 			conn := pub.Stats().Conn
 			return conn == i+1 && lastEcho.Load() == int64(conn)
 		})
