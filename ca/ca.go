@@ -7,6 +7,7 @@ package ca
 
 import (
 	"context"
+	"crypto"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
@@ -34,6 +35,12 @@ import (
 
 // Options configures Open.
 type Options struct {
+	// KeyOptional opens a CA directory that lacks the issuing key (a
+	// management host with a copy of the certificates and --db, where the
+	// signing key should not be): reading and recording work, and every
+	// operation that must sign (issuing, a CRL, an enforcer certificate)
+	// fails with ErrNoSigningKey. serve never sets it.
+	KeyOptional bool
 	// CertTTL is the lifetime of device certificates: DefaultCertTTL when
 	// zero, at least MinTTL.
 	CertTTL time.Duration
@@ -204,12 +211,17 @@ func Open(ctx context.Context, dir string, opts Options) (*CA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open CA %s: %w", dir, err)
 	}
-	key, err := loadKey(filepath.Join(dir, IntermediateKeyFile))
-	if err != nil {
-		return nil, fmt.Errorf("open CA %s: %w", dir, err)
-	}
-	if !keyMatches(inter, key) {
-		return nil, fmt.Errorf("open CA %s: %s is not the key of %s", dir, IntermediateKeyFile, IntermediateCertFile)
+	keyPath := filepath.Join(dir, IntermediateKeyFile)
+	var key crypto.Signer
+	if _, err := os.Stat(keyPath); opts.KeyOptional && errors.Is(err, os.ErrNotExist) {
+		key = absentKey{pub: inter.PublicKey, path: keyPath}
+	} else {
+		if key, err = loadKey(keyPath); err != nil {
+			return nil, fmt.Errorf("open CA %s: %w", dir, err)
+		}
+		if !keyMatches(inter, key) {
+			return nil, fmt.Errorf("open CA %s: %s is not the key of %s", dir, IntermediateKeyFile, IntermediateCertFile)
+		}
 	}
 	if err := inter.CheckSignatureFrom(root); err != nil {
 		return nil, fmt.Errorf("open CA %s: %s is not signed by %s: %w", dir, IntermediateCertFile, RootCertFile, err)

@@ -61,6 +61,9 @@ func (c *CA) Ready(ctx context.Context) error {
 	if c.auth == nil || c.auth.signer == nil {
 		return errors.New("no signing key loaded")
 	}
+	if _, absent := c.auth.signer.(absentKey); absent {
+		return ErrNoSigningKey
+	}
 	now := c.now()
 	if now.After(c.auth.intermediate.NotAfter) || now.Before(c.auth.intermediate.NotBefore) {
 		return fmt.Errorf("the issuing certificate is not valid now (valid %s to %s)", c.auth.intermediate.NotBefore.Format(time.RFC3339), c.auth.intermediate.NotAfter.Format(time.RFC3339))

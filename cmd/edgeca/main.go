@@ -239,8 +239,11 @@ func parse(fs *flag.FlagSet, args []string, positional ...string) ([]string, err
 	return pos, nil
 }
 
+// open opens the CA for a management command. The issuing key may be
+// absent (a host with a copy of the certificates and --db): what must sign
+// then says so (ca.ErrNoSigningKey); serve opens the CA itself and needs it.
 func open(ctx context.Context, dir string, fs *flag.FlagSet) (*ca.CA, error) {
-	return ca.Open(ctx, dir, ca.Options{Logger: slog.New(slog.DiscardHandler), DB: dbOf(fs)})
+	return ca.Open(ctx, dir, ca.Options{Logger: slog.New(slog.DiscardHandler), DB: dbOf(fs), KeyOptional: true})
 }
 
 func cmdInit(ctx context.Context, args []string, stderr io.Writer) error {
