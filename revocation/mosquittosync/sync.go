@@ -296,6 +296,9 @@ func (s *Syncer) Kick(ctx context.Context, clientID string) error {
 	s.mu.Lock()
 	s.kicked++
 	s.mu.Unlock()
-	s.o.Logger.Info("mosquitto sync: session of revoked device closed", "client_id", clientID)
+	// MQTT 3.1.1 does not say whether a session was there to take over
+	// (a clean session's CONNACK never has session present): the log says
+	// what was done, not that a device was connected.
+	s.o.Logger.Info("mosquitto sync: took over the revoked device's client id (its session, if open, is closed)", "client_id", clientID)
 	return nil
 }
