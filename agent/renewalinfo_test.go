@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgeagent/edgeagent/enroll"
 	"github.com/edgeagent/edgeagent/enroll/est"
 	"github.com/edgeagent/edgeagent/testkit/testpki"
 )
@@ -25,6 +26,11 @@ func TestRenewEarly(t *testing.T) {
 		{"window not started yet", est.Window{Start: t0.Add(time.Hour), End: t0.Add(2 * time.Hour)}, t0.Add(30 * time.Minute), false},
 		{"normal window after due: keep the schedule", est.Window{Start: due.Add(time.Minute), End: due.Add(time.Hour)}, due.Add(2 * time.Minute), false},
 		{"window at due", est.Window{Start: due, End: due.Add(time.Hour)}, due, false},
+		// The CA's usual window (two thirds to three quarters) around an
+		// agent due inside it: the agent's jitter stands, no herd at 2/3.
+		{"normal window around due: keep the schedule", est.Window{Start: due.Add(-time.Hour), End: due.Add(time.Hour)}, due.Add(-30 * time.Minute), false},
+		{"window ending before due, started", est.Window{Start: due.Add(-3 * time.Hour), End: due.Add(-2 * time.Hour)}, due.Add(-150 * time.Minute), true},
+		{"window without an end, started before due", est.Window{Start: due.Add(-time.Hour)}, due.Add(-30 * time.Minute), true},
 		{"no window", est.Window{}, t0, false},
 	}
 	for _, c := range cases {
@@ -132,5 +138,34 @@ func TestAskRenewalInfoFromEdgeca(t *testing.T) {
 	}
 	if ri, _, err = AskRenewalInfo(ctx, nid, "", time.Now, false); err != nil || RenewEarly(ri.SuggestedWindow, time.Now(), nid.NotAfter()) {
 		t.Fatalf("after the renewal: %+v, %v", ri, err)
+	}
+}
+
+// A CA without renewal-info (404) is asked again once a day, not at every
+// interval: each ask costs a mutual-TLS handshake for an answer that will
+// not come.
+func TestRenewerBacksOffFromACAWithoutRenewalInfo(t *testing.T) {
+	start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	ca := &fakeCA{clock: newFakeClock(start), lifetime: 96 * time.Hour}
+	info := func(context.Context, *Identity) (est.RenewalInfo, time.Duration, error) {
+		return est.RenewalInfo{}, 0, enroll.ErrNoRenewalInfo
+	}
+	p := testPolicy
+	p.InfoInterval = time.Hour
+	src := rand.New(rand.NewPCG(3, 4))
+	r := newRenewer(renewerParts{clock: ca.clock, rand: src.Float64, policy: func() RenewPolicy { return p },
+		renew: ca.renew, rebootstrap: ca.rebootstrap, renewalInfo: info}, ca.issue("dev-1"))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	tm := ca.clock.next(t)
+	if d := tm.at.Sub(ca.clock.Now()); d < 54*time.Minute || d > 66*time.Minute {
+		t.Fatalf("first check armed %v ahead, want the 1h interval ±10%%", d)
+	}
+	ca.clock.fire(tm)
+	tm = ca.clock.next(t)
+	if d := tm.at.Sub(ca.clock.Now()); d < 21*time.Hour || d > 27*time.Hour {
+		t.Fatalf("after a 404 the next check is %v ahead, want about a day", d)
 	}
 }

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -358,6 +359,12 @@ func (r *renewer) Run(ctx context.Context) error {
 				if ctx.Err() != nil {
 					return nil
 				}
+				// Asked again after the interval, or, from a CA that has no
+				// renewal-info at all, once a day: not a handshake every
+				// interval for an answer that will not come.
+				if errors.Is(err, enroll.ErrNoRenewalInfo) && p.InfoInterval < noRenewalInfoRetry {
+					infoAt = now.Add(InfoDelay(noRenewalInfoRetry, r.rand()))
+				}
 				r.log.Debug("renewal-info check failed; keeping the schedule", "err", err)
 				continue
 			}
@@ -407,11 +414,22 @@ func (r *renewer) Run(ctx context.Context) error {
 	}
 }
 
+// noRenewalInfoRetry is how often a CA without renewal-info is asked again
+// (it may be upgraded).
+const noRenewalInfoRetry = 24 * time.Hour
+
 // RenewEarly is the pure decision on a renewal-info answer: renew now when
-// the CA's suggested window has started before the renewer's own due
-// time. A window after due never delays a renewal.
+// the CA's suggested window has started and ends before the renewer's own
+// due time (the CA wants it done sooner than the schedule would). A window
+// that reaches past due leaves the jittered schedule alone, so the CA's
+// usual window does not gather a fleet at its start; a window after due
+// never delays a renewal.
 func RenewEarly(w est.Window, now, due time.Time) bool {
-	return !w.Start.IsZero() && !now.Before(w.Start) && w.Start.Before(due)
+	end := w.End
+	if end.IsZero() {
+		end = w.Start
+	}
+	return !w.Start.IsZero() && !now.Before(w.Start) && end.Before(due)
 }
 
 // InfoDelay is the jittered wait before the next renewal-info check:

@@ -146,7 +146,7 @@ func (c *CA) authorizeEnroll(ctx context.Context, a *attempt, tokenID, deviceID 
 		result = store.ResultDenied
 	}
 	c.writeAudit(ctx, store.AuditRecord{Time: now, Op: "authorize", Peer: a.peer, TokenID: tokenID, DeviceID: deviceID, Result: result, Reason: why})
-	c.log.Info("enrollment authorization", "device", deviceID, "token", tokenID, "peer", a.peer, "allow", allow, "reason", why)
+	c.log.Info("enrollment authorization", "device", deviceID, "token", tokenID, "peer", a.peer, "allow", allow, "reason", Printable(why, maxReasonLen))
 	if allow {
 		return nil
 	}

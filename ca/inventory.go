@@ -268,12 +268,13 @@ func (c *CA) noteContact(r *http.Request) {
 	}
 	id = deviceid.Canonical(id)
 	now := c.now()
-	// Throttled before the certificate is verified: a forged certificate
-	// naming a device can delay its last-seen by a minute, no more.
-	if !c.contacts.allow("seen "+id, now) {
+	// Verified before the throttle is consulted: a forged certificate
+	// naming a device must neither hold back its last-seen nor fill the
+	// throttle with made-up ids.
+	if _, err := c.verifyClientCert(r, now); err != nil {
 		return
 	}
-	if _, err := c.verifyClientCert(r, now); err != nil {
+	if !c.contacts.allow("seen "+id, now) {
 		return
 	}
 	inv, ok := c.st.(store.InventoryStore)

@@ -18,10 +18,11 @@ const renewalInfoPoll = time.Hour
 
 // renewalWindow is the pure decision of a renewal-info answer for a
 // certificate valid from notBefore to notAfter: normally from two thirds
-// to three quarters of its lifetime (no earlier than the agent's own
-// default schedule, so it never pulls a fleet forward by itself); with a
-// renew-now request at requested, a window starting then, so the device
-// renews at once.
+// to three quarters of its lifetime (the agent acts only on a window that
+// ends before its own due time, so this pulls forward only agents set to
+// renew later than three quarters); with a renew-now request at
+// requested, a window starting then and ending within the hour, so the
+// device renews at once.
 func renewalWindow(notBefore, notAfter, requested, now time.Time) est.Window {
 	if !requested.IsZero() {
 		return est.Window{Start: requested, End: maxTime(requested, now).Add(renewalInfoPoll)}

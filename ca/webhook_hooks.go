@@ -171,7 +171,10 @@ func (c *CA) issuedEvents(ctx context.Context, tokenID, deviceID string, at time
 		ev.Type = webhook.TypeEnrolled
 		labels, err = c.fleet.fs.TokenLabels(ctx, tokenID)
 		if err == nil {
-			cur, _ := c.fleet.fs.DeviceLabels(ctx, deviceID)
+			cur, derr := c.fleet.fs.DeviceLabels(ctx, deviceID)
+			if derr != nil || cur == nil {
+				cur = map[string]string{} // the token's labels still go out
+			}
 			for k, v := range labels {
 				if _, had := cur[k]; !had {
 					cur[k] = v

@@ -257,9 +257,10 @@ func (d *Dispatcher) deliver(ctx context.Context, ev store.OutboxEvent) error {
 }
 
 func (d *Dispatcher) post(ctx context.Context, u string, ev store.OutboxEvent) error {
+	where := redactURL(u) // errors are logged: no credentials or query from the URL
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(ev.Body))
 	if err != nil {
-		return fmt.Errorf("post to %s: %w", u, err)
+		return fmt.Errorf("post to %s: bad URL", where)
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("User-Agent", "edgeca-webhook")
@@ -268,14 +269,28 @@ func (d *Dispatcher) post(ctx context.Context, u string, ev store.OutboxEvent) e
 	req.Header.Set(HeaderSignature, Sign(d.cfg.Secret, d.cfg.Now(), ev.Body))
 	resp, err := d.cfg.Client.Do(req)
 	if err != nil {
-		return fmt.Errorf("post to %s: %w", u, err)
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // its text repeats the URL, query included
+		}
+		return fmt.Errorf("post to %s: %w", where, err)
 	}
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	resp.Body.Close()
 	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("post to %s: %s", u, resp.Status)
+		return fmt.Errorf("post to %s: %s", where, resp.Status)
 	}
 	return nil
+}
+
+// redactURL is u without user info, query or fragment, for logs.
+func redactURL(u string) string {
+	p, err := url.Parse(u)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	p.User, p.RawQuery, p.ForceQuery, p.Fragment, p.RawFragment = nil, "", false, "", ""
+	return p.String()
 }
 
 // Sign returns the Edgeca-Signature header value for body sent at t:

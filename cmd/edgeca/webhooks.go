@@ -45,8 +45,8 @@ func readSecret(flagName, path string) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--%s: %w", flagName, err)
 	}
-	if !st.Mode().IsRegular() || st.Mode().Perm()&0o007 != 0 {
-		return nil, fmt.Errorf("%w: --%s: %s must be a regular file others cannot read (chmod 0600)", errUsage, flagName, path)
+	if !st.Mode().IsRegular() || st.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("%w: --%s: %s must be a regular file only its owner can read (chmod 0600), not %#o", errUsage, flagName, path, st.Mode().Perm())
 	}
 	b, err := io.ReadAll(io.LimitReader(f, 4<<10+1))
 	if err != nil {
@@ -100,6 +100,9 @@ func (f *fleetFlags) options() (ca.FleetOptions, error) {
 			s, err := readSecret("authorize-secret-file", f.authSecretFile)
 			if err != nil {
 				return o, err
+			}
+			if len(s) < webhook.MinSecretLen {
+				return o, fmt.Errorf("%w: --authorize-secret-file: %s holds %d bytes: a signing secret needs at least %d", errUsage, f.authSecretFile, len(s), webhook.MinSecretLen)
 			}
 			a.Secret = s
 		}
