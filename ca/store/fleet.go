@@ -325,6 +325,21 @@ func (s *SQLite) fleet(ctx context.Context, what string, fn func(ftx) error) err
 	return s.writeTx(ctx, what, func(tx *sql.Tx) error { return fn(s.ftx(tx)) })
 }
 
+// fleetRead runs a read-only fn in a read transaction on the read pool
+// (WAL: it sees the last commit and blocks no writer).
+func (s *SQLite) fleetRead(ctx context.Context, what string, fn func(ftx) error) error {
+	tx, err := s.r.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	defer tx.Rollback()
+	// No prepared statements: those are the write pool's.
+	if err := fn(sqliteFtx{tx: tx, stmts: new(sync.Map)}); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return nil
+}
+
 func (s *SQLite) ftx(tx *sql.Tx) sqliteFtx { return sqliteFtx{tx: tx, stmts: &s.fleetStmts} }
 
 func (p *Postgres) fleet(ctx context.Context, what string, fn func(ftx) error) error {
@@ -532,6 +547,10 @@ func checkBatch(toks []Token, labels map[string]string) error {
 // fleetImpl holds the FleetStore methods over a backend's transaction.
 type fleetImpl struct {
 	run func(ctx context.Context, what string, fn func(ftx) error) error
+	// read runs a read-only fn: on SQLite on the read pool, so that a
+	// device asking renewal-info, or a label lookup, never waits for (or
+	// holds) the one writer that issuance needs.
+	read func(ctx context.Context, what string, fn func(ftx) error) error
 }
 
 func (f fleetImpl) CreateTokens(ctx context.Context, toks []Token, labels map[string]string) error {
@@ -542,7 +561,7 @@ func (f fleetImpl) CreateTokens(ctx context.Context, toks []Token, labels map[st
 }
 
 func (f fleetImpl) TokenLabels(ctx context.Context, id string) (m map[string]string, err error) {
-	err = f.run(ctx, "labels of token "+id, func(tx ftx) error {
+	err = f.read(ctx, "labels of token "+id, func(tx ftx) error {
 		m, err = labelsTx(ctx, tx, "token_labels", "token_id", id)
 		return err
 	})
@@ -550,7 +569,7 @@ func (f fleetImpl) TokenLabels(ctx context.Context, id string) (m map[string]str
 }
 
 func (f fleetImpl) DeviceLabels(ctx context.Context, id string) (m map[string]string, err error) {
-	err = f.run(ctx, "labels of device "+id, func(tx ftx) error {
+	err = f.read(ctx, "labels of device "+id, func(tx ftx) error {
 		m, err = labelsTx(ctx, tx, "device_labels", "device_id", id)
 		return err
 	})
@@ -568,7 +587,7 @@ func (f fleetImpl) LabelDevice(ctx context.Context, id string, set map[string]st
 }
 
 func (f fleetImpl) DevicesWithLabel(ctx context.Context, key, value string) (ids []string, err error) {
-	err = f.run(ctx, "devices labelled "+key+"="+value, func(tx ftx) error {
+	err = f.read(ctx, "devices labelled "+key+"="+value, func(tx ftx) error {
 		rows, err := tx.query(ctx, `SELECT device_id FROM device_labels WHERE key = ? AND value = ? ORDER BY device_id`, key, value)
 		if err != nil {
 			return err
@@ -603,7 +622,7 @@ func (f fleetImpl) RequestRenewal(ctx context.Context, ids []string, at time.Tim
 }
 
 func (f fleetImpl) RenewalRequested(ctx context.Context, id string) (at time.Time, err error) {
-	err = f.run(ctx, "renewal requested of "+id, func(tx ftx) error {
+	err = f.read(ctx, "renewal requested of "+id, func(tx ftx) error {
 		rows, err := tx.query(ctx, `SELECT requested_at FROM renew_requests WHERE device_id = ?`, id)
 		if err != nil {
 			return err
@@ -649,7 +668,7 @@ func (f fleetImpl) RetryEvent(ctx context.Context, id, owner string, next time.T
 }
 
 func (f fleetImpl) OutboxDropped(ctx context.Context) (n int64, err error) {
-	err = f.run(ctx, "count dropped webhook events", func(tx ftx) error {
+	err = f.read(ctx, "count dropped webhook events", func(tx ftx) error {
 		rows, err := tx.query(ctx, `SELECT value FROM settings WHERE key = ?`, settingOutboxDropped)
 		if err != nil {
 			return err
@@ -677,8 +696,8 @@ func (f fleetImpl) NoteExpired(ctx context.Context, now time.Time, limit, max in
 
 // The backends' FleetStore methods delegate to fleetImpl.
 
-func (s *SQLite) fi() fleetImpl   { return fleetImpl{run: s.fleet} }
-func (p *Postgres) fi() fleetImpl { return fleetImpl{run: p.fleet} }
+func (s *SQLite) fi() fleetImpl   { return fleetImpl{run: s.fleet, read: s.fleetRead} }
+func (p *Postgres) fi() fleetImpl { return fleetImpl{run: p.fleet, read: p.fleet} }
 
 func (s *SQLite) CreateTokens(ctx context.Context, toks []Token, labels map[string]string) error {
 	return s.fi().CreateTokens(ctx, toks, labels)
