@@ -71,26 +71,48 @@ type RotateResult struct {
 	Finished bool
 }
 
-// finishStaged renames the staged files of an interrupted rotation into
-// place; it reports whether there were any.
+// stagedMarker is written once every staged file of a rotation is on
+// disk: only then do the staged files form a whole rotation.
+const stagedMarker = "rotation" + stagedSuffix
+
+// finishStaged completes an interrupted rotation: with the marker, it
+// renames the staged files into place (a crash midway through renaming is
+// finished by the next run); without it, the staging itself was cut short
+// (a new key without its certificate, say) and the staged files are
+// deleted, leaving the CA as it was. It reports whether a rotation was
+// completed.
 func finishStaged(dir string) (bool, error) {
-	found := false
+	marker := filepath.Join(dir, stagedMarker)
+	if _, err := os.Stat(marker); err != nil {
+		if !errors.Is(err, os.ErrNotExist) {
+			return false, fmt.Errorf("finish the rotation: %w", err)
+		}
+		for _, name := range stagedOrder {
+			if err := os.Remove(filepath.Join(dir, name+stagedSuffix)); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return false, fmt.Errorf("remove an incomplete rotation: %w", err)
+			}
+		}
+		return false, nil
+	}
 	for _, name := range stagedOrder {
 		p := filepath.Join(dir, name)
 		if _, err := os.Stat(p + stagedSuffix); err != nil {
 			continue
 		}
-		found = true
 		if err := os.Rename(p+stagedSuffix, p); err != nil {
-			return found, fmt.Errorf("finish the rotation: %w", err)
+			return true, fmt.Errorf("finish the rotation: %w", err)
 		}
 	}
-	if found {
-		if err := atomicfile.SyncDir(dir); err != nil {
-			return found, fmt.Errorf("finish the rotation: %w", err)
-		}
+	if err := atomicfile.SyncDir(dir); err != nil {
+		return true, fmt.Errorf("finish the rotation: %w", err)
 	}
-	return found, nil
+	if err := os.Remove(marker); err != nil {
+		return true, fmt.Errorf("finish the rotation: %w", err)
+	}
+	if err := atomicfile.SyncDir(dir); err != nil {
+		return true, fmt.Errorf("finish the rotation: %w", err)
+	}
+	return true, nil
 }
 
 type stagedFile struct {
@@ -99,14 +121,18 @@ type stagedFile struct {
 	perm os.FileMode
 }
 
-// commitStaged writes every file as name.next, then renames them in
-// stagedOrder: a crash leaves either the old CA, or staged files that
-// finishStaged (the rerun) completes.
+// commitStaged writes every file as name.next, then the marker, then
+// renames them in stagedOrder: a crash leaves either the old CA (staged
+// files without the marker, which the rerun deletes), or a whole staged
+// rotation that finishStaged (the rerun) completes.
 func commitStaged(dir string, files []stagedFile) error {
 	for _, f := range files {
 		if err := atomicfile.Write(filepath.Join(dir, f.name+stagedSuffix), f.data, f.perm); err != nil {
 			return err
 		}
+	}
+	if err := atomicfile.Write(filepath.Join(dir, stagedMarker), []byte("staged rotation: complete\n"), 0o600); err != nil {
+		return err
 	}
 	_, err := finishStaged(dir)
 	return err

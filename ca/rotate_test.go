@@ -78,7 +78,8 @@ func TestRotationFinishesAfterACrash(t *testing.T) {
 	}
 	rotated := c.Intermediate()
 	c.Close()
-	// Simulate the crash: the next rotation's files staged, none renamed.
+	// Simulate the crash: the next rotation's files staged, the marker
+	// written, none renamed.
 	for _, name := range []string{PreviousCAFile, IntermediateKeyFile, IntermediateCertFile} {
 		b, err := os.ReadFile(filepath.Join(dir, name))
 		if err != nil {
@@ -87,6 +88,9 @@ func TestRotationFinishesAfterACrash(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(dir, name+stagedSuffix), b, 0o600); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, stagedMarker), nil, 0o600); err != nil {
+		t.Fatal(err)
 	}
 	if c, err := Open(ctx, dir, Options{}); err != nil {
 		t.Fatalf("open with staged files: %v", err)
@@ -109,6 +113,51 @@ func TestRotationFinishesAfterACrash(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(dir, name+stagedSuffix)); err == nil {
 			t.Errorf("%s%s left behind", name, stagedSuffix)
 		}
+	}
+}
+
+// TestRotationCutShortWhileStaging: a crash after a new key was staged but
+// before its certificate (no marker) must not pair that key with the old
+// certificate: the staged files are dropped, the rerun makes a whole new
+// rotation, and the CA opens.
+func TestRotationCutShortWhileStaging(t *testing.T) {
+	ctx := context.Background()
+	dir := filepath.Join(t.TempDir(), "ca")
+	if err := Init(ctx, dir, InitOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Open(ctx, dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := c.Intermediate()
+	c.Close()
+	stray, err := os.ReadFile(filepath.Join(dir, RootCertFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, IntermediateKeyFile+stagedSuffix), stray, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	res, err := RotateIntermediate(ctx, dir, RotateOptions{})
+	if err != nil || res.Finished || res.NewIntermediate == nil || res.NewIntermediate.Equal(old) {
+		t.Fatalf("rotate after a cut-short staging: %+v %v, want a new rotation", res, err)
+	}
+	c, err = Open(ctx, dir, Options{})
+	if err != nil {
+		t.Fatalf("open after the rotation: %v", err)
+	}
+	defer c.Close()
+	if !c.Intermediate().Equal(res.NewIntermediate) {
+		t.Error("the CA does not issue from the new intermediate")
+	}
+	for _, name := range append([]string{stagedMarker}, stagedOrder...) {
+		if _, err := os.Stat(filepath.Join(dir, name+stagedSuffix)); err == nil {
+			t.Errorf("%s%s left behind", name, stagedSuffix)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, stagedMarker)); err == nil {
+		t.Error("the marker is left behind")
 	}
 }
 
