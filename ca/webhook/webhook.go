@@ -134,7 +134,14 @@ func New(out Outbox, cfg Config) (*Dispatcher, error) {
 		}
 	}
 	def(&cfg.Poll, 2*time.Second)
-	def(&cfg.Lease, time.Minute)
+	// One event may take every URL's full timeout; a lease must outlast
+	// a few such events, or another replica re-claims (and re-posts)
+	// events this one is still delivering.
+	perEvent := time.Duration(len(cfg.URLs)) * cfg.Client.Timeout
+	if cfg.Client.Timeout <= 0 {
+		perEvent = time.Duration(len(cfg.URLs)) * 10 * time.Second
+	}
+	def(&cfg.Lease, max(time.Minute, 4*perEvent))
 	def(&cfg.MinDelay, time.Second)
 	def(&cfg.MaxDelay, 10*time.Minute)
 	def(&cfg.MaxAge, 72*time.Hour)
@@ -202,9 +209,15 @@ func (d *Dispatcher) round(ctx context.Context) (int, error) {
 	// A delivery made is acknowledged even while shutting down, so that
 	// a restart does not post it again.
 	actx := context.WithoutCancel(ctx)
+	claimed := d.cfg.Now()
 	for _, ev := range evs {
 		if ctx.Err() != nil {
 			return len(evs), nil // the rest go back when the lease ends
+		}
+		if d.cfg.Now().Sub(claimed) > d.cfg.Lease/2 {
+			// Slow receivers: stop before the lease runs out under the
+			// rest, which go back to the outbox when it ends.
+			return len(evs), nil
 		}
 		err := d.deliver(ctx, ev)
 		now := d.cfg.Now()
