@@ -721,7 +721,7 @@ func (c *CA) simpleReenroll(w http.ResponseWriter, r *http.Request, a *attempt) 
 		return nil, err
 	}
 	rn.Issuance = iss
-	rn.Outbox = c.issuedEvents(r.Context(), "", certID, now, iss, a.peer) // webhook_hooks.go
+	rn.Outbox = c.issuedEvents(r.Context(), "", rn.DeviceID, now, iss, a.peer) // webhook_hooks.go
 	start := time.Now()
 	out, err := c.st.Reissue(r.Context(), rn)
 	c.metrics.noteStoreLatency(storeOpIssue, time.Since(start))
