@@ -73,11 +73,6 @@ func Enroll(ctx context.Context, o EnrollOptions) (*Identity, error) {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	if o.Token != nil {
-		// The token's own expiry is informative (the CA decides), but a
-		// passed one is certain to be refused: say so before asking.
-		if err := o.Token.CheckExpiry(o.Now()); err != nil {
-			return nil, needsOperator(err)
-		}
 		o.Server, o.CAPin, o.Username, o.Password = o.Token.URL, o.Token.Pin, o.Token.ID, o.Token.Secret
 	}
 	if o.Server == "" && o.Attest && o.Keystore != nil && !attestRecoveryOptions(&o) {
@@ -118,6 +113,11 @@ func Enroll(ctx context.Context, o EnrollOptions) (*Identity, error) {
 			return nil, fmt.Errorf("enroll: %w", err)
 		}
 		o.Now = now
+	}
+	if o.Token != nil {
+		if err := checkTokenExpiry(ctx, o, roots, pin); err != nil {
+			return nil, err
+		}
 	}
 	var inter []*x509.Certificate // a leaf-only server's chain (RFC 7030 §4.1.1)
 	if roots != nil {
@@ -373,4 +373,33 @@ func Renew(ctx context.Context, o RenewOptions) (*Identity, error) {
 		}
 	}
 	return &Identity{Meta: meta, Key: key, Chain: chain, CABundle: bundle, ServerRoots: cur.ServerRoots}, nil
+}
+
+// checkTokenExpiry refuses a token whose own expiry has passed before its
+// credentials are sent: the CA would refuse it, and only the operator can
+// help. The token's expiry is the CA's, so a token that looks expired by
+// the device's clock is checked again against the CA's time (its Date,
+// through enroll.ServerTime: GET cacerts without credentials): a device
+// whose clock runs ahead (an RTC set to local time, a drifted board)
+// enrolls with a token that is still good, instead of exiting for the
+// operator. A CA that cannot be asked leaves the local verdict open: the
+// error is the one from reaching it, which the daemon retries.
+func checkTokenExpiry(ctx context.Context, o EnrollOptions, roots *x509.CertPool, pin token.Pin) error {
+	local := o.Token.CheckExpiry(o.Now())
+	if local == nil {
+		return nil
+	}
+	sample, err := enroll.ServerTime(ctx, enroll.TimeOptions{Server: o.Server, Label: o.Label, Roots: roots, Pin: pin,
+		Intermediates: o.CABundle, NotBefore: o.BuildTime, Timeout: o.Timeout, Now: o.Now})
+	if err != nil {
+		return fmt.Errorf("enroll: %v by this device's clock (%s); asking the CA for its time to be sure: %w",
+			local, o.Now().UTC().Format(time.RFC3339), err)
+	}
+	if err := o.Token.CheckExpiry(sample.Date); err != nil {
+		return needsOperator(err)
+	}
+	o.Logger.Warn("the enrollment token has expired by this device's clock but not by the CA's: the device clock is ahead; set it (NTP)",
+		"device_time", o.Now().UTC().Format(time.RFC3339), "ca_time", sample.Date.UTC().Format(time.RFC3339),
+		"token_expires", o.Token.ExpiresAt().Format(time.RFC3339))
+	return nil
 }

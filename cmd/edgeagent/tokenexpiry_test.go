@@ -6,16 +6,17 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgeagent/edgeagent/enroll/token"
+	"github.com/edgeagent/edgeagent/testkit/testpki"
 )
 
-// An enrollment token whose own expiry has passed: `edgeagent enroll` says
-// so and exits with the needs-the-operator status, without a CA to ask
-// (the URL names a port nobody listens on).
+// An enrollment token whose own expiry has passed, by the device's clock
+// and by the CA's: `edgeagent enroll` says so and exits with the
+// needs-the-operator status, having asked the CA only for its time.
 func TestEnrollExpiredTokenExit78(t *testing.T) {
-	pin, _ := token.ParsePin("sha256:" + strings.Repeat("cd", 32))
+	c := testpki.StartEdgeCA(t, testpki.EdgeCAOptions{})
+	tok := c.Token(t, "sensor-9")
 	at := time.Now().Add(-time.Hour).Truncate(time.Second).UTC()
-	tok := token.Token{URL: "https://127.0.0.1:1", Pin: pin, ID: "t-expired", Secret: strings.Repeat("x", 32), Expires: at.Unix()}
+	tok.Expires = at.Unix() // what the agent reads; the CA keeps its own record
 	_, _, err := edgeagent(t, "enroll", "--token", tok.String(), "--state-dir", filepath.Join(t.TempDir(), "state"), "--device-id", "sensor-9")
 	if code := exitCode(err); code != exitNeedsOperator {
 		t.Fatalf("exit %d (%v), want %d", code, err, exitNeedsOperator)
