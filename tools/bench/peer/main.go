@@ -118,7 +118,7 @@ func run(ctx context.Context, w io.Writer, repo, prebuilt, stepcaBin string, n1,
 		return err
 	}
 	defer pr.stop()
-	sc, err := startStepca(ctx, stepcaBin, filepath.Join(dir, "step-ca"))
+	sc, err := startStepca(ctx, stepcaBin, filepath.Join(dir, "stepca"))
 	if err != nil {
 		return err
 	}
