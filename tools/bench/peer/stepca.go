@@ -348,6 +348,7 @@ func (p *stepcaProc) start(ctx context.Context, bin, dir string, attempt int) er
 		}
 		select {
 		case <-p.done:
+			cancel()
 			logs, _ := os.ReadFile(logPath)
 			if bytes.Contains(logs, []byte("address already in use")) {
 				return fmt.Errorf("step-ca on %s: %w", p.addr, errAddrInUse)
