@@ -13,6 +13,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"crypto/x509"
 	"debug/buildinfo"
 	"encoding/base64"
@@ -238,11 +239,17 @@ type stepcaProc struct {
 	cancel          context.CancelFunc
 }
 
-var errAddrInUse = errors.New("address in use")
+// errNotServing is a step-ca that is not serving its address: another
+// process took the port between freeAddr and step-ca's bind (step-ca then
+// neither exits nor logs it: it waits for its other servers), so another
+// port is tried.
+var errNotServing = errors.New("step-ca is not serving its address")
 
 // startStepca writes a CA into dir and runs step-ca on it. ca.json needs a
 // fixed address, so a free port is found by listening on :0 and closing;
 // if something takes it before step-ca binds it, another is tried.
+const stepcaAttempts = 4
+
 func startStepca(ctx context.Context, bin, dir string) (*stepcaProc, error) {
 	version, badger, err := stepcaVersions(bin)
 	if err != nil {
@@ -298,7 +305,7 @@ func startStepca(ctx context.Context, bin, dir string) (*stepcaProc, error) {
 		if err == nil {
 			return p, nil
 		}
-		if !errors.Is(err, errAddrInUse) || attempt == 5 {
+		if !errors.Is(err, errNotServing) || attempt == stepcaAttempts {
 			return nil, err
 		}
 	}
@@ -314,7 +321,9 @@ func freeAddr() (string, error) {
 }
 
 // start runs step-ca and waits (polling /health, with a deadline) until it
-// answers over TLS verified against the root, or has exited.
+// answers over TLS verified against this run's root, or has exited. A
+// server there that fails that verification, or silence until the
+// deadline, is another process on the port (errNotServing).
 func (p *stepcaProc) start(ctx context.Context, bin, dir string, attempt int) error {
 	// A file, not a pipe into this process: copying step-ca's request log
 	// would cost the clients' CPU.
@@ -337,7 +346,8 @@ func (p *stepcaProc) start(ctx context.Context, bin, dir string, attempt int) er
 	p.cmd, p.cancel, p.done = cmd, cancel, make(chan struct{})
 	go func() { _ = cmd.Wait(); close(p.done) }()
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: deviceTLS(p.roots), DisableKeepAlives: true}}
-	deadline := time.Now().Add(60 * time.Second)
+	const wait = 30 * time.Second
+	deadline := time.Now().Add(wait)
 	for {
 		resp, err := client.Get("https://" + p.addr + "/health")
 		if err == nil {
@@ -346,20 +356,22 @@ func (p *stepcaProc) start(ctx context.Context, bin, dir string, attempt int) er
 				return nil
 			}
 		}
+		var verr *tls.CertificateVerificationError
+		if errors.As(err, &verr) {
+			p.stop()
+			return fmt.Errorf("on %s another server answers (%v): %w", p.addr, err, errNotServing)
+		}
 		select {
 		case <-p.done:
 			cancel()
 			logs, _ := os.ReadFile(logPath)
-			if bytes.Contains(logs, []byte("address already in use")) {
-				return fmt.Errorf("step-ca on %s: %w", p.addr, errAddrInUse)
-			}
 			return fmt.Errorf("step-ca exited before answering on %s:\n%s", p.addr, logs)
 		default:
 		}
 		if time.Now().After(deadline) {
 			p.stop()
 			logs, _ := os.ReadFile(logPath)
-			return fmt.Errorf("step-ca not answering on %s after 60 s (last: %v):\n%s", p.addr, err, logs)
+			return fmt.Errorf("no answer on %s after %v (last: %v): %w\n%s", p.addr, wait, err, errNotServing, logs)
 		}
 		time.Sleep(20 * time.Millisecond) // polling for readiness, with a deadline
 	}
