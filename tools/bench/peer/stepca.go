@@ -98,7 +98,7 @@ func stepcaStores(version, badger string) string {
 	} else {
 		s += fmt.Sprintf("whether it syncs was checked for badger %s only: re-read badger's SyncWrites for this one. ", stepcaBadgerChecked)
 	}
-	return s + "It keeps no device record and no audit table; it logs every request (text, to a file, its default: it has no log level)."
+	return s + "It keeps no device record and no audit table; it logs every request (text, to a file: it has no log level; edgeca runs at warn)."
 }
 
 // jwk is a P-256 public key as a JSON Web Key (RFC 7517).
