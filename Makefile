@@ -70,8 +70,11 @@ lint:
 # Every figure next to a baseline measured in the same run: enrollment vs
 # raw ECDSA signing, the spool vs a plain file, the agent's MQTT path vs
 # mosquitto_pub on the same listener (plus the agent's RSS), and edgeca
-# beside GlobalSign's EST server driven by the same clients (a module of
-# its own, as the interop ones, running a built edgeca).
+# beside GlobalSign's EST server and smallstep's step-ca driven by the same
+# clients (a module of its own, as the interop ones, running a built edgeca
+# and a step-ca it builds from tools/bench/stepca: minutes the first time).
+# tools/bench/stepca only pins step-ca (a build-tagged tools.go, nothing to
+# vet or test), so it is in no loop: only bench builds it.
 BENCH_PEER = tools/bench/peer
 bench: test-deps
 	$(GO) run ./tools/bench

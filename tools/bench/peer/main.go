@@ -7,6 +7,8 @@
 // Two clients drive each: a device-like net/http client doing a full EST
 // enrollment (a fresh P-256 key, a CSR, a new TLS connection, the PKCS#7
 // answer parsed), and GlobalSign's own est.Client, at concurrency 1 and 16.
+// The device client also drives smallstep's step-ca (stepca.go), a CA that
+// stores what it issues, in step-ca's protocol instead of EST.
 //
 // It is a module of its own for the reason ca/interop is: GlobalSign's est
 // needs go-tpm v0.3, which cannot share a build with the agent's go-tpm
@@ -16,7 +18,8 @@
 // The comparison is not like for like, and the output says so: edgeca
 // checks a token, writes the device, the token use, the audit record and
 // the issued certificate, and fsyncs before it answers; the peer checks a
-// fixed password and stores nothing.
+// fixed password and stores nothing; step-ca checks a one-time token and
+// stores its use and the certificate, synchronously (stepcaStores).
 package main
 
 import (
@@ -63,6 +66,7 @@ func main() {
 	n1 := flag.Int("n1", 150, "enrollments per run at concurrency 1")
 	n16 := flag.Int("n16", 600, "enrollments per run at concurrency 16")
 	prebuilt := flag.String("edgeca", "", "a built edgeca binary to run instead of building one from -repo (to profile it, or to compare two builds)")
+	stepcaBin := flag.String("step-ca", "", "a built step-ca binary to run instead of building the one pinned in -repo's tools/bench/stepca")
 	servePeer := flag.String("serve-peer", "", "internal: serve the peer EST server, writing its address and root to this directory, until SIGTERM")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -74,7 +78,7 @@ func main() {
 		}
 		return
 	}
-	if err := run(ctx, os.Stdout, *repo, *prebuilt, *n1, *n16); err != nil {
+	if err := run(ctx, os.Stdout, *repo, *prebuilt, *stepcaBin, *n1, *n16); err != nil {
 		fmt.Fprintln(os.Stderr, "bench peer:", err)
 		os.Exit(1)
 	}
@@ -82,7 +86,7 @@ func main() {
 
 const warmup = 20
 
-func run(ctx context.Context, w io.Writer, repo, prebuilt string, n1, n16 int) error {
+func run(ctx context.Context, w io.Writer, repo, prebuilt, stepcaBin string, n1, n16 int) error {
 	dir, err := os.MkdirTemp("", "edgeca-bench-peer-")
 	if err != nil {
 		return err
@@ -92,6 +96,14 @@ func run(ctx context.Context, w io.Writer, repo, prebuilt string, n1, n16 int) e
 	if bin == "" {
 		bin = filepath.Join(dir, "edgeca")
 		if err := buildEdgeca(ctx, repo, bin); err != nil {
+			return err
+		}
+	}
+	if stepcaBin == "" {
+		stepcaBin = filepath.Join(dir, "step-ca")
+		mod := filepath.Join(repo, "tools", "bench", "stepca")
+		fmt.Fprintf(os.Stderr, "building step-ca from %s (the first time downloads and compiles ~600 modules: minutes)\n", mod)
+		if err := buildStepca(ctx, mod, stepcaBin); err != nil {
 			return err
 		}
 	}
@@ -106,37 +118,60 @@ func run(ctx context.Context, w io.Writer, repo, prebuilt string, n1, n16 int) e
 		return err
 	}
 	defer pr.stop()
+	sc, err := startStepca(ctx, stepcaBin, filepath.Join(dir, "stepca"))
+	if err != nil {
+		return err
+	}
+	defer sc.stop()
 
-	fmt.Fprintf(w, "== edgeca beside GlobalSign est %s (same clients, TLS on 127.0.0.1) ==\n", "v1.0.6")
-	fmt.Fprintf(w, "%s/%s, GOMAXPROCS=%d, %s; edgeca: its own process (SQLite, synchronous=FULL, shedding off); peer: est.NewRouter + crypto/x509 CA, its own process\n",
-		runtime.GOOS, runtime.GOARCH, runtime.GOMAXPROCS(0), runtime.Version())
+	fmt.Fprintf(w, "== edgeca beside GlobalSign est %s and step-ca %s (same clients, TLS on 127.0.0.1) ==\n", "v1.0.6", sc.version)
+	fmt.Fprintf(w, "%s/%s, GOMAXPROCS=%d, %s; edgeca: its own process (SQLite, synchronous=FULL, shedding off); peer: est.NewRouter + crypto/x509 CA, its own process; step-ca: its own process (badger %s, JWK provisioner)\n",
+		runtime.GOOS, runtime.GOARCH, runtime.GOMAXPROCS(0), runtime.Version(), sc.badger)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "client\tc\tserver\tenrollments\tenroll/s\tp50 ms\tp99 ms\tserver CPU us/enroll\tedgeca/peer enroll/s\tedgeca/peer CPU/enroll\t\n")
+	fmt.Fprintf(tw, "client\tc\tserver\tenrollments\tenroll/s\tp50 ms\tp99 ms\tserver CPU us/enroll\tedgeca/peer enroll/s\tedgeca/peer CPU/enroll\tedgeca/step-ca enroll/s\tedgeca/step-ca CPU/enroll\t\n")
 	seq := 0
 	for _, c := range []struct{ conc, n int }{{1, n1}, {16, n16}} {
 		for _, cl := range []clientKind{deviceClient, globalsignClient} {
-			var rows [2]result
-			for i, srv := range []target{ed.target(), pr.target()} {
+			servers := []target{ed.target(), pr.target()}
+			if cl == deviceClient { // step-ca does not speak EST
+				servers = append(servers, sc.target())
+			}
+			rows := make([]result, len(servers))
+			for i, srv := range servers {
 				seq++
 				ids := func(i int) string { return fmt.Sprintf("bench-%d-%d", seq, i) }
-				if _, err := drive(ctx, cl, srv, ids, warmup, min(c.conc, 4), nil); err != nil {
+				enroll, err := enrollerFor(cl, srv, ids, warmup)
+				if err != nil {
+					return err
+				}
+				if _, err := drive(ctx, enroll, ids, warmup, min(c.conc, 4), nil); err != nil {
 					return fmt.Errorf("%s → %s warm-up: %w", cl, srv.name, err)
 				}
 				seq++
-				res, err := drive(ctx, cl, srv, ids, c.n, c.conc, srv.cpu)
+				// Before the timed loop: step-ca's tokens are minted here,
+				// as an operator mints one per device before it enrolls.
+				if enroll, err = enrollerFor(cl, srv, ids, c.n); err != nil {
+					return err
+				}
+				res, err := drive(ctx, enroll, ids, c.n, c.conc, srv.cpu)
 				if err != nil {
 					return fmt.Errorf("%s → %s, c=%d: %w", cl, srv.name, c.conc, err)
 				}
 				rows[i] = res
 			}
-			ed, peer := rows[0], rows[1]
-			for i, r := range []result{ed, peer} {
-				ratio, cpuRatio := "", ""
+			ed := rows[0]
+			ratios := func(o result) (string, string) {
+				return fmt.Sprintf("%.2f", ed.rate/o.rate), fmt.Sprintf("%.2f", float64(ed.serverCPU)/float64(o.serverCPU))
+			}
+			for i, r := range rows {
+				var cells [4]string
 				if i == 0 {
-					ratio = fmt.Sprintf("%.2f", ed.rate/peer.rate)
-					cpuRatio = fmt.Sprintf("%.2f", float64(ed.serverCPU)/float64(peer.serverCPU))
+					cells[0], cells[1] = ratios(rows[1])
+					if len(rows) > 2 {
+						cells[2], cells[3] = ratios(rows[2])
+					}
 				}
-				fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%.0f\t%.2f\t%.2f\t%.0f\t%s\t%s\t\n", cl, c.conc, []string{"edgeca", "peer"}[i], c.n, r.rate, ms(r.p50), ms(r.p99), us(r.serverCPU), ratio, cpuRatio)
+				fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%.0f\t%.2f\t%.2f\t%.0f\t%s\t%s\t%s\t%s\t\n", cl, c.conc, servers[i].name, c.n, r.rate, ms(r.p50), ms(r.p99), us(r.serverCPU), cells[0], cells[1], cells[2], cells[3])
 			}
 		}
 	}
@@ -144,6 +179,8 @@ func run(ctx context.Context, w io.Writer, repo, prebuilt string, n1, n16 int) e
 		return err
 	}
 	fmt.Fprintln(w, "not like for like: edgeca checks a token and commits the token use, the device, the audit record and the issued certificate with an fsync before each answer (group commit under concurrency); the peer checks a fixed password and stores nothing.")
+	fmt.Fprintln(w, stepcaStores(sc.version, sc.badger))
+	fmt.Fprintln(w, "step-ca's client is the device client in step-ca's protocol: one POST /1.0/sign of a PEM CSR and a one-time token (an ES256 JWT, one per enrollment, minted before the timed loop); GlobalSign's client speaks only EST, so it has no step-ca row.")
 	fmt.Fprintln(w, "CPU: each server process's user+system time from /proc/PID/stat (10 ms ticks), the clients run in this process. Each enrollment is a new TLS connection (full handshake), as a device's is.")
 	return nil
 }
@@ -174,6 +211,8 @@ type target struct {
 	// cpu returns the server's CPU time so far, nil when it runs in this
 	// process.
 	cpu func() (time.Duration, error)
+	// mint, set for step-ca, makes a one-time token for a device id.
+	mint func(id string) (string, error)
 }
 
 // edgecaProc is a running `edgeca serve`.
@@ -490,10 +529,10 @@ func (ca *peerCA) CSRAttrs(context.Context, string, *http.Request) (est.CSRAttrs
 	return est.CSRAttrs{}, nil
 }
 
+// Enroll does not check the CSR's signature: GlobalSign's server has
+// (readCSRRequest with checkSignature, before it calls the CA), and a
+// second check would charge the peer twice for it.
 func (ca *peerCA) Enroll(_ context.Context, csr *x509.CertificateRequest, _ string, _ *http.Request) (*x509.Certificate, error) {
-	if err := csr.CheckSignature(); err != nil {
-		return nil, estError{http.StatusBadRequest, "CSR signature: " + err.Error()}
-	}
 	now := time.Now()
 	c, err := sign(&x509.Certificate{Subject: csr.Subject, URIs: csr.URIs, NotBefore: now.Add(-time.Minute), NotAfter: now.Add(24 * time.Hour),
 		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, ca.inter, csr.PublicKey, ca.interKey)
@@ -530,13 +569,32 @@ type result struct {
 	serverCPU time.Duration // per enrollment
 }
 
-// drive runs n enrollments of fresh device ids with concurrency workers
-// against srv. cpu (nil: not measured) is the server's CPU clock.
-func drive(ctx context.Context, kind clientKind, srv target, id func(int) string, n, concurrency int, cpu func() (time.Duration, error)) (result, error) {
-	enroll := deviceEnroller(srv)
-	if kind == globalsignClient {
-		enroll = globalsignEnroller(srv)
+// enrollerFor is kind's enrollment against srv, for the first n ids; for
+// step-ca it mints their tokens first.
+func enrollerFor(kind clientKind, srv target, id func(int) string, n int) (func(context.Context, string) error, error) {
+	if srv.mint != nil {
+		if kind != deviceClient {
+			return nil, fmt.Errorf("%s cannot drive %s", kind, srv.name)
+		}
+		tokens := make(map[string]string, n)
+		for i := range n {
+			tok, err := srv.mint(id(i))
+			if err != nil {
+				return nil, fmt.Errorf("token for %s: %w", id(i), err)
+			}
+			tokens[id(i)] = tok
+		}
+		return stepcaEnroller(srv, tokens), nil
 	}
+	if kind == globalsignClient {
+		return globalsignEnroller(srv), nil
+	}
+	return deviceEnroller(srv), nil
+}
+
+// drive runs n enrollments of fresh device ids with concurrency workers.
+// cpu (nil: not measured) is the server's CPU clock.
+func drive(ctx context.Context, enroll func(context.Context, string) error, id func(int) string, n, concurrency int, cpu func() (time.Duration, error)) (result, error) {
 	lat := make([]time.Duration, n)
 	var next atomic.Int64
 	var firstErr error
@@ -603,13 +661,7 @@ func newCSR(id string) (*ecdsa.PrivateKey, []byte, error) {
 // POST of the base64 CSR with Basic credentials, and the PKCS#7 answer
 // decoded and checked to hold a certificate for the key.
 func deviceEnroller(srv target) func(context.Context, string) error {
-	client := &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{
-		// edgeagent's key exchanges (enroll.KeyExchanges(false)): X25519
-		// first, no post-quantum hybrid unless configured.
-		TLSClientConfig: &tls.Config{RootCAs: srv.roots, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12,
-			CurvePreferences: []tls.CurveID{tls.X25519, tls.CurveP256, tls.CurveP384, tls.CurveP521}},
-		DisableKeepAlives: true,
-	}}
+	client := deviceHTTPClient(srv.roots)
 	url := "https://" + srv.addr + "/.well-known/est/simpleenroll"
 	return func(ctx context.Context, id string) error {
 		key, der, err := newCSR(id)
@@ -645,6 +697,19 @@ func deviceEnroller(srv target) func(context.Context, string) error {
 		}
 		return checkCert(p7.Certificates, key)
 	}
+}
+
+// deviceHTTPClient is a device's HTTP client: a new TLS connection (full
+// handshake) per request, the server verified against roots.
+func deviceHTTPClient(roots *x509.CertPool) *http.Client {
+	return &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{TLSClientConfig: deviceTLS(roots), DisableKeepAlives: true}}
+}
+
+func deviceTLS(roots *x509.CertPool) *tls.Config {
+	// edgeagent's key exchanges (enroll.KeyExchanges(false)): X25519
+	// first, no post-quantum hybrid unless configured.
+	return &tls.Config{RootCAs: roots, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12,
+		CurvePreferences: []tls.CurveID{tls.X25519, tls.CurveP256, tls.CurveP384, tls.CurveP521}}
 }
 
 // globalsignEnroller is GlobalSign's own client's Enroll.
