@@ -71,6 +71,18 @@ func TestMintOTT(t *testing.T) {
 			if ecdsa.Verify(&other.PublicKey, digest[:], r, s) {
 				t.Error("the signature verifies with another key")
 			}
+			// r and s are fixed 32-byte halves: one in 128 signatures has a
+			// half below 2^248, which unpadded big-endian bytes would
+			// shorten.
+			for range 1000 {
+				tok, err := mintOTT(key, tc.kid, tc.aud, tc.sub, now, tc.ttl)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if sig, err := base64.RawURLEncoding.DecodeString(tok[strings.LastIndexByte(tok, '.')+1:]); err != nil || len(sig) != 64 {
+					t.Fatalf("signature of %d bytes (%v), want 64", len(sig), err)
+				}
+			}
 			again, err := mintOTT(key, tc.kid, tc.aud, tc.sub, now, tc.ttl)
 			if err != nil {
 				t.Fatal(err)
@@ -130,7 +142,13 @@ func TestECJWK(t *testing.T) {
 			if err != nil || !got.Equal(&tc.key.PublicKey) {
 				t.Fatalf("the JWK is not the key: %v", err)
 			}
-			sum := sha256.Sum256([]byte(`{"crv":"P-256","kty":"EC","x":"` + j.X + `","y":"` + j.Y + `"}`))
+			// RFC 7638: the required members in lexicographic order, no
+			// white space, which encoding/json gives a map.
+			canon, err := json.Marshal(map[string]string{"crv": "P-256", "kty": "EC", "x": j.X, "y": j.Y})
+			if err != nil {
+				t.Fatal(err)
+			}
+			sum := sha256.Sum256(canon)
 			if j.Kid != base64.RawURLEncoding.EncodeToString(sum[:]) || j.Kty != "EC" || j.Crv != "P-256" || j.Alg != "ES256" || j.Use != "sig" {
 				t.Errorf("jwk %+v: want kid the RFC 7638 thumbprint, an ES256 signing key", j)
 			}
