@@ -256,7 +256,7 @@ func (d *Daemon) bootstrap(ctx context.Context, deviceID string) (*Identity, err
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	opts.Keystore, opts.Now, opts.Logger, opts.Force = d.ks, d.clock.Now, d.log, true
+	opts.Keystore, opts.Now, opts.Logger, opts.Force, opts.BuildTime = d.ks, d.clock.Now, d.log, true, d.o.BuildTime
 	opts.OnResponse = d.observeDate
 	server, roots, pin := opts.trust()
 	// A device that boots in 1970 cannot check the EST server's

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/edgeagent/edgeagent/agent/config"
+	"github.com/edgeagent/edgeagent/agent/lifecycle"
 	"github.com/edgeagent/edgeagent/deviceid"
 	"github.com/edgeagent/edgeagent/enroll"
 	"github.com/edgeagent/edgeagent/enroll/token"
@@ -115,9 +116,11 @@ func Enroll(ctx context.Context, o EnrollOptions) (*Identity, error) {
 		o.Now = now
 	}
 	if o.Token != nil {
-		if err := checkTokenExpiry(ctx, o, roots, pin); err != nil {
+		now, err := checkTokenExpiry(ctx, o, roots, pin)
+		if err != nil {
 			return nil, err
 		}
+		o.Now = now
 	}
 	var inter []*x509.Certificate // a leaf-only server's chain (RFC 7030 §4.1.1)
 	if roots != nil {
@@ -382,24 +385,29 @@ func Renew(ctx context.Context, o RenewOptions) (*Identity, error) {
 // through enroll.ServerTime: GET cacerts without credentials): a device
 // whose clock runs ahead (an RTC set to local time, a drifted board)
 // enrolls with a token that is still good, instead of exiting for the
-// operator. A CA that cannot be asked leaves the local verdict open: the
-// error is the one from reaching it, which the daemon retries.
-func checkTokenExpiry(ctx context.Context, o EnrollOptions, roots *x509.CertPool, pin token.Pin) error {
-	local := o.Token.CheckExpiry(o.Now())
-	if local == nil {
-		return nil
+// operator, and runs this enrollment on the CA's time, so that the new
+// certificate is not judged expired by the clock that is ahead after the
+// token was spent on it. A CA that cannot be asked leaves the verdict
+// open: the error is the one from reaching it, which the daemon retries.
+// It returns the clock for the rest of the enrollment.
+func checkTokenExpiry(ctx context.Context, o EnrollOptions, roots *x509.CertPool, pin token.Pin) (func() time.Time, error) {
+	var local *token.ExpiredError
+	if !errors.As(o.Token.CheckExpiry(o.Now()), &local) {
+		return o.Now, nil
 	}
+	clock := lifecycle.NewClock(o.Now)
 	sample, err := enroll.ServerTime(ctx, enroll.TimeOptions{Server: o.Server, Label: o.Label, Roots: roots, Pin: pin,
-		Intermediates: o.CABundle, NotBefore: o.BuildTime, Timeout: o.Timeout, Now: o.Now})
+		Intermediates: o.CABundle, NotBefore: o.BuildTime, Timeout: o.Timeout, Now: clock.Now})
 	if err != nil {
-		return fmt.Errorf("enroll: %v by this device's clock (%s); asking the CA for its time to be sure: %w",
-			local, o.Now().UTC().Format(time.RFC3339), err)
+		return nil, fmt.Errorf("enroll: the token's expiry (%s) has passed by this device's clock (%s), and the CA could not be asked for its time: %w",
+			local.At.Format(time.RFC3339), o.Now().UTC().Format(time.RFC3339), err)
 	}
 	if err := o.Token.CheckExpiry(sample.Date); err != nil {
-		return needsOperator(err)
+		return nil, needsOperator(fmt.Errorf("%w (by the CA's clock too: %s)", err, sample.Date.UTC().Format(time.RFC3339)))
 	}
-	o.Logger.Warn("the enrollment token has expired by this device's clock but not by the CA's: the device clock is ahead; set it (NTP)",
+	clock.Observe(sample.Sent, sample.Received, sample.Date, true)
+	o.Logger.Warn("the enrollment token has expired by this device's clock but not by the CA's: the device clock is ahead; enrolling on the CA's time; set the clock (NTP)",
 		"device_time", o.Now().UTC().Format(time.RFC3339), "ca_time", sample.Date.UTC().Format(time.RFC3339),
-		"token_expires", o.Token.ExpiresAt().Format(time.RFC3339))
-	return nil
+		"offset", clock.Offset().Round(time.Second).String(), "token_expires", local.At.Format(time.RFC3339))
+	return clock.Now, nil
 }

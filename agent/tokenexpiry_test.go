@@ -51,7 +51,7 @@ func TestEnrollTokenExpiryByTheCAsClock(t *testing.T) {
 		if !errors.Is(err, ErrNeedsOperator) {
 			t.Fatalf("err = %v, want ErrNeedsOperator\n%s", err, logs.String())
 		}
-		if want := "this enrollment token expired at " + expiry.Format(time.RFC3339) + "; ask the operator for a new one"; !strings.Contains(err.Error(), want) {
+		if want := "this enrollment token expired at " + expiry.Format(time.RFC3339) + "; ask the operator for a new one (by the CA's clock too: "; !strings.Contains(err.Error(), want) {
 			t.Fatalf("err = %q, want it to say %q", err, want)
 		}
 		recs, err := c.CA.Audit(ctx, 0)
@@ -65,24 +65,48 @@ func TestEnrollTokenExpiryByTheCAsClock(t *testing.T) {
 		}
 	})
 
-	t.Run("expired only by a device clock that runs ahead", func(t *testing.T) {
-		tok, _, err := c.CreateToken(ctx, ca.TokenOptions{URL: c.URL, Device: "sensor-1", TTL: time.Hour})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ahead := func() time.Time { return time.Now().Add(2 * time.Hour) } // an RTC set to local time, UTC+2
-		var logs syncbuf.Buffer
-		id, err := enrollWith(t, tok, ahead, &logs)
-		if err != nil {
-			t.Fatalf("enroll with a clock 2h ahead and a token good for 1h: %v\n%s", err, logs.String())
-		}
-		if id.Meta.DeviceID != "sensor-1" {
-			t.Fatalf("enrolled as %q", id.Meta.DeviceID)
-		}
-		if !strings.Contains(logs.String(), "the device clock is ahead") {
-			t.Fatalf("no warning about the clock:\n%s", logs.String())
-		}
-	})
+	// Ahead by less and by more than the certificate's 24 hours: beyond
+	// them, judging the new certificate by the device's clock would call
+	// it expired after the token was spent on it, so the enrollment runs
+	// on the CA's time.
+	for _, ahead := range []time.Duration{2 * time.Hour, 30 * time.Hour} {
+		t.Run("expired only by a device clock "+ahead.String()+" ahead", func(t *testing.T) {
+			device := "sensor-" + ahead.String()
+			tok, _, err := c.CreateToken(ctx, ca.TokenOptions{URL: c.URL, Device: device, TTL: time.Hour})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var logs syncbuf.Buffer
+			dir := filepath.Join(t.TempDir(), "state")
+			ks, err := file.Open(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			id, err := Enroll(ctx, EnrollOptions{StateDir: dir, DeviceID: device, Keystore: ks, Token: &tok,
+				Timeout: 5 * time.Second, Now: func() time.Time { return time.Now().Add(ahead) }, Logger: newTestLogger(&logs)})
+			if err != nil {
+				t.Fatalf("enroll with a clock %s ahead and a token good for 1h: %v\n%s", ahead, err, logs.String())
+			}
+			if id.Meta.DeviceID != device || !time.Now().Before(id.Leaf().NotAfter) {
+				t.Fatalf("enrolled as %q until %s", id.Meta.DeviceID, id.Leaf().NotAfter)
+			}
+			if d := time.Since(id.Meta.EnrolledAt); d < -time.Minute || d > time.Minute {
+				t.Errorf("enrolled_at %s: want the CA's time, about now", id.Meta.EnrolledAt)
+			}
+			if !strings.Contains(logs.String(), "the device clock is ahead") {
+				t.Fatalf("no warning about the clock:\n%s", logs.String())
+			}
+			toks, err := c.CA.Tokens(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, st := range toks {
+				if st.ID == tok.ID && st.Uses != 1 {
+					t.Fatalf("token uses %d, want 1", st.Uses)
+				}
+			}
+		})
+	}
 }
 
 // A token that looks expired by the device's clock while the CA cannot be
@@ -118,8 +142,8 @@ func TestEnrollTokenLooksExpiredCAUnreachable(t *testing.T) {
 	if err == nil || errors.Is(err, ErrNeedsOperator) || !enroll.Retryable(err) {
 		t.Fatalf("err = %v, want a retryable error that is not ErrNeedsOperator", err)
 	}
-	if want := "this enrollment token expired at 2026-01-02T03:04:05Z"; !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "asking the CA for its time") {
-		t.Fatalf("err = %q, want it to say %q and that the CA's time was asked", err, want)
+	if want := "the token's expiry (2026-01-02T03:04:05Z) has passed by this device's clock (2026-01-02T03:05:05Z), and the CA could not be asked for its time: "; !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "ask the operator") {
+		t.Fatalf("err = %q, want it to say %q and not to ask for a new token", err, want)
 	}
 	if conns.Load() == 0 {
 		t.Fatal("the CA was never asked")
